@@ -1,0 +1,190 @@
+"""Stage 2: the ODE encoding of a dense chain.
+
+As in the paper and the ERODE tool, every input feature is a variable with derivative 0
+(its initial value is the input) and every neuron is a variable whose derivative is its
+activation applied to an affine form of the previous layer's variables::
+
+    x_j' = 0                      x_j(0) = input j
+    h_i' = sigma_i(sum_j W_ij a_j + b_i)
+
+For identity activations this is literally a polynomial (linear) ODE and can be exported
+in ERODE's ``.ode`` syntax. Equivalences are computed on this object, through
+:func:`aggregate`, which substitutes upstream variables by their blocks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from onnx_lump.activations import Activation, ActivationKind
+from onnx_lump.chains import DenseChain
+from onnx_lump.errors import LumpError
+
+__all__ = ["Lumping", "OdeLayer", "OdeSystem", "aggregate", "canonical_rows", "encode_chain"]
+
+
+@dataclass(frozen=True, eq=False)
+class OdeLayer:
+    """The right-hand sides of one layer's variables: ``sigma(coefficients @ a_prev + bias)``."""
+
+    variables: tuple[str, ...]
+    coefficients: np.ndarray  # (n, n_prev): row i holds the coefficients of variable i
+    bias: np.ndarray  # (n,)
+    activation: Activation
+
+    @property
+    def size(self) -> int:
+        return len(self.variables)
+
+
+@dataclass(frozen=True, eq=False)
+class OdeSystem:
+    """Input variables (derivative 0) followed by layers of neuron variables.
+
+    The last layer holds the chain's outputs; its activation is the identity because
+    whatever follows the chain in the graph is not part of it.
+    """
+
+    name: str
+    inputs: tuple[str, ...]
+    layers: tuple[OdeLayer, ...]
+    precision: float = float(np.finfo(np.float32).eps)  # relative precision of the weights
+
+    @property
+    def hidden(self) -> tuple[OdeLayer, ...]:
+        return self.layers[:-1]
+
+    @property
+    def n_variables(self) -> int:
+        return len(self.inputs) + sum(layer.size for layer in self.layers)
+
+    def upstream_names(self, index: int) -> tuple[str, ...]:
+        return self.inputs if index == 0 else self.layers[index - 1].variables
+
+    def to_text(self, precision: int = 6) -> str:
+        """Human-readable right-hand sides, one variable per line."""
+        lines = [
+            f"# ODE encoding of {self.name}: {len(self.inputs)} inputs, "
+            f"{' + '.join(str(layer.size) for layer in self.layers)} neurons",
+            *(f"{x}' = 0    # {x}(0) = input feature {j}" for j, x in enumerate(self.inputs)),
+        ]
+        for index, layer in enumerate(self.layers):
+            names = self.upstream_names(index)
+            for var, row, b in zip(layer.variables, layer.coefficients, layer.bias, strict=True):
+                affine = _affine(row, b, names, precision)
+                act = layer.activation
+                rhs = (
+                    affine if act.kind is ActivationKind.IDENTITY else f"{act.describe()}({affine})"
+                )
+                lines.append(f"{var}' = {rhs}")
+        return "\n".join(lines) + "\n"
+
+    def to_erode(self, precision: int = 9) -> str:
+        """The system in ERODE's ``.ode`` syntax; only polynomial right-hand sides qualify."""
+        for index, layer in enumerate(self.layers):
+            if not layer.activation.is_polynomial:
+                raise LumpError(
+                    f"ERODE export needs polynomial right-hand sides, but layer {index + 1} of "
+                    f"{self.name} uses {layer.activation.describe()}; dump it as text instead"
+                )
+        ident = "".join(c if c.isalnum() else "_" for c in self.name)
+        lines = [f"begin model {ident}", " begin init"]
+        lines += [f"  {x} = 0" for x in self.inputs]
+        lines += [f"  {v} = 0" for layer in self.layers for v in layer.variables]
+        lines += [" end init", " begin ODE"]
+        lines += [f"  d({x}) = 0" for x in self.inputs]
+        for index, layer in enumerate(self.layers):
+            names = self.upstream_names(index)
+            for var, row, b in zip(layer.variables, layer.coefficients, layer.bias, strict=True):
+                lines.append(f"  d({var}) = {_affine(row, b, names, precision)}")
+        lines += [" end ODE", "end model"]
+        return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True, eq=False)
+class Lumping:
+    """How one layer's variables are expressed through block variables.
+
+    Variable j equals ``scale[j] * y[block[j]] + offset[j]``; ``block[j] == -1`` marks a
+    constant variable (``scale`` 0, value ``offset``) that is folded into the next bias.
+    """
+
+    block: np.ndarray
+    scale: np.ndarray
+    offset: np.ndarray
+    n_blocks: int
+
+    @classmethod
+    def identity(cls, size: int) -> Lumping:
+        return cls(np.arange(size), np.ones(size), np.zeros(size), size)
+
+    @property
+    def size(self) -> int:
+        return len(self.block)
+
+    def projection(self) -> sp.csr_matrix:
+        """The (size x n_blocks) matrix P with P[j, block[j]] = scale[j]."""
+        kept = self.block >= 0
+        rows = np.flatnonzero(kept)
+        return sp.csr_matrix(
+            (self.scale[kept], (rows, self.block[kept])), shape=(self.size, self.n_blocks)
+        )
+
+    def members(self) -> list[np.ndarray]:
+        """Indices of the variables of each block, in block order."""
+        kept = np.flatnonzero(self.block >= 0)
+        order = kept[np.argsort(self.block[kept], kind="stable")]
+        cuts = np.flatnonzero(np.diff(self.block[order])) + 1
+        return np.split(order, cuts)
+
+
+def aggregate(layer: OdeLayer, upstream: Lumping) -> tuple[np.ndarray, np.ndarray]:
+    """The layer's coefficients over upstream blocks, and its bias with constants folded in.
+
+    Substituting ``a_j = s_j y_B + c_j`` gives coefficient ``sum_{j in B} W_ij s_j`` on
+    block B and bias ``b_i + sum_j W_ij c_j``.
+    """
+    coefficients = np.asarray((upstream.projection().T @ layer.coefficients.T).T)
+    bias = layer.bias + layer.coefficients @ upstream.offset
+    return coefficients, bias
+
+
+def canonical_rows(
+    coefficients: np.ndarray, bias: np.ndarray, lumping: Lumping, activation: Activation
+) -> np.ndarray:
+    """Rows ``r_j = [coefficients_j, bias_j]`` rewritten so that variable j equals
+    ``scale_j * sigma(r_j . [y, 1]) + offset_j``; equal canonical rows mean equal dynamics.
+
+    The offset sits outside sigma (the Sigmoid flip 1 - sigma(-z)), except for the
+    identity, where it is the bias itself. Rows of constant variables are zero.
+    """
+    inner = lumping.offset if activation.kind is ActivationKind.IDENTITY else 0.0
+    rows = np.column_stack([coefficients, bias - inner])
+    kept = lumping.block >= 0
+    rows[kept] /= lumping.scale[kept, None]
+    rows[~kept] = 0.0
+    return rows
+
+
+def encode_chain(chain: DenseChain, name: str = "chain") -> OdeSystem:
+    """One variable per input feature and per neuron of ``chain``."""
+    inputs = tuple(f"x{j}" for j in range(chain.layers[0].in_features))
+    activations = [*chain.activations, Activation(ActivationKind.IDENTITY)]
+    layers = []
+    last = len(chain.layers) - 1
+    for index, (layer, act) in enumerate(zip(chain.layers, activations, strict=True)):
+        prefix = "y" if index == last else f"h{index + 1}_"
+        variables = tuple(f"{prefix}{i}" for i in range(layer.out_features))
+        layers.append(OdeLayer(variables, layer.weight, layer.bias, act))
+    precision = float(np.finfo(chain.layers[0].dtype).eps)
+    return OdeSystem(name, inputs, tuple(layers), precision)
+
+
+def _affine(row: np.ndarray, bias: float, names: tuple[str, ...], precision: int) -> str:
+    terms = [f"{c:.{precision}g}*{n}" for c, n in zip(row, names, strict=True) if c != 0.0]
+    if bias != 0.0 or not terms:
+        terms.append(f"{bias:.{precision}g}")
+    return " + ".join(terms).replace("+ -", "- ")

@@ -1,0 +1,77 @@
+"""Stage 4: the reduced network of a partition.
+
+Each block keeps one neuron whose incoming row and bias are the mean of the block's
+canonical rows, and whose outgoing column is the sum of the block's columns with each
+member's scale folded in; constant neurons and sign-flip offsets move into the next
+bias. When every block holds equal canonical rows (epsilon 0) the reduction is exact.
+
+The kept neuron is expressed in the units of the block's first member, so a neuron that
+merges with nothing keeps its original weights bit for bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from onnx_lump.activations import ActivationKind
+from onnx_lump.equivalence import Partition
+from onnx_lump.ode import Lumping, OdeLayer, OdeSystem, aggregate, canonical_rows
+
+__all__ = ["ReducedLayer", "reduce_system"]
+
+
+@dataclass(frozen=True, eq=False)
+class ReducedLayer:
+    """New parameters of one dense layer: ``output = input @ weight.T + bias``."""
+
+    weight: np.ndarray
+    bias: np.ndarray
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0]
+
+
+def reduce_system(system: OdeSystem, partition: Partition) -> list[ReducedLayer]:
+    """New weights for every layer of ``system`` (hidden layers narrowed, outputs kept)."""
+    reduced = []
+    upstream = Lumping.identity(len(system.inputs))
+    for layer, lumping in zip(system.hidden, partition.lumpings, strict=True):
+        coefficients, bias = aggregate(layer, upstream)
+        rows = canonical_rows(coefficients, bias, lumping, layer.activation)
+        kept_rows, upstream = _rebase_on_first_member(_block_means(rows, lumping), lumping, layer)
+        reduced.append(ReducedLayer(kept_rows[:, :-1], kept_rows[:, -1]))
+    coefficients, bias = aggregate(system.layers[-1], upstream)
+    reduced.append(ReducedLayer(coefficients, bias))
+    return reduced
+
+
+def _block_means(rows: np.ndarray, lumping: Lumping) -> np.ndarray:
+    kept = np.flatnonzero(lumping.block >= 0)
+    blocks = lumping.block[kept]
+    counts = np.bincount(blocks, minlength=lumping.n_blocks).astype(np.float64)
+    averaging = sp.csr_matrix(
+        (1.0 / counts[blocks], (blocks, kept)), shape=(lumping.n_blocks, lumping.size)
+    )
+    return np.asarray(averaging @ rows)
+
+
+def _rebase_on_first_member(
+    means: np.ndarray, lumping: Lumping, layer: OdeLayer
+) -> tuple[np.ndarray, Lumping]:
+    """Turn canonical block rows into the rows of each block's first member, and re-express
+    every member through that neuron: a_j = (s_j / s_f) a_f + c_j - s_j c_f / s_f."""
+    first = np.array([members[0] for members in lumping.members()], dtype=np.int64)
+    scale_f, offset_f = lumping.scale[first], lumping.offset[first]
+    rows = means * scale_f[:, None]
+    if layer.activation.kind is ActivationKind.IDENTITY:
+        rows[:, -1] += offset_f  # the identity's offset is its own bias
+    kept = lumping.block >= 0
+    ratio = np.zeros(lumping.size)
+    ratio[kept] = lumping.scale[kept] / scale_f[lumping.block[kept]]
+    offset = lumping.offset.copy()
+    offset[kept] -= ratio[kept] * offset_f[lumping.block[kept]]
+    return rows, Lumping(lumping.block, ratio, offset, lumping.n_blocks)

@@ -1,0 +1,56 @@
+"""Shared helpers: fixture models, onnxruntime runs, and widths read off the graph."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+MODELS = Path(__file__).resolve().parent.parent / "models"
+MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())
+ACTIVATION_OPS = {"Relu", "LeakyRelu", "Tanh", "Sigmoid", "Softplus"}
+
+
+def run_ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+def activation_widths(model: onnx.ModelProto) -> list[int]:
+    """Hidden widths in graph order, read from shape inference on the activations' outputs,
+    independently of the pass's own graph reader."""
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    shapes = {v.name: v for v in [*inferred.graph.value_info, *inferred.graph.output]}
+    widths = []
+    for node in inferred.graph.node:
+        if node.op_type in ACTIVATION_OPS:
+            dims = shapes[node.output[0]].type.tensor_type.shape.dim
+            widths.append(dims[-1].dim_value)
+    return widths
+
+
+def feeds_for(entry: dict, batch: int = 16, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    dtype = np.dtype(entry["dtype"])
+    return {
+        name: rng.standard_normal([batch if d is None else d for d in dims]).astype(dtype)
+        for name, dims in entry["inputs"].items()
+    }
+
+
+def relative_error(expected: list[np.ndarray], actual: list[np.ndarray]) -> float:
+    worst = 0.0
+    for e, a in zip(expected, actual, strict=True):
+        e64, a64 = e.astype(np.float64), a.astype(np.float64)
+        worst = max(worst, float(np.abs(e64 - a64).max() / np.abs(e64).max()))
+    return worst
+
+
+@pytest.fixture(params=MANIFEST, ids=[entry["file"] for entry in MANIFEST])
+def fixture_entry(request) -> dict:
+    return request.param
