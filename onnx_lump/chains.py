@@ -254,8 +254,10 @@ class _Reader:
         alpha = float(node.attrs.get("alpha", 1.0))
         beta = float(node.attrs.get("beta", 1.0))
         trans_b = bool(node.attrs.get("transB", 0))
-        stored = weight_ref.value.astype(np.float64)
-        weight = alpha * (stored if trans_b else stored.T)
+        stored = weight_ref.value if trans_b else weight_ref.value.T
+        weight = np.array(stored, dtype=np.float64, order="C")
+        if alpha != 1.0:
+            weight *= alpha
         bias_ref = None
         bias = np.zeros(weight.shape[0])
         if len(node.inputs) > 2 and node.inputs[2].name:
@@ -289,7 +291,7 @@ class _Reader:
         if data_rank is not None and data_rank < 2:
             self.note(f"MatMul '{node.name}': rank-{data_rank} input is not read as a dense layer")
             return None
-        weight = weight_ref.value.astype(np.float64).T
+        weight = np.array(weight_ref.value.T, dtype=np.float64, order="C")
         out = node.outputs[0]
         bias, bias_ref, bias_add, output = np.zeros(weight.shape[0]), None, None, out
         if not self.is_observable(out) and out.outputs[0].op == "Add":

@@ -1,11 +1,14 @@
 """Grouping row vectors that lie within epsilon of each other in L1 distance.
 
-Wide layers rule out a loop over neuron pairs and an n x n x d distance tensor. The
-grouping first splits by sorting: for any sign vector u, ``|u.x - u.y| <= |x - y|_1``,
-so along a projection onto u, points that are epsilon-linked are never separated by a
-gap larger than epsilon. Cutting at such gaps, for several projections in turn, yields
-blocks that contain whole connected components. Only inside the (usually small) blocks
-that remain are L1 distances computed, from a frontier to the unassigned points.
+Wide layers rule out a Python loop over neuron pairs and an n x n x d distance tensor.
+
+1. Sort-based splitting: for any sign vector u, ``|u.x - u.y| <= |x - y|_1``, so along a
+   projection onto u, epsilon-linked points are never separated by a gap wider than
+   epsilon. Cutting at such gaps, for several projections in turn, yields blocks that
+   hold whole groups; at epsilon 0 this alone separates almost everything.
+2. Inside a block, bounds on L1 from one matrix product (BLAS) decide most pairs.
+3. Exact L1 distances are computed only for the pairs the bounds leave open, likeliest
+   links first, skipping pairs already joined.
 """
 
 from __future__ import annotations
@@ -13,12 +16,15 @@ from __future__ import annotations
 import enum
 
 import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
 from scipy.spatial.distance import cdist
 
 __all__ = ["Linkage", "group_rows"]
 
 _N_PROJECTIONS = 8
-_MAX_DISTANCE_ENTRIES = 1 << 22  # bounds the memory of one cdist call
+_MAX_DISTANCE_ENTRIES = 1 << 22  # bounds the memory of one distance computation
+_SMALL_BLOCK = 32  # below this, all pairwise distances are cheaper than bounds
 
 
 class Linkage(enum.Enum):
@@ -69,36 +75,101 @@ def _split_by_projections(rows: np.ndarray, eps: float) -> np.ndarray:
     return block
 
 
+class _L1Bounds:
+    """Cheap bounds on pairwise L1 distances from one matrix product (BLAS), so that exact
+    L1 distances are computed only for the pairs the bounds cannot decide.
+
+    lower: ``|d|_1 >= |d|_2`` and ``|d|_1 >= |d|_2^2 / |d|_inf``;
+    upper: ``|d|_1 <= sqrt(dim) |d|_2`` and ``|d|_1 <= |x|_1 + |y|_1``.
+    """
+
+    def __init__(self, points: np.ndarray) -> None:
+        self.points = points
+        self.sq = np.einsum("ij,ij->i", points, points)
+        self.l1 = np.abs(points).sum(axis=1)
+        self.linf = np.abs(points).max(axis=1)
+        self.sqrt_dim = np.sqrt(points.shape[1])
+
+    def between(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(lower, upper) bounds for every pair in rows x cols."""
+        sq_sum = self.sq[rows, None] + self.sq[None, cols]
+        d2 = sq_sum - 2.0 * (self.points[rows] @ self.points[cols].T)
+        slack = 1e-9 * sq_sum + 1e-300  # rounding of the expansion
+        d2_low = np.maximum(d2 - slack, 0.0)
+        d2_high = np.maximum(d2, 0.0) + slack
+        linf = self.linf[rows, None] + self.linf[None, cols]
+        lower = np.maximum(np.sqrt(d2_low), d2_low / np.maximum(linf, 1e-300))
+        upper = np.minimum(
+            self.sqrt_dim * np.sqrt(d2_high), self.l1[rows, None] + self.l1[None, cols]
+        )
+        return lower, upper
+
+    def exact(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+        """Exact L1 distances of the pairs (left[k], right[k])."""
+        out = np.empty(left.size)
+        step = max(1, _MAX_DISTANCE_ENTRIES // self.points.shape[1])
+        for start in range(0, left.size, step):
+            sl = slice(start, start + step)
+            out[sl] = np.abs(self.points[left[sl]] - self.points[right[sl]]).sum(axis=1)
+        return out
+
+
 def _components(points: np.ndarray, eps: float) -> np.ndarray:
     """Connected components of the graph with an edge wherever the L1 distance <= eps."""
     n = points.shape[0]
-    labels = np.full(n, -1, dtype=np.int64)
-    label = 0
-    for seed in range(n):
-        if labels[seed] >= 0:
-            continue
-        labels[seed] = label
-        frontier = np.array([seed])
-        while frontier.size:
-            open_idx = np.flatnonzero(labels < 0)
-            if open_idx.size == 0:
-                break
-            reached = np.zeros(open_idx.size, dtype=bool)
-            step = max(1, _MAX_DISTANCE_ENTRIES // max(open_idx.size, 1))
-            for start in range(0, frontier.size, step):
-                chunk = frontier[start : start + step]
-                dist = cdist(points[chunk], points[open_idx], "cityblock")
-                reached |= (dist <= eps).any(axis=0)
-            frontier = open_idx[reached]
-            labels[frontier] = label
-        label += 1
+    if n <= _SMALL_BLOCK:
+        adjacent = cdist(points, points, "cityblock") <= eps
+        labels = np.arange(n)
+        while True:  # propagate the smallest label through the neighbours
+            spread = np.where(adjacent, labels[None, :], n).min(axis=1)
+            if np.array_equal(spread, labels):
+                return labels
+            labels = spread
+    bounds = _L1Bounds(points)
+    sure_i, sure_j, open_i, open_j, open_lower = [], [], [], [], []
+    step = max(1, _MAX_DISTANCE_ENTRIES // n)
+    everyone = np.arange(n)
+    for start in range(0, n, step):
+        rows, cols = everyone[start : start + step], everyone[start:]  # upper triangle only
+        lower, upper = bounds.between(rows, cols)
+        upper_tri = cols[None, :] > rows[:, None]
+        i, j = np.nonzero(upper_tri & (upper <= eps))
+        sure_i.append(rows[i])
+        sure_j.append(cols[j])
+        i, j = np.nonzero(upper_tri & (lower <= eps) & (upper > eps))
+        open_i.append(rows[i])
+        open_j.append(cols[j])
+        open_lower.append(lower[i, j])
+    edges_i, edges_j = np.concatenate(sure_i), np.concatenate(sure_j)
+    labels = _connected(n, edges_i, edges_j)
+    left, right = np.concatenate(open_i), np.concatenate(open_j)
+    order = np.argsort(np.concatenate(open_lower), kind="stable")  # likeliest links first
+    left, right = left[order], right[order]
+    batch = 1024
+    while left.size:
+        undecided = labels[left] != labels[right]
+        left, right = left[undecided], right[undecided]
+        head_l, head_r = left[:batch], right[:batch]
+        linked = bounds.exact(head_l, head_r) <= eps
+        if linked.any():
+            edges_i = np.concatenate([edges_i, head_l[linked]])
+            edges_j = np.concatenate([edges_j, head_r[linked]])
+            labels = _connected(n, edges_i, edges_j)
+        left, right = left[batch:], right[batch:]
+        batch = min(batch * 2, 1 << 16)
     return labels
+
+
+def _connected(n: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    graph = sp.coo_matrix((np.ones(left.size), (left, right)), shape=(n, n))
+    return connected_components(graph, directed=False)[1].astype(np.int64)
 
 
 def _cliques(points: np.ndarray, eps: float) -> np.ndarray:
     """Greedy complete-linkage groups: grow each group from a seed, nearest first,
     admitting a point only if it is within eps of every member."""
     n = points.shape[0]
+    bounds = _L1Bounds(points)
     labels = np.full(n, -1, dtype=np.int64)
     label = 0
     for seed in range(n):
@@ -106,19 +177,19 @@ def _cliques(points: np.ndarray, eps: float) -> np.ndarray:
             continue
         labels[seed] = label
         open_idx = np.flatnonzero(labels < 0)
-        to_seed = cdist(points[seed : seed + 1], points[open_idx], "cityblock")[0]
+        lower, _ = bounds.between(np.array([seed]), open_idx)
+        maybe = open_idx[lower[0] <= eps]
+        to_seed = bounds.exact(np.full(maybe.size, seed), maybe)
         near = to_seed <= eps
-        candidates = open_idx[near][np.argsort(to_seed[near], kind="stable")]
-        worst = np.zeros(candidates.size)  # largest distance to any member so far
+        candidates = maybe[near][np.argsort(to_seed[near], kind="stable")]
         admitted = np.zeros(candidates.size, dtype=bool)
-        for position, candidate in enumerate(candidates):
-            if admitted[position] or worst[position] > eps:
-                continue
-            admitted[position] = True
-            labels[candidate] = label
-            worst = np.maximum(
-                worst, cdist(points[candidate : candidate + 1], points[candidates], "cityblock")[0]
-            )
+        worst = np.zeros(candidates.size)  # largest distance to any admitted member
+        for position in range(candidates.size):
+            if worst[position] <= eps:
+                admitted[position] = True
+                member = points[candidates[position]][None, :]
+                worst = np.maximum(worst, cdist(member, points[candidates], "cityblock")[0])
+        labels[candidates[admitted]] = label
         label += 1
     return labels
 

@@ -125,14 +125,6 @@ class Lumping:
     def size(self) -> int:
         return len(self.block)
 
-    def projection(self) -> sp.csr_matrix:
-        """The (size x n_blocks) matrix P with P[j, block[j]] = scale[j]."""
-        kept = self.block >= 0
-        rows = np.flatnonzero(kept)
-        return sp.csr_matrix(
-            (self.scale[kept], (rows, self.block[kept])), shape=(self.size, self.n_blocks)
-        )
-
     def members(self) -> list[np.ndarray]:
         """Indices of the variables of each block, in block order."""
         kept = np.flatnonzero(self.block >= 0)
@@ -147,7 +139,17 @@ def aggregate(layer: OdeLayer, upstream: Lumping) -> tuple[np.ndarray, np.ndarra
     Substituting ``a_j = s_j y_B + c_j`` gives coefficient ``sum_{j in B} W_ij s_j`` on
     block B and bias ``b_i + sum_j W_ij c_j``.
     """
-    coefficients = np.asarray((upstream.projection().T @ layer.coefficients.T).T)
+    if upstream.n_blocks == upstream.size and np.array_equal(
+        upstream.block, np.arange(upstream.size)
+    ):
+        coefficients = layer.coefficients * upstream.scale  # no block has two members
+    else:
+        kept = np.flatnonzero(upstream.block >= 0)
+        projection = sp.csr_matrix(
+            (upstream.scale[kept], (kept, upstream.block[kept])),
+            shape=(upstream.size, upstream.n_blocks),
+        )
+        coefficients = np.asarray((projection.T @ layer.coefficients.T).T)
     bias = layer.bias + layer.coefficients @ upstream.offset
     return coefficients, bias
 
