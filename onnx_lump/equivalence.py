@@ -26,7 +26,7 @@ import numpy as np
 
 from onnx_lump.activations import Activation, ActivationKind
 from onnx_lump.errors import LumpError
-from onnx_lump.grouping import Linkage, group_rows
+from onnx_lump.grouping import Linkage, group_rows, number_by_first_row
 from onnx_lump.ode import Lumping, OdeSystem, aggregate, canonical_rows
 
 __all__ = ["Equivalence", "Partition", "PartitionOptions", "compute_partition"]
@@ -81,8 +81,10 @@ def _backward(system: OdeSystem, options: PartitionOptions) -> list[Lumping]:
         coefficients, bias = aggregate(layer, upstream)
         constant = _small_rows(coefficients, options.eps, system.precision)
         scale, offset = _symmetry_transform(coefficients, bias, layer.activation, constant, options)
-        provisional = Lumping(np.where(constant, -1, 0), scale, offset, 1)
-        rows = canonical_rows(coefficients, bias, provisional, layer.activation)
+        every_row = Lumping(np.zeros(layer.size, dtype=np.int64), scale, offset, 1)
+        rows = canonical_rows(coefficients, bias, every_row, layer.activation)
+        scale = np.where(constant, 0.0, scale)
+        offset = np.where(constant, layer.activation(bias), offset)
         upstream = _lumping_from_groups(rows, constant, scale, offset, system.precision, options)
         lumpings.append(upstream)
     return lumpings
@@ -121,7 +123,8 @@ def _symmetry_transform(
     constant: np.ndarray,
     options: PartitionOptions,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-neuron (scale, offset) with a_j = scale_j * sigma(canonical row_j) + offset_j."""
+    """Per-neuron (scale, offset) with a_j = scale_j * sigma(canonical row_j) + offset_j;
+    ``constant`` rows are left out of the median norm."""
     n = coefficients.shape[0]
     scale, offset = np.ones(n), np.zeros(n)
     kind = activation.kind
@@ -139,8 +142,6 @@ def _symmetry_transform(
             scale = sign
         elif kind is ActivationKind.SIGMOID:
             scale, offset = sign, (sign < 0).astype(np.float64)
-    scale = np.where(constant, 0.0, scale)
-    offset = np.where(constant, activation(bias), offset)
     return scale, offset
 
 
@@ -157,18 +158,22 @@ def _lumping_from_groups(
     precision: float,
     options: PartitionOptions,
 ) -> Lumping:
-    if removed.size and removed.all():
+    """Group all rows, then drop the removed (constant or dead) ones from their groups.
+
+    Removed rows still take part in the linkage, so that a larger epsilon, which removes
+    more rows, never splits a group that a smaller one formed.
+    """
+    if removed.all():
         # A layer of width 0 is not a valid graph; keep one neuron as it is.
         removed, scale, offset = removed.copy(), scale.copy(), offset.copy()
         removed[0], scale[0], offset[0] = False, 1.0, 0.0
+    l1 = np.abs(rows).sum(axis=1)
+    eps = options.eps + _ROUNDING_UNITS * precision * float(l1.max())
+    groups = group_rows(rows, eps, options.linkage)
     kept = np.flatnonzero(~removed)
     block = np.full(len(removed), -1, dtype=np.int64)
-    if kept.size:
-        l1 = np.abs(rows[kept]).sum(axis=1)
-        eps = options.eps + _ROUNDING_UNITS * precision * float(l1.max())
-        block[kept] = group_rows(rows[kept], eps, options.linkage)
-    n_blocks = int(block.max()) + 1 if kept.size else 0
-    return Lumping(block, np.where(removed, 0.0, scale), offset, n_blocks)
+    block[kept] = number_by_first_row(groups[kept])
+    return Lumping(block, np.where(removed, 0.0, scale), offset, int(block.max()) + 1)
 
 
 def _membership(lumping: Lumping) -> np.ndarray:

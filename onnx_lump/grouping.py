@@ -20,7 +20,7 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial.distance import cdist
 
-__all__ = ["Linkage", "group_rows"]
+__all__ = ["Linkage", "group_rows", "number_by_first_row"]
 
 _N_PROJECTIONS = 8
 _MAX_DISTANCE_ENTRIES = 1 << 22  # bounds the memory of one distance computation
@@ -50,7 +50,7 @@ def group_rows(rows: np.ndarray, eps: float, linkage: Linkage = Linkage.SINGLE) 
         local = split(rows[members], eps)
         labels[members] = local + next_label
         next_label += int(local.max()) + 1
-    return _number_by_first_row(labels)
+    return number_by_first_row(labels)
 
 
 def _split_by_projections(rows: np.ndarray, eps: float) -> np.ndarray:
@@ -194,7 +194,8 @@ def _cliques(points: np.ndarray, eps: float) -> np.ndarray:
     return labels
 
 
-def _number_by_first_row(labels: np.ndarray) -> np.ndarray:
+def number_by_first_row(labels: np.ndarray) -> np.ndarray:
+    """Renumber labels 0, 1, ... in the order in which they first appear."""
     _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
     rank = np.empty(first.size, dtype=np.int64)
     rank[np.argsort(first, kind="stable")] = np.arange(first.size)

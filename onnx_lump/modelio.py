@@ -56,7 +56,7 @@ def check_output_path(
             raise LumpError(f"output '{output}' is the input model; choose another output path")
     folder = output.resolve().parent
     if not folder.is_dir():
-        raise LumpError(f"output folder '{folder}' does not exist")
+        raise LumpError(f"output folder '{folder}' does not exist or is not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise LumpError(f"output folder '{folder}' is not writable")
     if output.is_dir():
@@ -86,7 +86,7 @@ def save_model(
                 save_as_external_data=True,
                 all_tensors_to_one_file=True,
                 location=data_name,
-                size_threshold=1024,
+                size_threshold=0,  # every tensor, as an external-data input expects
             )
             if (staging / data_name).exists():
                 os.replace(staging / data_name, output.parent / data_name)

@@ -164,10 +164,11 @@ def canonical_rows(
     identity, where it is the bias itself. Rows of constant variables are zero.
     """
     inner = lumping.offset if activation.kind is ActivationKind.IDENTITY else 0.0
-    rows = np.column_stack([coefficients, bias - inner])
     kept = lumping.block >= 0
-    rows[kept] /= lumping.scale[kept, None]
-    rows[~kept] = 0.0
+    divisor = np.where(kept, lumping.scale, np.inf)[:, None]  # constants become zero rows
+    rows = np.empty((coefficients.shape[0], coefficients.shape[1] + 1))
+    np.divide(coefficients, divisor, out=rows[:, :-1])
+    np.divide((bias - inner)[:, None], divisor, out=rows[:, -1:])
     return rows
 
 

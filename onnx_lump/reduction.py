@@ -41,6 +41,10 @@ def reduce_system(system: OdeSystem, partition: Partition) -> list[ReducedLayer]
     upstream = Lumping.identity(len(system.inputs))
     for layer, lumping in zip(system.hidden, partition.lumpings, strict=True):
         coefficients, bias = aggregate(layer, upstream)
+        if lumping.n_blocks == lumping.size:  # nothing merged or removed: keep the layer as is
+            reduced.append(ReducedLayer(coefficients, bias))
+            upstream = Lumping.identity(lumping.size)
+            continue
         rows = canonical_rows(coefficients, bias, lumping, layer.activation)
         kept_rows, upstream = _rebase_on_first_member(_block_means(rows, lumping), lumping, layer)
         reduced.append(ReducedLayer(kept_rows[:, :-1], kept_rows[:, -1]))

@@ -59,7 +59,15 @@ def export_model(
     """The rewritten graph inside a copy of ``original``'s model-level fields."""
     exported = gs.export_onnx(graph, do_type_check=False)
     model = onnx.ModelProto()
-    model.CopyFrom(original)
+    for descriptor, value in original.ListFields():  # all but the graph, without copying it
+        if descriptor.name == "graph":
+            continue
+        if _is_repeated(descriptor):
+            getattr(model, descriptor.name).extend(value)
+        elif descriptor.message_type is not None:
+            getattr(model, descriptor.name).CopyFrom(value)
+        else:
+            setattr(model, descriptor.name, value)
     model.graph.CopyFrom(exported.graph)
     existing = {prop.key: prop for prop in model.metadata_props}
     for key, value in metadata.items():
@@ -68,6 +76,12 @@ def export_model(
         else:
             model.metadata_props.add(key=key, value=value)
     return model
+
+
+def _is_repeated(descriptor) -> bool:
+    if hasattr(descriptor, "is_repeated"):  # protobuf >= 5.28 dropped `label` in upb
+        return bool(descriptor.is_repeated)
+    return descriptor.label == descriptor.LABEL_REPEATED
 
 
 class _NameSource:

@@ -1,0 +1,179 @@
+"""The command line: round trip, tolerances, dumps, and every kind of bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from builders import mlp, random_layers
+from conftest import MODELS, run_ort
+
+from onnx_lump.cli import main
+
+DEMO = MODELS / "rn_tanh_2x64.onnx"
+
+
+def digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def demo(tmp_path):
+    path = tmp_path / "model.onnx"
+    shutil.copy(DEMO, path)
+    return path
+
+
+def test_module_round_trip(demo, tmp_path):
+    out = tmp_path / "small.onnx"
+    result = subprocess.run(
+        [sys.executable, "-m", "onnx_lump", str(demo), str(out), "--eps", "1.0"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith("PASSED | params 4998 -> ")
+    assert "max abs err" in last and str(out) in last
+    assert "Traceback" not in result.stderr
+    assert "/0/Gemm" in result.stdout and "eps=1" in result.stdout
+    reduced = onnx.load(out)
+    x = {"input": np.random.default_rng(0).standard_normal((8, 6)).astype(np.float32)}
+    assert run_ort(reduced, x)[0].shape == (8, 6)
+    assert sum(int(np.prod(t.dims)) for t in reduced.graph.initializer) < 4998
+
+
+def test_calibration_file_and_json_report(demo, tmp_path, capsys):
+    out, report = tmp_path / "small.onnx", tmp_path / "report.json"
+    code = main(
+        [
+            str(demo),
+            str(out),
+            "--eps",
+            "0.5",
+            "--calib",
+            str(MODELS / "rn_calib.npz"),
+            "--report-json",
+            str(report),
+            "-q",
+        ]
+    )
+    assert code == 0
+    data = json.loads(report.read_text())
+    assert data["verification"]["n_samples"] == 256
+    assert data["verification"]["passed"] is True
+    assert data["params_after"] <= data["params_before"] == 4998
+    assert capsys.readouterr().out.count("\n") == 1  # -q: only the final line
+
+
+def test_tolerance_exceeded_writes_nothing(demo, tmp_path, capsys):
+    out = tmp_path / "small.onnx"
+    code = main([str(demo), str(out), "--eps", "2.0", "--atol", "1e-6"])
+    assert code == 1
+    assert not out.exists()
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("FAILED |")
+
+
+def test_exact_mode_passes_tight_tolerances(tmp_path):
+    layers = random_layers([4, 10, 3], seed=3)
+    layers[0][0][9], layers[0][1][9] = 2.5 * layers[0][0][0], 2.5 * layers[0][1][0]
+    source, out = tmp_path / "m.onnx", tmp_path / "o.onnx"
+    onnx.save(mlp(layers, ["Relu"]), source)
+    assert main([str(source), str(out), "--rtol", "1e-5", "--atol", "1e-5"]) == 0
+    assert out.exists()
+
+
+def test_dump_ode_as_text_and_erode(demo, tmp_path):
+    dump = tmp_path / "model.ode.txt"
+    assert main([str(demo), str(tmp_path / "o.onnx"), "--dump-ode", str(dump), "-q"]) == 0
+    assert "h1_0' = Tanh(" in dump.read_text()
+    linear = tmp_path / "linear.onnx"
+    onnx.save(mlp(random_layers([3, 4, 2]), [None]), linear)
+    erode = tmp_path / "linear.ode"
+    assert main([str(linear), str(tmp_path / "l.onnx"), "--dump-ode", str(erode), "-q"]) == 0
+    assert erode.read_text().startswith("begin model")
+
+
+def test_dynamic_non_batch_dimension_needs_input_shape(tmp_path, capsys):
+    source = tmp_path / "seq.onnx"
+    onnx.save(
+        mlp(random_layers([4, 6, 2]), ["Tanh"], op="MatMul", input_dims=("N", "T", None)), source
+    )
+    out = tmp_path / "o.onnx"
+    assert main([str(source), str(out)]) == 2
+    assert "--input-shape x:" in capsys.readouterr().err
+    assert main([str(source), str(out), "--input-shape", "x:3,5,4"]) == 0
+
+
+def bad_model_without_chain(tmp_path):
+    path = tmp_path / "single.onnx"
+    onnx.save(mlp(random_layers([4, 3]), []), path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "case,expected",
+    [
+        ("missing", "does not exist"),
+        ("not_onnx", "is not an ONNX model"),
+        ("no_chain", "no dense chain"),
+        ("negative_eps", "--eps must be >= 0"),
+        ("same_path", "is the input model"),
+        ("missing_folder", "does not exist"),
+        ("folder_is_file", "does not exist"),
+        ("bad_provider", "not available"),
+        ("bad_calib", "does not exist"),
+    ],
+)
+def test_bad_input_is_one_line_nonzero_and_harmless(case, expected, demo, tmp_path, capsys):
+    source, out, extra = demo, tmp_path / "out.onnx", []
+    if case == "missing":
+        source = tmp_path / "nope.onnx"
+    elif case == "not_onnx":
+        source = tmp_path / "notes.onnx"
+        source.write_text("this is not a protobuf, just text\n" * 10)
+    elif case == "no_chain":
+        source = bad_model_without_chain(tmp_path)
+    elif case == "negative_eps":
+        extra = ["--eps", "-0.1"]
+    elif case == "same_path":
+        out = demo
+    elif case == "missing_folder":
+        out = tmp_path / "no" / "such" / "out.onnx"
+    elif case == "folder_is_file":
+        out = demo / "out.onnx"
+    elif case == "bad_provider":
+        extra = ["--providers", "NoSuchExecutionProvider"]
+    elif case == "bad_calib":
+        extra = ["--calib", str(tmp_path / "missing.npz")]
+    before = digest(source) if source.exists() else None
+    listing = sorted(p.name for p in tmp_path.rglob("*"))
+
+    code = main([str(source), str(out), *extra])
+
+    captured = capsys.readouterr()
+    assert code != 0
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("FAILED | ") and expected in lines[0]
+    assert "Traceback" not in captured.err + captured.out
+    if before is not None:
+        assert digest(source) == before
+    assert sorted(p.name for p in tmp_path.rglob("*")) == listing
+
+
+def test_module_reports_user_errors_without_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "onnx_lump", str(tmp_path / "x.onnx"), str(tmp_path / "y.onnx")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
