@@ -69,6 +69,12 @@ def export_model(
         else:
             setattr(model, descriptor.name, value)
     model.graph.CopyFrom(exported.graph)
+    # onnx-graphsurgeon drops initializers no node reads; they were not ours to remove.
+    kept = {t.name for t in model.graph.initializer}
+    read = _names_read(original.graph)
+    model.graph.initializer.extend(
+        t for t in original.graph.initializer if t.name not in read and t.name not in kept
+    )
     existing = {prop.key: prop for prop in model.metadata_props}
     for key, value in metadata.items():
         if key in existing:
@@ -76,6 +82,17 @@ def export_model(
         else:
             model.metadata_props.add(key=key, value=value)
     return model
+
+
+def _names_read(graph: onnx.GraphProto) -> set[str]:
+    """Names read by any node (subgraphs included) or exposed as graph outputs."""
+    names = {o.name for o in graph.output}
+    for node in graph.node:
+        names.update(node.input)
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                names |= _names_read(sub)
+    return names
 
 
 def _is_repeated(descriptor) -> bool:

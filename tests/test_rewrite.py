@@ -41,6 +41,14 @@ def test_model_fields_are_kept_and_the_reduction_recorded():
     assert json.loads(props["onnx_lump.widths_after"]) == [[8, 8]]
 
 
+def test_initializers_no_node_reads_are_kept():
+    model = planted_model()
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.ones(3, np.float32), "spare"))
+    reduced, _ = lump(model, 0.0, verify=False)
+    spare = [t for t in reduced.graph.initializer if t.name == "spare"]
+    assert len(spare) == 1 and spare[0] == model.graph.initializer[-1]
+
+
 def test_stale_value_info_of_narrowed_tensors_is_dropped():
     model = planted_model(value_info=True)
     reduced, _ = lump(model, 0.0, verify=False)
