@@ -8,7 +8,7 @@ The pass runs in stages, one module each, data flowing one way:
 
 __version__ = "0.1.0"
 
-from onnx_lump.api import LayerStats, Report, lump
+from onnx_lump.api import LayerStats, Report, compress, lump
 from onnx_lump.chains import DenseChain, DenseLayer, scan_graph
 from onnx_lump.equivalence import (
     Equivalence,
@@ -38,6 +38,7 @@ __all__ = [
     "VerificationResult",
     "__version__",
     "compare_models",
+    "compress",
     "compute_partition",
     "encode_chain",
     "lump",

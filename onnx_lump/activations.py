@@ -53,6 +53,20 @@ class Activation:
             return 0.5 * (1.0 + np.tanh(0.5 * z))  # overflow-free logistic
         return z
 
+    def derivative(self, z: np.ndarray) -> np.ndarray:
+        """d sigma / d z, elementwise (the subgradient 1 at 0 for the Relu family)."""
+        z = np.asarray(z, dtype=np.float64)
+        if self.kind is ActivationKind.RELU:
+            return (z >= 0.0).astype(np.float64)
+        if self.kind is ActivationKind.LEAKY_RELU:
+            return np.where(z >= 0.0, 1.0, self.alpha)
+        if self.kind is ActivationKind.TANH:
+            return 1.0 - np.tanh(z) ** 2
+        if self.kind is ActivationKind.SIGMOID:
+            s = self(z)
+            return s * (1.0 - s)
+        return np.ones_like(z)
+
     def describe(self) -> str:
         if self.kind is ActivationKind.LEAKY_RELU:
             return f"LeakyRelu(alpha={self.alpha:g})"

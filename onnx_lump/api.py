@@ -1,4 +1,4 @@
-"""The pass as one call: read chains, encode, partition, reduce, rewrite, verify."""
+"""The pass as one call: read chains, encode, compress with a method, rewrite, verify."""
 
 from __future__ import annotations
 
@@ -13,23 +13,27 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnx_lump import __version__
+from onnx_lump.calibration import chain_inputs, random_inputs
 from onnx_lump.chains import DenseChain, scan_graph
-from onnx_lump.equivalence import Equivalence, PartitionOptions, compute_partition
+from onnx_lump.equivalence import Equivalence, PartitionOptions, Similarity
 from onnx_lump.errors import LumpError
 from onnx_lump.grouping import Linkage
+from onnx_lump.methods import ChainProblem, ChainResult, Lump, Method
+from onnx_lump.methods.lumping import DEFAULT_RIDGE
 from onnx_lump.ode import OdeSystem, encode_chain
-from onnx_lump.reduction import ReducedLayer, reduce_system
 from onnx_lump.rewrite import export_model, rewrite_chain
-from onnx_lump.verify import VerificationResult, compare_models, random_inputs, resolve_providers
+from onnx_lump.runtime import resolve_providers
+from onnx_lump.verify import VerificationResult, compare_models
 
-__all__ = ["LayerStats", "Report", "lump"]
+__all__ = ["LayerStats", "Report", "compress", "lump"]
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class LayerStats:
-    """Width and parameter count (weights + biases) of one dense layer, before and after."""
+    """Width and parameter count (weights + biases) of one dense layer, before and after;
+    for unstructured methods ``params_after`` counts non-zero weights."""
 
     chain: int
     layer: str
@@ -44,10 +48,12 @@ class LayerStats:
 class Report:
     """What the pass did; ``verification`` is truthy when the outputs matched."""
 
-    options: PartitionOptions
+    method: str
+    structured: bool
     layers: list[LayerStats]
     notes: list[str]
     seconds: float
+    shortcut_params: int = 0
     verification: VerificationResult | None = None
     systems: list[OdeSystem] = field(default_factory=list, repr=False)
 
@@ -57,7 +63,7 @@ class Report:
 
     @property
     def params_after(self) -> int:
-        return sum(s.params_after for s in self.layers)
+        return sum(s.params_after for s in self.layers) + self.shortcut_params
 
     @property
     def retained(self) -> float:
@@ -65,10 +71,9 @@ class Report:
 
     def to_dict(self) -> dict:
         return {
-            "eps": self.options.eps,
-            "equivalence": self.options.equivalence.value,
-            "linkage": self.options.linkage.value,
-            "symmetries": self.options.symmetries,
+            "method": self.method,
+            "structured": self.structured,
+            "shortcut_params": self.shortcut_params,
             "params_before": self.params_before,
             "params_after": self.params_after,
             "retained": self.retained,
@@ -83,10 +88,9 @@ class Report:
 
     def summary(self) -> str:
         """A table of widths and parameters per layer, then the error and the notes."""
-        o = self.options
+        kind = "" if self.structured else "  (unstructured: non-zero weights; graph not smaller)"
         lines = [
-            f"eps={o.eps:g}  equivalence={o.equivalence.value}  linkage={o.linkage.value}  "
-            f"symmetries={'on' if o.symmetries else 'off'}  time={self.seconds:.3f}s",
+            f"method: {self.method}  time={self.seconds:.3f}s{kind}",
             f"{'chain':>5}  {'layer':<28} {'activation':<18} {'width':>13} {'params':>19}",
         ]
         for s in self.layers:
@@ -94,6 +98,9 @@ class Report:
                 f"{s.chain:>5}  {s.layer[:28]:<28} {s.activation:<18} "
                 f"{s.width_before:>6}->{s.width_after:<6} {s.params_before:>9}->{s.params_after:<9}"
             )
+        if self.shortcut_params:
+            label = "linear shortcuts"
+            lines.append(f"{'':>5}  {label:<28} {'':<18} {'':>13} {'':>9}+{self.shortcut_params}")
         lines.append(
             f"{'total':>5}  {'':<28} {'':<18} {'':>13} "
             f"{self.params_before:>9}->{self.params_after:<9} ({100 * self.retained:.1f}% kept)"
@@ -117,6 +124,35 @@ def lump(
     equivalence: str | Equivalence = Equivalence.BACKWARD,
     linkage: str | Linkage = Linkage.SINGLE,
     symmetries: bool = True,
+    similarity: str | Similarity = Similarity.WEIGHTS,
+    calibration: Mapping[str, np.ndarray] | None = None,
+    refit: bool = True,
+    ridge: float = DEFAULT_RIDGE,
+    **kwargs,
+) -> tuple[onnx.ModelProto, Report]:
+    """Merge epsilon-equivalent neurons of every dense chain of ``model``.
+
+    Data-free unless ``calibration`` inputs are given; then each next layer is refit in
+    closed form (unless ``refit`` is False). Other keyword arguments go to
+    :func:`compress`. Returns a new model (``model`` is not modified) and a Report.
+    """
+    options = PartitionOptions(
+        float(eps),
+        Equivalence(equivalence),
+        Linkage(linkage),
+        bool(symmetries),
+        Similarity(similarity),
+    )
+    return compress(
+        model, Lump(options, refit=refit, ridge=ridge), calibration=calibration, **kwargs
+    )
+
+
+def compress(
+    model: onnx.ModelProto,
+    method: Method,
+    *,
+    calibration: Mapping[str, np.ndarray] | None = None,
     verify: bool = True,
     inputs: Mapping[str, np.ndarray] | None = None,
     n_check: int = 64,
@@ -125,17 +161,17 @@ def lump(
     atol: float | None = None,
     rtol: float | None = None,
 ) -> tuple[onnx.ModelProto, Report]:
-    """Merge epsilon-equivalent neurons of every dense chain of ``model``.
+    """Compress every dense chain of ``model`` with ``method``.
 
-    Returns a new model (``model`` is not modified) and a :class:`Report`. With
-    ``verify``, both models run in onnxruntime on ``inputs`` (or ``n_check`` seeded
-    random inputs) and ``report.verification`` holds the output errors, judged against
+    ``calibration`` feeds the data-aware methods. With ``verify``, both models run in
+    onnxruntime on ``inputs`` (else ``calibration``, else ``n_check`` seeded random
+    inputs) and ``report.verification`` holds the output errors, judged against
     ``atol``/``rtol`` when given.
     """
-    options = PartitionOptions(
-        float(eps), Equivalence(equivalence), Linkage(linkage), bool(symmetries)
-    )
+    if method.needs_data and calibration is None:
+        raise LumpError(f"method '{method.name}' needs calibration inputs (--calib)")
     started = time.perf_counter()
+    run_on = resolve_providers(providers)
     graph = gs.import_onnx(model)
     scan = scan_graph(graph)
     if not scan.chains:
@@ -143,43 +179,60 @@ def lump(
             "no dense chain found: need two or more Gemm/MatMul(+Add) layers with constant "
             "weights joined by Relu, LeakyRelu, Tanh, Sigmoid or nothing"
         )
-    stats, systems, widths_before, widths_after = [], [], [], []
-    for index, chain in enumerate(scan.chains):
+    activations = [None] * len(scan.chains)
+    if calibration is not None:
+        activations = chain_inputs(model, scan.chains, calibration, run_on)
+    stats, systems, widths_before, widths_after, shortcut_params = [], [], [], [], 0
+    for index, (chain, data) in enumerate(zip(scan.chains, activations, strict=True)):
         system = encode_chain(chain, name=f"chain{index}")
-        partition = compute_partition(system, options)
-        reduced = reduce_system(system, partition)
-        stats += _layer_stats(index, chain, reduced)
-        rewrite_chain(graph, chain, reduced)
+        result = method.compress(ChainProblem(system, data))
+        stats += _layer_stats(index, chain, result, method.structured)
+        shortcut_params += sum(_count(s.weight, method.structured) for s in result.shortcuts)
+        rewrite_chain(graph, chain, result.layers, result.shortcuts)
         systems.append(system)
         widths_before.append(chain.hidden_widths)
-        widths_after.append(partition.widths)
-        logger.info(
-            "chain %d: hidden widths %s -> %s", index, chain.hidden_widths, partition.widths
-        )
+        widths_after.append([layer.out_features for layer in result.layers[:-1]])
+        logger.info("chain %d: hidden widths %s -> %s", index, widths_before[-1], widths_after[-1])
     metadata = {
         "onnx_lump.version": __version__,
-        "onnx_lump.eps": repr(options.eps),
-        "onnx_lump.equivalence": options.equivalence.value,
-        "onnx_lump.linkage": options.linkage.value,
+        "onnx_lump.method": method.describe(),
         "onnx_lump.widths_before": json.dumps(widths_before),
         "onnx_lump.widths_after": json.dumps(widths_after),
     }
+    if isinstance(method, Lump):
+        metadata["onnx_lump.eps"] = repr(method.options.eps)
+        metadata["onnx_lump.equivalence"] = method.options.equivalence.value
+        metadata["onnx_lump.linkage"] = method.options.linkage.value
     reduced_model = export_model(graph, model, metadata)
     onnx.checker.check_model(reduced_model)
     seconds = time.perf_counter() - started
-    report = Report(options, stats, scan.notes, seconds, systems=systems)
+    report = Report(
+        method.describe(),
+        method.structured,
+        stats,
+        scan.notes,
+        seconds,
+        shortcut_params,
+        systems=systems,
+    )
     if verify:
-        feeds = inputs if inputs is not None else random_inputs(model, n_check, input_shapes)
-        report.verification = compare_models(
-            model, reduced_model, feeds, resolve_providers(providers), atol, rtol
-        )
+        feeds = inputs if inputs is not None else calibration
+        if feeds is None:
+            feeds = random_inputs(model, n_check, input_shapes)
+        report.verification = compare_models(model, reduced_model, feeds, run_on, atol, rtol)
     return reduced_model, report
 
 
-def _layer_stats(index: int, chain: DenseChain, reduced: list[ReducedLayer]) -> list[LayerStats]:
+def _count(weight: np.ndarray, structured: bool) -> int:
+    return int(weight.size if structured else np.count_nonzero(weight))
+
+
+def _layer_stats(
+    index: int, chain: DenseChain, result: ChainResult, structured: bool
+) -> list[LayerStats]:
     stats = []
     acts = [a.describe() for a in chain.activations] + ["(chain output)"]
-    for layer, new, act in zip(chain.layers, reduced, acts, strict=True):
+    for layer, new, act in zip(chain.layers, result.layers, acts, strict=True):
         has_bias = layer.bias_ref is not None or bool(new.bias.any())
         stats.append(
             LayerStats(
@@ -189,7 +242,7 @@ def _layer_stats(index: int, chain: DenseChain, reduced: list[ReducedLayer]) -> 
                 width_before=layer.out_features,
                 width_after=new.out_features,
                 params_before=layer.n_params,
-                params_after=new.weight.size + (new.out_features if has_bias else 0),
+                params_after=_count(new.weight, structured) + (new.out_features if has_bias else 0),
             )
         )
     return stats

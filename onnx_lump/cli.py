@@ -1,13 +1,17 @@
-"""Merge neurons with epsilon-equivalent dynamics in the dense chains of an ONNX model.
+"""Shrink the dense chains of an ONNX model: merge neurons with epsilon-equivalent dynamics
+(or prune, or fold linear neurons), then check the result with onnxruntime.
 
-Reads IN, writes a smaller OUT (hidden layers narrower, everything else as it was),
-runs both with onnxruntime on the same inputs and prints widths, parameters and output
-errors. With --atol/--rtol it writes nothing and exits 1 when the error is larger.
+Reads IN, writes a smaller OUT (everything outside the dense chains as it was), runs both
+on the same inputs and prints widths, parameters and output errors. With --atol/--rtol,
+or a --target-params/--max-error target that cannot be met, it writes nothing and exits 1.
+With --calib, lumping refits each next layer on the calibration inputs.
 
 examples:
   python -m onnx_lump model.onnx model.lumped.onnx --eps 0.05
-  python -m onnx_lump model.onnx small.onnx --eps 0.1 --calib calib.npz --rtol 0.02
-  python -m onnx_lump model.onnx small.onnx --dump-ode model.ode.txt
+  python -m onnx_lump model.onnx small.onnx --calib train.npz --max-error 0.01
+  python -m onnx_lump model.onnx small.onnx --calib train.npz --target-params 0.3
+  python -m onnx_lump model.onnx table.csv --calib train.npz --sweep 0:2:0.1
+  python -m onnx_lump model.onnx pruned.onnx --method wanda --sparsity 0.5 --calib train.npz
 """
 
 from __future__ import annotations
@@ -17,14 +21,38 @@ import logging
 import sys
 from pathlib import Path
 
-from onnx_lump.api import Report, lump
-from onnx_lump.equivalence import Equivalence
+from onnx_lump.api import Report, compress
+from onnx_lump.calibration import load_inputs
+from onnx_lump.equivalence import Equivalence, PartitionOptions, Similarity
 from onnx_lump.errors import LumpError
 from onnx_lump.grouping import Linkage
+from onnx_lump.methods import (
+    EliminationCompensation,
+    Exact,
+    LinearFolding,
+    Lump,
+    Magnitude,
+    Method,
+    Scope,
+    Sequence,
+    Wanda,
+)
+from onnx_lump.methods.lumping import DEFAULT_RIDGE
 from onnx_lump.modelio import check_output_path, load_model, save_model
-from onnx_lump.verify import load_inputs
+from onnx_lump.search import Evaluator, bisect, parse_knobs, sweep, write_table
 
 __all__ = ["build_parser", "main"]
+
+METHODS = ("lump", "exact", "magnitude", "wanda", "ec", "linear", "lump+linear")
+# The knob each method trades size for accuracy with (larger = smaller), and its limit.
+_KNOBS = {
+    "lump": ("eps", None),
+    "lump+linear": ("eps", None),
+    "magnitude": ("sparsity", 0.999),
+    "wanda": ("sparsity", 0.999),
+    "ec": ("sparsity", 0.999),
+    "linear": ("1-tau", 0.999),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,34 +64,61 @@ def build_parser() -> argparse.ArgumentParser:
     )
     models = parser.add_argument_group("models")
     models.add_argument("input", type=Path, help="ONNX model to reduce (never modified)")
-    models.add_argument("output", type=Path, help="where to write the reduced model")
+    models.add_argument(
+        "output", type=Path, help="where to write the reduced model (the table, with --sweep)"
+    )
+    models.add_argument(
+        "--method",
+        choices=METHODS,
+        default="lump",
+        help="lump (default), exact, magnitude, wanda, ec, linear, lump+linear",
+    )
 
-    method = parser.add_argument_group("equivalence")
-    method.add_argument(
+    lumping = parser.add_argument_group("lumping")
+    lumping.add_argument(
         "--eps",
         type=float,
         default=0.0,
         help="tolerance: L1 distance under which neurons merge (default 0: exact merges only)",
     )
-    method.add_argument(
+    lumping.add_argument(
         "--equivalence",
         choices=[e.value for e in Equivalence],
         default="backward",
         help="backward: match incoming dynamics (default, exact at eps 0); "
         "forward: match outgoing coefficients (ERODE's FDE)",
     )
-    method.add_argument(
+    lumping.add_argument(
         "--linkage",
         choices=[k.value for k in Linkage],
         default="single",
         help="single: connected components of the relation (ERODE); complete: all pairs within eps",
     )
-    method.add_argument(
+    lumping.add_argument(
+        "--similarity",
+        choices=[s.value for s in Similarity],
+        default=None,
+        help="compare neurons by weights or by pre-activations on --calib data "
+        f"(default: {Similarity.WEIGHTS.value})",
+    )
+    lumping.add_argument(
         "--no-symmetries",
         action="store_true",
         help="compare raw rows only: no scale/sign canonical forms, no proportional merges",
     )
-    method.add_argument(
+    lumping.add_argument(
+        "--no-refit",
+        action="store_true",
+        help="with --calib, do not refit the next layer after each merge",
+    )
+    lumping.add_argument(
+        "--ridge",
+        type=float,
+        default=DEFAULT_RIDGE,
+        help=f"ridge strength of the refit, relative to the mean squared activation "
+        f"(default {DEFAULT_RIDGE:g})",
+    )
+    lumping.add_argument(
         "--dump-ode",
         type=Path,
         metavar="FILE",
@@ -71,17 +126,64 @@ def build_parser() -> argparse.ArgumentParser:
         "(polynomial chains only)",
     )
 
-    check = parser.add_argument_group("verification")
-    data = check.add_mutually_exclusive_group()
-    data.add_argument(
-        "--calib", type=Path, metavar="FILE", help="inputs to compare on (.npz or .npy)"
+    others = parser.add_argument_group("pruning and linear folding")
+    others.add_argument(
+        "--sparsity", type=float, default=0.5, help="share of weights to zero (default 0.5)"
     )
-    data.add_argument(
+    others.add_argument(
+        "--scope",
+        choices=[s.value for s in Scope],
+        default=None,
+        help="magnitude and ec: per layer or one global threshold "
+        "(default: layer for magnitude, global for ec)",
+    )
+    others.add_argument(
+        "--tau",
+        type=float,
+        default=1.0,
+        help="linear: fold neurons active on at least this share of --calib inputs "
+        "(default 1: lossless on that data)",
+    )
+
+    auto = parser.add_argument_group("automatic choice of the knob (eps, sparsity or 1-tau)")
+    auto.add_argument(
+        "--target-params",
+        type=float,
+        metavar="F",
+        help="keep at most the fraction F of the chains' parameters",
+    )
+    auto.add_argument(
+        "--max-error",
+        type=float,
+        metavar="E",
+        help="largest relative RMSE increase of the outputs allowed (0.01 = 1%%)",
+    )
+    auto.add_argument(
+        "--val",
+        type=Path,
+        metavar="FILE",
+        help="measure the error on these inputs (.npz may hold 'target') instead of --calib",
+    )
+    auto.add_argument(
+        "--sweep",
+        metavar="SPEC",
+        help="list 'a,b,c' or range 'start:stop:step' of knob values: writes the size/error "
+        "table to OUT (.csv or .json) instead of a model",
+    )
+
+    check = parser.add_argument_group("data and verification")
+    check.add_argument(
+        "--calib",
+        type=Path,
+        metavar="FILE",
+        help="representative inputs (.npz with one array per input, .npy, or .csv)",
+    )
+    check.add_argument(
         "--check",
         type=int,
         default=64,
         metavar="N",
-        help="number of seeded random inputs when no --calib is given (default 64)",
+        help="number of seeded random inputs to verify on when no --calib is given (default 64)",
     )
     check.add_argument(
         "--input-shape",
@@ -126,27 +228,99 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _run(args: argparse.Namespace) -> int:
+def build_method(name: str, knob: float, args: argparse.Namespace) -> Method:
+    """The method ``name`` with its knob set to ``knob`` and the rest from ``args``."""
+    if name in ("lump", "lump+linear"):
+        similarity = Similarity(args.similarity or Similarity.WEIGHTS.value)
+        options = PartitionOptions(
+            knob,
+            Equivalence(args.equivalence),
+            Linkage(args.linkage),
+            not args.no_symmetries,
+            similarity,
+        )
+        lump = Lump(options, refit=not args.no_refit, ridge=args.ridge)
+        return Sequence(lump, LinearFolding(args.tau)) if name == "lump+linear" else lump
+    if name == "exact":
+        return Exact()
+    if name == "magnitude":
+        return Magnitude(knob, Scope(args.scope or Scope.LAYER.value))
+    if name == "wanda":
+        return Wanda(knob)
+    if name == "ec":
+        return EliminationCompensation(knob, Scope(args.scope or Scope.GLOBAL.value))
+    return LinearFolding(1.0 - knob)
+
+
+def _validate(args: argparse.Namespace) -> None:
     if args.eps < 0:
         raise LumpError(f"--eps must be >= 0, got {args.eps}")
     if args.check < 1:
         raise LumpError(f"--check must be >= 1, got {args.check}")
+    if not 0.0 <= args.sparsity < 1.0:
+        raise LumpError(f"--sparsity must be in [0, 1), got {args.sparsity}")
+    if not 0.0 < args.tau <= 1.0:
+        raise LumpError(f"--tau must be in (0, 1], got {args.tau}")
+    if args.ridge < 0:
+        raise LumpError(f"--ridge must be >= 0, got {args.ridge}")
+    if args.target_params is not None and not 0.0 < args.target_params <= 1.0:
+        raise LumpError(f"--target-params must be in (0, 1], got {args.target_params}")
+    if args.max_error is not None and args.max_error < 0:
+        raise LumpError(f"--max-error must be >= 0, got {args.max_error}")
+    searching = args.sweep or args.target_params is not None or args.max_error is not None
+    if searching and args.method == "exact":
+        raise LumpError("method 'exact' has no knob to sweep or search")
+    if args.similarity == Similarity.DATA.value and args.calib is None:
+        raise LumpError("--similarity data needs --calib")
+    if args.sweep and args.output.suffix.lower() not in (".csv", ".json"):
+        raise LumpError(
+            f"with --sweep, OUT is the table: give a .csv or .json path, not '{args.output}'"
+        )
+
+
+def _initial_knob(args: argparse.Namespace) -> float:
+    if args.method in ("lump", "lump+linear"):
+        return args.eps
+    if args.method == "linear":
+        return 1.0 - args.tau
+    return args.sparsity
+
+
+def _run(args: argparse.Namespace) -> int:
+    _validate(args)
     check_output_path(args.output, args.input)
     for side in (args.dump_ode, args.report_json):
         if side is not None:
             check_output_path(side, args.input)
     loaded = load_model(args.input)
-    inputs = load_inputs(args.calib, loaded.model) if args.calib else None
-    reduced, report = lump(
+    calibration = load_inputs(args.calib, loaded.model) if args.calib else None
+    providers = [p.strip() for p in args.providers.split(",") if p.strip()]
+    knob_name, limit = _KNOBS.get(args.method, ("", None))
+
+    if args.sweep or args.target_params is not None or args.max_error is not None:
+        evaluate = _evaluator(args, loaded.model, calibration, providers)
+        if args.sweep:
+            points = sweep(evaluate, parse_knobs(args.sweep))
+            write_table(points, args.output, knob_name)
+            print(f"PASSED | {len(points)} points of {args.method} | wrote {args.output}")
+            return 0
+        _, _, point, met = bisect(evaluate, limit, args.target_params, args.max_error)
+        knob, target_line = point.knob, _target_line(knob_name, point, met, args)
+        if not args.quiet:
+            print(target_line)
+        if not met:
+            print(f"FAILED | {target_line} | nothing written")
+            return 1
+    else:
+        knob = _initial_knob(args)
+
+    reduced, report = compress(
         loaded.model,
-        args.eps,
-        equivalence=args.equivalence,
-        linkage=args.linkage,
-        symmetries=not args.no_symmetries,
-        inputs=inputs,
+        build_method(args.method, knob, args),
+        calibration=calibration,
         n_check=args.check,
         input_shapes=_parse_shapes(args.input_shape),
-        providers=[p.strip() for p in args.providers.split(",") if p.strip()],
+        providers=providers,
         atol=args.atol,
         rtol=args.rtol,
     )
@@ -163,6 +337,42 @@ def _run(args: argparse.Namespace) -> int:
     save_model(reduced, args.output, external_data=loaded.external_data)
     print(f"PASSED | {verdict} | wrote {args.output}")
     return 0
+
+
+def _evaluator(args, model, calibration, providers) -> Evaluator:
+    method = build_method(args.method, 0.0, args)
+    if method.needs_data and calibration is None:
+        raise LumpError(f"method '{args.method}' needs calibration inputs (--calib)")
+    targets = None
+    if args.val is not None:
+        evaluation, targets = load_inputs(args.val, model, with_targets=True)
+    elif calibration is not None:
+        evaluation = calibration
+    else:
+        raise LumpError(
+            "choosing the knob needs data to measure the error on: give --calib or --val"
+        )
+    return Evaluator(
+        model,
+        lambda knob: build_method(args.method, knob, args),
+        calibration,
+        evaluation,
+        targets,
+        providers,
+    )
+
+
+def _target_line(knob_name: str, point, met: bool, args) -> str:
+    wanted = []
+    if args.target_params is not None:
+        wanted.append(f"params <= {100 * args.target_params:g}%")
+    if args.max_error is not None:
+        wanted.append(f"error <= {100 * args.max_error:g}%")
+    status = "met" if met else "NOT met"
+    return (
+        f"search: {knob_name}={point.knob:.6g} keeps {100 * point.retained:.1f}% of the "
+        f"parameters at error {100 * point.error:.3g}% ({' and '.join(wanted)}: {status})"
+    )
 
 
 def _parse_shapes(specs: list[str]) -> dict[str, list[int]]:

@@ -34,6 +34,14 @@ __all__ = ["Equivalence", "Partition", "PartitionOptions", "compute_partition"]
 # Epsilon 0 still has to absorb rounding: rows stored in the model's dtype and rescaled
 # in float64 agree only to a few units of the dtype's precision.
 _ROUNDING_UNITS = 16.0
+# A neuron whose activation varies this little, relative to the layer's median, is
+# constant on the calibration data.
+_DATA_CONSTANT = 1e-3
+
+
+class Similarity(enum.Enum):
+    WEIGHTS = "weights"  # rows of coefficients and bias
+    DATA = "data"  # pre-activations on calibration inputs
 
 
 class Equivalence(enum.Enum):
@@ -47,6 +55,7 @@ class PartitionOptions:
     equivalence: Equivalence = Equivalence.BACKWARD
     linkage: Linkage = Linkage.SINGLE
     symmetries: bool = True
+    similarity: Similarity = Similarity.WEIGHTS
 
     def __post_init__(self) -> None:
         if not np.isfinite(self.eps) or self.eps < 0:
@@ -79,15 +88,65 @@ def _backward(system: OdeSystem, options: PartitionOptions) -> list[Lumping]:
     upstream = Lumping.identity(len(system.inputs))
     for layer in system.hidden:
         coefficients, bias = aggregate(layer, upstream)
-        constant = _small_rows(coefficients, options.eps, system.precision)
-        scale, offset = _symmetry_transform(coefficients, bias, layer.activation, constant, options)
-        every_row = Lumping(np.zeros(layer.size, dtype=np.int64), scale, offset, 1)
-        rows = canonical_rows(coefficients, bias, every_row, layer.activation)
-        scale = np.where(constant, 0.0, scale)
-        offset = np.where(constant, layer.activation(bias), offset)
-        upstream = _lumping_from_groups(rows, constant, scale, offset, system.precision, options)
+        upstream = backward_lumping(coefficients, bias, layer.activation, options, system.precision)
         lumpings.append(upstream)
     return lumpings
+
+
+def backward_lumping(
+    coefficients: np.ndarray,
+    bias: np.ndarray,
+    activation: Activation,
+    options: PartitionOptions,
+    precision: float,
+    inputs: np.ndarray | None = None,
+) -> Lumping:
+    """The backward lumping of one layer whose rows are already aggregated over upstream
+    blocks. Given calibration ``inputs`` (N samples x upstream blocks) and eps > 0,
+    neurons whose activation is constant on them are folded into the next bias; with
+    ``options.similarity`` DATA, neurons are compared by their canonical pre-activations
+    on ``inputs`` instead of by their weights."""
+    constant = _small_rows(coefficients, options.eps, precision)
+    scale, offset = _symmetry_transform(coefficients, bias, activation, constant, options)
+    every_row = Lumping(np.zeros(len(bias), dtype=np.int64), scale, offset, 1)
+    rows = canonical_rows(coefficients, bias, every_row, activation)
+    value = activation(bias)  # what a neuron with vanishing coefficients outputs
+    if options.similarity is Similarity.DATA and inputs is None:
+        raise LumpError("data similarity needs calibration inputs (--calib)")
+    data_constant = np.zeros_like(constant)
+    if inputs is not None:
+        data_rows, data_constant, mean = _data_rows(rows, inputs, activation, constant, options)
+        value = np.where(constant, value, scale * mean + offset)
+        if options.similarity is Similarity.DATA:
+            rows = data_rows
+    removed = constant | data_constant
+    offset = np.where(removed, value, offset)
+    scale = np.where(removed, 0.0, scale)
+    return _lumping_from_groups(
+        rows, removed, scale, offset, precision, options, unlinked=data_constant & ~constant
+    )
+
+
+def _data_rows(
+    rows: np.ndarray,
+    inputs: np.ndarray,
+    activation: Activation,
+    constant: np.ndarray,
+    options: PartitionOptions,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Canonical pre-activations on the data, scaled so that the L1 distance of two rows is
+    their mean absolute difference in units of the layer's typical spread; the neurons
+    whose activation is constant on the data (dead Relu, saturated Tanh/Sigmoid: a
+    standard deviation below 1e-3 of the layer's median; only for eps > 0); and those
+    activations' means."""
+    pre = rows[:, :-1] @ inputs.T + rows[:, -1:]  # (n, N): linear in the canonical row
+    spread = _median_or_one(pre[~constant].std(axis=1))
+    post = activation(pre)
+    variation = post.std(axis=1)
+    data_constant = variation <= _DATA_CONSTANT * _median_or_one(variation[~constant])
+    if options.eps == 0:
+        data_constant[:] = False  # constant on this data is not constant on all data
+    return pre / (pre.shape[1] * spread), data_constant, post.mean(axis=1)
 
 
 def _forward(system: OdeSystem, options: PartitionOptions) -> list[Lumping]:
@@ -157,19 +216,26 @@ def _lumping_from_groups(
     offset: np.ndarray,
     precision: float,
     options: PartitionOptions,
+    unlinked: np.ndarray | None = None,
 ) -> Lumping:
-    """Group all rows, then drop the removed (constant or dead) ones from their groups.
+    """Group all rows but the ``unlinked`` ones, then drop the removed ones from their
+    groups.
 
-    Removed rows still take part in the linkage, so that a larger epsilon, which removes
-    more rows, never splits a group that a smaller one formed.
+    Rows removed for being within eps of a constant still take part in the linkage, so
+    that a larger epsilon, which removes more rows, never splits a group that a smaller
+    one formed. Rows ``unlinked`` (constant on the data, whatever their weights) must not
+    bridge two live neurons and are left out of the grouping.
     """
     if removed.all():
         # A layer of width 0 is not a valid graph; keep one neuron as it is.
         removed, scale, offset = removed.copy(), scale.copy(), offset.copy()
         removed[0], scale[0], offset[0] = False, 1.0, 0.0
-    l1 = np.abs(rows).sum(axis=1)
+    linked = np.ones(len(removed), dtype=bool) if unlinked is None else ~unlinked
+    linked |= ~removed
+    l1 = np.abs(rows[linked]).sum(axis=1)
     eps = options.eps + _ROUNDING_UNITS * precision * float(l1.max())
-    groups = group_rows(rows, eps, options.linkage)
+    groups = np.full(len(removed), -1, dtype=np.int64)
+    groups[linked] = group_rows(rows[linked], eps, options.linkage)
     kept = np.flatnonzero(~removed)
     block = np.full(len(removed), -1, dtype=np.int64)
     block[kept] = number_by_first_row(groups[kept])

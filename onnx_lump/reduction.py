@@ -16,11 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from onnx_lump.activations import ActivationKind
+from onnx_lump.activations import Activation, ActivationKind
 from onnx_lump.equivalence import Partition
-from onnx_lump.ode import Lumping, OdeLayer, OdeSystem, aggregate, canonical_rows
+from onnx_lump.ode import Lumping, OdeSystem, aggregate, canonical_rows
 
-__all__ = ["ReducedLayer", "reduce_system"]
+__all__ = ["ReducedLayer", "reduce_layer", "reduce_system"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -41,16 +41,23 @@ def reduce_system(system: OdeSystem, partition: Partition) -> list[ReducedLayer]
     upstream = Lumping.identity(len(system.inputs))
     for layer, lumping in zip(system.hidden, partition.lumpings, strict=True):
         coefficients, bias = aggregate(layer, upstream)
-        if lumping.n_blocks == lumping.size:  # nothing merged or removed: keep the layer as is
-            reduced.append(ReducedLayer(coefficients, bias))
-            upstream = Lumping.identity(lumping.size)
-            continue
-        rows = canonical_rows(coefficients, bias, lumping, layer.activation)
-        kept_rows, upstream = _rebase_on_first_member(_block_means(rows, lumping), lumping, layer)
-        reduced.append(ReducedLayer(kept_rows[:, :-1], kept_rows[:, -1]))
+        kept, upstream = reduce_layer(coefficients, bias, lumping, layer.activation)
+        reduced.append(kept)
     coefficients, bias = aggregate(system.layers[-1], upstream)
     reduced.append(ReducedLayer(coefficients, bias))
     return reduced
+
+
+def reduce_layer(
+    coefficients: np.ndarray, bias: np.ndarray, lumping: Lumping, activation: Activation
+) -> tuple[ReducedLayer, Lumping]:
+    """One neuron per block, and how the layer's original neurons are expressed through
+    the kept ones (the lumping the next layer must be aggregated with)."""
+    if lumping.n_blocks == lumping.size:  # nothing merged or removed: keep the layer as is
+        return ReducedLayer(coefficients, bias), Lumping.identity(lumping.size)
+    rows = canonical_rows(coefficients, bias, lumping, activation)
+    kept_rows, rebased = _rebase_on_first_member(_block_means(rows, lumping), lumping, activation)
+    return ReducedLayer(kept_rows[:, :-1], kept_rows[:, -1]), rebased
 
 
 def _block_means(rows: np.ndarray, lumping: Lumping) -> np.ndarray:
@@ -64,14 +71,14 @@ def _block_means(rows: np.ndarray, lumping: Lumping) -> np.ndarray:
 
 
 def _rebase_on_first_member(
-    means: np.ndarray, lumping: Lumping, layer: OdeLayer
+    means: np.ndarray, lumping: Lumping, activation: Activation
 ) -> tuple[np.ndarray, Lumping]:
     """Turn canonical block rows into the rows of each block's first member, and re-express
     every member through that neuron: a_j = (s_j / s_f) a_f + c_j - s_j c_f / s_f."""
     first = np.array([members[0] for members in lumping.members()], dtype=np.int64)
     scale_f, offset_f = lumping.scale[first], lumping.offset[first]
     rows = means * scale_f[:, None]
-    if layer.activation.kind is ActivationKind.IDENTITY:
+    if activation.kind is ActivationKind.IDENTITY:
         rows[:, -1] += offset_f  # the identity's offset is its own bias
     kept = lumping.block >= 0
     ratio = np.zeros(lumping.size)

@@ -18,12 +18,14 @@ metadata, doc strings, functions), is carried over from the input model unchange
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
 from onnx_lump.chains import ConstantRef, DenseChain, DenseLayer
+from onnx_lump.methods.base import Shortcut
 from onnx_lump.reduction import ReducedLayer
 
 __all__ = ["export_model", "rewrite_chain"]
@@ -31,8 +33,14 @@ __all__ = ["export_model", "rewrite_chain"]
 logger = logging.getLogger(__name__)
 
 
-def rewrite_chain(graph: gs.Graph, chain: DenseChain, reduced: list[ReducedLayer]) -> None:
-    """Replace the parameters of every layer of ``chain`` by ``reduced``, in place."""
+def rewrite_chain(
+    graph: gs.Graph,
+    chain: DenseChain,
+    reduced: list[ReducedLayer],
+    shortcuts: Sequence[Shortcut] = (),
+) -> None:
+    """Replace the parameters of every layer of ``chain`` by ``reduced`` and add
+    ``shortcuts``, in place."""
     names = _NameSource(graph)
     for layer, new in zip(chain.layers, reduced, strict=True):
         same_shape = new.weight.shape == layer.weight.shape
@@ -51,6 +59,8 @@ def rewrite_chain(graph: gs.Graph, chain: DenseChain, reduced: list[ReducedLayer
                 hidden.append(act_node.outputs[0])
             for tensor in hidden:
                 tensor.shape = None
+    for shortcut in shortcuts:
+        _add_shortcut(graph, chain, shortcut, names)
 
 
 def export_model(
@@ -149,6 +159,31 @@ def _write_bias(graph: gs.Graph, layer: DenseLayer, bias: np.ndarray, names: _Na
         "Add", names.fresh(f"{layer.name}_bias_add"), inputs=[product, constant], outputs=[result]
     )
     graph.nodes.insert(graph.nodes.index(layer.node) + 1, add)
+
+
+def _add_shortcut(
+    graph: gs.Graph, chain: DenseChain, shortcut: Shortcut, names: _NameSource
+) -> None:
+    """input of layer ``source`` -> MatMul -> Add onto the output of layer ``target``."""
+    source = chain.layers[shortcut.source].input
+    target = chain.layers[shortcut.target]
+    result = target.output
+    producer = result.inputs[0]
+    weight = gs.Constant(
+        names.fresh(f"{target.name}_shortcut_weight"),
+        np.ascontiguousarray(shortcut.weight.T.astype(target.dtype)),
+    )
+    linear = gs.Variable(names.fresh(f"{result.name}_shortcut"), dtype=result.dtype)
+    dense = gs.Variable(names.fresh(f"{result.name}_dense"), dtype=result.dtype)
+    producer.outputs[producer.outputs.index(result)] = dense
+    matmul = gs.Node(
+        "MatMul", names.fresh(f"{target.name}_shortcut"), inputs=[source, weight], outputs=[linear]
+    )
+    add = gs.Node(
+        "Add", names.fresh(f"{target.name}_shortcut_add"), inputs=[dense, linear], outputs=[result]
+    )
+    position = graph.nodes.index(producer) + 1
+    graph.nodes[position:position] = [matmul, add]
 
 
 def _bias_layout(bias: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

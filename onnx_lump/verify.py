@@ -6,32 +6,15 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
-from onnx_lump.errors import LumpError
+from onnx_lump.runtime import run_model
 
-__all__ = [
-    "OutputError",
-    "VerificationResult",
-    "compare_models",
-    "load_inputs",
-    "random_inputs",
-    "resolve_providers",
-    "run_model",
-]
+__all__ = ["OutputError", "VerificationResult", "compare_models"]
 
 logger = logging.getLogger(__name__)
-
-_PROVIDER_ALIASES = {
-    "cpu": "CPUExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-}
-# The check compares fp32 against fp32: TF32 matmuls on Ampere+ would add ~1e-3 noise.
-_PROVIDER_OPTIONS = {"CUDAExecutionProvider": {"use_tf32": "0"}}
 
 
 @dataclass(frozen=True)
@@ -77,113 +60,6 @@ class VerificationResult:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
-
-
-def resolve_providers(names: Sequence[str]) -> list:
-    """onnxruntime provider entries for short or full names; unknown ones are an error."""
-    available = ort.get_available_providers()
-    providers = []
-    for name in names:
-        full = _PROVIDER_ALIASES.get(name.lower(), name)
-        if full not in available:
-            raise LumpError(
-                f"execution provider '{name}' is not available here "
-                f"(available: {', '.join(available)})"
-            )
-        options = _PROVIDER_OPTIONS.get(full)
-        providers.append((full, options) if options else full)
-    return providers
-
-
-def _session(model: onnx.ModelProto, providers: Sequence) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    try:
-        return ort.InferenceSession(model.SerializeToString(), options, providers=list(providers))
-    except Exception as exc:  # onnxruntime raises its own untyped Fail/InvalidGraph errors
-        raise LumpError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0]}") from exc
-
-
-def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
-    initializers = {t.name for t in model.graph.initializer}
-    return [v for v in model.graph.input if v.name not in initializers]
-
-
-def load_inputs(path: str | Path, model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Inputs from ``.npz`` (one array per graph input) or ``.npy`` (single-input models)."""
-    path = Path(path)
-    if not path.is_file():
-        raise LumpError(f"calibration file '{path}' does not exist")
-    inputs = _graph_inputs(model)
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise LumpError(f"cannot read '{path}' as .npz/.npy: {exc}") from exc
-    if isinstance(loaded, np.ndarray):
-        if len(inputs) != 1:
-            raise LumpError(
-                f"'{path}' holds one array but the model has {len(inputs)} inputs; use .npz"
-            )
-        arrays = {inputs[0].name: loaded}
-    else:
-        arrays = dict(loaded.items())
-        if len(inputs) == 1 and len(arrays) == 1 and inputs[0].name not in arrays:
-            arrays = {inputs[0].name: next(iter(arrays.values()))}
-    feeds = {}
-    for value in inputs:
-        if value.name not in arrays:
-            raise LumpError(f"'{path}' has no array for model input '{value.name}'")
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
-        feeds[value.name] = np.asarray(arrays[value.name]).astype(dtype, copy=False)
-    return feeds
-
-
-def random_inputs(
-    model: onnx.ModelProto,
-    n: int,
-    shapes: Mapping[str, Sequence[int]] | None = None,
-    seed: int = 0,
-) -> dict[str, np.ndarray]:
-    """Seeded standard-normal inputs; a dynamic leading (batch) dimension becomes ``n``,
-    other dynamic dimensions must be given in ``shapes``."""
-    shapes = dict(shapes or {})
-    rng = np.random.default_rng(seed)
-    feeds = {}
-    for value in _graph_inputs(model):
-        tensor_type = value.type.tensor_type
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
-        if not np.issubdtype(dtype, np.floating):
-            raise LumpError(
-                f"input '{value.name}' is {dtype}; random checks need --calib data for it"
-            )
-        if value.name in shapes:
-            shape = [int(d) for d in shapes[value.name]]
-        else:
-            shape = []
-            for axis, dim in enumerate(tensor_type.shape.dim):
-                if dim.HasField("dim_value") and dim.dim_value > 0:
-                    shape.append(dim.dim_value)
-                elif axis == 0:
-                    shape.append(n)
-                else:
-                    raise LumpError(
-                        f"input '{value.name}' has dynamic dimension {axis}; "
-                        f"give its shape with --input-shape {value.name}:d0,d1,..."
-                    )
-        feeds[value.name] = rng.standard_normal(shape).astype(dtype)
-    return feeds
-
-
-def run_model(
-    model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], providers: Sequence
-) -> dict[str, np.ndarray]:
-    session = _session(model, providers)
-    names = [o.name for o in session.get_outputs()]
-    try:
-        values = session.run(names, dict(feeds))
-    except Exception as exc:  # bad shapes or dtypes in user data
-        raise LumpError(f"onnxruntime failed to run the model: {str(exc).splitlines()[0]}") from exc
-    return dict(zip(names, values, strict=True))
 
 
 def compare_models(

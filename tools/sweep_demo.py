@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from onnx_lump import lump  # noqa: E402
-from onnx_lump.verify import run_model  # noqa: E402
+from onnx_lump.runtime import run_model  # noqa: E402
 
 MODELS = ("rn_tanh_2x64.onnx", "rn_relu_2x64.onnx")
 SETTINGS = [

@@ -1,0 +1,60 @@
+"""The one interface every compression method implements."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from onnx_lump.ode import OdeSystem
+from onnx_lump.reduction import ReducedLayer
+
+__all__ = ["ChainProblem", "ChainResult", "Method", "Shortcut"]
+
+
+@dataclass(frozen=True, eq=False)
+class ChainProblem:
+    """A chain to compress: its ODE encoding and, when given, its input on calibration
+    data (samples x input features, float64)."""
+
+    system: OdeSystem
+    calibration: np.ndarray | None = None
+
+    @property
+    def weights(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [(layer.coefficients, layer.bias) for layer in self.system.layers]
+
+
+@dataclass(frozen=True, eq=False)
+class Shortcut:
+    """A linear skip connection: ``input of layer source @ weight.T`` is added to the
+    output of dense layer ``target`` (before its activation)."""
+
+    source: int
+    target: int
+    weight: np.ndarray
+
+
+@dataclass(eq=False)
+class ChainResult:
+    """New parameters for every dense layer of a chain, plus any shortcuts to add."""
+
+    layers: list[ReducedLayer]
+    shortcuts: list[Shortcut] = field(default_factory=list)
+
+
+class Method(abc.ABC):
+    """A compression method; ``structured`` methods make layers narrower, the others
+    only zero weights (the dense graph keeps its size)."""
+
+    name: str = "method"
+    structured: bool = True
+    needs_data: bool = False
+
+    @abc.abstractmethod
+    def compress(self, problem: ChainProblem) -> ChainResult:
+        """Compress one chain."""
+
+    def describe(self) -> str:
+        return self.name
