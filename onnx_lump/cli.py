@@ -272,6 +272,8 @@ def _validate(args: argparse.Namespace) -> None:
         raise LumpError("method 'exact' has no knob to sweep or search")
     if args.similarity == Similarity.DATA.value and args.calib is None:
         raise LumpError("--similarity data needs --calib")
+    if args.sweep:
+        parse_knobs(args.sweep)
     if args.sweep and args.output.suffix.lower() not in (".csv", ".json"):
         raise LumpError(
             f"with --sweep, OUT is the table: give a .csv or .json path, not '{args.output}'"

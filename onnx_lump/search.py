@@ -138,8 +138,8 @@ def bisect(
         return point.retained > target_params  # still too big: go further
 
     low = evaluate(0.0)
-    if not good(low) and max_error is not None:
-        return *low, False
+    if not good(low[2]):  # knob 0 already fails the error target, or meets the size target
+        return *low, max_error is None
     high_knob = _bracket(evaluate, good, upper_limit)
     if high_knob is None:  # nothing fails the test up to the limit
         result = evaluate(upper_limit if upper_limit is not None else 0.0)

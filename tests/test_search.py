@@ -1,0 +1,152 @@
+"""Automatic choice of the knob, sweeps, and the CLI around them."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import onnx
+import pytest
+from conftest import MODELS
+
+from onnx_lump.cli import main
+from onnx_lump.equivalence import PartitionOptions
+from onnx_lump.methods import Lump, Magnitude
+from onnx_lump.search import Evaluator, bisect, parse_knobs, sweep
+
+DEMO = MODELS / "rn_tanh_2x64.onnx"
+CALIB = dict(np.load(MODELS / "rn_calib.npz"))
+
+
+def lump_evaluator(model=None) -> Evaluator:
+    model = model or onnx.load(DEMO)
+    return Evaluator(model, lambda eps: Lump(PartitionOptions(eps)), CALIB, CALIB)
+
+
+def test_parse_knobs():
+    assert parse_knobs("0,0.5,1") == [0.0, 0.5, 1.0]
+    assert parse_knobs("0:1:0.25") == [0.0, 0.25, 0.5, 0.75, 1.0]
+
+
+@pytest.mark.parametrize("target", [0.8, 0.5, 0.3])
+def test_bisection_meets_a_size_target(target):
+    _, report, point, met = bisect(lump_evaluator(), None, target_params=target)
+    assert met and point.retained <= target and report.retained == point.retained
+
+
+@pytest.mark.parametrize("limit", [0.01, 0.05])
+def test_bisection_meets_an_error_target(limit):
+    evaluate = lump_evaluator()
+    model, _, point, met = bisect(evaluate, None, max_error=limit)
+    assert met and point.error <= limit
+    assert evaluate.error(model) == pytest.approx(point.error)
+    assert point.retained < 1.0  # it did compress
+
+
+def test_bisection_for_pruning_uses_the_sparsity_limit():
+    model = onnx.load(DEMO)
+    evaluate = Evaluator(model, lambda s: Magnitude(s), None, CALIB)
+    _, _, point, met = bisect(evaluate, 0.999, target_params=0.6)
+    assert met and 0.55 <= point.retained <= 0.6
+
+
+def test_error_is_measured_against_targets_when_given():
+    model = onnx.load(DEMO)
+    targets = np.zeros((256, 6))
+    evaluate = Evaluator(model, lambda eps: Lump(PartitionOptions(eps)), None, CALIB, targets)
+    assert evaluate.error(model) == 0.0
+
+
+def test_sweep_points_shrink_with_eps():
+    points = sweep(lump_evaluator(), [0.0, 1.0, 2.0])
+    assert [p.knob for p in points] == [0.0, 1.0, 2.0]
+    assert points[0].error < 1e-6 and points[0].retained == 1.0
+    assert points[0].params_after >= points[1].params_after >= points[2].params_after
+
+
+def test_cli_target_params(tmp_path, capsys):
+    out = tmp_path / "small.onnx"
+    code = main(
+        [str(DEMO), str(out), "--calib", str(MODELS / "rn_calib.npz"), "--target-params", "0.5"]
+    )
+    text = capsys.readouterr().out
+    assert code == 0 and out.exists()
+    assert "search: eps=" in text and "met" in text
+    reduced = onnx.load(out)
+    weights = sum(int(np.prod(t.dims)) for t in reduced.graph.initializer)
+    assert weights <= 0.5 * 4998
+
+
+def test_cli_unreachable_error_target_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "small.onnx"
+    code = main(
+        [
+            str(DEMO),
+            str(out),
+            "--calib",
+            str(MODELS / "rn_calib.npz"),
+            "--max-error",
+            "0.0001",
+            "--target-params",
+            "0.2",
+        ]
+    )
+    assert code == 1 and not out.exists()
+    assert "NOT met" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".json"])
+def test_cli_sweep_writes_a_table(tmp_path, suffix):
+    table = tmp_path / f"sweep{suffix}"
+    code = main(
+        [
+            str(DEMO),
+            str(table),
+            "--calib",
+            str(MODELS / "rn_calib.npz"),
+            "--sweep",
+            "0:1.5:0.5",
+            "-q",
+        ]
+    )
+    assert code == 0
+    if suffix == ".csv":
+        rows = list(csv.DictReader(table.open()))
+    else:
+        rows = json.loads(table.read_text())
+    assert [float(r["eps"]) for r in rows] == [0.0, 0.5, 1.0, 1.5]
+    assert {"params_before", "params_after", "retained", "error", "seconds"} <= set(rows[0])
+
+
+def test_cli_csv_calibration_and_methods(tmp_path):
+    data = CALIB["input"]
+    csv_path = tmp_path / "calib.csv"
+    np.savetxt(csv_path, data, delimiter=",", header="a,b,c,d,e,f", comments="")
+    for method in ("magnitude", "wanda", "ec", "linear", "exact", "lump+linear"):
+        out = tmp_path / f"{method}.onnx"
+        model = MODELS / "rn_relu_2x64.onnx"
+        assert (
+            main([str(model), str(out), "--method", method, "--calib", str(csv_path), "-q"]) == 0
+        ), method
+        assert out.exists()
+
+
+@pytest.mark.parametrize(
+    "extra,expected",
+    [
+        (["--method", "wanda"], "needs calibration"),
+        (["--sparsity", "1.5"], "--sparsity"),
+        (["--tau", "0"], "--tau"),
+        (["--target-params", "0"], "--target-params"),
+        (["--similarity", "data"], "needs --calib"),
+        (["--method", "exact", "--sweep", "0,1"], "no knob"),
+        (["--sweep", "a:b"], "--sweep"),
+    ],
+)
+def test_cli_rejects_bad_settings(tmp_path, capsys, extra, expected):
+    out = tmp_path / "out.json" if "--sweep" in extra else tmp_path / "out.onnx"
+    assert main([str(DEMO), str(out), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("FAILED | ") and expected in err and err.count("\n") == 1
+    assert not out.exists()
