@@ -19,7 +19,7 @@ from onnx_lump.equivalence import Equivalence, PartitionOptions, Similarity
 from onnx_lump.errors import LumpError
 from onnx_lump.grouping import Linkage
 from onnx_lump.methods import ChainProblem, ChainResult, Lump, Method
-from onnx_lump.methods.lumping import DEFAULT_RIDGE
+from onnx_lump.methods.lumping import DEFAULT_RIDGE, DEFAULT_SIMILARITY_WITH_DATA
 from onnx_lump.ode import OdeSystem, encode_chain
 from onnx_lump.rewrite import export_model, rewrite_chain
 from onnx_lump.runtime import resolve_providers
@@ -124,7 +124,7 @@ def lump(
     equivalence: str | Equivalence = Equivalence.BACKWARD,
     linkage: str | Linkage = Linkage.SINGLE,
     symmetries: bool = True,
-    similarity: str | Similarity = Similarity.WEIGHTS,
+    similarity: str | Similarity | None = None,
     calibration: Mapping[str, np.ndarray] | None = None,
     refit: bool = True,
     ridge: float = DEFAULT_RIDGE,
@@ -133,9 +133,12 @@ def lump(
     """Merge epsilon-equivalent neurons of every dense chain of ``model``.
 
     Data-free unless ``calibration`` inputs are given; then each next layer is refit in
-    closed form (unless ``refit`` is False). Other keyword arguments go to
+    closed form (unless ``refit`` is False) and ``similarity`` defaults to
+    ``DEFAULT_SIMILARITY_WITH_DATA``. Other keyword arguments go to
     :func:`compress`. Returns a new model (``model`` is not modified) and a Report.
     """
+    if similarity is None:
+        similarity = Similarity.WEIGHTS if calibration is None else DEFAULT_SIMILARITY_WITH_DATA
     options = PartitionOptions(
         float(eps),
         Equivalence(equivalence),

@@ -37,7 +37,7 @@ from onnx_lump.methods import (
     Sequence,
     Wanda,
 )
-from onnx_lump.methods.lumping import DEFAULT_RIDGE
+from onnx_lump.methods.lumping import DEFAULT_RIDGE, DEFAULT_SIMILARITY_WITH_DATA
 from onnx_lump.modelio import check_output_path, load_model, save_model
 from onnx_lump.search import Evaluator, bisect, parse_knobs, sweep, write_table
 
@@ -98,8 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--similarity",
         choices=[s.value for s in Similarity],
         default=None,
-        help="compare neurons by weights or by pre-activations on --calib data "
-        f"(default: {Similarity.WEIGHTS.value})",
+        help="compare neurons by weights, by pre-activations on --calib data, or by their "
+        "activations up to an affine map (default: weights; with --calib: "
+        f"{DEFAULT_SIMILARITY_WITH_DATA.value})",
     )
     lumping.add_argument(
         "--no-symmetries",
@@ -231,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
 def build_method(name: str, knob: float, args: argparse.Namespace) -> Method:
     """The method ``name`` with its knob set to ``knob`` and the rest from ``args``."""
     if name in ("lump", "lump+linear"):
-        similarity = Similarity(args.similarity or Similarity.WEIGHTS.value)
+        default = DEFAULT_SIMILARITY_WITH_DATA if args.calib else Similarity.WEIGHTS
+        similarity = Similarity(args.similarity) if args.similarity else default
         options = PartitionOptions(
             knob,
             Equivalence(args.equivalence),
@@ -270,8 +272,8 @@ def _validate(args: argparse.Namespace) -> None:
     searching = args.sweep or args.target_params is not None or args.max_error is not None
     if searching and args.method == "exact":
         raise LumpError("method 'exact' has no knob to sweep or search")
-    if args.similarity == Similarity.DATA.value and args.calib is None:
-        raise LumpError("--similarity data needs --calib")
+    if args.similarity not in (None, Similarity.WEIGHTS.value) and args.calib is None:
+        raise LumpError(f"--similarity {args.similarity} needs --calib")
     if args.sweep:
         parse_knobs(args.sweep)
     if args.sweep and args.output.suffix.lower() not in (".csv", ".json"):

@@ -42,6 +42,7 @@ _DATA_CONSTANT = 1e-3
 class Similarity(enum.Enum):
     WEIGHTS = "weights"  # rows of coefficients and bias
     DATA = "data"  # pre-activations on calibration inputs
+    AFFINE = "affine"  # activations on calibration inputs, equal up to an affine map
 
 
 class Equivalence(enum.Enum):
@@ -107,12 +108,14 @@ def backward_lumping(
     ``options.similarity`` DATA, neurons are compared by their canonical pre-activations
     on ``inputs`` instead of by their weights."""
     constant = _small_rows(coefficients, options.eps, precision)
+    if options.similarity is not Similarity.WEIGHTS and inputs is None:
+        raise LumpError(f"{options.similarity.value} similarity needs calibration inputs (--calib)")
+    if options.similarity is Similarity.AFFINE and options.eps > 0:
+        return _affine_lumping(coefficients, bias, activation, inputs, constant, options)
     scale, offset = _symmetry_transform(coefficients, bias, activation, constant, options)
     every_row = Lumping(np.zeros(len(bias), dtype=np.int64), scale, offset, 1)
     rows = canonical_rows(coefficients, bias, every_row, activation)
     value = activation(bias)  # what a neuron with vanishing coefficients outputs
-    if options.similarity is Similarity.DATA and inputs is None:
-        raise LumpError("data similarity needs calibration inputs (--calib)")
     data_constant = np.zeros_like(constant)
     if inputs is not None:
         data_rows, data_constant, mean = _data_rows(rows, inputs, activation, constant, options)
@@ -125,6 +128,75 @@ def backward_lumping(
     return _lumping_from_groups(
         rows, removed, scale, offset, precision, options, unlinked=data_constant & ~constant
     )
+
+
+def _affine_lumping(
+    coefficients: np.ndarray,
+    bias: np.ndarray,
+    activation: Activation,
+    inputs: np.ndarray,
+    constant: np.ndarray,
+    options: PartitionOptions,
+) -> Lumping:
+    """Neurons whose activations on the data agree up to an affine map.
+
+    Activations are standardised (mean 0, deviation 1) and signed along the layer's first
+    principal direction, so the L1 distance of two rows is the mean absolute difference
+    of the standardised signals (0 for correlation 1; about 0.11 for correlation 0.99).
+    Each group keeps its medoid unchanged; every other member is replaced by the least-
+    squares fit ``a_j ~ alpha_j a_rep + beta_j``, which the next layer absorbs.
+    Used for eps > 0 only: agreement on the data is not agreement everywhere.
+    """
+    post = activation(inputs @ coefficients.T + bias)  # (N, n)
+    n_samples = post.shape[0]
+    mean, spread = post.mean(axis=0), post.std(axis=0)
+    removed = constant | (spread <= _DATA_CONSTANT * _median_or_one(spread[~constant]))
+    value = np.where(constant, activation(bias), mean)
+    if removed.all():
+        removed = removed.copy()
+        removed[0] = False
+    live = np.flatnonzero(~removed)
+    standard = (post[:, live] - mean[live]) / spread[live]
+    rows = (standard * _principal_signs(standard)).T / n_samples
+    groups = number_by_first_row(group_rows(rows, options.eps, options.linkage))
+    n_blocks = int(groups.max()) + 1
+    representative = live[_medoids(rows, groups, n_blocks)]
+    block = np.full(len(bias), -1, dtype=np.int64)
+    block[live] = groups
+    rep = representative[groups]
+    centred = post[:, live] - mean[live]
+    rep_centred = post[:, rep] - mean[rep]
+    alpha = (centred * rep_centred).mean(axis=0) / np.maximum(spread[rep] ** 2, 1e-300)
+    scale = np.zeros(len(bias))
+    scale[live] = alpha
+    offset = value.copy()
+    offset[live] = mean[live] - alpha * mean[rep]
+    scale[representative], offset[representative] = 1.0, 0.0
+    return Lumping(block, scale, offset, n_blocks, representative)
+
+
+def _principal_signs(standard: np.ndarray) -> np.ndarray:
+    """+-1 per column: the sign of its loading on the first principal direction, so that
+    anti-correlated neurons line up (a few power iterations)."""
+    direction = np.ones(standard.shape[1])
+    for _ in range(20):
+        direction = standard.T @ (standard @ direction)
+        norm = np.linalg.norm(direction)
+        if norm == 0:
+            break
+        direction /= norm
+    return np.where(direction < 0, -1.0, 1.0)
+
+
+def _medoids(rows: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
+    """Index (into rows) of the member nearest to each group's mean row."""
+    counts = np.bincount(groups, minlength=n_groups).astype(np.float64)
+    means = np.zeros((n_groups, rows.shape[1]))
+    np.add.at(means, groups, rows)
+    means /= counts[:, None]
+    distance = np.abs(rows - means[groups]).sum(axis=1)
+    order = np.lexsort((distance, groups))
+    return order[np.flatnonzero(np.diff(groups[order], prepend=-1))]
 
 
 def _data_rows(

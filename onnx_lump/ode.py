@@ -110,12 +110,15 @@ class Lumping:
 
     Variable j equals ``scale[j] * y[block[j]] + offset[j]``; ``block[j] == -1`` marks a
     constant variable (``scale`` 0, value ``offset``) that is folded into the next bias.
+    ``representative``, when set, names the member of each block that is kept as it is
+    (scale 1, offset 0) instead of the block's mean.
     """
 
     block: np.ndarray
     scale: np.ndarray
     offset: np.ndarray
     n_blocks: int
+    representative: np.ndarray | None = None
 
     @classmethod
     def identity(cls, size: int) -> Lumping:

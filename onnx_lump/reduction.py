@@ -52,11 +52,21 @@ def reduce_layer(
     coefficients: np.ndarray, bias: np.ndarray, lumping: Lumping, activation: Activation
 ) -> tuple[ReducedLayer, Lumping]:
     """One neuron per block, and how the layer's original neurons are expressed through
-    the kept ones (the lumping the next layer must be aggregated with)."""
+    the kept ones (the lumping the next layer must be aggregated with).
+
+    The kept neuron's row is the block mean of the canonical rows, expressed in the
+    units of the block's first member; when the lumping names a representative per
+    block, the kept neuron is that member, unchanged.
+    """
     if lumping.n_blocks == lumping.size:  # nothing merged or removed: keep the layer as is
         return ReducedLayer(coefficients, bias), Lumping.identity(lumping.size)
     rows = canonical_rows(coefficients, bias, lumping, activation)
-    kept_rows, rebased = _rebase_on_first_member(_block_means(rows, lumping), lumping, activation)
+    if lumping.representative is not None:
+        anchor, block_rows = lumping.representative, rows[lumping.representative]
+    else:
+        anchor = np.array([members[0] for members in lumping.members()], dtype=np.int64)
+        block_rows = _block_means(rows, lumping)
+    kept_rows, rebased = _rebase(block_rows, lumping, activation, anchor)
     return ReducedLayer(kept_rows[:, :-1], kept_rows[:, -1]), rebased
 
 
@@ -70,12 +80,11 @@ def _block_means(rows: np.ndarray, lumping: Lumping) -> np.ndarray:
     return np.asarray(averaging @ rows)
 
 
-def _rebase_on_first_member(
-    means: np.ndarray, lumping: Lumping, activation: Activation
+def _rebase(
+    means: np.ndarray, lumping: Lumping, activation: Activation, first: np.ndarray
 ) -> tuple[np.ndarray, Lumping]:
-    """Turn canonical block rows into the rows of each block's first member, and re-express
-    every member through that neuron: a_j = (s_j / s_f) a_f + c_j - s_j c_f / s_f."""
-    first = np.array([members[0] for members in lumping.members()], dtype=np.int64)
+    """Turn canonical block rows into rows in the units of each block's anchor member f,
+    and re-express every member through that neuron: a_j = (s_j / s_f) a_f + c_j - s_j c_f / s_f."""
     scale_f, offset_f = lumping.scale[first], lumping.offset[first]
     rows = means * scale_f[:, None]
     if activation.kind is ActivationKind.IDENTITY:

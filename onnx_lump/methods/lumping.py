@@ -11,6 +11,7 @@ from onnx_lump.compensation import refit_layer, residual
 from onnx_lump.equivalence import (
     Equivalence,
     PartitionOptions,
+    Similarity,
     backward_lumping,
     compute_partition,
 )
@@ -18,8 +19,11 @@ from onnx_lump.methods.base import ChainProblem, ChainResult, Method
 from onnx_lump.ode import Lumping, aggregate
 from onnx_lump.reduction import ReducedLayer, reduce_layer, reduce_system
 
-__all__ = ["Exact", "Lump"]
+__all__ = ["DEFAULT_SIMILARITY_WITH_DATA", "Exact", "Lump"]
 
+# Which similarity lumping uses when calibration data is given, chosen on the benchmark
+# (tools/results/summary.md compares the three).
+DEFAULT_SIMILARITY_WITH_DATA = Similarity.WEIGHTS
 DEFAULT_RIDGE = 1e-6  # measured on the demo models: 1e-3 over-regularises, 1e-10..1e-6 agree
 
 
