@@ -11,6 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
+METHODS = ("lump", "lump+refit", "exact", "magnitude", "wanda", "ec", "linear", "scratch")
 
 
 @pytest.fixture(scope="module")
@@ -45,16 +46,7 @@ def expected_tasks() -> list[str]:
 def test_tables_and_plots_exist(quick_run):
     for task in expected_tasks():
         table = (quick_run / f"{task}.md").read_text()
-        for method in (
-            "lump",
-            "lump+refit",
-            "exact",
-            "magnitude",
-            "wanda",
-            "ec",
-            "linear",
-            "scratch",
-        ):
+        for method in METHODS:
             assert f"| {method}" in table
         assert "unstructured: graph not smaller" in table
         png = (quick_run / f"{task}.png").read_bytes()
@@ -69,17 +61,7 @@ def test_sweep_points_are_sane(quick_run):
     rows = list(csv.DictReader((quick_run / "points.csv").open()))
     assert {r["task"] for r in rows} == set(expected_tasks())
     methods = {r["method"] for r in rows}
-    assert {
-        "original",
-        "lump",
-        "lump+refit",
-        "exact",
-        "magnitude",
-        "wanda",
-        "ec",
-        "linear",
-        "scratch",
-    } <= methods
+    assert {"original", *METHODS} <= methods
     for row in rows:
         grp, drmse = float(row["grp"]), float(row["drmse"])
         assert 0.0 <= grp <= 100.0 + 1e-9

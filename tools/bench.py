@@ -299,21 +299,26 @@ def sweep_method(
         started = time.perf_counter()
         reduced, report = compress(model, method, calibration=calibration, verify=False)
         seconds = time.perf_counter() - started
-        test = rmse(reduced, data)
-        points.append(
-            Point(
-                ref.task,
-                ref.network,
-                label,
-                float(knob),
-                100 * report.retained,
-                test,
-                100 * (test - ref.test_rmse) / ref.test_rmse,
-                method.structured,
-                seconds,
-            )
-        )
+        points.append(measure(ref, data, label, float(knob), reduced, report, seconds))
     return points
+
+
+def measure(
+    ref: Reference, data: Dataset, label: str, knob: float, reduced, report, seconds
+) -> Point:
+    """The sweep point of a compressed model: its size, and its error on the test split."""
+    test = rmse(reduced, data)
+    return Point(
+        ref.task,
+        ref.network,
+        label,
+        knob,
+        100 * report.retained,
+        test,
+        100 * (test - ref.test_rmse) / ref.test_rmse,
+        report.structured,
+        seconds,
+    )
 
 
 def full_merge_eps(model: onnx.ModelProto, make: Callable[[float], Method], calibration) -> float:
@@ -356,20 +361,7 @@ def lump_sweep(ref, data, label, make, calibration, budget: int) -> list[Point]:
     points = []
     for eps in sorted(results):
         reduced, report, seconds = results[eps]
-        test = rmse(reduced, data)
-        points.append(
-            Point(
-                ref.task,
-                ref.network,
-                label,
-                eps,
-                100 * report.retained,
-                test,
-                100 * (test - ref.test_rmse) / ref.test_rmse,
-                True,
-                seconds,
-            )
-        )
+        points.append(measure(ref, data, label, eps, reduced, report, seconds))
     return points
 
 
