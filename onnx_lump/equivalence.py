@@ -120,8 +120,10 @@ def backward_lumping(
     if inputs is not None:
         data_rows, data_constant, mean = _data_rows(rows, inputs, activation, constant, options)
         value = np.where(constant, value, scale * mean + offset)
-        if options.similarity is Similarity.DATA:
-            rows = data_rows
+        if options.similarity is Similarity.DATA and options.eps > 0:
+            rows = (
+                data_rows  # agreement on the data is not agreement everywhere: eps 0 uses weights
+            )
     removed = constant | data_constant
     offset = np.where(removed, value, offset)
     scale = np.where(removed, 0.0, scale)

@@ -223,3 +223,28 @@ def test_problem_without_data_refuses_data_methods():
         compress(demo(), Wanda(0.5))
     system = encode_chain(scan_graph(__import__("onnx_graphsurgeon").import_onnx(demo())).chains[0])
     assert ChainProblem(system).calibration is None
+
+
+def test_affine_similarity_merges_neurons_equal_up_to_an_affine_map():
+    layers = random_layers([6, 9, 4], seed=12)
+    layers[0][0][8], layers[0][1][8] = -2.0 * layers[0][0][2], 0.7  # a_8 = -2 a_2 + const
+    model = mlp(layers, [None])
+    model.graph.input[0].name = "input"
+    model.graph.node[0].input[0] = "input"
+    reduced, report = lump(model, 1e-6, calibration=CALIB, similarity="affine", verify=False)
+    assert report.layers[0].width_after == 8
+    feeds = held_out()
+    assert relative_error(run_ort(model, feeds), run_ort(reduced, feeds)) < 1e-5
+    _, exact = lump(model, 0.0, calibration=CALIB, similarity="affine", verify=False)
+    assert exact.layers[0].width_after == 8  # eps 0 uses the exact weight symmetries
+
+
+@pytest.mark.parametrize("name", ["rn_tanh_2x64.onnx", "rn_relu_2x64.onnx"])
+def test_affine_similarity_compresses_trained_networks(name):
+    model = demo(name)
+    reduced, report = lump(model, 0.3, calibration=CALIB, similarity="affine", verify=False)
+    assert report.retained < 0.9
+    plain, _ = lump(model, 0.3, calibration=CALIB, similarity="affine", refit=False, verify=False)
+    assert (
+        calibration_error(model, reduced, CALIB) <= calibration_error(model, plain, CALIB) + 1e-12
+    )
