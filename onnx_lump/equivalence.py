@@ -158,7 +158,7 @@ def _affine_lumping(
         removed = removed.copy()
         removed[0] = False
     live = np.flatnonzero(~removed)
-    standard = (post[:, live] - mean[live]) / spread[live]
+    standard = (post[:, live] - mean[live]) / np.where(spread[live] > 0, spread[live], 1.0)
     rows = (standard * _principal_signs(standard)).T / n_samples
     groups = number_by_first_row(group_rows(rows, options.eps, options.linkage))
     n_blocks = int(groups.max()) + 1

@@ -11,7 +11,17 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
-METHODS = ("lump", "lump+refit", "exact", "magnitude", "wanda", "ec", "linear", "scratch")
+METHODS = (
+    "lump",
+    "lump+refit",
+    "lump+refit+data",
+    "exact",
+    "magnitude",
+    "wanda",
+    "ec",
+    "linear",
+    "scratch",
+)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +62,7 @@ def test_tables_and_plots_exist(quick_run):
         png = (quick_run / f"{task}.png").read_bytes()
         assert png.startswith(b"\x89PNG") and len(png) > 10_000
     summary = (quick_run / "summary.md").read_text()
-    assert "lump+refit <=1%" in summary and "## Speed" in summary
+    assert "| lump+refit+data <=1% |" in summary and "## Speed" in summary
     assert "batch 1024 ratio" in summary
     assert "test RMSE" in (quick_run / "references.md").read_text()
 

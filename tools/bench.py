@@ -95,6 +95,7 @@ METHOD_ORDER = (
     "lump",
     "lump+refit",
     "lump+refit+data",
+    "lump+refit+affine",
     "exact",
     "magnitude",
     "wanda",
@@ -420,12 +421,13 @@ def run_network(task, data, hidden, activation, cache, quick) -> tuple[Reference
     points = [Point(task, ref.network, "original", 0.0, 100.0, ref.test_rmse, 0.0, True, 0.0)]
     points += lump_sweep(ref, data, "lump", lump(False), None, budget)
     points += lump_sweep(ref, data, "lump+refit", lump(True), calibration, budget)
-    if not quick:
-        for similarity in (Similarity.DATA, Similarity.AFFINE):
-            make = lump(True, similarity)
-            points += lump_sweep(
-                ref, data, f"lump+refit+{similarity.value}", make, calibration, budget
-            )
+    # The quick run keeps the variant lumping uses by default with data, the full run all.
+    others = (Similarity.DATA, Similarity.AFFINE)
+    if quick:
+        others = tuple(s for s in others if s is DEFAULT_SIMILARITY_WITH_DATA)
+    for similarity in others:
+        label = f"lump+refit+{similarity.value}"
+        points += lump_sweep(ref, data, label, lump(True, similarity), calibration, budget)
     points += sweep_method(ref, data, "exact", lambda _: Exact(), [0.0], None)
     points += sweep_method(ref, data, "magnitude", Magnitude, sparsities, None)
     points += sweep_method(ref, data, "wanda", Wanda, sparsities, calibration)
@@ -755,10 +757,10 @@ def _latency_example(ref: Reference, data: Dataset, points: list[Point]):
         len(data.x_train), min(CALIBRATION_ROWS, len(data.x_train)), replace=False
     )
     calibration = {model.graph.input[0].name: data.x_train[rows].astype(np.float32)}
-    reduced, _ = compress(
-        model, Lump(PartitionOptions(point.knob)), calibration=calibration, verify=False
-    )
-    return f"{ref.task} {ref.network}, lump+refit at dRMSE {point.drmse:.1f}%", model, reduced
+    options = PartitionOptions(point.knob, similarity=DEFAULT_SIMILARITY_WITH_DATA)
+    reduced, _ = compress(model, Lump(options), calibration=calibration, verify=False)
+    label = f"{ref.task} {ref.network}, {headline_method()} at dRMSE {point.drmse:.1f}%"
+    return label, model, reduced
 
 
 def write_points(points: list[Point], out: Path) -> None:
