@@ -248,3 +248,11 @@ def test_affine_similarity_compresses_trained_networks(name):
     assert (
         calibration_error(model, reduced, CALIB) <= calibration_error(model, plain, CALIB) + 1e-12
     )
+
+
+def test_forward_equivalence_with_calibration_refits_and_stays_runnable():
+    model = demo("rn_tanh_2x64.onnx")
+    refit, report = lump(model, 0.5, equivalence="forward", calibration=CALIB, verify=False)
+    plain, _ = lump(model, 0.5, equivalence="forward", calibration=CALIB, refit=False, verify=False)
+    assert report.retained < 1.0
+    assert calibration_error(model, refit, CALIB) <= calibration_error(model, plain, CALIB) + 1e-12
