@@ -186,12 +186,13 @@ def compress(
     if calibration is not None:
         activations = chain_inputs(model, scan.chains, calibration, run_on)
     stats, systems, widths_before, widths_after, shortcut_params = [], [], [], [], 0
+    changed = False
     for index, (chain, data) in enumerate(zip(scan.chains, activations, strict=True)):
         system = encode_chain(chain, name=f"chain{index}")
         result = method.compress(ChainProblem(system, data))
         stats += _layer_stats(index, chain, result, method.structured)
         shortcut_params += sum(_count(s.weight, method.structured) for s in result.shortcuts)
-        rewrite_chain(graph, chain, result.layers, result.shortcuts)
+        changed |= rewrite_chain(graph, chain, result.layers, result.shortcuts)
         systems.append(system)
         widths_before.append(chain.hidden_widths)
         widths_after.append([layer.out_features for layer in result.layers[:-1]])
@@ -206,8 +207,9 @@ def compress(
         metadata["onnx_lump.eps"] = repr(method.options.eps)
         metadata["onnx_lump.equivalence"] = method.options.equivalence.value
         metadata["onnx_lump.linkage"] = method.options.linkage.value
-    reduced_model = export_model(graph, model, metadata)
-    onnx.checker.check_model(reduced_model)
+    reduced_model = export_model(graph if changed else None, model, metadata)
+    if changed:  # else the graph is the input's own: nothing of ours to check
+        onnx.checker.check_model(reduced_model)
     seconds = time.perf_counter() - started
     report = Report(
         method.describe(),

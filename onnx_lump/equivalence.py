@@ -244,7 +244,7 @@ def _forward(system: OdeSystem, options: PartitionOptions) -> list[Lumping]:
 
 def _small_rows(rows: np.ndarray, eps: float, precision: float) -> np.ndarray:
     """Rows within eps (L1) of zero, with the exact case allowing for rounding."""
-    l1 = np.abs(rows).sum(axis=1)
+    l1 = _row_l1(rows)
     tolerance = _ROUNDING_UNITS * precision * (float(l1.max()) if l1.size else 0.0)
     return l1 <= eps + tolerance
 
@@ -306,14 +306,22 @@ def _lumping_from_groups(
         removed[0], scale[0], offset[0] = False, 1.0, 0.0
     linked = np.ones(len(removed), dtype=bool) if unlinked is None else ~unlinked
     linked |= ~removed
-    l1 = np.abs(rows[linked]).sum(axis=1)
-    eps = options.eps + _ROUNDING_UNITS * precision * float(l1.max())
+    candidates = rows if linked.all() else rows[linked]  # wide layers: avoid a copy
+    eps = options.eps + _ROUNDING_UNITS * precision * float(_row_l1(candidates).max())
     groups = np.full(len(removed), -1, dtype=np.int64)
-    groups[linked] = group_rows(rows[linked], eps, options.linkage)
+    groups[linked] = group_rows(candidates, eps, options.linkage)
     kept = np.flatnonzero(~removed)
     block = np.full(len(removed), -1, dtype=np.int64)
     block[kept] = number_by_first_row(groups[kept])
     return Lumping(block, np.where(removed, 0.0, scale), offset, int(block.max()) + 1)
+
+
+def _row_l1(rows: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """L1 norm of every row, a block of rows at a time (no full-size temporary)."""
+    return np.concatenate(
+        [np.abs(rows[i : i + chunk]).sum(axis=1) for i in range(0, len(rows), chunk)]
+        or [np.zeros(0)]
+    )
 
 
 def _membership(lumping: Lumping) -> np.ndarray:

@@ -17,7 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.sparse as sp
 
 from onnx_lump.activations import Activation, ActivationKind
 from onnx_lump.chains import DenseChain
@@ -146,13 +145,13 @@ def aggregate(layer: OdeLayer, upstream: Lumping) -> tuple[np.ndarray, np.ndarra
         upstream.block, np.arange(upstream.size)
     ):
         coefficients = layer.coefficients * upstream.scale  # no block has two members
-    else:
+    else:  # gather the columns block by block, then sum each block's run
         kept = np.flatnonzero(upstream.block >= 0)
-        projection = sp.csr_matrix(
-            (upstream.scale[kept], (kept, upstream.block[kept])),
-            shape=(upstream.size, upstream.n_blocks),
-        )
-        coefficients = np.asarray((projection.T @ layer.coefficients.T).T)
+        order = kept[np.argsort(upstream.block[kept], kind="stable")]
+        starts = np.flatnonzero(np.diff(upstream.block[order], prepend=-1))
+        columns = np.take(layer.coefficients, order, axis=1)
+        columns *= upstream.scale[order]
+        coefficients = np.add.reduceat(columns, starts, axis=1)
     bias = layer.bias + layer.coefficients @ upstream.offset
     return coefficients, bias
 

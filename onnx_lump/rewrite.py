@@ -38,10 +38,11 @@ def rewrite_chain(
     chain: DenseChain,
     reduced: list[ReducedLayer],
     shortcuts: Sequence[Shortcut] = (),
-) -> None:
+) -> bool:
     """Replace the parameters of every layer of ``chain`` by ``reduced`` and add
-    ``shortcuts``, in place."""
+    ``shortcuts``, in place; returns whether anything changed."""
     names = _NameSource(graph)
+    changed = bool(shortcuts)
     for layer, new in zip(chain.layers, reduced, strict=True):
         same_shape = new.weight.shape == layer.weight.shape
         if (
@@ -50,6 +51,7 @@ def rewrite_chain(
             and np.array_equal(new.bias, layer.bias)
         ):
             continue
+        changed = True
         _write_weight(graph, layer, new.weight, names)
         _write_bias(graph, layer, new.bias, names)
     for layer, act_node, new in zip(chain.layers, chain.activation_nodes, reduced, strict=False):
@@ -61,14 +63,20 @@ def rewrite_chain(
                 tensor.shape = None
     for shortcut in shortcuts:
         _add_shortcut(graph, chain, shortcut, names)
+    return changed
 
 
 def export_model(
-    graph: gs.Graph, original: onnx.ModelProto, metadata: dict[str, str]
+    graph: gs.Graph | None, original: onnx.ModelProto, metadata: dict[str, str]
 ) -> onnx.ModelProto:
-    """The rewritten graph inside a copy of ``original``'s model-level fields."""
-    exported = gs.export_onnx(graph, do_type_check=False)
+    """The rewritten graph inside a copy of ``original``'s model-level fields; with no
+    graph (nothing was rewritten), a copy of ``original``, with ``metadata`` added."""
     model = onnx.ModelProto()
+    if graph is None:
+        model.CopyFrom(original)
+        _set_metadata(model, metadata)
+        return model
+    exported = gs.export_onnx(graph, do_type_check=False)
     for descriptor, value in original.ListFields():  # all but the graph, without copying it
         if descriptor.name == "graph":
             continue
@@ -85,13 +93,17 @@ def export_model(
     model.graph.initializer.extend(
         t for t in original.graph.initializer if t.name not in read and t.name not in kept
     )
+    _set_metadata(model, metadata)
+    return model
+
+
+def _set_metadata(model: onnx.ModelProto, metadata: dict[str, str]) -> None:
     existing = {prop.key: prop for prop in model.metadata_props}
     for key, value in metadata.items():
         if key in existing:
             existing[key].value = value
         else:
             model.metadata_props.add(key=key, value=value)
-    return model
 
 
 def _names_read(graph: onnx.GraphProto) -> set[str]:
