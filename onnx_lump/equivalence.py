@@ -152,7 +152,7 @@ def _affine_lumping(
     post = activation(inputs @ coefficients.T + bias)  # (N, n)
     n_samples = post.shape[0]
     mean, spread = post.mean(axis=0), post.std(axis=0)
-    removed = constant | (spread <= _DATA_CONSTANT * _median_or_one(spread[~constant]))
+    removed = constant | _constant_on_data(spread, constant)
     value = np.where(constant, activation(bias), mean)
     if removed.all():
         removed = removed.copy()
@@ -216,11 +216,16 @@ def _data_rows(
     pre = rows[:, :-1] @ inputs.T + rows[:, -1:]  # (n, N): linear in the canonical row
     spread = _median_or_one(pre[~constant].std(axis=1))
     post = activation(pre)
-    variation = post.std(axis=1)
-    data_constant = variation <= _DATA_CONSTANT * _median_or_one(variation[~constant])
+    data_constant = _constant_on_data(post.std(axis=1), constant)
     if options.eps == 0:
         data_constant[:] = False  # constant on this data is not constant on all data
     return pre / (pre.shape[1] * spread), data_constant, post.mean(axis=1)
+
+
+def _constant_on_data(variation: np.ndarray, constant: np.ndarray) -> np.ndarray:
+    """Neurons whose activation varies on the data by less than _DATA_CONSTANT times the
+    layer's median variation (``constant`` rows left out of the median)."""
+    return variation <= _DATA_CONSTANT * _median_or_one(variation[~constant])
 
 
 def _forward(system: OdeSystem, options: PartitionOptions) -> list[Lumping]:

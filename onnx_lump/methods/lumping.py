@@ -59,19 +59,28 @@ class Lump(Method):
         if problem.calibration is None:
             partition = compute_partition(problem.system, self.options)
             return ChainResult(reduce_system(problem.system, partition))
-        merged = self._with_data(problem, refit=False)
-        if not self.refit:
-            return ChainResult(merged)
-        refitted = self._with_data(problem, refit=True)
-        return ChainResult(min(refitted, merged, key=lambda ls: _output_error(problem, ls)))
-
-    def _with_data(self, problem: ChainProblem, refit: bool) -> list[ReducedLayer]:
-        system, options = problem.system, self.options
-        original = forward_chain(problem.weights, system, problem.calibration)
+        original = forward_chain(problem.weights, problem.system, problem.calibration)
+        # pre-activations of every layer of the original network: the refit targets
         targets = [x @ w.T + b for x, (w, b) in zip(original, problem.weights, strict=False)]
         forward = None
-        if options.equivalence is Equivalence.FORWARD:
-            forward = compute_partition(system, options).lumpings
+        if self.options.equivalence is Equivalence.FORWARD:
+            forward = compute_partition(problem.system, self.options).lumpings
+        merged = self._with_data(problem, targets, forward, refit=False)
+        if not self.refit:
+            return ChainResult(merged)
+        refitted = self._with_data(problem, targets, forward, refit=True)
+        return ChainResult(
+            min(refitted, merged, key=lambda ls: _output_error(problem, ls, original[-1]))
+        )
+
+    def _with_data(
+        self,
+        problem: ChainProblem,
+        targets: list[np.ndarray],
+        forward: tuple[Lumping, ...] | None,
+        refit: bool,
+    ) -> list[ReducedLayer]:
+        system, options = problem.system, self.options
         inputs = problem.calibration
         weight, bias = problem.weights[0]
         reduced = []
@@ -109,8 +118,7 @@ def _with_data_constants(lumping: Lumping, weight, bias, layer, inputs) -> Lumpi
     )
 
 
-def _output_error(problem: ChainProblem, layers: list[ReducedLayer]) -> float:
-    reference = forward_chain(problem.weights, problem.system, problem.calibration)[-1]
+def _output_error(problem: ChainProblem, layers: list[ReducedLayer], reference) -> float:
     weights = [(layer.weight, layer.bias) for layer in layers]
     output = forward_chain(weights, problem.system, problem.calibration)[-1]
     return float(np.mean((output - reference) ** 2))
@@ -125,5 +133,4 @@ class Exact(Method):
     name: str = "exact"
 
     def compress(self, problem: ChainProblem) -> ChainResult:
-        partition = compute_partition(problem.system, PartitionOptions(eps=0.0))
-        return ChainResult(reduce_system(problem.system, partition))
+        return Lump(PartitionOptions(eps=0.0)).compress(ChainProblem(problem.system))
