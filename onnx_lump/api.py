@@ -10,20 +10,29 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-import onnx_graphsurgeon as gs
 
 from onnx_lump import __version__
-from onnx_lump.calibration import chain_inputs, random_inputs
+from onnx_lump.calibration import chain_inputs, forward_chain, random_inputs
 from onnx_lump.chains import DenseChain, scan_graph
 from onnx_lump.equivalence import Equivalence, PartitionOptions, Similarity
 from onnx_lump.errors import LumpError
 from onnx_lump.grouping import Linkage
+from onnx_lump.holdout import (
+    DEFAULT_HOLDOUT,
+    CalibrationSplit,
+    holdout_error,
+    split_calibration,
+)
 from onnx_lump.methods import ChainProblem, ChainResult, Lump, Method
 from onnx_lump.methods.lumping import DEFAULT_RIDGE, DEFAULT_SIMILARITY_WITH_DATA
+from onnx_lump.modelio import check_model
+from onnx_lump.modelsource import to_model_proto
 from onnx_lump.ode import OdeSystem, encode_chain
-from onnx_lump.rewrite import export_model, rewrite_chain
+from onnx_lump.refine import ChainData, RefineOptions, RefineStats, refine_chain
+from onnx_lump.rewrite import export_model, import_graph, rewrite_chain
 from onnx_lump.runtime import resolve_providers
 from onnx_lump.verify import VerificationResult, compare_models
+from onnx_lump.weightstats import WeightRange, weight_range_warnings, weight_ranges
 
 __all__ = ["LayerStats", "Report", "compress", "lump"]
 
@@ -56,6 +65,13 @@ class Report:
     shortcut_params: int = 0
     verification: VerificationResult | None = None
     systems: list[OdeSystem] = field(default_factory=list, repr=False)
+    results: list[ChainResult] = field(default_factory=list, repr=False)
+    refine: list[RefineStats] = field(default_factory=list)
+    widths_after: list[list[int]] = field(default_factory=list)
+    holdout: str | None = None  # which inputs holdout_error was measured on
+    holdout_rows: int = 0
+    holdout_error: float | None = None
+    weight_ranges: list[WeightRange] = field(default_factory=list)
 
     @property
     def params_before(self) -> int:
@@ -81,6 +97,12 @@ class Report:
             "layers": [vars(s) for s in self.layers],
             "notes": self.notes,
             "verification": None if self.verification is None else self.verification.to_dict(),
+            "widths_after": self.widths_after,
+            "refine": [vars(r) for r in self.refine],
+            "holdout": self.holdout,
+            "holdout_rows": self.holdout_rows,
+            "holdout_error": self.holdout_error,
+            "weight_ranges": [vars(w) for w in self.weight_ranges],
         }
 
     def to_json(self) -> str:
@@ -105,6 +127,19 @@ class Report:
             f"{'total':>5}  {'':<28} {'':<18} {'':>13} "
             f"{self.params_before:>9}->{self.params_after:<9} ({100 * self.retained:.1f}% kept)"
         )
+        for index, r in enumerate(self.refine):
+            lines.append(
+                f"refine: {r.iterations} L-BFGS iterations in {r.seconds:.2f}s, held-out error "
+                f"{100 * r.holdout_before:.3g}% -> {100 * r.holdout_after:.3g}%"
+                + ("" if r.improved else " (no gain: kept the unrefined weights)")
+                + (f" [chain {index}]" if len(self.refine) > 1 else "")
+            )
+        if self.weight_ranges:
+            before = max(w.weight_before for w in self.weight_ranges)
+            after = max(w.weight_after for w in self.weight_ranges)
+            lines.append(f"max |weight|: {before:.3g} -> {after:.3g}")
+        if self.holdout_error is not None:
+            lines.append(f"error {100 * self.holdout_error:.3g}% on {self.holdout}")
         if self.verification is not None:
             v = self.verification
             for out in v.outputs:
@@ -137,6 +172,7 @@ def lump(
     ``DEFAULT_SIMILARITY_WITH_DATA``. Other keyword arguments go to
     :func:`compress`. Returns a new model (``model`` is not modified) and a Report.
     """
+    model = to_model_proto(model)
     if similarity is None:
         similarity = Similarity.WEIGHTS if calibration is None else DEFAULT_SIMILARITY_WITH_DATA
     options = PartitionOptions(
@@ -156,6 +192,12 @@ def compress(
     method: Method,
     *,
     calibration: Mapping[str, np.ndarray] | None = None,
+    holdout: float = DEFAULT_HOLDOUT,
+    seed: int = 0,
+    validation: Mapping[str, np.ndarray] | None = None,
+    validation_targets: np.ndarray | None = None,
+    refine: RefineOptions | bool | None = None,
+    warm_start: Sequence[ChainResult] | None = None,
     verify: bool = True,
     inputs: Mapping[str, np.ndarray] | None = None,
     n_check: int = 64,
@@ -166,66 +208,166 @@ def compress(
 ) -> tuple[onnx.ModelProto, Report]:
     """Compress every dense chain of ``model`` with ``method``.
 
-    ``calibration`` feeds the data-aware methods. With ``verify``, both models run in
-    onnxruntime on ``inputs`` (else ``calibration``, else ``n_check`` seeded random
-    inputs) and ``report.verification`` holds the output errors, judged against
-    ``atol``/``rtol`` when given.
+    With ``calibration``, a seeded ``holdout`` share of its rows (or ``validation``,
+    with optional reference ``validation_targets``) is set aside: the method and the
+    refinement fit on the rest, and ``report.holdout_error`` is measured on the held-out
+    rows. ``refine`` is None for the default (refine after every structured method that
+    is not lossless, when calibration is given), False for never, or the options to
+    refine with. ``warm_start`` (one ChainResult per chain, e.g. ``report.results`` of
+    an earlier call with the same method) replaces the method's own result as the
+    starting point. With ``verify``, both models run in onnxruntime on ``inputs`` (else
+    the held-out rows, else ``n_check`` seeded random inputs) and
+    ``report.verification`` holds the output errors, judged against ``atol``/``rtol``.
     """
+    model = to_model_proto(model)
     if method.needs_data and calibration is None:
         raise LumpError(f"method '{method.name}' needs calibration inputs (--calib)")
     started = time.perf_counter()
     run_on = resolve_providers(providers)
-    graph = gs.import_onnx(model)
+    graph = import_graph(model)  # lazy constants; nodes tagged for export_model
     scan = scan_graph(graph)
     if not scan.chains:
         raise LumpError(
             "no dense chain found: need two or more Gemm/MatMul(+Add) layers with constant "
-            "weights joined by Relu, LeakyRelu, Tanh, Sigmoid or nothing"
+            "weights joined by element-wise activations or nothing"
         )
-    activations = [None] * len(scan.chains)
+    if warm_start is not None and len(warm_start) != len(scan.chains):
+        raise LumpError(f"warm start has {len(warm_start)} chains, the model {len(scan.chains)}")
+    split = None
+    fit_inputs = held_inputs = [None] * len(scan.chains)
     if calibration is not None:
-        activations = chain_inputs(model, scan.chains, calibration, run_on)
-    stats, systems, widths_before, widths_after, shortcut_params = [], [], [], [], 0
-    changed = False
-    for index, (chain, data) in enumerate(zip(scan.chains, activations, strict=True)):
+        split = split_calibration(calibration, holdout, seed, validation, validation_targets)
+        fit_inputs = chain_inputs(model, scan.chains, split.fit, run_on)
+        held_inputs = chain_inputs(model, scan.chains, split.holdout, run_on)
+        scan.notes.extend(_small_calibration_notes(scan.chains, fit_inputs))
+    refine_options = _refine_options(refine, method, split)
+    refine_started = time.perf_counter()
+    stats, systems, results, refined = [], [], [], []
+    widths_before, widths_after, shortcut_params, changed = [], [], 0, False
+    for index, chain in enumerate(scan.chains):
         system = encode_chain(chain, name=f"chain{index}")
-        result = method.compress(ChainProblem(system, data))
+        problem = ChainProblem(system, fit_inputs[index], held_inputs[index])
+        result = warm_start[index] if warm_start is not None else method.compress(problem)
+        if refine_options is not None and _differs(problem, result):
+            left = refine_options.max_seconds - (time.perf_counter() - refine_started)
+            result, refine_stats = _refine(
+                problem, result, method, refine_options, left / (len(scan.chains) - index), index
+            )
+            refined.append(refine_stats)
+        scan.notes.extend(f"chain {index}: {note}" for note in result.notes)
         stats += _layer_stats(index, chain, result, method.structured)
         shortcut_params += sum(_count(s.weight, method.structured) for s in result.shortcuts)
         changed |= rewrite_chain(graph, chain, result.layers, result.shortcuts)
         systems.append(system)
+        results.append(result)
         widths_before.append(chain.hidden_widths)
         widths_after.append([layer.out_features for layer in result.layers[:-1]])
         logger.info("chain %d: hidden widths %s -> %s", index, widths_before[-1], widths_after[-1])
     metadata = {
-        "onnx_lump.version": __version__,
-        "onnx_lump.method": method.describe(),
-        "onnx_lump.widths_before": json.dumps(widths_before),
-        "onnx_lump.widths_after": json.dumps(widths_after),
+        "pkg.onnx_lump.version": __version__,
+        "pkg.onnx_lump.method": method.describe(),
+        "pkg.onnx_lump.widths_before": json.dumps(widths_before),
+        "pkg.onnx_lump.widths_after": json.dumps(widths_after),
     }
     if isinstance(method, Lump):
-        metadata["onnx_lump.eps"] = repr(method.options.eps)
-        metadata["onnx_lump.equivalence"] = method.options.equivalence.value
-        metadata["onnx_lump.linkage"] = method.options.linkage.value
+        metadata["pkg.onnx_lump.eps"] = repr(method.options.eps)
+        metadata["pkg.onnx_lump.equivalence"] = method.options.equivalence.value
+        metadata["pkg.onnx_lump.linkage"] = method.options.linkage.value
+    if refined:
+        metadata["pkg.onnx_lump.refine_iterations"] = json.dumps([r.iterations for r in refined])
     reduced_model = export_model(graph if changed else None, model, metadata)
     if changed:  # else the graph is the input's own: nothing of ours to check
-        onnx.checker.check_model(reduced_model)
-    seconds = time.perf_counter() - started
+        check_model(reduced_model)  # any size, external data included
     report = Report(
         method.describe(),
         method.structured,
         stats,
         scan.notes,
-        seconds,
+        time.perf_counter() - started,
         shortcut_params,
         systems=systems,
+        results=results,
+        refine=refined,
+        widths_after=widths_after,
     )
+    if changed:
+        report.weight_ranges = weight_ranges(model, reduced_model)
+        report.notes.extend(weight_range_warnings(report.weight_ranges))
+    if split is not None:
+        report.holdout = split.description
+        report.holdout_rows = split.n_holdout
+        report.holdout_error = holdout_error(model, reduced_model, split, run_on)
     if verify:
-        feeds = inputs if inputs is not None else calibration
+        feeds = inputs if inputs is not None else (split.holdout if split else None)
         if feeds is None:
             feeds = random_inputs(model, n_check, input_shapes)
         report.verification = compare_models(model, reduced_model, feeds, run_on, atol, rtol)
     return reduced_model, report
+
+
+def _small_calibration_notes(chains, fit_inputs) -> list[str]:
+    """A warning per chain whose fitting rows cannot pin down its widest layer: a refit
+    (or refinement) from fewer rows than a layer's inputs interpolates the rows."""
+    notes = []
+    for index, (chain, rows) in enumerate(zip(chains, fit_inputs, strict=True)):
+        widest = max(layer.in_features for layer in chain.layers)
+        if rows.shape[0] <= widest:
+            message = (
+                f"chain {index}: only {rows.shape[0]} fitting rows for layers with up to "
+                f"{widest} inputs; give at least {widest + 1} calibration rows (more is better)"
+            )
+            logger.warning(message)
+            notes.append(message)
+    return notes
+
+
+def _refine_options(
+    refine: RefineOptions | bool | None, method: Method, split: CalibrationSplit | None
+) -> RefineOptions | None:
+    """The refinement to run after ``method``, or None."""
+    if refine is False or (refine is None and (not method.structured or method.lossless)):
+        return None
+    if split is None:
+        if refine is None:
+            return None
+        raise LumpError("refinement needs calibration inputs (--calib)")
+    if method.lossless:
+        raise LumpError(f"method '{method.name}' is lossless on every input: nothing to refine")
+    return RefineOptions() if refine is None or refine is True else refine
+
+
+def _differs(problem: ChainProblem, result: ChainResult) -> bool:
+    """False when ``result`` is the chain exactly as it was (nothing to refine)."""
+    if result.shortcuts:
+        return True
+    for (weight, bias), new in zip(problem.weights, result.layers, strict=True):
+        if new.weight.shape != weight.shape:
+            return True
+        if not (np.array_equal(new.weight, weight) and np.array_equal(new.bias, bias)):
+            return True
+    return False
+
+
+def _refine(
+    problem: ChainProblem,
+    result: ChainResult,
+    method: Method,
+    options: RefineOptions,
+    seconds: float,
+    index: int,
+) -> tuple[ChainResult, RefineStats]:
+    """Refine one chain onto the original chain's outputs; the unstructured methods keep
+    their zero pattern."""
+    system = problem.system
+    activations = [layer.activation for layer in system.layers]
+    fit = ChainData(
+        problem.calibration, forward_chain(problem.weights, system, problem.calibration)[-1]
+    )
+    held = ChainData(problem.holdout, forward_chain(problem.weights, system, problem.holdout)[-1])
+    masks = None if method.structured else [layer.weight != 0 for layer in result.layers]
+    return refine_chain(
+        result, activations, fit, held, options, masks, max(seconds, 1e-3), f"refine chain {index}"
+    )
 
 
 def _count(weight: np.ndarray, structured: bool) -> int:

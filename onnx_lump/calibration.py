@@ -21,15 +21,20 @@ from onnx_lump.ode import OdeSystem
 from onnx_lump.runtime import run_model
 
 __all__ = [
+    "MAX_RANDOM_BYTES",
     "TARGET_KEYS",
     "chain_inputs",
     "forward_chain",
     "load_inputs",
+    "random_input_shapes",
     "random_inputs",
+    "random_inputs_bytes",
 ]
 
 # Keys of a .npz that hold reference outputs (targets) rather than model inputs.
 TARGET_KEYS = ("target", "targets", "y_true")
+# Seeded random check inputs beyond this are refused: the check would swap or be killed.
+MAX_RANDOM_BYTES = 4 * 2**30
 
 
 def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
@@ -52,26 +57,123 @@ def _read_arrays(path: Path, n_inputs: int) -> dict[str, np.ndarray]:
             raise LumpError(f"'{path}' is one table but the model has {n_inputs} inputs; use .npz")
         return {"": table}
     try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise LumpError(f"cannot read '{path}' as .npz/.npy/.csv: {exc}") from exc
-    if isinstance(loaded, np.ndarray):
-        if n_inputs != 1:
+        # Our own handle, so that numpy's failures on damaged files cannot leak it; an .npz
+        # reads its members lazily, so corrupt or pickled members fail in items().
+        with path.open("rb") as handle:
+            loaded = np.load(handle, allow_pickle=False)
+            if isinstance(loaded, np.ndarray):
+                arrays = {"": loaded}
+            else:
+                with loaded:
+                    arrays = dict(loaded.items())
+    except ValueError as exc:
+        if "pickle" in str(exc) or "Object arrays" in str(exc):
             raise LumpError(
-                f"'{path}' holds one array but the model has {n_inputs} inputs; use .npz"
-            )
-        return {"": loaded}
-    return dict(loaded.items())
+                f"'{path}' holds pickled (object) data, which is never loaded; "
+                "save plain numeric arrays with numpy.savez"
+            ) from exc
+        raise LumpError(f"cannot read '{path}' as .npz/.npy/.csv: {_first_line(exc)}") from exc
+    except Exception as exc:  # zipfile, zlib, EOF and OS errors for damaged files
+        raise LumpError(
+            f"cannot read '{path}' as .npz/.npy/.csv ({type(exc).__name__}: {_first_line(exc)})"
+        ) from exc
+    if not arrays:
+        raise LumpError(f"'{path}' holds no arrays")
+    if "" in arrays and n_inputs != 1:
+        raise LumpError(f"'{path}' holds one array but the model has {n_inputs} inputs; use .npz")
+    return arrays
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _numeric(path: Path, key: str, array: np.ndarray) -> np.ndarray:
+    array = np.asarray(array)
+    if array.dtype.kind not in "biuf":
+        raise LumpError(f"'{path}' array '{key}' is {array.dtype}, not numbers")
+    if array.ndim == 0 or array.shape[0] == 0:
+        raise LumpError(f"'{path}' array '{key}' has no rows (shape {array.shape})")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        bad = int(np.count_nonzero(~np.isfinite(array).reshape(len(array), -1).all(axis=1)))
+        raise LumpError(
+            f"'{path}' array '{key}' holds NaN or infinite values in {bad} of {len(array)} rows; "
+            "remove those rows"
+        )
+    return array
+
+
+def _static_dims(value: onnx.ValueInfoProto) -> list[int | None] | None:
+    """Dimensions of a graph input or output (None: dynamic); None when the rank is unknown."""
+    tensor_type = value.type.tensor_type
+    if not tensor_type.HasField("shape"):
+        return None
+    return [
+        d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+        for d in tensor_type.shape.dim
+    ]
+
+
+def _check_shape(path: Path, value: onnx.ValueInfoProto, array: np.ndarray) -> None:
+    dims = _static_dims(value)
+    if dims is None:
+        return
+    fits = len(dims) == array.ndim and all(
+        d is None or d == a for d, a in zip(dims[1:], array.shape[1:], strict=True)
+    )
+    if not fits:
+        wanted = ", ".join(
+            "N" if i == 0 and d is None else "?" if d is None else str(d)
+            for i, d in enumerate(dims)
+        )
+        raise LumpError(
+            f"'{path}' array for input '{value.name}' has shape {tuple(array.shape)}, "
+            f"but the model expects ({wanted})"
+        )
+
+
+def _varies(feeds: Mapping[str, np.ndarray]) -> bool:
+    """Whether some row differs from the first one (rows are entries along axis 0)."""
+    return any(bool(np.any(v != v[:1])) for v in feeds.values())
+
+
+def _check_targets(path: Path, model: onnx.ModelProto, targets: np.ndarray, rows: int) -> None:
+    targets = _numeric(path, "target", targets)
+    if len(targets) != rows:
+        raise LumpError(
+            f"'{path}' has {len(targets)} target rows for {rows} input rows; they must match"
+        )
+    per_row = 0
+    for output in model.graph.output:
+        dims = _static_dims(output)
+        if dims is None or any(d is None for d in dims[1:]):
+            return  # the output width is only known after a run: the search checks it then
+        per_row += int(np.prod(dims[1:], dtype=np.int64))
+    if targets.size != rows * per_row:
+        raise LumpError(
+            f"'{path}' target has shape {tuple(targets.shape)}, but the model's outputs "
+            f"hold {per_row} values per row ({rows} rows)"
+        )
 
 
 def load_inputs(
-    path: str | Path, model: onnx.ModelProto, with_targets: bool = False
+    path: str | Path,
+    model: onnx.ModelProto,
+    with_targets: bool = False,
 ) -> dict[str, np.ndarray] | tuple[dict[str, np.ndarray], np.ndarray | None]:
     """Feeds for every graph input from a file, cast to the inputs' dtypes; with
-    ``with_targets`` also the array stored under one of :data:`TARGET_KEYS`, if any."""
+    ``with_targets`` also the array stored under one of :data:`TARGET_KEYS`, if any.
+
+    Refuses, with a one-line :class:`LumpError`, anything that would make the numbers
+    meaningless: unreadable or pickled files, non-numeric, NaN or infinite values, shapes
+    the model does not take, inputs with different row counts, targets that do not match
+    the outputs, and data whose rows are all the same (one row, or copies of one row, say
+    nothing about how the neurons vary).
+    """
     path = Path(path)
     if not path.is_file():
-        raise LumpError(f"calibration file '{path}' does not exist")
+        raise LumpError(f"data file '{path}' does not exist or is not a file")
     inputs = _graph_inputs(model)
     arrays = _read_arrays(path, len(inputs))
     targets = next((arrays.pop(k) for k in TARGET_KEYS if k in arrays), None)
@@ -80,10 +182,88 @@ def load_inputs(
     feeds = {}
     for value in inputs:
         if value.name not in arrays:
-            raise LumpError(f"'{path}' has no array for model input '{value.name}'")
+            found = ", ".join(sorted(arrays)) or "none"
+            raise LumpError(
+                f"'{path}' has no array for model input '{value.name}' (arrays: {found})"
+            )
+        array = _numeric(path, value.name, arrays[value.name])
         dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
-        feeds[value.name] = np.asarray(arrays[value.name]).astype(dtype, copy=False)
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is checked just below
+            cast = array.astype(dtype, copy=False)
+        if cast.dtype.kind == "f" and not np.isfinite(cast).all():
+            raise LumpError(f"'{path}' array '{value.name}' has values too large for {cast.dtype}")
+        _check_shape(path, value, cast)
+        feeds[value.name] = cast
+    rows = {len(v) for v in feeds.values()}
+    if len(rows) > 1:
+        raise LumpError(f"'{path}' arrays have different numbers of rows: {sorted(rows)}")
+    if feeds and not _varies(feeds):
+        n = len(next(iter(feeds.values())))
+        what = "one row" if n == 1 else f"{n} identical rows"
+        raise LumpError(
+            f"'{path}' holds {what}: too little information to tell neurons apart or to "
+            "measure an error; give at least two different rows (ideally hundreds)"
+        )
+    if with_targets and targets is not None and feeds:
+        _check_targets(path, model, targets, len(next(iter(feeds.values()))))
     return (feeds, targets) if with_targets else feeds
+
+
+def random_input_shapes(
+    model: onnx.ModelProto, n: int, shapes: Mapping[str, Sequence[int]] | None = None
+) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Shape and dtype of each seeded random input :func:`random_inputs` would draw."""
+    shapes = dict(shapes or {})
+    result = {}
+    for value in _graph_inputs(model):
+        tensor_type = value.type.tensor_type
+        if not value.type.HasField("tensor_type") or tensor_type.elem_type == 0:
+            raise LumpError(f"input '{value.name}' is not a typed tensor; give --calib data")
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
+        if not np.issubdtype(dtype, np.floating):
+            raise LumpError(
+                f"input '{value.name}' is {dtype}; random checks need --calib data for it"
+            )
+        dims = _static_dims(value)
+        if value.name in shapes:
+            shape = [int(d) for d in shapes[value.name]]
+            if dims is not None and (
+                len(dims) != len(shape)
+                or any(d not in (None, s) for d, s in zip(dims, shape, strict=True))
+            ):
+                raise LumpError(
+                    f"--input-shape {value.name}:{','.join(map(str, shape))} does not fit the "
+                    f"model's shape {['?' if d is None else d for d in dims]} for that input"
+                )
+        elif dims is None:
+            raise LumpError(
+                f"input '{value.name}' has no shape in the model; give --input-shape "
+                f"{value.name}:d0,d1,... or --calib data"
+            )
+        else:
+            shape = []
+            for axis, dim in enumerate(dims):
+                if dim is not None:
+                    shape.append(dim)
+                elif axis == 0:
+                    shape.append(n)
+                else:
+                    raise LumpError(
+                        f"input '{value.name}' has dynamic dimension {axis}; "
+                        f"give its shape with --input-shape {value.name}:d0,d1,..."
+                    )
+        result[value.name] = (tuple(shape), dtype)
+    return result
+
+
+def random_inputs_bytes(
+    model: onnx.ModelProto, n: int, shapes: Mapping[str, Sequence[int]] | None = None
+) -> int:
+    """Bytes the seeded random inputs would take (the outputs come on top)."""
+    return sum(
+        int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+        for shape, dtype in random_input_shapes(model, n, shapes).values()
+    )
 
 
 def random_inputs(
@@ -93,33 +273,19 @@ def random_inputs(
     seed: int = 0,
 ) -> dict[str, np.ndarray]:
     """Seeded standard-normal inputs; a dynamic leading (batch) dimension becomes ``n``,
-    other dynamic dimensions must be given in ``shapes``."""
-    shapes = dict(shapes or {})
+    other dynamic dimensions must be given in ``shapes``. Refuses to draw more than
+    :data:`MAX_RANDOM_BYTES`."""
+    needed = random_inputs_bytes(model, n, shapes)
+    if needed > MAX_RANDOM_BYTES:
+        raise LumpError(
+            f"{n} random check inputs would take {needed / 2**30:.1f} GiB (limit "
+            f"{MAX_RANDOM_BYTES / 2**30:.0f} GiB); lower --check or give --calib data"
+        )
     rng = np.random.default_rng(seed)
-    feeds = {}
-    for value in _graph_inputs(model):
-        tensor_type = value.type.tensor_type
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
-        if not np.issubdtype(dtype, np.floating):
-            raise LumpError(
-                f"input '{value.name}' is {dtype}; random checks need --calib data for it"
-            )
-        if value.name in shapes:
-            shape = [int(d) for d in shapes[value.name]]
-        else:
-            shape = []
-            for axis, dim in enumerate(tensor_type.shape.dim):
-                if dim.HasField("dim_value") and dim.dim_value > 0:
-                    shape.append(dim.dim_value)
-                elif axis == 0:
-                    shape.append(n)
-                else:
-                    raise LumpError(
-                        f"input '{value.name}' has dynamic dimension {axis}; "
-                        f"give its shape with --input-shape {value.name}:d0,d1,..."
-                    )
-        feeds[value.name] = rng.standard_normal(shape).astype(dtype)
-    return feeds
+    return {
+        name: rng.standard_normal(shape).astype(dtype)
+        for name, (shape, dtype) in random_input_shapes(model, n, shapes).items()
+    }
 
 
 def chain_inputs(

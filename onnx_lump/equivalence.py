@@ -20,14 +20,15 @@ rescaled to the layer's median norm, so epsilon keeps the units of the weights.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from onnx_lump.activations import Activation, ActivationKind
 from onnx_lump.errors import LumpError
-from onnx_lump.grouping import Linkage, group_rows, number_by_first_row
-from onnx_lump.ode import Lumping, OdeSystem, aggregate, canonical_rows
+from onnx_lump.grouping import Linkage, group_rows, number_by_first_row, projection_directions
+from onnx_lump.ode import Lumping, OdeSystem, aggregate, row_step
+from onnx_lump.reduction import ReducedLayer, block_anchors, reduce_layer
 
 __all__ = ["Equivalence", "Partition", "PartitionOptions", "compute_partition"]
 
@@ -37,6 +38,9 @@ _ROUNDING_UNITS = 16.0
 # A neuron whose activation varies this little, relative to the layer's median, is
 # constant on the calibration data.
 _DATA_CONSTANT = 1e-3
+# How far beyond the data a constant neuron must stay constant, in standard deviations
+# of its pre-activation on the data.
+_CONSTANT_MARGIN = 3.0
 
 
 class Similarity(enum.Enum):
@@ -65,10 +69,17 @@ class PartitionOptions:
 
 @dataclass(frozen=True, eq=False)
 class Partition:
-    """One :class:`Lumping` per hidden layer of an ODE system."""
+    """One :class:`Lumping` per hidden layer of an ODE system.
+
+    A backward partition also carries the reduced layers of ``system``, built on the way:
+    they need the same aggregation of each layer over the blocks upstream, which is the
+    costliest step on a wide layer (:func:`onnx_lump.reduction.reduce_system` returns them).
+    """
 
     options: PartitionOptions
     lumpings: tuple[Lumping, ...]
+    system: OdeSystem | None = field(default=None, repr=False)
+    reduced: tuple[ReducedLayer, ...] | None = field(default=None, repr=False)
 
     @property
     def widths(self) -> list[int]:
@@ -77,21 +88,40 @@ class Partition:
 
 def compute_partition(system: OdeSystem, options: PartitionOptions) -> Partition:
     """The coarsest partition of the hidden variables found by the chosen equivalence."""
-    if options.equivalence is Equivalence.BACKWARD:
-        lumpings = _backward(system, options)
-    else:
-        lumpings = _forward(system, options)
-    return Partition(options, tuple(lumpings))
+    if options.equivalence is Equivalence.FORWARD:
+        return Partition(options, tuple(_forward(system, options)))
+    lumpings, reduced = _backward(system, options)
+    return Partition(options, tuple(lumpings), system, tuple(reduced))
 
 
-def _backward(system: OdeSystem, options: PartitionOptions) -> list[Lumping]:
-    lumpings = []
+def _backward(
+    system: OdeSystem, options: PartitionOptions
+) -> tuple[list[Lumping], list[ReducedLayer]]:
+    """Front to back, one aggregation a layer, shared by the partition and the reduction.
+
+    Each layer is aggregated over the reduced upstream neurons (block B is its anchor
+    member f, see :func:`onnx_lump.reduction.reduce_layer`), which is what the reduction
+    needs; the partition's rows, over the blocks in canonical units, differ from those
+    only by a factor ``scale_f`` per column and ``offset_f`` folded into the bias, and
+    :func:`backward_lumping` applies both as ``units`` while it reads the rows.
+    """
+    lumpings, reduced = [], []
     upstream = Lumping.identity(len(system.inputs))
+    units = None
     for layer in system.hidden:
         coefficients, bias = aggregate(layer, upstream)
-        upstream = backward_lumping(coefficients, bias, layer.activation, options, system.precision)
-        lumpings.append(upstream)
-    return lumpings
+        lumping = backward_lumping(
+            coefficients, bias, layer.activation, options, system.precision, units=units
+        )
+        kept, upstream = reduce_layer(coefficients, bias, lumping, layer.activation)
+        lumpings.append(lumping)
+        reduced.append(kept)
+        anchor = block_anchors(lumping)
+        column_scale, column_offset = lumping.scale[anchor], lumping.offset[anchor]
+        trivial = np.all(column_scale == 1.0) and not column_offset.any()
+        units = None if trivial else (column_scale, column_offset)
+    reduced.append(ReducedLayer(*aggregate(system.layers[-1], upstream)))
+    return lumpings, reduced
 
 
 def backward_lumping(
@@ -101,35 +131,187 @@ def backward_lumping(
     options: PartitionOptions,
     precision: float,
     inputs: np.ndarray | None = None,
+    holdout: np.ndarray | None = None,
+    *,
+    units: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Lumping:
     """The backward lumping of one layer whose rows are already aggregated over upstream
     blocks. Given calibration ``inputs`` (N samples x upstream blocks) and eps > 0,
-    neurons whose activation is constant on them are folded into the next bias; with
+    neurons whose activation is constant on them, with a margin and on the ``holdout``
+    rows too (see :func:`_supported_constants`), are folded into the next bias; with
     ``options.similarity`` DATA, neurons are compared by their canonical pre-activations
-    on ``inputs`` instead of by their weights."""
-    constant = _small_rows(coefficients, options.eps, precision)
+    on ``inputs`` instead of by their weights.
+
+    ``units`` (column scale, column offset), data-free only, says that the rows to
+    compare are ``coefficients * scale`` with bias ``bias + coefficients @ offset``;
+    they are formed a few rows at a time instead of as a second copy of the layer.
+    """
     if options.similarity is not Similarity.WEIGHTS and inputs is None:
         raise LumpError(f"{options.similarity.value} similarity needs calibration inputs (--calib)")
+    if units is not None and inputs is not None:
+        raise ValueError("units are for data-free rows: inputs are in the units of the rows")
+    column_scale = None if units is None else units[0]
+    if units is not None and units[1].any():
+        bias = bias + _matvec64(coefficients, units[1])
+    directions = projection_directions(coefficients.shape[1] + 1)
+    stats = _RowStatistics.of(coefficients, column_scale, activation, directions[:-1])
+    constant = stats.small(options.eps, precision)
     if options.similarity is Similarity.AFFINE and options.eps > 0:
-        return _affine_lumping(coefficients, bias, activation, inputs, constant, options)
-    scale, offset = _symmetry_transform(coefficients, bias, activation, constant, options)
-    every_row = Lumping(np.zeros(len(bias), dtype=np.int64), scale, offset, 1)
-    rows = canonical_rows(coefficients, bias, every_row, activation)
+        return _affine_lumping(coefficients, bias, activation, inputs, constant, options, holdout)
+    scale, offset = _symmetry_transform(stats, bias, activation, constant, options)
+    inner = offset if activation.kind is ActivationKind.IDENTITY else 0.0
+    divisor = np.where(scale != 0, scale, np.inf)  # a zero Relu row stays a zero row
+    rows = _CanonicalRows(coefficients, column_scale, bias - inner, divisor)
+    rows.known_projections = (directions, stats.projections)
+    row_l1 = (stats.l1 + np.abs(bias - inner)) / np.abs(divisor)
     value = activation(bias)  # what a neuron with vanishing coefficients outputs
     data_constant = np.zeros_like(constant)
     if inputs is not None:
-        data_rows, data_constant, mean = _data_rows(rows, inputs, activation, constant, options)
+        data_rows, data_l1, data_constant, mean = _data_rows(
+            rows, inputs, activation, constant, options, holdout
+        )
         value = np.where(constant, value, scale * mean + offset)
         if options.similarity is Similarity.DATA and options.eps > 0:
-            rows = (
-                data_rows  # agreement on the data is not agreement everywhere: eps 0 uses weights
-            )
+            # agreement on the data is not agreement everywhere: eps 0 uses weights
+            rows, row_l1 = data_rows, data_l1
     removed = constant | data_constant
     offset = np.where(removed, value, offset)
     scale = np.where(removed, 0.0, scale)
     return _lumping_from_groups(
-        rows, removed, scale, offset, precision, options, unlinked=data_constant & ~constant
+        rows,
+        removed,
+        scale,
+        offset,
+        precision,
+        options,
+        unlinked=data_constant & ~constant,
+        row_l1=row_l1,
     )
+
+
+@dataclass(frozen=True)
+class _RowStatistics:
+    """Per row of ``coefficients * column_scale``: L1 norm, squared L2 norm, the sign of
+    the largest entry (each only where ``activation``'s symmetry needs it) and the
+    product with ``directions``; read a few rows at a time, once (no full-size
+    temporary, and no second pass over a wide layer for the grouping's projections)."""
+
+    l1: np.ndarray
+    squares: np.ndarray
+    sign: np.ndarray
+    projections: np.ndarray
+
+    @classmethod
+    def of(
+        cls,
+        coefficients: np.ndarray,
+        column_scale: np.ndarray | None,
+        activation: Activation,
+        directions: np.ndarray,
+    ) -> _RowStatistics:
+        n, width = coefficients.shape
+        l1, squares, sign = np.zeros(n), np.zeros(n), np.ones(n)
+        projections = np.zeros((n, directions.shape[1]))
+        kind = activation.kind
+        need_squares = activation.is_positively_homogeneous or kind is ActivationKind.IDENTITY
+        need_sign = not activation.is_positively_homogeneous
+        step = row_step(width)
+        for start in range(0, n if width else 0, step):
+            rows = np.asarray(coefficients[start : start + step], dtype=np.float64)
+            if column_scale is not None:
+                rows = rows * column_scale
+            part = slice(start, start + len(rows))
+            magnitude = np.abs(rows)
+            l1[part] = magnitude.sum(axis=1)
+            if need_sign:
+                largest = magnitude.argmax(axis=1)
+                sign[part] = np.where(rows[np.arange(len(rows)), largest] < 0, -1.0, 1.0)
+            if need_squares:
+                squares[part] = np.einsum("ij,ij->i", rows, rows)
+            projections[part] = rows @ directions
+        return cls(l1, squares, sign, projections)
+
+    def small(self, eps: float, precision: float) -> np.ndarray:
+        """Rows within eps (L1) of zero, with the exact case allowing for rounding."""
+        tolerance = _ROUNDING_UNITS * precision * (float(self.l1.max()) if self.l1.size else 0.0)
+        return self.l1 <= eps + tolerance
+
+
+class _CanonicalRows:
+    """The rows ``[coefficients * column_scale, bias] / divisor`` as a
+    :class:`onnx_lump.grouping.RowSource`: formed only for the neurons the grouping
+    cannot separate by projections, so a wide layer is never copied whole."""
+
+    def __init__(
+        self,
+        coefficients: np.ndarray,
+        column_scale: np.ndarray | None,
+        bias: np.ndarray,
+        divisor: np.ndarray,
+    ) -> None:
+        self.coefficients, self.column_scale = coefficients, column_scale
+        self.bias, self.divisor = bias, divisor
+        self.shape = (coefficients.shape[0], coefficients.shape[1] + 1)
+        # (directions, coefficients * column_scale @ directions[:-1]) read in an earlier pass
+        self.known_projections: tuple[np.ndarray, np.ndarray] | None = None
+
+    def take(self, indices: np.ndarray) -> np.ndarray:
+        out = np.empty((len(indices), self.shape[1]))
+        chosen = self.coefficients[indices]
+        if self.column_scale is None:
+            out[:, :-1] = chosen
+        else:
+            np.multiply(chosen, self.column_scale, out=out[:, :-1])
+        out[:, -1] = self.bias[indices]
+        out /= self.divisor[indices, None]
+        return out
+
+    def subset(self, index: np.ndarray) -> _CanonicalRows:
+        rows = _CanonicalRows(
+            self.coefficients[index], self.column_scale, self.bias[index], self.divisor[index]
+        )
+        if self.known_projections is not None:
+            directions, products = self.known_projections
+            rows.known_projections = (directions, products[index])
+        return rows
+
+    def pre_activations(self, samples: np.ndarray) -> np.ndarray:
+        """(samples x rows) canonical pre-activations, in float64."""
+        weights = self.coefficients
+        if self.column_scale is not None:
+            weights = weights * self.column_scale
+        pre = np.asarray(samples, dtype=np.float64) @ weights.T
+        pre += self.bias
+        pre /= self.divisor
+        return pre
+
+    def project(self, directions: np.ndarray) -> np.ndarray:
+        known = self.known_projections
+        if known is not None and np.array_equal(known[0], directions):
+            product = known[1].copy()
+        else:
+            weights = directions[:-1]
+            if self.column_scale is not None:
+                weights = weights * self.column_scale[:, None]
+            product = _matmul64(self.coefficients, weights)
+        product += self.bias[:, None] * directions[-1]
+        product /= self.divisor[:, None]
+        return product
+
+
+def _matmul64(matrix: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """``matrix @ other`` accumulated in float64 without a float64 copy of ``matrix``."""
+    if matrix.dtype == np.float64:
+        return matrix @ other
+    out = np.empty((matrix.shape[0], other.shape[1]))
+    step = row_step(matrix.shape[1])
+    for start in range(0, matrix.shape[0], step):
+        out[start : start + step] = matrix[start : start + step].astype(np.float64) @ other
+    return out
+
+
+def _matvec64(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
+    return _matmul64(matrix, vector[:, None])[:, 0]
 
 
 def _affine_lumping(
@@ -139,6 +321,7 @@ def _affine_lumping(
     inputs: np.ndarray,
     constant: np.ndarray,
     options: PartitionOptions,
+    holdout: np.ndarray | None = None,
 ) -> Lumping:
     """Neurons whose activations on the data agree up to an affine map.
 
@@ -149,10 +332,14 @@ def _affine_lumping(
     squares fit ``a_j ~ alpha_j a_rep + beta_j``, which the next layer absorbs.
     Used for eps > 0 only: agreement on the data is not agreement everywhere.
     """
-    post = activation(inputs @ coefficients.T + bias)  # (N, n)
+    pre = inputs @ coefficients.T + bias  # (N, n)
+    post = activation(pre)
     n_samples = post.shape[0]
     mean, spread = post.mean(axis=0), post.std(axis=0)
-    removed = constant | _constant_on_data(spread, constant)
+    held = None if holdout is None else holdout @ coefficients.T + bias
+    removed = constant | _supported_constants(
+        _Support.of(pre.T, activation), activation, constant, None if held is None else held.T
+    )
     value = np.where(constant, activation(bias), mean)
     if removed.all():
         removed = removed.copy()
@@ -201,31 +388,169 @@ def _medoids(rows: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
     return order[np.flatnonzero(np.diff(groups[order], prepend=-1))]
 
 
+# Calibration rows are read this many entries (samples x neurons) at a time: no array
+# of all samples x all neurons is formed on the data path.
+_SAMPLE_CHUNK_ENTRIES = 1 << 21
+
+
+def _sample_step(width: int) -> int:
+    return max(1, _SAMPLE_CHUNK_ENTRIES // max(width, 1))
+
+
+@dataclass
+class _Moments:
+    """Count, mean and sum of squared deviations per column, merged chunk by chunk
+    (Chan et al.), so that a standard deviation over many rows needs no copy of them."""
+
+    count: int = 0
+    mean: np.ndarray | float = 0.0
+    m2: np.ndarray | float = 0.0
+
+    def add(self, values: np.ndarray) -> None:
+        k = values.shape[0]
+        if k == 0:
+            return
+        mean = values.mean(axis=0)
+        m2 = np.square(values - mean).sum(axis=0)
+        total = self.count + k
+        delta = mean - self.mean
+        self.m2 = self.m2 + m2 + np.square(delta) * (self.count * k / total)
+        self.mean = self.mean + delta * (k / total)
+        self.count = total
+
+    @property
+    def std(self) -> np.ndarray:
+        return np.sqrt(np.maximum(self.m2, 0.0) / max(self.count, 1))
+
+
 def _data_rows(
-    rows: np.ndarray,
+    rows: _CanonicalRows,
     inputs: np.ndarray,
     activation: Activation,
     constant: np.ndarray,
     options: PartitionOptions,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    holdout: np.ndarray | None = None,
+) -> tuple[_DataRows, np.ndarray, np.ndarray, np.ndarray]:
     """Canonical pre-activations on the data, scaled so that the L1 distance of two rows is
-    their mean absolute difference in units of the layer's typical spread; the neurons
-    whose activation is constant on the data (dead Relu, saturated Tanh/Sigmoid: a
-    standard deviation below 1e-3 of the layer's median; only for eps > 0); and those
-    activations' means."""
-    pre = rows[:, :-1] @ inputs.T + rows[:, -1:]  # (n, N): linear in the canonical row
-    spread = _median_or_one(pre[~constant].std(axis=1))
-    post = activation(pre)
-    data_constant = _constant_on_data(post.std(axis=1), constant)
+    their mean absolute difference in units of the layer's typical spread (as a row
+    source, with their L1 norms); the neurons whose activation is constant on the data
+    (dead Relu, saturated Tanh/Sigmoid: see :func:`_supported_constants`; only for
+    eps > 0); and those activations' means.
+
+    The samples are read a chunk at a time: memory grows with the neurons, not with
+    neurons x samples."""
+    n_samples, n = inputs.shape[0], rows.shape[0]
+    pre_moments, post_moments = _Moments(), _Moments()
+    low, high, magnitude = np.full(n, np.inf), np.full(n, -np.inf), np.zeros(n)
+    step = _sample_step(n)
+    for start in range(0, n_samples, step):
+        pre = rows.pre_activations(inputs[start : start + step])
+        pre_moments.add(pre)
+        post_moments.add(activation(pre))
+        np.minimum(low, pre.min(axis=0), out=low)
+        np.maximum(high, pre.max(axis=0), out=high)
+        magnitude += np.abs(pre).sum(axis=0)
+    spread = _median_or_one(pre_moments.std[~constant])
+    data_constant = _supported_constants(
+        _Support(pre_moments.std, post_moments.std, post_moments.mean, low, high),
+        activation,
+        constant,
+        None if holdout is None else (rows, holdout),
+    )
     if options.eps == 0:
         data_constant[:] = False  # constant on this data is not constant on all data
-    return pre / (pre.shape[1] * spread), data_constant, post.mean(axis=1)
+    factor = 1.0 / (n_samples * spread)
+    return _DataRows(rows, inputs, factor), magnitude * factor, data_constant, post_moments.mean
 
 
-def _constant_on_data(variation: np.ndarray, constant: np.ndarray) -> np.ndarray:
-    """Neurons whose activation varies on the data by less than _DATA_CONSTANT times the
-    layer's median variation (``constant`` rows left out of the median)."""
-    return variation <= _DATA_CONSTANT * _median_or_one(variation[~constant])
+class _DataRows:
+    """Row source (:class:`onnx_lump.grouping.RowSource`) of the scaled canonical
+    pre-activations ``factor * (rows . [x, 1])`` over the samples x: a neuron's row is
+    formed only when the grouping needs it, and projections go through the inputs'
+    (features x directions) product."""
+
+    def __init__(self, rows: _CanonicalRows, inputs: np.ndarray, factor: float) -> None:
+        self.rows, self.inputs, self.factor = rows, inputs, factor
+        self.shape = (rows.shape[0], inputs.shape[0])
+
+    def subset(self, index: np.ndarray) -> _DataRows:
+        return _DataRows(self.rows.subset(index), self.inputs, self.factor)
+
+    def take(self, indices: np.ndarray) -> np.ndarray:
+        out = self.rows.subset(np.asarray(indices)).pre_activations(self.inputs).T
+        out *= self.factor
+        return np.ascontiguousarray(out)
+
+    def project(self, directions: np.ndarray) -> np.ndarray:
+        through = np.zeros((self.inputs.shape[1], directions.shape[1]))
+        step = _sample_step(self.inputs.shape[1])
+        for start in range(0, self.inputs.shape[0], step):
+            part = slice(start, start + step)
+            through += np.asarray(self.inputs[part], dtype=np.float64).T @ directions[part]
+        rows = self.rows
+        weights = rows.coefficients
+        if rows.column_scale is not None:
+            weights = weights * rows.column_scale
+        product = _matmul64(weights, through)
+        product += rows.bias[:, None] * directions.sum(axis=0)
+        product /= rows.divisor[:, None]
+        product *= self.factor
+        return product
+
+
+@dataclass(frozen=True)
+class _Support:
+    """Per-neuron statistics of the pre-activations (deviation, range) and activations
+    (deviation, mean) on the fitting rows."""
+
+    pre_std: np.ndarray
+    post_std: np.ndarray
+    post_mean: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+
+    @classmethod
+    def of(cls, pre: np.ndarray, activation: Activation) -> _Support:
+        """From pre-activations as (neurons x rows)."""
+        post = activation(pre)
+        return cls(pre.std(axis=1), post.std(axis=1), post.mean(axis=1), pre.min(1), pre.max(1))
+
+
+def _supported_constants(
+    support: _Support,
+    activation,
+    constant: np.ndarray,
+    holdout: tuple[_CanonicalRows, np.ndarray] | np.ndarray | None,
+) -> np.ndarray:
+    """Neurons the data shows to be constant, given their statistics on the fitting rows
+    and, when given, their pre-activations on the held-out rows (neurons x rows, or the
+    canonical rows and the held-out inputs, read a chunk at a time).
+
+    Varying by less than _DATA_CONSTANT times the layer's median variation on the
+    fitting rows is not enough: a neuron off on a few hundred rows may fire on rare
+    inputs. Its activation must also stay within that tolerance of its mean at the ends
+    of its pre-activation range widened by _CONSTANT_MARGIN standard deviations, and on
+    every held-out row."""
+    variation = support.post_std
+    tolerance = _DATA_CONSTANT * _median_or_one(variation[~constant])
+    mean, deviation = support.post_mean, support.pre_std
+    supported = variation <= tolerance
+    widened = (
+        support.low - _CONSTANT_MARGIN * deviation,
+        support.high + _CONSTANT_MARGIN * deviation,
+    )
+    for end in widened:
+        supported &= np.abs(activation(end) - mean) <= tolerance
+    if isinstance(holdout, np.ndarray):
+        if holdout.shape[1]:
+            supported &= (np.abs(activation(holdout) - mean[:, None]) <= tolerance).all(axis=1)
+    elif holdout is not None:
+        rows, held = holdout
+        step = _sample_step(rows.shape[0])
+        for start in range(0, held.shape[0], step):
+            pre = rows.pre_activations(held[start : start + step])
+            supported &= (np.abs(activation(pre) - mean) <= tolerance).all(axis=0)
+    return supported
 
 
 def _forward(system: OdeSystem, options: PartitionOptions) -> list[Lumping]:
@@ -255,7 +580,7 @@ def _small_rows(rows: np.ndarray, eps: float, precision: float) -> np.ndarray:
 
 
 def _symmetry_transform(
-    coefficients: np.ndarray,
+    stats: _RowStatistics,
     bias: np.ndarray,
     activation: Activation,
     constant: np.ndarray,
@@ -263,23 +588,21 @@ def _symmetry_transform(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-neuron (scale, offset) with a_j = scale_j * sigma(canonical row_j) + offset_j;
     ``constant`` rows are left out of the median norm."""
-    n = coefficients.shape[0]
+    n = len(bias)
     scale, offset = np.ones(n), np.zeros(n)
     kind = activation.kind
     if options.symmetries and n:
-        largest = np.abs(coefficients).argmax(axis=1)
-        sign = np.where(coefficients[np.arange(n), largest] < 0, -1.0, 1.0)
+        sign = stats.sign
         if activation.is_positively_homogeneous:
-            norms = np.linalg.norm(np.column_stack([coefficients, bias]), axis=1)
+            norms = np.sqrt(stats.squares + np.square(bias))
             scale = norms / _median_or_one(norms[~constant])
         elif kind is ActivationKind.IDENTITY:
-            norms = np.linalg.norm(coefficients, axis=1)
+            norms = np.sqrt(stats.squares)
             scale = sign * norms / _median_or_one(norms[~constant])
             offset = bias.copy()
-        elif kind is ActivationKind.TANH:
-            scale = sign
-        elif kind is ActivationKind.SIGMOID:
-            scale, offset = sign, (sign < 0).astype(np.float64)
+        elif activation.point_symmetry is not None:
+            # sigma(-z) = k - sigma(z): Tanh and other odd ones (k = 0), Sigmoid (k = 1)
+            scale, offset = sign, (sign < 0) * activation.point_symmetry
     return scale, offset
 
 
@@ -296,9 +619,11 @@ def _lumping_from_groups(
     precision: float,
     options: PartitionOptions,
     unlinked: np.ndarray | None = None,
+    row_l1: np.ndarray | None = None,
 ) -> Lumping:
     """Group all rows but the ``unlinked`` ones, then drop the removed ones from their
-    groups.
+    groups; ``rows`` may be a :class:`onnx_lump.grouping.RowSource` whose L1 norms are
+    ``row_l1``.
 
     Rows removed for being within eps of a constant still take part in the linkage, so
     that a larger epsilon, which removes more rows, never splits a group that a smaller
@@ -311,8 +636,14 @@ def _lumping_from_groups(
         removed[0], scale[0], offset[0] = False, 1.0, 0.0
     linked = np.ones(len(removed), dtype=bool) if unlinked is None else ~unlinked
     linked |= ~removed
-    candidates = rows if linked.all() else rows[linked]  # wide layers: avoid a copy
-    eps = options.eps + _ROUNDING_UNITS * precision * float(_row_l1(candidates).max())
+    if linked.all():
+        candidates = rows  # wide layers: avoid a copy
+        l1 = _row_l1(rows) if row_l1 is None else row_l1
+    else:
+        index = np.flatnonzero(linked)
+        candidates = rows[index] if isinstance(rows, np.ndarray) else rows.subset(index)
+        l1 = _row_l1(candidates) if row_l1 is None else row_l1[index]
+    eps = options.eps + _ROUNDING_UNITS * precision * float(l1.max())
     groups = np.full(len(removed), -1, dtype=np.int64)
     groups[linked] = group_rows(candidates, eps, options.linkage)
     kept = np.flatnonzero(~removed)

@@ -14,13 +14,15 @@ Wide layers rule out a Python loop over neuron pairs and an n x n x d distance t
 from __future__ import annotations
 
 import enum
+import functools
+from typing import Protocol
 
 import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial.distance import cdist
 
-__all__ = ["Linkage", "group_rows", "number_by_first_row"]
+__all__ = ["Linkage", "RowSource", "group_rows", "number_by_first_row", "projection_directions"]
 
 _N_PROJECTIONS = 8
 _MAX_DISTANCE_ENTRIES = 1 << 22  # bounds the memory of one distance computation
@@ -32,33 +34,114 @@ class Linkage(enum.Enum):
     COMPLETE = "complete"  # every pair of a group within epsilon
 
 
-def group_rows(rows: np.ndarray, eps: float, linkage: Linkage = Linkage.SINGLE) -> np.ndarray:
+class RowSource(Protocol):
+    """Rows that are computed on demand rather than stored, so that a wide layer is
+    grouped without a full-size copy: only the projections and the rows of the blocks
+    that the projections cannot split are ever formed."""
+
+    @property
+    def shape(self) -> tuple[int, int]: ...
+
+    def take(self, indices: np.ndarray) -> np.ndarray:
+        """The rows ``indices``, as a float64 array."""
+        ...
+
+    def project(self, directions: np.ndarray) -> np.ndarray:
+        """``rows @ directions`` for a (dim x k) matrix, accumulated in float64."""
+        ...
+
+
+class _StoredRows:
+    def __init__(self, rows: np.ndarray) -> None:
+        self.rows = rows
+        self.shape = rows.shape
+
+    def take(self, indices: np.ndarray) -> np.ndarray:
+        return np.asarray(self.rows[indices], dtype=np.float64)
+
+    def project(self, directions: np.ndarray) -> np.ndarray:
+        return self.rows @ directions
+
+
+def group_rows(
+    rows: np.ndarray | RowSource, eps: float, linkage: Linkage = Linkage.SINGLE
+) -> np.ndarray:
     """Label each row with a group; labels number groups by their first row."""
-    n = rows.shape[0]
+    source = _StoredRows(rows) if isinstance(rows, np.ndarray) else rows
+    n = source.shape[0]
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    coarse = _split_by_projections(rows, eps)
-    labels = np.full(n, -1, dtype=np.int64)
-    next_label = 0
+    coarse = _split_by_projections(source, eps)
     order = np.argsort(coarse, kind="stable")
-    for members in np.split(order, np.flatnonzero(np.diff(coarse[order])) + 1):
-        if len(members) == 1:
-            labels[members] = next_label
-            next_label += 1
-            continue
-        split = _components if linkage is Linkage.SINGLE else _cliques
-        local = split(rows[members], eps)
-        labels[members] = local + next_label
-        next_label += int(local.max()) + 1
-    return number_by_first_row(labels)
+    starts = np.flatnonzero(np.diff(coarse[order], prepend=-1))
+    sizes = np.diff(np.append(starts, n))
+    if linkage is Linkage.COMPLETE:
+        labels = np.full(n, -1, dtype=np.int64)
+        next_label = 0
+        for start, size in zip(starts, sizes, strict=True):
+            members = order[start : start + size]
+            local = _cliques(source.take(members), eps) if size > 1 else np.zeros(1, np.int64)
+            labels[members] = local + next_label
+            next_label += int(local.max()) + 1
+        return number_by_first_row(labels)
+    # Single linkage: the components of one graph whose edges come from every block;
+    # blocks of a few rows (most of them in a wide layer) are checked all at once.
+    small = (sizes > 1) & (sizes <= _SMALL_BLOCK)
+    edges = [_small_block_edges(source, order, starts[small], sizes[small], eps)]
+    for start, size in zip(starts[sizes > _SMALL_BLOCK], sizes[sizes > _SMALL_BLOCK], strict=True):
+        members = order[start : start + size]
+        local = _components(source.take(members), eps)
+        _, first = np.unique(local, return_index=True)
+        edges.append((members[first[local]], members))
+    left = np.concatenate([e[0] for e in edges])
+    right = np.concatenate([e[1] for e in edges])
+    return number_by_first_row(_connected(n, left, right))
 
 
-def _split_by_projections(rows: np.ndarray, eps: float) -> np.ndarray:
+def _small_block_edges(
+    source: RowSource, order: np.ndarray, starts: np.ndarray, sizes: np.ndarray, eps: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs within eps inside blocks of at most _SMALL_BLOCK rows, as (left, right) row
+    indices. The rows of many blocks are formed in one call (at most
+    _MAX_DISTANCE_ENTRIES entries), then each block's distances come from one cdist."""
+    found_left, found_right = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    per_batch = max(1, _MAX_DISTANCE_ENTRIES // max(source.shape[1], 1))
+    ends = np.cumsum(sizes)
+    first = 0
+    while first < starts.size:
+        last = max(first + 1, int(np.searchsorted(ends, ends[first] - sizes[first] + per_batch)))
+        members = np.concatenate(
+            [order[a : a + b] for a, b in zip(starts[first:last], sizes[first:last], strict=True)]
+        )
+        points = source.take(members)
+        at = 0
+        for size in sizes[first:last]:
+            block = points[at : at + size]
+            left, right = np.nonzero((cdist(block, block, "cityblock") <= eps) & _upper(size))
+            found_left.append(members[at + left])
+            found_right.append(members[at + right])
+            at += size
+        first = last
+    return np.concatenate(found_left), np.concatenate(found_right)
+
+
+def projection_directions(dim: int) -> np.ndarray:
+    """The (dim x k) sign vectors that :func:`group_rows` projects rows of width ``dim``
+    onto (seeded, so a :class:`RowSource` can compute the product in an earlier pass)."""
     rng = np.random.default_rng(0)
-    block = np.zeros(rows.shape[0], dtype=np.int64)
-    signs = rng.choice([-1.0, 1.0], size=(rows.shape[1], _N_PROJECTIONS))
+    signs = rng.choice([-1.0, 1.0], size=(dim, _N_PROJECTIONS))
     signs[:, 0] = 1.0  # the plain sum is one of the projections
-    projections = rows @ signs
+    return signs
+
+
+@functools.cache
+def _upper(size: int) -> np.ndarray:
+    return np.triu(np.ones((size, size), dtype=bool), 1)
+
+
+def _split_by_projections(rows: RowSource, eps: float) -> np.ndarray:
+    block = np.zeros(rows.shape[0], dtype=np.int64)
+    projections = rows.project(projection_directions(rows.shape[1]))
     n_blocks = 1
     for _ in range(3):  # a split along one projection can enable one along another
         before = n_blocks

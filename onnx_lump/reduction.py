@@ -11,16 +11,31 @@ merges with nothing keeps its original weights bit for bit.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
 
 from onnx_lump.activations import Activation, ActivationKind
-from onnx_lump.equivalence import Partition
-from onnx_lump.ode import Lumping, OdeSystem, aggregate, canonical_rows
+from onnx_lump.ode import Lumping, OdeSystem, aggregate
 
-__all__ = ["ReducedLayer", "reduce_layer", "reduce_system"]
+if TYPE_CHECKING:
+    from onnx_lump.equivalence import Partition
+
+__all__ = [
+    "ReducedLayer",
+    "block_anchors",
+    "centred_moments",
+    "chunked_residual",
+    "layer_targets",
+    "reduce_layer",
+    "reduce_system",
+]
+
+# The data-path helpers below read calibration rows this many entries at a time.
+_ROW_CHUNK_ENTRIES = 1 << 22
 
 
 @dataclass(frozen=True, eq=False)
@@ -37,6 +52,8 @@ class ReducedLayer:
 
 def reduce_system(system: OdeSystem, partition: Partition) -> list[ReducedLayer]:
     """New weights for every layer of ``system`` (hidden layers narrowed, outputs kept)."""
+    if partition.reduced is not None and partition.system is system:
+        return list(partition.reduced)  # built with the partition, from the same aggregation
     reduced = []
     upstream = Lumping.identity(len(system.inputs))
     for layer, lumping in zip(system.hidden, partition.lumpings, strict=True):
@@ -56,42 +73,155 @@ def reduce_layer(
 
     The kept neuron's row is the block mean of the canonical rows, expressed in the
     units of the block's first member; when the lumping names a representative per
-    block, the kept neuron is that member, unchanged.
+    block, the kept neuron is that member, unchanged. A block of one keeps its neuron's
+    row as it is, and only the rows of blocks with several members are read twice.
     """
     if lumping.n_blocks == lumping.size:  # nothing merged or removed: keep the layer as is
         return ReducedLayer(coefficients, bias), Lumping.identity(lumping.size)
-    rows = canonical_rows(coefficients, bias, lumping, activation)
+    anchor = block_anchors(lumping)
+    weight = np.empty((lumping.n_blocks, coefficients.shape[1]))
+    kept_bias = np.empty(lumping.n_blocks)
     if lumping.representative is not None:
-        anchor, block_rows = lumping.representative, rows[lumping.representative]
+        alone = np.ones(lumping.n_blocks, dtype=bool)
     else:
-        anchor = np.array([members[0] for members in lumping.members()], dtype=np.int64)
-        block_rows = _block_means(rows, lumping)
-    kept_rows, rebased = _rebase(block_rows, lumping, activation, anchor)
-    return ReducedLayer(kept_rows[:, :-1], kept_rows[:, -1]), rebased
+        kept = np.flatnonzero(lumping.block >= 0)
+        counts = np.bincount(lumping.block[kept], minlength=lumping.n_blocks)
+        alone = counts == 1
+        shared = np.flatnonzero(~alone)
+        if shared.size:
+            weight[shared], kept_bias[shared] = _anchored_means(
+                coefficients, bias, lumping, activation, anchor, counts, shared
+            )
+    weight[alone] = coefficients[anchor[alone]]
+    kept_bias[alone] = bias[anchor[alone]]
+    return ReducedLayer(weight, kept_bias), _rebase(lumping, anchor)
 
 
-def _block_means(rows: np.ndarray, lumping: Lumping) -> np.ndarray:
+def block_anchors(lumping: Lumping) -> np.ndarray:
+    """The member of each block that the reduced neuron is expressed in: the
+    representative if the lumping names one, else the block's first member."""
+    if lumping.representative is not None:
+        return np.asarray(lumping.representative, dtype=np.int64)
     kept = np.flatnonzero(lumping.block >= 0)
-    blocks = lumping.block[kept]
-    counts = np.bincount(blocks, minlength=lumping.n_blocks).astype(np.float64)
+    _, first = np.unique(lumping.block[kept], return_index=True)
+    return kept[first]
+
+
+def _anchored_means(
+    coefficients: np.ndarray,
+    bias: np.ndarray,
+    lumping: Lumping,
+    activation: Activation,
+    anchor: np.ndarray,
+    counts: np.ndarray,
+    shared: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and biases of the blocks ``shared`` (two members or more): the mean of the
+    members' canonical rows ``[w_j, b_j - inner_j] / s_j`` times the anchor's scale s_f,
+    one sparse product over the members' rows (inner is the identity's offset, which
+    comes back on the kept bias)."""
+    position = np.full(lumping.n_blocks, -1, dtype=np.int64)
+    position[shared] = np.arange(shared.size)
+    members = np.flatnonzero((lumping.block >= 0) & (position[np.maximum(lumping.block, 0)] >= 0))
+    blocks = lumping.block[members]
+    factor = lumping.scale[anchor[blocks]] / (counts[blocks] * lumping.scale[members])
     averaging = sp.csr_matrix(
-        (1.0 / counts[blocks], (blocks, kept)), shape=(lumping.n_blocks, lumping.size)
+        (factor, (position[blocks], members)), shape=(shared.size, lumping.size)
     )
-    return np.asarray(averaging @ rows)
+    identity = activation.kind is ActivationKind.IDENTITY
+    inner = lumping.offset if identity else 0.0
+    rows = np.asarray(averaging @ coefficients)
+    means = averaging @ (bias - inner)
+    if identity:
+        means += lumping.offset[anchor[shared]]
+    return rows, means
 
 
-def _rebase(
-    means: np.ndarray, lumping: Lumping, activation: Activation, first: np.ndarray
-) -> tuple[np.ndarray, Lumping]:
-    """Turn canonical block rows into rows in the units of each block's anchor member f,
-    and re-express every member through that neuron: a_j = (s_j / s_f) a_f + c_j - s_j c_f / s_f."""
+def _rebase(lumping: Lumping, first: np.ndarray) -> Lumping:
+    """Re-express every member through its block's anchor f:
+    a_j = (s_j / s_f) a_f + c_j - s_j c_f / s_f."""
     scale_f, offset_f = lumping.scale[first], lumping.offset[first]
-    rows = means * scale_f[:, None]
-    if activation.kind is ActivationKind.IDENTITY:
-        rows[:, -1] += offset_f  # the identity's offset is its own bias
     kept = lumping.block >= 0
     ratio = np.zeros(lumping.size)
     ratio[kept] = lumping.scale[kept] / scale_f[lumping.block[kept]]
     offset = lumping.offset.copy()
     offset[kept] -= ratio[kept] * offset_f[lumping.block[kept]]
-    return rows, Lumping(lumping.block, ratio, offset, lumping.n_blocks)
+    return Lumping(lumping.block, ratio, offset, lumping.n_blocks)
+
+
+# -- the data path, in chunks of calibration rows -------------------------------------------
+# Calibration activations of a wide layer are the largest arrays of the data path
+# (100,000 rows of 4096 float64 are 3.3 GB). These helpers hold one layer's at a time, in
+# the storage dtype asked for, and accumulate everything else in float64 chunk by chunk.
+
+
+def _row_step(width: int) -> int:
+    return max(1, _ROW_CHUNK_ENTRIES // max(width, 1))
+
+
+def layer_targets(
+    layers: Sequence[tuple[np.ndarray, np.ndarray]],
+    system: OdeSystem,
+    inputs: np.ndarray,
+    dtype: np.dtype | type = np.float32,
+) -> Iterator[np.ndarray]:
+    """The pre-activations of every layer of the chain ``layers`` (each ``(weight, bias)``)
+    on ``inputs``, one layer at a time, front to back, stored in ``dtype``: only the
+    current layer's activations are held (computed in float64, a chunk of rows at a
+    time), so the memory is two layers' worth of rows, not the whole network's."""
+    current = inputs
+    for index, (weight, bias) in enumerate(layers):
+        weight64 = np.asarray(weight, dtype=np.float64)
+        pre = np.empty((current.shape[0], weight.shape[0]), dtype=dtype)
+        step = _row_step(max(weight.shape))
+        for start in range(0, current.shape[0], step):
+            rows = np.asarray(current[start : start + step], dtype=np.float64)
+            pre[start : start + step] = rows @ weight64.T + bias
+        yield pre
+        if index + 1 < len(layers):
+            activation = system.layers[index].activation
+            following = np.empty_like(pre)
+            for start in range(0, pre.shape[0], step):
+                following[start : start + step] = activation(
+                    np.asarray(pre[start : start + step], dtype=np.float64)
+                )
+            current = following
+            del pre
+
+
+def centred_moments(
+    inputs: np.ndarray, targets: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(mean_x, mean_t, gram, cross)`` with ``gram = Xc.T @ Xc`` and ``cross = Xc.T @ Tc``
+    for the centred inputs Xc and targets Tc, accumulated in float64 a chunk of rows at a
+    time (no centred copy of either; shifted by the first chunk's means so that the
+    centring does not cancel)."""
+    n, k = inputs.shape
+    step = _row_step(k + targets.shape[1])
+    first = slice(0, min(step, n))
+    shift_x = np.asarray(inputs[first], dtype=np.float64).mean(axis=0)
+    shift_t = np.asarray(targets[first], dtype=np.float64).mean(axis=0)
+    sum_x, sum_t = np.zeros(k), np.zeros(targets.shape[1])
+    gram, cross = np.zeros((k, k)), np.zeros((k, targets.shape[1]))
+    for start in range(0, n, step):
+        x = np.asarray(inputs[start : start + step], dtype=np.float64) - shift_x
+        t = np.asarray(targets[start : start + step], dtype=np.float64) - shift_t
+        sum_x += x.sum(axis=0)
+        sum_t += t.sum(axis=0)
+        gram += x.T @ x
+        cross += x.T @ t
+    dx, dt = sum_x / max(n, 1), sum_t / max(n, 1)
+    gram -= n * np.outer(dx, dx)
+    cross -= n * np.outer(dx, dt)
+    return shift_x + dx, shift_t + dt, gram, cross
+
+
+def chunked_residual(layer: ReducedLayer, inputs: np.ndarray, targets: np.ndarray) -> float:
+    """Mean squared error of ``inputs @ layer.weight.T + layer.bias`` against ``targets``,
+    a chunk of rows at a time."""
+    total, step = 0.0, _row_step(inputs.shape[1] + targets.shape[1])
+    for start in range(0, inputs.shape[0], step):
+        x = np.asarray(inputs[start : start + step], dtype=np.float64)
+        error = x @ layer.weight.T + layer.bias - targets[start : start + step]
+        total += float(np.square(error).sum())
+    return total / max(targets.size, 1)

@@ -11,24 +11,41 @@ Rules, in the order they apply to each constant input of a dense layer:
 5. shapes recorded for tensors whose width changed are dropped, so no stale
    ``value_info`` survives.
 
-Everything the reader did not claim, and every model-level field (ir_version, opsets,
-metadata, doc strings, functions), is carried over from the input model unchanged.
+The output is the ORIGINAL ModelProto with the rewrite's changes applied to it, not an
+export of the graphsurgeon graph: every node keeps its doc string, metadata and attributes
+unless the rewrite changed them; initializers, sparse initializers, graph inputs/outputs
+(IR 3 initializer inputs, skl2onnx's ZipMap sequence types) and value_info keep their
+protos; an unchanged tensor stays what it was, external-data reference included, so a
+model that lives on disk is never read whole. Model-level fields (ir_version, opsets,
+metadata, doc strings, functions) are copied unchanged.
 """
 
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Sequence
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx import helper
+from onnx.external_data_helper import uses_external_data
+from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
+from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
 from onnx_lump.chains import ConstantRef, DenseChain, DenseLayer
 from onnx_lump.methods.base import Shortcut
+from onnx_lump.modelio import external_data_dir, tensor_array
 from onnx_lump.reduction import ReducedLayer
 
-__all__ = ["export_model", "rewrite_chain"]
+__all__ = ["export_model", "import_graph", "release_chain", "rewrite_chain"]
+
+# Attributes this module sets on graphsurgeon objects (they are plain Python objects).
+_INDEX = "_onnx_lump_index"  # position of a node in the original graph
+_OUTPUTS = "_onnx_lump_outputs"  # a node's output names before the rewrite renamed one
+_WRITTEN = "_onnx_lump_written"  # a constant whose values the rewrite replaced
+_PRISTINE = "_onnx_lump_pristine"  # (weakref to the loaded array, its lazy source)
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +60,8 @@ def rewrite_chain(
     ``shortcuts``, in place; returns whether anything changed."""
     names = _NameSource(graph)
     changed = bool(shortcuts)
+    # Listed before the writes: a bias Add given to a bias-free MatMul takes over its output.
+    hidden = [chain.hidden_tensors(index) for index in range(len(chain.layers) - 1)]
     for layer, new in zip(chain.layers, reduced, strict=True):
         same_shape = new.weight.shape == layer.weight.shape
         if (
@@ -52,31 +71,103 @@ def rewrite_chain(
         ):
             continue
         changed = True
+        if layer.batch_norm is not None:
+            _drop_batch_norm(graph, layer)
         _write_weight(graph, layer, new.weight, names)
         _write_bias(graph, layer, new.bias, names)
-    for layer, act_node, new in zip(chain.layers, chain.activation_nodes, reduced, strict=False):
+    for index, (layer, new) in enumerate(zip(chain.layers[:-1], reduced, strict=False)):
         if new.out_features != layer.out_features:
-            hidden = [layer.node.outputs[0], layer.output]
-            if act_node is not None:
-                hidden.append(act_node.outputs[0])
-            for tensor in hidden:
+            for tensor in hidden[index]:
                 tensor.shape = None
+            # Reshape targets that spell the width, per-feature activation constants
+            for ref, value in chain.resized_constants(index, new.out_features):
+                _write_constant(graph, ref, value, names)
     for shortcut in shortcuts:
         _add_shortcut(graph, chain, shortcut, names)
     return changed
 
 
+def import_graph(model: onnx.ModelProto) -> gs.Graph:
+    """``gs.import_onnx(model)``, with each node tagged by its position in ``model`` and
+    every constant loaded lazily: external data is read from the model's folder (see
+    :func:`onnx_lump.modelio.load_model`) only when a value is needed, and
+    :func:`release_chain` can hand an unchanged value's memory back."""
+    graph = gs.import_onnx(model)
+    base = external_data_dir(model)
+    for index, node in enumerate(graph.nodes):
+        setattr(node, _INDEX, index)
+    for constant in _graph_constants(graph):
+        values = constant._values
+        if isinstance(values, LazyValues) and not isinstance(values, SparseValues):
+            constant._values = _PristineValues(values.tensor, constant, base)
+    return graph
+
+
+class _PristineValues(LazyValues):
+    """Lazy values that read external data from a known folder and remember the array
+    they produced, so an unchanged constant can be told apart and released."""
+
+    def __init__(self, tensor: onnx.TensorProto, owner: gs.Constant, base) -> None:
+        super().__init__(tensor)
+        self._owner = weakref.ref(owner)
+        self._base = base
+
+    def load(self) -> np.ndarray:
+        if uses_external_data(self.tensor):
+            array = tensor_array(self.tensor, self._base)
+        else:
+            array = np.array(onnx.numpy_helper.to_array(self.tensor))
+        owner = self._owner()
+        if owner is not None:
+            setattr(owner, _PRISTINE, (weakref.ref(array), self))
+        return array
+
+
+def _graph_constants(graph: gs.Graph) -> list[gs.Constant]:
+    found = [t for t in graph.tensors().values() if isinstance(t, gs.Constant)]
+    for node in graph.nodes:
+        for value in node.attrs.values():
+            if isinstance(value, gs.Constant):
+                found.append(value)
+            for sub in value if isinstance(value, list) else [value]:
+                if isinstance(sub, gs.Graph):
+                    found += _graph_constants(sub)
+    return found
+
+
+def release_chain(chain: DenseChain) -> None:
+    """Return the memory of the chain's constants the rewrite did not change: they become
+    lazy again (read from disk or proto if needed later)."""
+    for layer in chain.layers:
+        for ref in (layer.weight_ref, layer.bias_ref):
+            if ref is None:
+                continue
+            root = ref.root
+            constant = root if isinstance(root, gs.Constant) else root.attrs.get("value")
+            if isinstance(constant, gs.Constant) and _is_pristine(constant):
+                constant._values = getattr(constant, _PRISTINE)[1]
+
+
+def _is_pristine(constant: gs.Constant) -> bool:
+    """True when the constant's values are still what was loaded, or were never loaded."""
+    if getattr(constant, _WRITTEN, False):
+        return False
+    if isinstance(constant._values, LazyValues):
+        return True
+    pristine = getattr(constant, _PRISTINE, None)
+    return pristine is not None and pristine[0]() is constant._values
+
+
 def export_model(
     graph: gs.Graph | None, original: onnx.ModelProto, metadata: dict[str, str]
 ) -> onnx.ModelProto:
-    """The rewritten graph inside a copy of ``original``'s model-level fields; with no
-    graph (nothing was rewritten), a copy of ``original``, with ``metadata`` added."""
+    """``original`` with the changes made to ``graph`` (imported from it) applied, and
+    ``metadata`` added; with no graph (nothing was rewritten), a copy of ``original``."""
     model = onnx.ModelProto()
     if graph is None:
         model.CopyFrom(original)
         _set_metadata(model, metadata)
         return model
-    exported = gs.export_onnx(graph, do_type_check=False)
     for descriptor, value in original.ListFields():  # all but the graph, without copying it
         if descriptor.name == "graph":
             continue
@@ -86,15 +177,238 @@ def export_model(
             getattr(model, descriptor.name).CopyFrom(value)
         else:
             setattr(model, descriptor.name, value)
-    model.graph.CopyFrom(exported.graph)
-    # onnx-graphsurgeon drops initializers no node reads; they were not ours to remove.
-    kept = {t.name for t in model.graph.initializer}
-    read = _names_read(original.graph)
-    model.graph.initializer.extend(
-        t for t in original.graph.initializer if t.name not in read and t.name not in kept
-    )
+    _Merger(graph, original.graph, external_data_dir(original)).into(model.graph)
     _set_metadata(model, metadata)
     return model
+
+
+class _Merger:
+    """Applies what differs between a graphsurgeon graph and the GraphProto it was
+    imported from onto a copy of that GraphProto."""
+
+    def __init__(self, graph: gs.Graph, original: onnx.GraphProto, base) -> None:
+        self.graph = graph
+        self.original = original
+        self.base = base
+        self.tensors = graph.tensors()
+
+    def into(self, out: onnx.GraphProto) -> None:
+        original = self.original
+        for descriptor, value in original.ListFields():
+            if descriptor.name in ("node", "initializer", "value_info", "input", "output"):
+                continue
+            if _is_repeated(descriptor):
+                getattr(out, descriptor.name).extend(value)
+            elif descriptor.message_type is not None:
+                getattr(out, descriptor.name).CopyFrom(value)
+            else:
+                setattr(out, descriptor.name, value)
+        out.node.extend(self._nodes())
+        changed_shapes = self._initializers(out)
+        self._values_info(out)
+        kept = {t.name for t in out.initializer}
+        out.input.extend(self._io(self.graph.inputs, original.input, changed_shapes, kept))
+        out.output.extend(self._io(self.graph.outputs, original.output, changed_shapes, kept))
+
+    # -- nodes -------------------------------------------------------------------------
+    def _nodes(self) -> list[onnx.NodeProto]:
+        original = self.original.node
+        by_name: dict[str, int] = {}
+        for index, node in enumerate(original):
+            by_name[node.name] = -1 if node.name in by_name else index
+        by_outputs = {tuple(node.output): index for index, node in enumerate(original)}
+        out = []
+        for node in self.graph.nodes:
+            index = getattr(node, _INDEX, None)
+            if index is None:  # a graph that did not come from import_graph
+                index = by_name.get(node.name, -1) if node.name else -1
+                if index < 0:
+                    outputs = getattr(node, _OUTPUTS, None) or tuple(t.name for t in node.outputs)
+                    index = by_outputs.get(tuple(outputs), -1)
+            if 0 <= index < len(original) and original[index].op_type == node.op:
+                out.append(self._patched(node, original[index]))
+            else:
+                out.append(OnnxExporter.export_node(node))
+        return out
+
+    def _patched(self, node: gs.Node, before: onnx.NodeProto) -> onnx.NodeProto:
+        proto = onnx.NodeProto()
+        proto.CopyFrom(before)
+        inputs = [t.name for t in node.inputs]
+        if list(proto.input) != inputs:
+            del proto.input[:]
+            proto.input.extend(inputs)
+        outputs = [t.name for t in node.outputs]
+        if list(proto.output) != outputs:
+            del proto.output[:]
+            proto.output.extend(outputs)
+        if node.name != proto.name:
+            proto.name = node.name
+        kept, seen, modified = [], set(), False
+        for attr in proto.attribute:
+            seen.add(attr.name)
+            if attr.name not in node.attrs:
+                modified = True  # the rewrite removed it
+                continue
+            value = node.attrs[attr.name]
+            if self._same_attribute(attr, value):
+                kept.append(attr)
+            else:
+                kept += OnnxExporter.export_attributes({attr.name: value})
+                modified = True
+        added = {k: v for k, v in node.attrs.items() if k not in seen}
+        if added:
+            kept += OnnxExporter.export_attributes(added)
+            modified = True
+        if modified:
+            copies = []
+            for attr in kept:
+                item = onnx.AttributeProto()
+                item.CopyFrom(attr)
+                copies.append(item)
+            del proto.attribute[:]
+            proto.attribute.extend(copies)
+        return proto
+
+    def _same_attribute(self, attr: onnx.AttributeProto, value) -> bool:
+        kind = onnx.AttributeProto
+        if attr.ref_attr_name or attr.type not in (
+            kind.FLOAT,
+            kind.INT,
+            kind.STRING,
+            kind.FLOATS,
+            kind.INTS,
+            kind.STRINGS,
+            kind.TENSOR,
+        ):
+            return True  # subgraphs, sparse tensors, types: the pass never edits them
+        if attr.type == kind.TENSOR:
+            return isinstance(value, gs.Constant) and not self._changed(value, attr.t)
+        before = helper.get_attribute_value(attr)
+        if attr.type == kind.STRING:
+            before = before.decode("utf-8", "replace")
+        elif attr.type == kind.STRINGS:
+            before = [b.decode("utf-8", "replace") for b in before]
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "replace")
+        elif isinstance(value, tuple):
+            value = list(value)
+        if attr.type == kind.FLOAT:
+            return isinstance(value, (int, float)) and (
+                float(value) == before or (np.isnan(before) and np.isnan(float(value)))
+            )
+        return before == value
+
+    # -- tensors -----------------------------------------------------------------------
+    def _changed(self, constant: gs.Constant, before: onnx.TensorProto) -> bool:
+        if getattr(constant, _WRITTEN, False):
+            return True
+        if _is_pristine(constant):
+            return False
+        values = np.asarray(constant.values)
+        if tuple(values.shape) != tuple(before.dims):
+            return True
+        old = tensor_array(before, self.base)
+        if values.dtype != old.dtype:
+            return True
+        return not np.array_equal(values, old, equal_nan=values.dtype.kind in "fc")
+
+    def _initializers(self, out: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+        """Fill out.initializer; returns the tensors whose shape changed, by name."""
+        constants = {
+            name: t
+            for name, t in self.tensors.items()
+            if isinstance(t, gs.Constant) and not isinstance(t._values, SparseValues)
+        }
+        inputs = {v.name for v in self.original.input}
+        read_now = _names_read(out) | inputs | {t.name for t in self.graph.outputs}
+        read_before = _names_read(self.original) | inputs
+        sparse = {t.values.name for t in self.original.sparse_initializer}
+        reshaped, present = {}, set()
+        for tensor in self.original.initializer:
+            present.add(tensor.name)
+            if tensor.name in read_before and tensor.name not in read_now:
+                continue  # the rewrite left it without readers
+            constant = constants.get(tensor.name)
+            if constant is None or not self._changed(constant, tensor):
+                out.initializer.append(tensor)
+                continue
+            new = _tensor_like(constant, tensor, out.initializer.add())
+            if tuple(new.dims) != tuple(tensor.dims):
+                reshaped[tensor.name] = new
+        for name, constant in constants.items():
+            if name not in present and name not in sparse and name in read_now:
+                out.initializer.append(OnnxExporter.export_tensor_proto(constant))
+        return reshaped
+
+    def _values_info(self, out: onnx.GraphProto) -> None:
+        for info in self.original.value_info:
+            tensor = self.tensors.get(info.name)
+            if tensor is None or isinstance(tensor, gs.Constant):
+                continue  # the tensor is gone
+            had_shape = info.type.HasField("tensor_type") and info.type.tensor_type.HasField(
+                "shape"
+            )
+            if had_shape and tensor.shape is None:
+                continue  # the rewrite dropped a shape that changed
+            out.value_info.append(info)
+
+    def _io(
+        self,
+        tensors: Sequence[gs.Tensor],
+        before: Sequence[onnx.ValueInfoProto],
+        reshaped: dict[str, onnx.TensorProto],
+        kept: set[str],
+    ) -> list[onnx.ValueInfoProto]:
+        """The graph's inputs or outputs as the original protos. Initializers listed as
+        inputs (IR 3), which graphsurgeon does not list, stay while the initializer does."""
+        initializers = {t.name for t in self.original.initializer}
+        by_name = {v.name: v for v in before}
+        names = [t.name for t in tensors]
+        if names == [v.name for v in before if v.name not in initializers or v.name in names]:
+            chosen = [v for v in before if v.name not in initializers or v.name in kept]
+        else:  # someone changed the graph's interface: follow the graph
+            chosen = [
+                by_name.get(t.name)
+                or OnnxExporter.export_value_info_proto(t, do_type_check=False)
+                for t in tensors
+            ]
+        result = []
+        for info in chosen:
+            if info.name in reshaped:  # an IR 3 initializer input the rewrite resized
+                info = _resized(info, reshaped[info.name].dims)
+            result.append(info)
+        return result
+
+
+def _resized(info: onnx.ValueInfoProto, dims: Sequence[int]) -> onnx.ValueInfoProto:
+    copy = onnx.ValueInfoProto()
+    copy.CopyFrom(info)
+    shape = copy.type.tensor_type.shape
+    del shape.dim[:]
+    for dim in dims:
+        shape.dim.add(dim_value=dim)
+    return copy
+
+
+def _tensor_like(
+    constant: gs.Constant, before: onnx.TensorProto, into: onnx.TensorProto
+) -> onnx.TensorProto:
+    """Fill ``into`` with the constant's new values, keeping ``before``'s name, type, doc
+    string and metadata; the bytes are copied once, straight into the output proto."""
+    values = np.asarray(constant.values)
+    dtype = helper.tensor_dtype_to_np_dtype(before.data_type)
+    values = np.ascontiguousarray(values.astype(dtype, copy=False))  # no copy when cast already
+    if values.dtype.byteorder == ">":
+        values = values.astype(values.dtype.newbyteorder("<"))
+    into.name = before.name
+    into.data_type = before.data_type
+    into.dims.extend(values.shape)
+    into.raw_data = values.tobytes()
+    into.doc_string = before.doc_string
+    if hasattr(before, "metadata_props"):
+        into.metadata_props.extend(before.metadata_props)
+    return into
 
 
 def _set_metadata(model: onnx.ModelProto, metadata: dict[str, str]) -> None:
@@ -166,6 +480,7 @@ def _write_bias(graph: gs.Graph, layer: DenseLayer, bias: np.ndarray, names: _Na
     # A bias-free MatMul: route its output through a new Add that keeps the output's name.
     result = layer.node.outputs[0]
     product = gs.Variable(names.fresh(f"{result.name}_matmul"), dtype=result.dtype)
+    _remember_outputs(layer.node)
     layer.node.outputs[0] = product
     add = gs.Node(
         "Add", names.fresh(f"{layer.name}_bias_add"), inputs=[product, constant], outputs=[result]
@@ -177,7 +492,7 @@ def _add_shortcut(
     graph: gs.Graph, chain: DenseChain, shortcut: Shortcut, names: _NameSource
 ) -> None:
     """input of layer ``source`` -> MatMul -> Add onto the output of layer ``target``."""
-    source = chain.layers[shortcut.source].input
+    source = chain.layers[shortcut.source].entry  # before an onnxsim Reshape: same rank
     target = chain.layers[shortcut.target]
     result = target.output
     producer = result.inputs[0]
@@ -187,6 +502,7 @@ def _add_shortcut(
     )
     linear = gs.Variable(names.fresh(f"{result.name}_shortcut"), dtype=result.dtype)
     dense = gs.Variable(names.fresh(f"{result.name}_dense"), dtype=result.dtype)
+    _remember_outputs(producer)
     producer.outputs[producer.outputs.index(result)] = dense
     matmul = gs.Node(
         "MatMul", names.fresh(f"{target.name}_shortcut"), inputs=[source, weight], outputs=[linear]
@@ -196,6 +512,28 @@ def _add_shortcut(
     )
     position = graph.nodes.index(producer) + 1
     graph.nodes[position:position] = [matmul, add]
+
+
+def _drop_batch_norm(graph: gs.Graph, layer: DenseLayer) -> None:
+    """Remove a BatchNormalization the reader folded into ``layer`` (its new weights
+    carry it): the layer's last node takes over the normalised output."""
+    bn = layer.batch_norm
+    producer = layer.bias_add or layer.node
+    result = bn.outputs[0]
+    bn.inputs.clear()
+    bn.outputs.clear()
+    graph.nodes.remove(bn)
+    _remember_outputs(producer)
+    producer.outputs[0] = result
+    for ref in layer.batch_norm_refs:
+        _drop_unread(graph, ref.path)
+    layer.batch_norm = None
+
+
+def _remember_outputs(node: gs.Node) -> None:
+    """Keep the output names a node had before the rewrite renames one (for export)."""
+    if not hasattr(node, _OUTPUTS):
+        setattr(node, _OUTPUTS, tuple(t.name for t in node.outputs))
 
 
 def _bias_layout(bias: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -228,8 +566,11 @@ def _write_constant(
     value = np.ascontiguousarray(value.astype(dtype))
     if isinstance(ref.root, gs.Constant):
         ref.root.values = value
+        setattr(ref.root, _WRITTEN, True)
     else:
-        ref.root.attrs["value"] = gs.Constant(ref.root.attrs["value"].name, value)
+        written = gs.Constant(ref.root.attrs["value"].name, value)
+        setattr(written, _WRITTEN, True)
+        ref.root.attrs["value"] = written
         ref.root.outputs[0].shape = None
 
 

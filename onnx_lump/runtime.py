@@ -1,16 +1,29 @@
-"""onnxruntime sessions: execution providers by short name, and one-call model runs."""
+"""onnxruntime sessions: execution providers by short name, and one-call model runs.
+
+A model is given as a path (onnxruntime reads the file and its external data itself,
+whatever its size) or as a ModelProto. A ModelProto that refers to external data on
+disk (loaded by :func:`onnx_lump.modelio.load_model`) runs with that folder as its data
+folder; one too large to serialize is staged as a file first.
+"""
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
 from onnx_lump.errors import LumpError
+from onnx_lump.modelio import PROTO_LIMIT, external_data_dir, save_model, uses_external
 
-__all__ = ["resolve_providers", "run_model"]
+__all__ = ["resolve_providers", "run_model", "session"]
+
+# onnxruntime's key for the folder of external data when the model comes as bytes.
+_DATA_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
 
 _PROVIDER_ALIASES = {
     "cpu": "CPUExecutionProvider",
@@ -36,22 +49,52 @@ def resolve_providers(names: Sequence[str]) -> list:
     return providers
 
 
-def _session(model: onnx.ModelProto, providers: Sequence) -> ort.InferenceSession:
+def session(
+    model: onnx.ModelProto | str | os.PathLike, providers: Sequence
+) -> ort.InferenceSession:
+    """An onnxruntime session on a file path or a ModelProto (see the module doc)."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
     try:
+        if isinstance(model, (str, os.PathLike)):
+            return ort.InferenceSession(str(model), options, providers=list(providers))
+        folder = external_data_dir(model)
+        if folder is not None and uses_external(model):
+            options.add_session_config_entry(_DATA_FOLDER_KEY, str(folder))
+        elif folder is None and uses_external(model):
+            raise LumpError("the model refers to external data but its folder is unknown")
+        if model.ByteSize() > PROTO_LIMIT:
+            return _session_from_file(model, options, providers)
         return ort.InferenceSession(model.SerializeToString(), options, providers=list(providers))
+    except LumpError:
+        raise
     except Exception as exc:  # onnxruntime raises its own untyped Fail/InvalidGraph errors
-        raise LumpError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0]}") from exc
+        raise LumpError(f"onnxruntime cannot load the model: {_first_line(exc)}") from exc
+
+
+def _session_from_file(model: onnx.ModelProto, options, providers) -> ort.InferenceSession:
+    with tempfile.TemporaryDirectory(prefix="onnx_lump_") as folder:
+        path = Path(folder) / "model.onnx"
+        save_model(model, path, external_data=True)
+        # onnxruntime has read every initializer once the session exists
+        return ort.InferenceSession(str(path), options, providers=list(providers))
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def run_model(
-    model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], providers: Sequence
+    model: onnx.ModelProto | str | os.PathLike,
+    feeds: Mapping[str, np.ndarray],
+    providers: Sequence,
 ) -> dict[str, np.ndarray]:
-    session = _session(model, providers)
-    names = [o.name for o in session.get_outputs()]
+    """Outputs of ``model`` (a ModelProto or a file path) on ``feeds``, by name."""
+    runner = session(model, providers)
+    names = [o.name for o in runner.get_outputs()]
     try:
-        values = session.run(names, dict(feeds))
+        values = runner.run(names, dict(feeds))
     except Exception as exc:  # bad shapes or dtypes in user data
-        raise LumpError(f"onnxruntime failed to run the model: {str(exc).splitlines()[0]}") from exc
+        raise LumpError(f"onnxruntime failed to run the model: {_first_line(exc)}") from exc
     return dict(zip(names, values, strict=True))

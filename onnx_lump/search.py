@@ -2,16 +2,22 @@
 
 Every method has one knob that trades size for accuracy, larger meaning smaller: epsilon
 for lumping, sparsity for pruning, 1 - tau for linear folding. A point of the trade-off
-is measured by running the compressed model in onnxruntime on the calibration inputs (or
-on separate validation inputs): the error is the relative RMSE increase against targets
-when the data carries them, otherwise the RMSE of the output change relative to the
-spread (standard deviation) of the original outputs.
+is the network the user would get at that knob, refined when refinement is on, and its
+error is measured by onnxruntime on the held-out calibration rows (or on ``--val``), which
+no fit saw: the relative RMSE increase against targets when the data carries them,
+otherwise the RMSE of the output change relative to the spread of the original outputs.
+
+Refinement inside the search is warm-started: each search step refines for a share of
+the budget, and the chosen point continues from where its search step stopped for the
+rest, so the whole search costs a few refinements rather than one per step.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -22,12 +28,18 @@ import onnx
 
 from onnx_lump.api import Report, compress
 from onnx_lump.errors import LumpError
+from onnx_lump.holdout import DEFAULT_HOLDOUT, output_error, stacked_outputs
 from onnx_lump.methods import Method
-from onnx_lump.runtime import resolve_providers, run_model
+from onnx_lump.refine import RefineOptions
+from onnx_lump.runtime import resolve_providers
 
 __all__ = ["Evaluator", "SweepPoint", "bisect", "parse_knobs", "sweep", "write_table"]
 
+logger = logging.getLogger(__name__)
+
 _MAX_DOUBLINGS = 40
+# The share of the refinement budget each search step spends; the chosen point gets the rest.
+SEARCH_REFINE_SHARE = 0.2
 
 
 @dataclass(frozen=True)
@@ -41,61 +53,151 @@ class SweepPoint:
 
 
 class Evaluator:
-    """Compress with the method a knob value builds, and measure size and error."""
+    """Compress with the method a knob value builds, and measure size and held-out error.
+
+    ``compress_options`` go to :func:`onnx_lump.api.compress` (``holdout``, ``seed``,
+    ``validation``, ``validation_targets``, ``providers``). ``refine`` is the budget of
+    the network finally returned (None: compress's default; False: off)."""
 
     def __init__(
         self,
         model: onnx.ModelProto,
         make_method: Callable[[float], Method],
         calibration: Mapping[str, np.ndarray] | None,
-        evaluation: Mapping[str, np.ndarray],
-        targets: np.ndarray | None = None,
+        *,
+        validation: Mapping[str, np.ndarray] | None = None,
+        validation_targets: np.ndarray | None = None,
+        holdout: float = DEFAULT_HOLDOUT,
+        seed: int = 0,
+        refine: RefineOptions | bool | None = None,
         providers: Sequence[str] = ("cpu",),
+        progress: Callable[[SweepPoint], None] | None = None,
     ) -> None:
+        if calibration is None and validation is None:
+            raise LumpError(
+                "choosing the knob needs data to measure the error on: give --calib or --val"
+            )
         self.model = model
         self.make_method = make_method
         self.calibration = calibration
-        self.evaluation = evaluation
-        self.targets = targets
-        self.providers = list(providers)
-        self._runtime = resolve_providers(self.providers)
-        self._reference = self._outputs(model)
+        self.validation = validation
+        self.validation_targets = validation_targets
+        self.options = {"holdout": holdout, "seed": seed, "providers": list(providers)}
+        if calibration is not None:
+            self.options.update(validation=validation, validation_targets=validation_targets)
+        self.final_refine = refine
+        self._runtime = resolve_providers(list(providers))
+        self._reference = None
+        self.progress = progress
+        self.cache: dict[float, tuple[onnx.ModelProto, Report, SweepPoint]] = {}
 
-    def _outputs(self, model: onnx.ModelProto) -> np.ndarray:
-        values = run_model(model, self.evaluation, self._runtime)
-        return np.concatenate(
-            [np.asarray(v, np.float64).reshape(len(v), -1) for v in values.values()], axis=1
+    def _search_refine(self, method: Method) -> RefineOptions | bool | None:
+        full = self._full_refine(method)
+        if not isinstance(full, RefineOptions):
+            return full
+        return dataclasses.replace(
+            full,
+            max_iters=max(1, round(SEARCH_REFINE_SHARE * full.max_iters)),
+            max_seconds=SEARCH_REFINE_SHARE * full.max_seconds,
         )
 
-    def error(self, model: onnx.ModelProto) -> float:
-        output = self._outputs(model)
-        if self.targets is not None:
-            targets = np.asarray(self.targets, np.float64).reshape(output.shape)
-            base = float(np.sqrt(np.mean((self._reference - targets) ** 2)))
-            now = float(np.sqrt(np.mean((output - targets) ** 2)))
-            return (now - base) / base if base > 0 else now
-        spread = float(self._reference.std()) or 1.0
-        return float(np.sqrt(np.mean((output - self._reference) ** 2))) / spread
+    def _full_refine(self, method: Method) -> RefineOptions | bool | None:
+        refine = self.final_refine
+        if refine is False or self.calibration is None:
+            return False
+        if refine is None:  # compress's default: on for structured, not lossless methods
+            if not method.structured or method.lossless:
+                return False
+            return RefineOptions()
+        return RefineOptions() if refine is True else refine
+
+    def _error(self, model: onnx.ModelProto, report: Report) -> float:
+        if self.calibration is not None:
+            return float(report.holdout_error)
+        # data-free method judged on --val: nothing was fitted on it
+        if self._reference is None:
+            self._reference = stacked_outputs(self.model, self.validation, self._runtime)
+        output = stacked_outputs(model, self.validation, self._runtime)
+        return output_error(self._reference, output, self.validation_targets)
 
     def __call__(self, knob: float) -> tuple[onnx.ModelProto, Report, SweepPoint]:
+        knob = float(knob)
+        if knob in self.cache:
+            return self.cache[knob]
         started = time.perf_counter()
+        method = self.make_method(knob)
         reduced, report = compress(
             self.model,
-            self.make_method(knob),
+            method,
             calibration=self.calibration,
+            refine=self._search_refine(method),
             verify=False,
-            providers=self.providers,
+            **self.options,
         )
-        seconds = time.perf_counter() - started
         point = SweepPoint(
             knob,
             report.params_before,
             report.params_after,
             report.retained,
-            self.error(reduced),
-            seconds,
+            self._error(reduced, report),
+            time.perf_counter() - started,
         )
-        return reduced, report, point
+        logger.info("knob %.6g: %.1f%% kept, error %.4g", knob, 100 * point.retained, point.error)
+        if self.progress is not None:
+            self.progress(point)
+        self.cache[knob] = (reduced, report, point)
+        return self.cache[knob]
+
+    def finish(self, knob: float, **verify_options) -> tuple[onnx.ModelProto, Report]:
+        """The network to hand to the user at ``knob``: the search step's network,
+        refined for the rest of the budget (warm start), and verified with
+        ``verify_options`` (``atol``, ``rtol``, ``n_check``, ...)."""
+        _, report, _ = self(knob)
+        method = self.make_method(knob)
+        full, search = self._full_refine(method), self._search_refine(method)
+        refine: RefineOptions | bool = False
+        if isinstance(full, RefineOptions):
+            used = sum(r.iterations for r in report.refine)
+            budget = max(0, full.max_iters - used // max(1, len(report.refine)))
+            refine = dataclasses.replace(
+                full,
+                max_iters=budget,
+                max_seconds=max(full.max_seconds - search.max_seconds, 1e-3),
+            )
+        final, final_report = compress(
+            self.model,
+            method,
+            calibration=self.calibration,
+            refine=refine,
+            warm_start=report.results,
+            **self.options,
+            **verify_options,
+        )
+        final_report.refine = _merge_refine(report.refine, final_report.refine)
+        if self.calibration is None:
+            final_report.holdout_error = self._error(final, final_report)
+        return final, final_report
+
+
+def _merge_refine(search: list, final: list) -> list:
+    """Refinement stats of a warm-started chain: both legs' iterations and time, from
+    the search step's starting error to the final one."""
+    if not final:
+        return search
+    if not search:
+        return final
+    merged = []
+    for first, second in zip(search, final, strict=True):
+        merged.append(
+            dataclasses.replace(
+                second,
+                iterations=first.iterations + second.iterations,
+                seconds=first.seconds + second.seconds,
+                fit_before=first.fit_before,
+                holdout_before=first.holdout_before,
+            )
+        )
+    return merged
 
 
 def parse_knobs(spec: str) -> list[float]:
@@ -107,7 +209,10 @@ def parse_knobs(spec: str) -> list[float]:
                 raise ValueError
             count = int(np.floor((stop - start) / step + 1e-9)) + 1
             return [round(start + i * step, 12) for i in range(count)]
-        return [float(v) for v in spec.split(",") if v.strip()]
+        knobs = [float(v) for v in spec.split(",") if v.strip()]
+        if not knobs or not all(np.isfinite(knobs)):
+            raise ValueError
+        return knobs
     except ValueError:
         raise LumpError(
             f"--sweep '{spec}' is not a list 'a,b,c' or a range 'start:stop:step'"
@@ -118,17 +223,30 @@ def sweep(evaluate: Evaluator, knobs: Sequence[float]) -> list[SweepPoint]:
     return [evaluate(k)[2] for k in knobs]
 
 
+def _close(low: Report, high: Report) -> bool:
+    """True when finer knob values cannot matter: no layer's width differs by more than
+    one neuron between two points (structured methods), or their sizes by less than
+    0.1% of the original (unstructured ones)."""
+    if not low.structured:
+        return abs(low.params_after - high.params_after) <= 1e-3 * low.params_before
+    for lows, highs in zip(low.widths_after, high.widths_after, strict=True):
+        if any(abs(a - b) > 1 for a, b in zip(lows, highs, strict=True)):
+            return False
+    return True
+
+
 def bisect(
     evaluate: Evaluator,
     upper_limit: float | None,
     target_params: float | None = None,
     max_error: float | None = None,
     steps: int = 24,
-) -> tuple[onnx.ModelProto, Report, SweepPoint, bool]:
+) -> tuple[float, SweepPoint, bool]:
     """The knob meeting the targets: with ``max_error``, the largest knob whose error is
     within it; else with ``target_params`` (a fraction), the smallest knob keeping at
-    most that share of the parameters. Returns the model, report, point, and whether
-    every target given is met."""
+    most that share of the parameters. Returns the knob, its point, and whether every
+    target given is met; when not met, the point is the closest one reached (the
+    smallest network for a size target, the most accurate for an error target)."""
     if target_params is None and max_error is None:
         raise LumpError("give --target-params or --max-error")
 
@@ -139,39 +257,51 @@ def bisect(
 
     low = evaluate(0.0)
     if not good(low[2]):  # knob 0 already fails the error target, or meets the size target
-        return *low, max_error is None
-    high_knob = _bracket(evaluate, good, upper_limit)
-    if high_knob is None:  # nothing fails the test up to the limit
-        result = evaluate(upper_limit if upper_limit is not None else 0.0)
+        result = low
     else:
-        lo, hi = 0.0, high_knob
-        best_good, best_bad = low, evaluate(hi)
-        for _ in range(steps):
-            mid = evaluate(0.5 * (lo + hi))
-            if good(mid[2]):
-                lo, best_good = mid[2].knob, mid
-            else:
-                hi, best_bad = mid[2].knob, mid
-        result = best_good if max_error is not None else best_bad
-    met = True
+        high = _bracket(evaluate, good, upper_limit)
+        if high is None:  # nothing up to the limit fails: the largest knob tried is best
+            result = evaluate(max(evaluate.cache))
+        else:
+            lo, hi = low, high
+            for _ in range(steps):
+                if _close(lo[1], hi[1]):
+                    break
+                mid = evaluate(0.5 * (lo[2].knob + hi[2].knob))
+                if good(mid[2]):
+                    lo = mid
+                else:
+                    hi = mid
+            result = lo if max_error is not None else hi
     point = result[2]
-    if max_error is not None and point.error > max_error:
-        met = False
-    if target_params is not None and point.retained > target_params:
-        met = False
-    return *result, met
+    met = (max_error is None or point.error <= max_error) and (
+        target_params is None or point.retained <= target_params
+    )
+    return point.knob, point, met
 
 
-def _bracket(evaluate: Evaluator, good, upper_limit: float | None) -> float | None:
-    """A knob value where ``good`` fails: the limit, or doubling from 1 when unbounded."""
+def _bracket(evaluate: Evaluator, good, upper_limit: float | None):
+    """A point where ``good`` fails: the limit, or doubling from 1 when unbounded."""
     if upper_limit is not None:
-        return None if good(evaluate(upper_limit)[2]) else upper_limit
+        top = evaluate(upper_limit)
+        return None if good(top[2]) else top
     knob = 1.0
     for _ in range(_MAX_DOUBLINGS):
-        if not good(evaluate(knob)[2]):
-            return knob
+        point = evaluate(knob)
+        if not good(point[2]):
+            return point
+        if point[2].params_after <= _floor(point[1]):  # one neuron a layer: nothing smaller
+            return None
         knob *= 2.0
     return None
+
+
+def _floor(report: Report) -> int:
+    """Parameters of the network reduced to its output layers and one neuron a layer
+    (what a point whose widths are all 1 keeps)."""
+    if any(w != 1 for widths in report.widths_after for w in widths):
+        return -1
+    return report.params_after
 
 
 def write_table(points: Sequence[SweepPoint], path: Path, knob_name: str) -> None:

@@ -1,18 +1,26 @@
-"""Stage 6: run the original and the reduced model with onnxruntime and compare outputs."""
+"""Stage 6: run the original and the reduced model with onnxruntime and compare outputs.
+
+:func:`compare_files` is the check the CLI trusts: it runs onnxruntime on the path of the
+file that was written (so what is verified is what the user gets, external data and
+all), one session at a time so that memory holds one model, not two.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
 
+from onnx_lump.errors import LumpError
 from onnx_lump.runtime import run_model
 
-__all__ = ["OutputError", "VerificationResult", "compare_models"]
+__all__ = ["OutputError", "VerificationResult", "compare_files", "compare_models"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,10 +81,39 @@ def compare_models(
     """Run both models on ``feeds`` and measure the output differences."""
     expected = run_model(original, feeds, providers)
     actual = run_model(reduced, feeds, providers)
+    return _compare(expected, actual, feeds, providers, atol, rtol)
+
+
+def compare_files(
+    reference: onnx.ModelProto | str | os.PathLike,
+    candidate_path: str | os.PathLike,
+    feeds: Mapping[str, np.ndarray],
+    providers: Sequence = ("CPUExecutionProvider",),
+    atol: float | None = None,
+    rtol: float | None = None,
+) -> VerificationResult:
+    """Run ``reference`` (a model or a path) and the model file at ``candidate_path``
+    (loaded by onnxruntime from disk, never from bytes) on ``feeds`` and compare."""
+    expected = run_model(reference, feeds, providers)  # its session is gone before the next
+    actual = run_model(Path(candidate_path), feeds, providers)
+    missing = [name for name in expected if name not in actual]
+    if missing:
+        raise LumpError(f"the written model lacks the output(s) {', '.join(missing)}")
+    return _compare(expected, actual, feeds, providers, atol, rtol)
+
+
+def _compare(
+    expected: Mapping[str, np.ndarray],
+    actual: Mapping[str, np.ndarray],
+    feeds: Mapping[str, np.ndarray],
+    providers: Sequence,
+    atol: float | None,
+    rtol: float | None,
+) -> VerificationResult:
     errors = []
     for name, ref in expected.items():
-        ref64 = np.asarray(ref, dtype=np.float64)
-        diff = np.abs(np.asarray(actual[name], dtype=np.float64) - ref64)
+        ref64 = _as_float(ref)
+        diff = np.abs(_as_float(actual[name]) - ref64)
         scale = float(np.abs(ref64).max()) if ref64.size else 0.0
         max_abs = float(diff.max()) if diff.size else 0.0
         errors.append(
@@ -91,3 +128,11 @@ def compare_models(
     n_samples = int(next(iter(feeds.values())).shape[0]) if feeds else 0
     names = tuple(p if isinstance(p, str) else p[0] for p in providers)
     return VerificationResult(tuple(errors), n_samples, names, atol, rtol)
+
+
+def _as_float(value) -> np.ndarray:
+    """Output values as float64; a sequence of maps (skl2onnx's ZipMap) as one row per map."""
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        keys = sorted(value[0])
+        return np.array([[row[k] for k in keys] for row in value], dtype=np.float64)
+    return np.asarray(value, dtype=np.float64)

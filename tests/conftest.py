@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Property tests (tests/test_properties.py): "ci", the default, is derandomised so every run
+# draws the same examples; HYPOTHESIS_PROFILE=thorough draws 2000, at random.
+_HYPOTHESIS = dict(deadline=None, database=None, print_blob=True)
+_HYPOTHESIS["suppress_health_check"] = [HealthCheck.too_slow, HealthCheck.data_too_large]
+settings.register_profile("ci", derandomize=True, max_examples=150, **_HYPOTHESIS)
+settings.register_profile("thorough", max_examples=2000, **_HYPOTHESIS)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MODELS = Path(__file__).resolve().parent.parent / "models"
 MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())
-ACTIVATION_OPS = {"Relu", "LeakyRelu", "Tanh", "Sigmoid", "Softplus"}
+ACTIVATION_OPS = {"Relu", "LeakyRelu", "Tanh", "Sigmoid", "Softplus", "Sin"}
 
 
 def run_ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

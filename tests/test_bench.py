@@ -1,16 +1,21 @@
-"""The benchmark's quick variant writes its tables, points and plots with sane content."""
+"""The benchmark's quick variant writes its tables, points and plots with sane content,
+and covers the refined methods (lump+refine, distill, onnxsim when installed)."""
 
 from __future__ import annotations
 
 import csv
+import importlib.util
 import subprocess
 import sys
+from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
+HAS_ONNXSIM = importlib.util.find_spec("onnxsim") is not None
 METHODS = (
     "lump",
     "lump+refit",
@@ -21,6 +26,9 @@ METHODS = (
     "ec",
     "linear",
     "scratch",
+    "lump+refine",
+    "distill",
+    *(("onnxsim",) if HAS_ONNXSIM else ()),
 )
 
 
@@ -46,7 +54,14 @@ def quick_run(tmp_path_factory) -> Path:
         timeout=900,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    if not HAS_ONNXSIM:
+        assert "SKIPPED onnxsim" in result.stdout
     return out
+
+
+@pytest.fixture(scope="module")
+def rows(quick_run) -> list[dict]:
+    return list(csv.DictReader((quick_run / "points.csv").open()))
 
 
 def expected_tasks() -> list[str]:
@@ -62,25 +77,64 @@ def test_tables_and_plots_exist(quick_run):
         png = (quick_run / f"{task}.png").read_bytes()
         assert png.startswith(b"\x89PNG") and len(png) > 10_000
     summary = (quick_run / "summary.md").read_text()
-    assert "| lump+refit+data <=1% |" in summary and "## Speed" in summary
-    assert "batch 1024 ratio" in summary
+    for needle in (
+        "| lump+refine <=1% |",
+        "| distill <=5% |",
+        "| onnxsim <=5% |",
+        "## Targets (issue 8)",
+        "## Fidelity at equal size",
+        "## Refinement wall time per network",
+        "## Speed",
+        "batch 1024 ratio",
+        "Refine + search",
+    ):
+        assert needle in summary, needle
     assert "test RMSE" in (quick_run / "references.md").read_text()
 
 
-def test_sweep_points_are_sane(quick_run):
-    rows = list(csv.DictReader((quick_run / "points.csv").open()))
+def test_sweep_points_are_sane(rows):
     assert {r["task"] for r in rows} == set(expected_tasks())
-    methods = {r["method"] for r in rows}
-    assert {"original", *METHODS} <= methods
+    assert {"original", *METHODS} <= {r["method"] for r in rows}
     for row in rows:
-        grp, drmse = float(row["grp"]), float(row["drmse"])
+        grp, drmse, fidelity = float(row["grp"]), float(row["drmse"]), float(row["fidelity"])
         assert 0.0 <= grp <= 100.0 + 1e-9
-        assert drmse >= -100.0
+        assert drmse >= -100.0 and fidelity >= 0.0
         if row["method"] in ("exact", "original"):
-            assert abs(drmse) < 1e-3  # lossless
+            assert abs(drmse) < 1e-3 and fidelity < 1e-4  # lossless
     lump = sorted(
         (float(r["knob"]), float(r["grp"]))
         for r in rows
         if r["method"] == "lump" and r["task"] == "rn"
     )
     assert lump[0][1] == pytest.approx(100.0) and lump[-1][1] < 20.0
+
+
+def test_refined_methods(rows):
+    """distill runs at exactly lump+refine's widths; both refine and say for how long;
+    onnxsim's channel removal really shrinks the graph."""
+    by_knob = defaultdict(dict)
+    for row in rows:
+        if row["method"] in ("lump+refine", "distill"):
+            by_knob[(row["task"], row["network"], row["knob"])][row["method"]] = row
+            assert float(row["refine_seconds"]) > 0.0 and row["holdout"] != ""
+            assert float(row["grp"]) < 100.0
+    assert by_knob and all("lump+refine" in pair for pair in by_knob.values())
+    for pair in by_knob.values():
+        if "distill" in pair:
+            mine, theirs = pair["lump+refine"], pair["distill"]
+            assert mine["widths"] == theirs["widths"] and mine["grp"] == theirs["grp"]
+    assert any(len(pair) == 2 for pair in by_knob.values())
+    for row in rows:
+        if row["method"] == "onnxsim":
+            assert float(row["grp"]) < 100.0 and float(row["refine_seconds"]) > 0.0
+
+
+def test_fidelity_is_relative_output_change():
+    sys.path.insert(0, str(ROOT / "tools"))
+    from bench.metrics import fidelity
+
+    original = np.random.default_rng(0).standard_normal((500, 3))
+    assert fidelity(original, original) == 0.0
+    constant = np.broadcast_to(original.mean(axis=0), original.shape)
+    assert fidelity(constant, original) == pytest.approx(1.0)
+    assert fidelity(original + 0.1, original) == pytest.approx(0.1 / original.std(), rel=0.05)

@@ -10,6 +10,7 @@ from conftest import FIXTURES, MANIFEST, MODELS, feeds_for, relative_error, run_
 
 from onnx_lump import compress, lump, scan_graph
 from onnx_lump.calibration import chain_inputs, forward_chain
+from onnx_lump.holdout import split_calibration
 from onnx_lump.methods import (
     ChainProblem,
     EliminationCompensation,
@@ -25,6 +26,9 @@ from onnx_lump.ode import encode_chain
 from onnx_lump.runtime import resolve_providers
 
 CALIB = dict(np.load(MODELS / "rn_calib.npz"))
+# what the methods fit on, and the rows they are judged by (compress's default split)
+FIT_ROWS = split_calibration(CALIB).fit
+HELD_ROWS = split_calibration(CALIB).holdout
 
 
 def demo(name: str = "rn_relu_2x64.onnx") -> onnx.ModelProto:
@@ -94,22 +98,25 @@ def test_lump_with_refit_is_exact_at_eps_zero(similarity):
 
 @pytest.mark.parametrize("name", ["rn_tanh_2x64.onnx", "rn_relu_2x64.onnx"])
 @pytest.mark.parametrize("eps", [0.5, 1.0, 1.25, 1.5, 2.0])
-def test_refit_never_worsens_the_calibration_error(name, eps):
+def test_refit_never_worsens_the_held_out_error(name, eps):
     model = demo(name)
-    refit, _ = lump(model, eps, calibration=CALIB, verify=False)
-    plain, _ = lump(model, eps, calibration=CALIB, refit=False, verify=False)
+    refit, _ = lump(model, eps, calibration=CALIB, refine=False, verify=False)
+    plain, _ = lump(model, eps, calibration=CALIB, refit=False, refine=False, verify=False)
     assert (
-        calibration_error(model, refit, CALIB)
-        <= calibration_error(model, plain, CALIB) * (1 + 1e-6) + 1e-12
+        calibration_error(model, refit, HELD_ROWS)
+        <= calibration_error(model, plain, HELD_ROWS) * (1 + 1e-6) + 1e-12
     )
 
 
 def test_refit_improves_a_lossy_merge():
     model = demo("rn_tanh_2x64.onnx")
-    refit, r1 = lump(model, 1.5, calibration=CALIB, similarity="weights", verify=False)
-    plain, _ = lump(model, 1.5, calibration=CALIB, similarity="weights", refit=False, verify=False)
+    options = {"similarity": "weights", "refine": False, "verify": False}
+    refit, r1 = lump(model, 1.5, calibration=CALIB, **options)
+    plain, _ = lump(model, 1.5, calibration=CALIB, refit=False, **options)
     assert r1.params_after <= 0.6 * r1.params_before
-    assert calibration_error(model, refit, CALIB) < 0.2 * calibration_error(model, plain, CALIB)
+    assert calibration_error(model, refit, HELD_ROWS) < 0.2 * calibration_error(
+        model, plain, HELD_ROWS
+    )
 
 
 def test_dead_neurons_on_the_data_are_folded_only_when_eps_is_positive():
@@ -164,11 +171,15 @@ def test_ec_beats_magnitude_at_equal_sparsity_and_shifts_biases():
     assert shifted  # pruned weights were compensated through their neuron's bias
 
 
-def test_linear_folding_is_lossless_on_its_calibration_data():
+def test_linear_folding_folds_only_what_the_data_supports():
+    """On the Relu demo the neurons silent on the calibration rows sit too close to their
+    threshold to be called dead (six of them fire on 0.45% of other training rows), so
+    tau = 1 folds nothing rather than claim a loss the data cannot back."""
     model = demo()
     reduced, report = compress(model, LinearFolding(1.0), calibration=CALIB, verify=False)
-    assert report.params_after < report.params_before
-    assert calibration_error(model, reduced, CALIB) < 1e-10
+    assert report.params_after == report.params_before and report.refine == []
+    feeds = held_out()
+    assert relative_error(run_ort(model, feeds), run_ort(reduced, feeds)) < 1e-6
 
 
 def test_linear_folding_adds_a_shortcut_when_neurons_are_always_active():
@@ -189,7 +200,7 @@ def test_lump_plus_linear_combines_both():
     method = Sequence(Lump(), LinearFolding(1.0))
     reduced, report = compress(model, method, calibration=CALIB, verify=False)
     assert report.method.startswith("lump (eps=0") and "linear" in report.method
-    assert calibration_error(model, reduced, CALIB) < 1e-8
+    assert calibration_error(model, reduced, FIT_ROWS) < 1e-8
 
 
 METHODS = {
@@ -242,17 +253,21 @@ def test_affine_similarity_merges_neurons_equal_up_to_an_affine_map():
 @pytest.mark.parametrize("name", ["rn_tanh_2x64.onnx", "rn_relu_2x64.onnx"])
 def test_affine_similarity_compresses_trained_networks(name):
     model = demo(name)
-    reduced, report = lump(model, 0.3, calibration=CALIB, similarity="affine", verify=False)
+    options = {"similarity": "affine", "refine": False, "verify": False}
+    reduced, report = lump(model, 0.3, calibration=CALIB, **options)
     assert report.retained < 0.9
-    plain, _ = lump(model, 0.3, calibration=CALIB, similarity="affine", refit=False, verify=False)
-    assert (
-        calibration_error(model, reduced, CALIB) <= calibration_error(model, plain, CALIB) + 1e-12
+    plain, _ = lump(model, 0.3, calibration=CALIB, refit=False, **options)
+    assert calibration_error(model, reduced, HELD_ROWS) <= (
+        calibration_error(model, plain, HELD_ROWS) + 1e-12
     )
 
 
 def test_forward_equivalence_with_calibration_refits_and_stays_runnable():
     model = demo("rn_tanh_2x64.onnx")
-    refit, report = lump(model, 0.5, equivalence="forward", calibration=CALIB, verify=False)
-    plain, _ = lump(model, 0.5, equivalence="forward", calibration=CALIB, refit=False, verify=False)
+    options = {"equivalence": "forward", "refine": False, "verify": False}
+    refit, report = lump(model, 0.5, calibration=CALIB, **options)
+    plain, _ = lump(model, 0.5, calibration=CALIB, refit=False, **options)
     assert report.retained < 1.0
-    assert calibration_error(model, refit, CALIB) <= calibration_error(model, plain, CALIB) + 1e-12
+    assert calibration_error(model, refit, HELD_ROWS) <= (
+        calibration_error(model, plain, HELD_ROWS) + 1e-12
+    )

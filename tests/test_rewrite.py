@@ -7,11 +7,10 @@ import json
 import numpy as np
 import onnx
 from builders import mlp, random_layers
-from conftest import FIXTURES, MODELS, relative_error, run_ort
-from onnx.external_data_helper import uses_external_data
+from conftest import FIXTURES, MODELS
 
 from onnx_lump import lump
-from onnx_lump.modelio import load_model, save_model
+from onnx_lump.modelio import save_model
 
 
 def planted_model(**kwargs) -> onnx.ModelProto:
@@ -36,9 +35,9 @@ def test_model_fields_are_kept_and_the_reduction_recorded():
     assert reduced.ir_version == model.ir_version
     props = {p.key: p.value for p in reduced.metadata_props}
     assert props["author"] == "me"
-    assert float(props["onnx_lump.eps"]) == 0.0
-    assert json.loads(props["onnx_lump.widths_before"]) == [[10, 8]]
-    assert json.loads(props["onnx_lump.widths_after"]) == [[8, 8]]
+    assert float(props["pkg.onnx_lump.eps"]) == 0.0
+    assert json.loads(props["pkg.onnx_lump.widths_before"]) == [[10, 8]]
+    assert json.loads(props["pkg.onnx_lump.widths_after"]) == [[8, 8]]
 
 
 def test_initializers_no_node_reads_are_kept():
@@ -74,34 +73,6 @@ def test_identity_and_transpose_paths_keep_their_nodes():
     reduced, _ = lump(model, 0.0, verify=False)
     ops = [n.op_type for n in reduced.graph.node]
     assert ops.count("Transpose") == 1 and ops.count("Identity") == 1
-
-
-def test_external_data_is_written_as_external_data(tmp_path):
-    source = tmp_path / "big.onnx"
-    onnx.save_model(
-        planted_model(),
-        source,
-        save_as_external_data=True,
-        location="big.onnx.data",
-        size_threshold=0,
-    )
-    loaded = load_model(source)
-    assert loaded.external_data
-    reduced, _ = lump(loaded.model, 0.0, verify=False)
-    target = tmp_path / "small.onnx"
-    save_model(reduced, target, external_data=True)
-    assert (tmp_path / "small.onnx.data").is_file()
-    raw = onnx.load(target, load_external_data=False)
-    assert any(uses_external_data(t) for t in raw.graph.initializer)
-    x = {"x": np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)}
-    again = onnx.load(target)
-    assert relative_error(run_ort(loaded.model, x), run_ort(again, x)) < 1e-5
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "big.onnx",
-        "big.onnx.data",
-        "small.onnx",
-        "small.onnx.data",
-    ]
 
 
 def test_demo_model_round_trip_through_a_file(tmp_path):

@@ -8,20 +8,31 @@ import json
 import numpy as np
 import onnx
 import pytest
-from conftest import MODELS
+from conftest import MODELS, run_ort
 
 from onnx_lump.cli import main
 from onnx_lump.equivalence import PartitionOptions
+from onnx_lump.holdout import output_error, split_calibration
 from onnx_lump.methods import Lump, Magnitude
+from onnx_lump.refine import RefineOptions
 from onnx_lump.search import Evaluator, bisect, parse_knobs, sweep
 
 DEMO = MODELS / "rn_tanh_2x64.onnx"
 CALIB = dict(np.load(MODELS / "rn_calib.npz"))
 
 
-def lump_evaluator(model=None) -> Evaluator:
+def lump_evaluator(model=None, refine=False) -> Evaluator:
     model = model or onnx.load(DEMO)
-    return Evaluator(model, lambda eps: Lump(PartitionOptions(eps)), CALIB, CALIB)
+    return Evaluator(model, lambda eps: Lump(PartitionOptions(eps)), CALIB, refine=refine)
+
+
+def held_out_rows() -> dict[str, np.ndarray]:
+    return split_calibration(CALIB).holdout
+
+
+def onnxruntime_error(model, reduced, feeds) -> float:
+    (expected,), (actual,) = run_ort(model, feeds), run_ort(reduced, feeds)
+    return output_error(expected, actual)
 
 
 def test_parse_knobs():
@@ -31,31 +42,69 @@ def test_parse_knobs():
 
 @pytest.mark.parametrize("target", [0.8, 0.5, 0.3])
 def test_bisection_meets_a_size_target(target):
-    _, report, point, met = bisect(lump_evaluator(), None, target_params=target)
-    assert met and point.retained <= target and report.retained == point.retained
+    evaluate = lump_evaluator()
+    knob, point, met = bisect(evaluate, None, target_params=target)
+    assert met and point.retained <= target and point.knob == knob
+    _, report = evaluate.finish(knob, verify=False)
+    assert report.retained == point.retained
 
 
 @pytest.mark.parametrize("limit", [0.01, 0.05])
-def test_bisection_meets_an_error_target(limit):
-    evaluate = lump_evaluator()
-    model, _, point, met = bisect(evaluate, None, max_error=limit)
+def test_bisection_meets_an_error_target_on_held_out_rows(limit):
+    model = onnx.load(DEMO)
+    evaluate = lump_evaluator(model)
+    knob, point, met = bisect(evaluate, None, max_error=limit)
     assert met and point.error <= limit
-    assert evaluate.error(model) == pytest.approx(point.error)
+    reduced, report = evaluate.finish(knob, verify=False)
+    # the error searched on is onnxruntime's, on rows no fit saw
+    assert onnxruntime_error(model, reduced, held_out_rows()) == pytest.approx(point.error)
+    assert report.holdout_error == pytest.approx(point.error)
     assert point.retained < 1.0  # it did compress
+
+
+def test_max_error_is_monotone():
+    """A looser error budget never keeps more parameters (it once kept 100% at 1.0)."""
+    evaluate = lump_evaluator()
+    kept = [bisect(evaluate, None, max_error=e)[1].retained for e in (0.05, 0.2, 0.9, 1.0, 2.0)]
+    assert kept == sorted(kept, reverse=True), kept
+    assert kept[-1] < 0.05
+
+
+def test_refined_search_is_warm_started_and_honest():
+    model = onnx.load(DEMO)
+    budget = RefineOptions(max_iters=100)
+    evaluate = lump_evaluator(model, refine=budget)
+    knob, point, met = bisect(evaluate, None, max_error=0.02)
+    assert met
+    reduced, report = evaluate.finish(knob, verify=False)
+    (stats,) = report.refine
+    assert stats.iterations <= budget.max_iters  # search leg + final leg share one budget
+    assert report.holdout_error <= point.error + 1e-12  # the final leg never loses ground
+    assert onnxruntime_error(model, reduced, held_out_rows()) == pytest.approx(report.holdout_error)
+    plain_knob, _, _ = bisect(lump_evaluator(model), None, max_error=0.02)
+    assert knob >= plain_knob  # refinement lets the search merge at least as far
 
 
 def test_bisection_for_pruning_uses_the_sparsity_limit():
     model = onnx.load(DEMO)
-    evaluate = Evaluator(model, lambda s: Magnitude(s), None, CALIB)
-    _, _, point, met = bisect(evaluate, 0.999, target_params=0.6)
+    evaluate = Evaluator(model, lambda s: Magnitude(s), CALIB)
+    _, point, met = bisect(evaluate, 0.999, target_params=0.6)
     assert met and 0.55 <= point.retained <= 0.6
 
 
 def test_error_is_measured_against_targets_when_given():
     model = onnx.load(DEMO)
-    targets = np.zeros((256, 6))
-    evaluate = Evaluator(model, lambda eps: Lump(PartitionOptions(eps)), None, CALIB, targets)
-    assert evaluate.error(model) == 0.0
+    feeds = held_out_rows()
+    (outputs,) = run_ort(model, feeds)
+    evaluate = Evaluator(
+        model,
+        lambda eps: Lump(PartitionOptions(eps)),
+        None,
+        validation=feeds,
+        validation_targets=outputs,
+    )
+    _, report, point = evaluate(0.0)
+    assert point.error == 0.0 and report.retained == 1.0
 
 
 def test_sweep_points_shrink_with_eps():
@@ -148,5 +197,5 @@ def test_cli_rejects_bad_settings(tmp_path, capsys, extra, expected):
     out = tmp_path / "out.json" if "--sweep" in extra else tmp_path / "out.onnx"
     assert main([str(DEMO), str(out), *extra]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("FAILED | ") and expected in err and err.count("\n") == 1
+    assert err.startswith("error: ") and expected in err and err.count("\n") == 1
     assert not out.exists()

@@ -2,16 +2,26 @@
 
 Builds a float32 network with 4 hidden Tanh layers of 4096 (about 50 M parameters, 200 MB),
 where every layer holds clusters of near-identical neurons (512 prototypes, 8 noisy copies
-each) as over-parameterised layers do, then measures in one run: ``onnx.load`` +
-``onnx.save``, and ``onnx_lump.lump`` (no verification) at epsilon 0 and at an epsilon
-that merges the clusters.
+each) as over-parameterised layers do, then measures in one run, interleaved and repeated
+(medians, since other processes share the machine):
 
-    python tools/time_wide.py [--width 4096] [--workdir /tmp]
+* ``onnx.load`` + ``onnx.save`` (the issue's baseline), and the same through
+  ``onnx_lump.modelio`` (``load_model`` + ``save_model``, the code the pass itself uses);
+* the data-free pass end to end: ``load_model``, ``onnx_lump.lump`` (no verification),
+  ``save_model``, at an epsilon that merges the clusters (0.05) and at epsilon 0.
+
+With ``--memory ROWS...`` it also runs the data path (``lump`` with calibration data, refit
+on) on a 4096-wide model in a subprocess per row count and reads its peak RSS
+(``resource.getrusage``).
+
+    python tools/time_wide.py [--width 4096] [--repeats 5] [--workdir /tmp] [--out FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import subprocess
 import sys
 import tempfile
 import time
@@ -64,27 +74,157 @@ def build(
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
 
 
+def _median(values: list[float]) -> float:
+    return float(np.median(values))
+
+
+def measure(width: int = 4096, repeats: int = 5, workdir: Path | None = None) -> dict:
+    """Medians (wall and CPU seconds) of the I/O baselines and the data-free pass."""
+    from onnx_lump.modelio import load_model, save_model
+
+    workdir = Path(workdir or tempfile.gettempdir())
+    path, out = workdir / f"wide_{width}.onnx", workdir / f"wide_{width}_out.onnx"
+    onnx.save(build(width), path)
+
+    def onnx_io() -> None:
+        onnx.save(onnx.load(path), out)
+
+    def modelio_io() -> None:
+        loaded = load_model(path)
+        save_model(loaded.model, out, external_data=loaded.external_data)
+
+    reports = {}
+
+    def lump_pass(eps: float):
+        def run() -> None:
+            loaded = load_model(path)
+            reduced, reports[eps] = lump(loaded.model, eps, verify=False)
+            save_model(reduced, out, external_data=loaded.external_data)
+
+        return run
+
+    steps = {
+        "onnx.load + onnx.save": onnx_io,
+        "load_model + save_model": modelio_io,
+        "pass eps 0.05": lump_pass(0.05),
+        "pass eps 0": lump_pass(0.0),
+    }
+    wall: dict[str, list[float]] = {name: [] for name in steps}
+    cpu: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):  # interleaved, so that a busy moment hits every step alike
+        for name, step in steps.items():
+            gc.collect()
+            started, cpu_started = time.perf_counter(), time.process_time()
+            step()
+            wall[name].append(time.perf_counter() - started)
+            cpu[name].append(time.process_time() - cpu_started)
+    path.unlink()
+    out.unlink(missing_ok=True)
+    kept = {eps: report.retained for eps, report in reports.items()}
+    widths = {eps: [s.width_after for s in r.layers[:-1]] for eps, r in reports.items()}
+    return {
+        "width": width,
+        "repeats": repeats,
+        "wall": {name: _median(v) for name, v in wall.items()},
+        "cpu": {name: _median(v) for name, v in cpu.items()},
+        "kept": kept,
+        "widths": widths,
+    }
+
+
+def markdown(result: dict) -> str:
+    wall, cpu = result["wall"], result["cpu"]
+    base = "onnx.load + onnx.save"
+    lines = [
+        f"Data-free pass on 4 hidden Tanh layers of {result['width']} (float32, "
+        f"{result['repeats']} interleaved repeats, medians; the pass is `load_model` + "
+        "`lump(verify=False)` + `save_model`, I/O included)\n",
+        "| step | wall s | CPU s | wall / onnx.load+save | CPU / onnx.load+save |",
+        "|---|---|---|---|---|",
+    ]
+    for name in wall:
+        lines.append(
+            f"| {name} | {wall[name]:.3f} | {cpu[name]:.3f} | "
+            f"{wall[name] / wall[base]:.2f}x | {cpu[name] / cpu[base]:.2f}x |"
+        )
+    for eps, kept in sorted(result["kept"].items()):
+        lines.append(
+            f"\neps {eps:g}: hidden widths {result['widths'][eps]}, "
+            f"{100 * kept:.1f}% of the parameters kept"
+        )
+    return "\n".join(lines) + "\n"
+
+
+_MEMORY_CHILD = """
+import resource, sys, time
+import numpy as np
+sys.path.insert(0, {root!r})
+sys.path.insert(0, {tools!r})
+from time_wide import build
+from onnx_lump import lump
+rows, width = {rows}, {width}
+model = build(width, depth={depth})
+x = np.random.default_rng(1).standard_normal((rows, 64)).astype(np.float32)
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+started = time.perf_counter()
+_, report = lump(model, 0.05, calibration={{"x": x}}, verify=False)
+print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+      time.perf_counter() - started, report.retained)
+"""
+
+
+def data_path_memory(rows: int, width: int = 4096, depth: int = 4) -> dict:
+    """Peak RSS (MiB) of the data path (lump with calibration, refit on) in a fresh
+    subprocess, and what the model and the calibration alone took before it."""
+    root = Path(__file__).resolve().parent.parent
+    code = _MEMORY_CHILD.format(
+        root=str(root), tools=str(root / "tools"), rows=rows, width=width, depth=depth
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        return {"rows": rows, "error": done.stderr.strip().splitlines()[-1:]}
+    before, peak, seconds, kept = done.stdout.split()[-4:]
+    return {
+        "rows": rows,
+        "before_mib": int(before) / 1024,
+        "peak_mib": int(peak) / 1024,
+        "seconds": float(seconds),
+        "kept": float(kept),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--width", type=int, default=4096)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
+    parser.add_argument("--out", type=Path, help="also write the markdown table here")
+    parser.add_argument(
+        "--memory", type=int, nargs="*", default=[], help="calibration row counts to measure"
+    )
+    parser.add_argument("--skip-timing", action="store_true")
     args = parser.parse_args()
-    path = args.workdir / f"wide_{args.width}.onnx"
-    onnx.save(build(args.width), path)
-    started = time.perf_counter()
-    model = onnx.load(path)
-    onnx.save(model, args.workdir / f"wide_{args.width}_copy.onnx")
-    io_seconds = time.perf_counter() - started
-    print(f"onnx.load + onnx.save: {io_seconds:.2f} s")
-    for eps in (0.0, 0.05):
-        started = time.perf_counter()
-        _, report = lump(model, eps, verify=False)
-        seconds = time.perf_counter() - started
-        widths = [s.width_after for s in report.layers[:-1]]
-        print(
-            f"lump eps={eps}: {seconds:.2f} s ({seconds / io_seconds:.1f}x load+save), "
-            f"hidden widths {widths}, {100 * report.retained:.1f}% of parameters kept"
+    text = "" if args.skip_timing else markdown(measure(args.width, args.repeats, args.workdir))
+    if args.memory:
+        text += (
+            "\nData path peak RSS (lump eps 0.05 with calibration, refit on, 4 x "
+            f"{args.width}; subprocess per row count)\n\n"
+            "| calibration rows | RSS before lump MiB | peak RSS MiB | seconds |\n"
+            "|---|---|---|---|\n"
         )
+        for rows in args.memory:
+            m = data_path_memory(rows, args.width)
+            if "error" in m:
+                text += f"| {rows} | failed: {m['error']} | | |\n"
+            else:
+                text += (
+                    f"| {rows} | {m['before_mib']:.0f} | {m['peak_mib']:.0f} | "
+                    f"{m['seconds']:.1f} |\n"
+                )
+            print(m, flush=True)
+    print(text)
+    if args.out:
+        args.out.write_text(text)
 
 
 if __name__ == "__main__":

@@ -15,11 +15,14 @@ __all__ = ["ChainProblem", "ChainResult", "Method", "Shortcut"]
 
 @dataclass(frozen=True, eq=False)
 class ChainProblem:
-    """A chain to compress: its ODE encoding and, when given, its input on calibration
-    data (samples x input features, float64)."""
+    """A chain to compress: its ODE encoding and, when given, its input on the fitting
+    share of the calibration data and on the held-out share (samples x input features,
+    float64). Methods fit on ``calibration`` only; ``holdout`` may choose between fits
+    (a ridge strength) or confirm what the fitting rows suggest (a constant neuron)."""
 
     system: OdeSystem
     calibration: np.ndarray | None = None
+    holdout: np.ndarray | None = None
 
     @property
     def weights(self) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -42,15 +45,18 @@ class ChainResult:
 
     layers: list[ReducedLayer]
     shortcuts: list[Shortcut] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the method chose not to do, and why
 
 
 class Method(abc.ABC):
     """A compression method; ``structured`` methods make layers narrower, the others
-    only zero weights (the dense graph keeps its size)."""
+    only zero weights (the dense graph keeps its size). ``lossless`` methods promise the
+    same function on every input, so nothing is ever refined after them."""
 
     name: str = "method"
     structured: bool = True
     needs_data: bool = False
+    lossless: bool = False
 
     @abc.abstractmethod
     def compress(self, problem: ChainProblem) -> ChainResult:

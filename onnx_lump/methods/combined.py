@@ -22,6 +22,7 @@ class Sequence(Method):
         self.name = f"{self.first.name}+{self.second.name}"
         self.structured = self.first.structured and self.second.structured
         self.needs_data = self.first.needs_data or self.second.needs_data
+        self.lossless = self.first.lossless and self.second.lossless
 
     def describe(self) -> str:
         return f"{self.first.describe()} + {self.second.describe()}"
@@ -45,4 +46,4 @@ class Sequence(Method):
             for index, (layer, new) in enumerate(zip(system.layers, first.layers, strict=True))
         )
         reduced = OdeSystem(system.name, system.inputs, layers, system.precision)
-        return self.second.compress(ChainProblem(reduced, problem.calibration))
+        return self.second.compress(ChainProblem(reduced, problem.calibration, problem.holdout))

@@ -27,6 +27,9 @@ from onnx_lump.reduction import ReducedLayer
 
 __all__ = ["LinearFolding"]
 
+# Standard deviations of its pre-activation a neuron must stay below 0 to count as dead.
+_DEAD_MARGIN = 3.0
+
 
 @dataclass
 class LinearFolding(Method):
@@ -35,6 +38,8 @@ class LinearFolding(Method):
     needs_data: bool = True
 
     def describe(self) -> str:
+        if self.tau == 1.0:
+            return "linear (tau=1: lossless on the calibration inputs, not on every input)"
         return f"linear (tau={self.tau:g})"
 
     def compress(self, problem: ChainProblem) -> ChainResult:
@@ -43,7 +48,12 @@ class LinearFolding(Method):
         system = problem.system
         layers = [ReducedLayer(w.copy(), b.copy()) for w, b in problem.weights]
         values = forward_chain(problem.weights, system, problem.calibration)
-        plans = [self._plan(index, layers, values, system) for index in range(len(layers) - 1)]
+        held = None
+        if problem.holdout is not None:
+            held = forward_chain(problem.weights, system, problem.holdout)
+        plans = [
+            self._plan(index, layers, values, held, system) for index in range(len(layers) - 1)
+        ]
         shortcuts: list[Shortcut] = []
         for index in _best_non_adjacent([p.saved if p else 0 for p in plans]):
             plan = plans[index]
@@ -57,18 +67,25 @@ class LinearFolding(Method):
                 shortcuts.append(Shortcut(index, index + 1, columns @ current.weight[plan.linear]))
         return ChainResult(layers, shortcuts)
 
-    def _plan(self, index, layers, values, system) -> _Plan | None:
-        """Which neurons of hidden layer ``index`` fold, and the parameters that saves."""
+    def _plan(self, index, layers, values, held, system) -> _Plan | None:
+        """Which neurons of hidden layer ``index`` fold, and the parameters that saves.
+        A neuron counts as dead only when its pre-activation stays below 0 by
+        _DEAD_MARGIN of its standard deviations on the fitting rows and on every
+        held-out row: silence on a few hundred rows is not silence everywhere."""
         activation = system.layers[index].activation
         if not activation.is_positively_homogeneous:
             return None
         current, following = layers[index], layers[index + 1]
-        active = (values[index] @ current.weight.T + current.bias > 0).mean(axis=0)
+        pre = values[index] @ current.weight.T + current.bias
+        active = (pre > 0).mean(axis=0)
+        silent = pre.max(axis=0) + _DEAD_MARGIN * pre.std(axis=0) < 0
+        if held is not None:
+            silent &= (held[index] @ current.weight.T + current.bias <= 0).all(axis=0)
         slope = np.where(active >= self.tau, 1.0, 0.0)
         if activation.kind is ActivationKind.LEAKY_RELU:
-            slope = np.where(active == 0.0, activation.alpha, slope)
+            slope = np.where((active == 0.0) & silent, activation.alpha, slope)
         linear = slope > 0
-        dead = (active == 0.0) & (activation.kind is ActivationKind.RELU)
+        dead = (active == 0.0) & silent & (activation.kind is ActivationKind.RELU)
         if (linear | dead).all():  # keep one neuron so the layer stays a valid graph
             linear[0] = dead[0] = False
         fan_in, fan_out = current.weight.shape[1], following.weight.shape[0]

@@ -1,0 +1,181 @@
+"""onnx_lump as an Olive pass (``pip install onnx_lump[olive]``).
+
+Olive finds a pass through a package config that maps its name to a module path. Its
+``--package-config`` file replaces Olive's own list, so write one that holds Olive's
+passes and this one:
+
+    python -m onnx_lump.olive_pass olive_packages.json
+    olive run --config workflow.json --package-config olive_packages.json
+
+or, from Python, ``olive.workflows.run(workflow, package_config=package_config())``.
+In the workflow the pass is ``{"type": "OnnxLump", "eps": 0.05}``; see
+``tools/olive_example.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import onnx
+from olive.common.config_utils import ParamCategory
+from olive.hardware.accelerator import AcceleratorSpec
+from olive.model import ONNXModelHandler
+from olive.model.utils import resolve_onnx_path
+from olive.passes import Pass
+from olive.passes.onnx.common import get_external_data_config, ir_model_to_olive_model
+from olive.passes.pass_config import BasePassConfig, PassConfigParam
+
+from onnx_lump.calibration import load_inputs
+from onnx_lump.equivalence import Equivalence, Similarity
+from onnx_lump.grouping import Linkage
+from onnx_lump.methods.lumping import DEFAULT_RIDGE
+from onnx_lump.passes import LumpPass
+
+__all__ = ["PACKAGE_CONFIG", "OnnxLump", "package_config", "write_package_config"]
+
+logger = logging.getLogger(__name__)
+
+# The entry Olive needs to find the pass by name (the key is what a workflow's "type" says).
+PACKAGE_CONFIG = {
+    "passes": {
+        "OnnxLump": {
+            "module_path": "onnx_lump.olive_pass.OnnxLump",
+            "supported_providers": ["*"],
+            "supported_accelerators": ["*"],
+            "supported_precisions": ["*"],
+            "supported_algorithms": [],
+            "supported_quantization_encodings": [],
+            "dataset": "dataset_optional",
+        }
+    },
+    "extra_dependencies": {},
+}
+
+
+class OnnxLump(Pass):
+    """Shrink the dense chains of an ONNX model by merging neurons with
+    epsilon-equivalent dynamics (onnx_lump), checking the result with onnxruntime."""
+
+    @classmethod
+    def _default_config(cls, accelerator_spec: AcceleratorSpec) -> dict[str, PassConfigParam]:
+        config = {
+            "eps": PassConfigParam(
+                type_=float,
+                default_value=0.0,
+                description="L1 distance under which neurons merge (0: exact merges only).",
+            ),
+            "equivalence": PassConfigParam(
+                type_=str,
+                default_value=Equivalence.BACKWARD.value,
+                description="'backward' (match incoming dynamics) or 'forward'.",
+            ),
+            "linkage": PassConfigParam(
+                type_=str,
+                default_value=Linkage.SINGLE.value,
+                description="'single' (connected components) or 'complete' (all pairs).",
+            ),
+            "symmetries": PassConfigParam(
+                type_=bool,
+                default_value=True,
+                description="Use scale/sign canonical forms and proportional merges.",
+            ),
+            "similarity": PassConfigParam(
+                type_=str | None,
+                default_value=None,
+                description=f"One of {[s.value for s in Similarity]}; all but 'weights' need "
+                "calibration_path (default: weights, or onnx_lump's data default with data).",
+            ),
+            "calibration_path": PassConfigParam(
+                type_=str | None,
+                default_value=None,
+                category=ParamCategory.DATA,
+                description="Representative inputs (.npz with one array per model input, "
+                ".npy or .csv); with it each next layer is refit.",
+            ),
+            "refit": PassConfigParam(
+                type_=bool, default_value=True, description="Refit after merges (with data)."
+            ),
+            "ridge": PassConfigParam(
+                type_=float, default_value=DEFAULT_RIDGE, description="Ridge of the refit."
+            ),
+            "verify": PassConfigParam(
+                type_=bool,
+                default_value=True,
+                description="Run both models in onnxruntime and compare the outputs.",
+            ),
+            "atol": PassConfigParam(
+                type_=float | None,
+                default_value=None,
+                description="Fail the pass if the max abs output error exceeds this.",
+            ),
+            "rtol": PassConfigParam(
+                type_=float | None,
+                default_value=None,
+                description="Fail the pass if the max rel output error exceeds this.",
+            ),
+            "lump_options": PassConfigParam(
+                type_=dict,
+                default_value={},
+                description="Further keyword arguments for onnx_lump.lump().",
+            ),
+        }
+        config.update(get_external_data_config())
+        return config
+
+    def _run_for_config(
+        self, model: ONNXModelHandler, config: type[BasePassConfig], output_model_path: str
+    ) -> ONNXModelHandler:
+        if not isinstance(model, ONNXModelHandler):
+            raise ValueError("OnnxLump needs an ONNX model")
+        output_model_path = resolve_onnx_path(output_model_path, Path(model.model_path).name)
+        Path(output_model_path).parent.mkdir(parents=True, exist_ok=True)
+        calibration = None
+        if config.calibration_path:
+            # only the graph inputs are read: the weights need not be loaded for this
+            graph_only = onnx.load(str(model.model_path), load_external_data=False)
+            calibration = load_inputs(config.calibration_path, graph_only)
+        lump_pass = LumpPass(
+            config.eps,
+            equivalence=config.equivalence,
+            linkage=config.linkage,
+            symmetries=config.symmetries,
+            similarity=config.similarity,
+            calibration=calibration,
+            refit=config.refit,
+            ridge=config.ridge,
+            verify=config.verify,
+            atol=config.atol,
+            rtol=config.rtol,
+            **dict(config.lump_options or {}),
+        )
+        result = lump_pass(model.load_ir_model())
+        if lump_pass.last_report is not None:
+            logger.info("onnx_lump:\n%s", lump_pass.last_report.summary())
+        return ir_model_to_olive_model(result.model, output_model_path, config)
+
+
+def package_config() -> dict[str, Any]:
+    """Olive's own package config with the OnnxLump entry added."""
+    from olive.package_config import OlivePackageConfig
+
+    merged = json.loads(Path(OlivePackageConfig.get_default_config_path()).read_text())
+    merged.setdefault("passes", {}).update(PACKAGE_CONFIG["passes"])
+    merged.setdefault("extra_dependencies", {})
+    return merged
+
+
+def write_package_config(path: str | Path) -> Path:
+    """Write :func:`package_config` as JSON to ``path``, for ``olive run --package-config``."""
+    path = Path(path)
+    path.write_text(json.dumps(package_config(), indent=2) + "\n")
+    return path
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m onnx_lump.olive_pass PACKAGE_CONFIG.json")
+    logger.info("wrote %s", write_package_config(sys.argv[1]))

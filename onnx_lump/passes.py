@@ -1,0 +1,135 @@
+"""onnx_lump as an onnx-ir pass, for ``ir.passes.PassManager`` pipelines.
+
+    import onnx_ir as ir
+    from onnx_ir.passes.common import IdentityEliminationPass, RemoveUnusedNodesPass
+    from onnx_lump.passes import LumpPass
+
+    model = ir.load("model.onnx")  # weights may stay in external data
+    pipeline = ir.passes.PassManager(
+        [IdentityEliminationPass(), LumpPass(eps=0.05), RemoveUnusedNodesPass()]
+    )
+    result = pipeline(model)  # result.model is smaller; the input model is untouched
+    ir.save(result.model, "small.onnx")
+
+The pass converts to a ModelProto, runs :func:`onnx_lump.lump` (or
+:func:`onnx_lump.compress` with a given method), and converts back. Initializers the pass
+did not change keep the caller's tensor objects, so weights that were memory-mapped from
+external data stay so in the result.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from onnx_lump.api import Report, compress, lump
+from onnx_lump.equivalence import Equivalence, Similarity
+from onnx_lump.errors import LumpError
+from onnx_lump.grouping import Linkage
+from onnx_lump.methods import Method
+from onnx_lump.methods.lumping import DEFAULT_RIDGE
+from onnx_lump.modelsource import ir_to_proto
+
+__all__ = ["LumpPass"]
+
+logger = logging.getLogger(__name__)
+
+_NO_CHAIN = "no dense chain found"
+
+
+class LumpPass(ir.passes.FunctionalPass):
+    """Merge epsilon-equivalent neurons of every dense chain; configured like ``lump()``.
+
+    Keyword arguments not named here (``verify``, ``atol``, ``rtol``, ``inputs``,
+    ``providers``, and any option ``lump()`` gains later) go to :func:`onnx_lump.lump`.
+    With ``method``, that method runs through :func:`onnx_lump.compress` instead and the
+    lumping options are ignored.
+
+    A model without a dense chain passes through unchanged (``modified`` False) unless
+    ``require_chain``. When verification ran with ``atol``/``rtol`` and failed, the pass
+    raises :class:`~onnx_lump.errors.LumpError` instead of returning the model.
+    ``last_report`` holds the :class:`~onnx_lump.api.Report` of the latest call.
+    """
+
+    def __init__(
+        self,
+        eps: float = 0.0,
+        *,
+        equivalence: str | Equivalence = Equivalence.BACKWARD,
+        linkage: str | Linkage = Linkage.SINGLE,
+        symmetries: bool = True,
+        similarity: str | Similarity | None = None,
+        calibration: Mapping[str, np.ndarray] | None = None,
+        refit: bool = True,
+        ridge: float = DEFAULT_RIDGE,
+        method: Method | None = None,
+        require_chain: bool = False,
+        **kwargs,
+    ) -> None:
+        super().__init__()
+        self.options = {
+            "equivalence": equivalence,
+            "linkage": linkage,
+            "symmetries": symmetries,
+            "similarity": similarity,
+            "refit": refit,
+            "ridge": ridge,
+        }
+        self.eps = float(eps)
+        self.calibration = calibration
+        self.method = method
+        self.require_chain = require_chain
+        self.kwargs = kwargs
+        self.last_report: Report | None = None
+
+    def __repr__(self) -> str:
+        what = self.method.describe() if self.method is not None else f"lump eps={self.eps:g}"
+        return f"{type(self).__name__}({what})"
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        proto = ir_to_proto(model)
+        try:
+            reduced, report = self._run(proto)
+        except LumpError as exc:
+            if self.require_chain or not str(exc).startswith(_NO_CHAIN):
+                raise
+            logger.info("%s: %s; model left as it was", self, exc)
+            self.last_report = None
+            return ir.passes.PassResult(model.clone(), modified=False)
+        self.last_report = report
+        check = report.verification
+        if check is not None and not check:
+            raise LumpError(
+                f"{self}: outputs differ beyond the tolerance (max abs {check.max_abs:.3g}, "
+                f"max rel {check.max_rel:.3g}; atol {check.atol}, rtol {check.rtol})"
+            )
+        if reduced.graph == proto.graph:  # nothing merged: hand back the model, unstamped
+            return ir.passes.PassResult(model.clone(), modified=False)
+        result = ir.from_proto(reduced)
+        _reuse_unchanged_tensors(model, result)
+        return ir.passes.PassResult(result, modified=True)
+
+    def _run(self, proto: onnx.ModelProto) -> tuple[onnx.ModelProto, Report]:
+        if self.method is not None:
+            return compress(proto, self.method, calibration=self.calibration, **self.kwargs)
+        return lump(proto, self.eps, calibration=self.calibration, **self.options, **self.kwargs)
+
+
+def _reuse_unchanged_tensors(original: ir.Model, result: ir.Model) -> None:
+    """Give initializers whose data the pass left alone the caller's tensor objects back,
+    so an external (memory-mapped) weight is not held in memory twice, nor saved twice."""
+    before = {
+        name: value.const_value
+        for name, value in original.graph.initializers.items()
+        if value.const_value is not None
+    }
+    for name, value in result.graph.initializers.items():
+        old, new = before.get(name), value.const_value
+        if old is None or new is None or old is new:
+            continue
+        if old.dtype == new.dtype and old.shape == new.shape and old.tobytes() == new.tobytes():
+            value.const_value = old

@@ -1,0 +1,138 @@
+"""The printed error is the error users will see: held-out splits, ridge chosen on held-out
+rows, constant neurons folded only with a margin, and "lossless" only where it is."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from builders import mlp, random_layers
+from conftest import MODELS, run_ort
+
+from onnx_lump import lump
+from onnx_lump.cli import main
+from onnx_lump.compensation import RIDGE_GRID, refit_layer
+from onnx_lump.errors import LumpError
+from onnx_lump.holdout import MIN_HOLDOUT_ROWS, output_error, split_calibration
+
+CALIB_2048 = MODELS / "rn_calib_2048.npz"
+TEST = dict(np.load(MODELS / "rn_test.npz"))
+
+
+def test_split_is_seeded_disjoint_and_stated():
+    calib = {"input": np.arange(200, dtype=np.float32).reshape(100, 2)}
+    first, again = split_calibration(calib, 0.2, seed=3), split_calibration(calib, 0.2, seed=3)
+    other = split_calibration(calib, 0.2, seed=4)
+    np.testing.assert_array_equal(first.holdout["input"], again.holdout["input"])
+    assert not np.array_equal(first.holdout["input"], other.holdout["input"])
+    fit, held = set(first.fit["input"][:, 0]), set(first.holdout["input"][:, 0])
+    assert not fit & held and len(fit | held) == 100
+    assert first.n_holdout == 20 and "20 held-out" in first.description
+
+
+def test_too_few_rows_to_hold_out_is_an_error():
+    with pytest.raises(LumpError, match="too few"):
+        split_calibration({"x": np.zeros((2 * MIN_HOLDOUT_ROWS - 1, 3))})
+
+
+def test_ridge_is_chosen_by_the_held_out_rows():
+    rng = np.random.default_rng(0)
+    inputs = rng.normal(size=(40, 30))
+    truth = rng.normal(size=(30, 3))
+    targets = inputs @ truth + 2.0 * rng.normal(size=(40, 3))  # noisy: needs shrinkage
+    held = rng.normal(size=(200, 30))
+    held_targets = held @ truth
+    _, strength = refit_layer(inputs, targets, None, held, held_targets)
+    assert strength in RIDGE_GRID and strength > RIDGE_GRID[0]
+    chosen, _ = refit_layer(inputs, targets, strength)
+    weakest, _ = refit_layer(inputs, targets, RIDGE_GRID[0])
+
+    def err(layer):
+        return np.mean((held @ layer.weight.T + layer.bias - held_targets) ** 2)
+
+    assert err(chosen) <= err(weakest)
+
+
+def rarely_active_model() -> onnx.ModelProto:
+    """One Relu neuron fires only for inputs beyond ~2.6 standard deviations."""
+    layers = random_layers([6, 10, 6], seed=4)
+    layers[0][0][7] = np.array([1.0, 0, 0, 0, 0, 0])
+    layers[0][1][7] = -2.6
+    layers[1][0][:, 7] *= 50.0  # and it matters when it fires
+    model = mlp(layers, ["Relu"])
+    model.graph.input[0].name = "input"
+    model.graph.node[0].input[0] = "input"
+    return model
+
+
+def test_a_neuron_silent_on_the_fitting_rows_is_kept_without_a_margin():
+    model = rarely_active_model()
+    rng = np.random.default_rng(1)
+    calib = {"input": rng.standard_normal((256, 6)).astype(np.float32)}
+    calib["input"][:, 0] = np.clip(calib["input"][:, 0], -5, 2.5)  # it never fires here
+    _, report = lump(model, 1e-6, calibration=calib, refine=False, verify=False)
+    assert report.layers[0].width_after == 10  # a margin of 0.1 is not 3 deviations
+
+
+def test_a_neuron_far_below_its_threshold_is_folded():
+    layers = random_layers([6, 10, 6], seed=4)
+    layers[0][0][7] = 0.01 * layers[0][0][7]
+    layers[0][1][7] = -100.0
+    model = mlp(layers, ["Relu"])
+    model.graph.input[0].name = "input"
+    model.graph.node[0].input[0] = "input"
+    rng = np.random.default_rng(1)
+    calib = {"input": rng.standard_normal((256, 6)).astype(np.float32)}
+    reduced, report = lump(model, 1e-6, calibration=calib, refine=False, verify=False)
+    assert report.layers[0].width_after == 9
+    feeds = {"input": 3 * rng.standard_normal((500, 6)).astype(np.float32)}
+    assert output_error(run_ort(model, feeds)[0], run_ort(reduced, feeds)[0]) < 1e-5
+
+
+def test_reported_error_is_within_2x_of_the_error_on_unseen_inputs(tmp_path):
+    """The demo's own test trajectories were never seen by the tool."""
+    out, report_path = tmp_path / "demo.onnx", tmp_path / "report.json"
+    code = main(
+        [
+            str(MODELS / "rn_tanh_2x64.onnx"),
+            str(out),
+            "--calib",
+            str(CALIB_2048),
+            "--eps",
+            "0.5",
+            "--refine-iters",
+            "200",
+            "--report-json",
+            str(report_path),
+            "-q",
+        ]
+    )
+    assert code == 0
+    reported = json.loads(report_path.read_text())["holdout_error"]
+    feeds = {"input": TEST["input"]}
+    (reference,) = run_ort(onnx.load(MODELS / "rn_tanh_2x64.onnx"), feeds)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    unseen = output_error(reference, session.run(None, feeds)[0])
+    assert 0.5 * unseen <= reported <= 2.0 * unseen, (reported, unseen)
+
+
+def test_linear_folding_says_lossless_on_the_calibration_inputs_only(tmp_path, capsys):
+    out = tmp_path / "linear.onnx"
+    code = main(
+        [
+            str(MODELS / "rn_relu_2x64.onnx"),
+            str(out),
+            "--method",
+            "linear",
+            "--calib",
+            str(CALIB_2048),
+            "--no-refine",
+        ]
+    )
+    text = capsys.readouterr().out
+    assert code == 0
+    assert "lossless on the calibration inputs" in text
+    assert "lossless on every input" not in text

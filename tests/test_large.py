@@ -1,0 +1,200 @@
+"""Models of any size: a model over 2 GB through the CLI, and the memory of the data-free
+pass on a model with external data, read from a child process's peak RSS."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from onnx.external_data_helper import uses_external_data
+
+ROOT = Path(__file__).resolve().parent.parent
+BIG_ROWS = 69_000_000  # x 8 float32 = 2.2 GB: past protobuf's 2 GiB limit
+BIG_BYTES = BIG_ROWS * 8 * 4
+
+
+def _external(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+    tensor.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        tensor.external_data.add(key=key, value=value)
+
+
+def build_big_model(folder: Path) -> tuple[Path, np.ndarray]:
+    """x -> Gemm(64->256, 6 planted duplicates) -> Relu -> Gemm(256->8) -> + Slice(T)[0],
+    T a 2.2 GB float32 initializer. The data file is written sparsely: only T's first
+    row and the chain's weights hold data, so the test needs no 2.2 GB of writes to
+    build it (the pass, onnxruntime and the checker still see a 2.2 GB model)."""
+    rng = np.random.default_rng(0)
+    w0 = rng.standard_normal((256, 64)).astype(np.float32) / 8
+    b0 = rng.standard_normal(256).astype(np.float32) / 10
+    for neuron in range(250, 256):
+        w0[neuron], b0[neuron] = w0[neuron - 250], b0[neuron - 250]
+    w1 = rng.standard_normal((8, 256)).astype(np.float32) / 16
+    first_row = rng.standard_normal((1, 8)).astype(np.float32)
+    data_name = "big.onnx.data"
+    inits = []
+    with open(folder / data_name, "wb") as data:
+        data.write(first_row.tobytes())
+        data.truncate(BIG_BYTES)  # the rest of T: a hole, read as zeros
+        data.seek(BIG_BYTES)
+        table = TensorProto(name="T", data_type=TensorProto.FLOAT, dims=[BIG_ROWS, 8])
+        _external(table, data_name, 0, BIG_BYTES)
+        inits.append(table)
+        for name, value in (("W0", w0), ("b0", b0), ("W1", w1)):
+            offset = data.tell() + (-data.tell()) % 4096
+            data.seek(offset)
+            data.write(value.tobytes())
+            tensor = numpy_helper.from_array(value, name)
+            tensor.ClearField("raw_data")
+            _external(tensor, data_name, offset, value.nbytes)
+            inits.append(tensor)
+    for name, value in (("starts", [0]), ("ends", [1]), ("axes", [0])):
+        inits.append(numpy_helper.from_array(np.array(value, np.int64), name))
+    nodes = [
+        helper.make_node("Gemm", ["x", "W0", "b0"], ["h0"], name="gemm0", transB=1),
+        helper.make_node("Relu", ["h0"], ["a0"], name="relu0"),
+        helper.make_node("Gemm", ["a0", "W1"], ["h1"], name="gemm1", transB=1),
+        helper.make_node("Slice", ["T", "starts", "ends", "axes"], ["row"], name="slice"),
+        helper.make_node("Add", ["h1", "row"], ["y"], name="add"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "big",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = folder / "big.onnx"
+    path.write_bytes(model.SerializeToString())
+    return path, first_row
+
+
+def _run(path: Path, feeds: dict) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, feeds)
+    del session
+    return out
+
+
+@pytest.mark.slow
+def test_model_over_2gb_round_trips_through_the_cli(tmp_path):
+    free = shutil.disk_usage(tmp_path).free
+    if free < 3 * BIG_BYTES:
+        pytest.skip(f"needs {3 * BIG_BYTES / 1e9:.1f} GB free in {tmp_path}, has {free / 1e9:.1f}")
+    source, first_row = build_big_model(tmp_path)
+    out = tmp_path / "small.onnx"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "onnx_lump",
+            str(source),
+            str(out),
+            "--atol",
+            "1e-4",
+            "--check",
+            "8",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "256->250" in result.stdout
+    raw = onnx.load(str(out), load_external_data=False)
+    onnx.checker.check_model(str(out))  # by path: the only way past 2 GiB
+    by_name = {t.name: t for t in raw.graph.initializer}
+    assert uses_external_data(by_name["T"]) and list(by_name["W0"].dims) == [250, 64]
+    assert not uses_external_data(by_name["starts"])  # tiny tensors stay inline
+    assert (tmp_path / "small.onnx.data").stat().st_size >= BIG_BYTES
+    feeds = {"x": np.random.default_rng(1).standard_normal((16, 64)).astype(np.float32)}
+    np.testing.assert_allclose(_run(out, feeds), _run(source, feeds), atol=1e-4)
+    info = {e.key: e.value for e in by_name["T"].external_data}
+    with open(tmp_path / info["location"], "rb") as data:  # the 2.2 GB tensor, copied whole
+        data.seek(int(info["offset"]))
+        assert data.read(32) == first_row.tobytes()
+        data.seek(int(info["offset"]) + BIG_BYTES - 32)
+        assert data.read(32) == bytes(32)
+    leftovers = sorted(p.name for p in tmp_path.iterdir())
+    assert leftovers == ["big.onnx", "big.onnx.data", "small.onnx", "small.onnx.data"]
+
+
+_MEASURE = textwrap.dedent(
+    """
+    import json, resource, sys
+    from onnx_lump import compress
+    from onnx_lump.methods import Exact
+    from onnx_lump.modelio import load_model, save_model
+
+    loaded = load_model(sys.argv[1])
+    reduced, report = compress(loaded.model, Exact(), verify=False)
+    save_model(reduced, sys.argv[2], external_data=loaded.external_data)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"peak": peak, "before": report.params_before, "after": report.params_after}))
+    """
+)
+
+
+def build_deep_model(path: Path, width: int, chains: int) -> int:
+    """``chains`` chains Gemm -> Relu -> Gemm of width x width float32 layers (one planted
+    duplicate each), separated by Sin; external data. Returns the largest layer's bytes."""
+    rng = np.random.default_rng(0)
+    inits, nodes, current = [], [], "x"
+    for k in range(chains):
+        for j in range(2):
+            weight = rng.standard_normal((width, width), dtype=np.float32)
+            weight *= np.float32(1 / np.sqrt(width))
+            if j == 0:
+                weight[-1] = weight[0]
+            inits.append(numpy_helper.from_array(weight, f"W{k}_{j}"))
+            nodes.append(helper.make_node("Gemm", [current, f"W{k}_{j}"], [f"h{k}_{j}"], transB=1))
+            current = f"h{k}_{j}"
+            if j == 0:
+                nodes.append(helper.make_node("Relu", [current], [f"r{k}"]))
+                current = f"r{k}"
+        nodes.append(helper.make_node("Sin", [current], [f"s{k}"]))
+        current = f"s{k}"
+    graph = helper.make_graph(
+        nodes,
+        "deep",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])],
+        [helper.make_tensor_value_info(current, TensorProto.FLOAT, ["N", width])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save_model(model, str(path), save_as_external_data=True, location=f"{path.name}.data")
+    return width * width * 4
+
+
+def test_data_free_pass_memory_is_bounded_by_the_largest_layer(tmp_path):
+    source = tmp_path / "deep.onnx"
+    largest = build_deep_model(source, width=1024, chains=24)  # 4 MB layers, 200 MB model
+    model_bytes = (tmp_path / "deep.onnx.data").stat().st_size
+    result = subprocess.run(
+        [sys.executable, "-c", _MEASURE, str(source), str(tmp_path / "out.onnx")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    assert measured["after"] < measured["before"]  # the planted duplicates merged
+    bound = 3 * largest + 300 * 2**20
+    assert measured["peak"] < bound, (
+        f"peak RSS {measured['peak'] / 2**20:.0f} MB for a {model_bytes / 2**20:.0f} MB model; "
+        f"bound {bound / 2**20:.0f} MB (3 x {largest / 2**20:.0f} MB layer + 300 MB)"
+    )

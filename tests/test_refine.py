@@ -1,0 +1,202 @@
+"""Refinement of reduced chains: gradients, guarantees, and the CLI around it."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from builders import mlp, random_layers
+from conftest import MODELS, run_ort
+
+from onnx_lump import compress, lump
+from onnx_lump.activations import IDENTITY, REGISTRY, Activation, ActivationKind
+from onnx_lump.cli import main
+from onnx_lump.holdout import output_error, split_calibration
+from onnx_lump.methods import Magnitude, RandomInit
+from onnx_lump.methods.base import ChainResult, Shortcut
+from onnx_lump.reduction import ReducedLayer
+from onnx_lump.refine import ChainData, RefineOptions, _Network, chain_loss, refine_chain
+
+DEMO = MODELS / "rn_tanh_2x64.onnx"
+CALIB_PATH = MODELS / "rn_calib.npz"
+CALIB = dict(np.load(CALIB_PATH))
+
+
+def small_chain(activation: Activation, seed: int = 0, shortcut: bool = True):
+    rng = np.random.default_rng(seed)
+    sizes = [3, 5, 4, 2]
+    layers = [
+        ReducedLayer(rng.normal(size=(o, i)), rng.normal(size=o))
+        for i, o in itertools.pairwise(sizes)
+    ]
+    shortcuts = [Shortcut(0, 1, rng.normal(size=(4, 3)))] if shortcut else []
+    return ChainResult(layers, shortcuts), [activation, activation, IDENTITY]
+
+
+def central_differences(network, theta, data, step=1e-6):
+    grad = np.zeros_like(theta)
+    for index in range(theta.size):
+        delta = np.zeros_like(theta)
+        delta[index] = step
+        plus = network.loss_and_gradient(theta + delta, data, 1.0)[0]
+        minus = network.loss_and_gradient(theta - delta, data, 1.0)[0]
+        grad[index] = (plus - minus) / (2 * step)
+    return grad
+
+
+@pytest.mark.parametrize("kind", sorted(REGISTRY, key=lambda k: k.value), ids=lambda k: k.value)
+def test_gradients_match_finite_differences_for_every_activation(kind):
+    activation = Activation(kind)
+    result, activations = small_chain(activation, seed=1)
+    network = _Network(result, activations, None)
+    rng = np.random.default_rng(2)
+    data = ChainData(rng.normal(size=(30, 3)), rng.normal(size=(30, 2)))
+    _, analytic = network.loss_and_gradient(network.theta0, data, 1.0)
+    numeric = central_differences(network, network.theta0, data)
+    # kinks (Relu at 0, Clip bounds) are met with probability 0 by random inputs
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-4, atol=1e-6)
+
+
+def test_masked_weights_have_zero_gradient():
+    result, activations = small_chain(Activation(ActivationKind.TANH), shortcut=False)
+    masks = [np.abs(layer.weight) > 0.5 for layer in result.layers]
+    network = _Network(result, activations, masks)
+    rng = np.random.default_rng(3)
+    data = ChainData(rng.normal(size=(20, 3)), rng.normal(size=(20, 2)))
+    _, gradient = network.loss_and_gradient(network.theta0, data, 1.0)
+    arrays = network.unpack(gradient)
+    for index, mask in enumerate(masks):
+        assert np.all(arrays[2 * index][~mask] == 0.0)
+        assert np.any(arrays[2 * index][mask] != 0.0)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_refinement_lowers_the_held_out_error_or_changes_nothing(seed):
+    rng = np.random.default_rng(seed)
+    teacher, activations = small_chain(Activation(ActivationKind.TANH), seed=10 + seed)
+    inputs = rng.normal(size=(120, 3))
+    outputs = _Network(teacher, activations, None).output
+    theta = _Network(teacher, activations, None).theta0
+    fit = ChainData(inputs[:90], outputs(theta, inputs[:90]))
+    held = ChainData(inputs[90:], outputs(theta, inputs[90:]))
+    start, _ = small_chain(Activation(ActivationKind.TANH), seed=20 + seed)
+    refined, stats = refine_chain(start, activations, fit, held, RefineOptions(max_iters=200))
+    before = chain_loss(start, activations, held)
+    after = chain_loss(refined, activations, held)
+    assert stats.holdout_before == pytest.approx(before)
+    assert stats.holdout_after == pytest.approx(after)
+    if stats.improved:
+        assert after < before
+    else:
+        assert refined is start
+
+
+def test_refinement_of_the_original_network_keeps_it():
+    """Nothing to gain: the unrefined weights come back, the very same arrays."""
+    teacher, activations = small_chain(Activation(ActivationKind.SIGMOID), seed=4)
+    rng = np.random.default_rng(5)
+    inputs = rng.normal(size=(60, 3))
+    network = _Network(teacher, activations, None)
+    targets = network.output(network.theta0, inputs)
+    fit, held = ChainData(inputs[:40], targets[:40]), ChainData(inputs[40:], targets[40:])
+    refined, stats = refine_chain(teacher, activations, fit, held, RefineOptions())
+    assert refined is teacher and not stats.improved
+
+
+def no_redundancy_model() -> onnx.ModelProto:
+    model = mlp(random_layers([6, 9, 7, 6], seed=8), ["Tanh", "Relu"])
+    model.graph.input[0].name = "input"
+    model.graph.node[0].input[0] = "input"
+    return model
+
+
+def test_eps_zero_with_nothing_merged_stays_bit_identical():
+    model = no_redundancy_model()
+    reduced, report = lump(model, 0.0, calibration=CALIB, verify=False)
+    assert report.refine == []  # nothing merged: nothing refined
+    before = {t.name: t.raw_data or bytes(t.SerializeToString()) for t in model.graph.initializer}
+    after = {t.name: t.raw_data or bytes(t.SerializeToString()) for t in reduced.graph.initializer}
+    assert before == after
+
+
+def test_refinement_improves_a_lossy_lumping_through_onnxruntime():
+    model = onnx.load(DEMO)
+    plain, _ = lump(model, 1.0, calibration=CALIB, refine=False, verify=False)
+    refined, report = lump(model, 1.0, calibration=CALIB, refine=RefineOptions(max_iters=200))
+    (stats,) = report.refine
+    feeds = split_calibration(CALIB).holdout
+    (reference,) = run_ort(model, feeds)
+    plain_error = output_error(reference, run_ort(plain, feeds)[0])
+    refined_error = output_error(reference, run_ort(refined, feeds)[0])
+    assert refined_error < 0.7 * plain_error
+    assert stats.holdout_after == pytest.approx(refined_error, rel=1e-3)
+    assert report.holdout_error == pytest.approx(refined_error, rel=1e-6)
+
+
+def test_unstructured_methods_keep_their_zero_pattern():
+    model = onnx.load(DEMO)
+    pruned, _ = compress(model, Magnitude(0.6), verify=False)
+    refined, report = compress(
+        model, Magnitude(0.6), calibration=CALIB, refine=RefineOptions(max_iters=50)
+    )
+    assert report.refine and report.refine[0].improved
+
+    def weights(m):
+        return [onnx.numpy_helper.to_array(t) for t in m.graph.initializer if len(t.dims) == 2]
+
+    for before, after in zip(weights(pruned), weights(refined), strict=True):
+        np.testing.assert_array_equal(before == 0, after == 0)
+    assert any(
+        not np.array_equal(b, a) for b, a in zip(weights(pruned), weights(refined), strict=True)
+    )
+
+
+def test_random_init_refines_into_a_working_network():
+    model = onnx.load(DEMO)
+    _, report = compress(
+        model, RandomInit([8, 8]), calibration=CALIB, refine=RefineOptions(max_iters=150)
+    )
+    assert report.widths_after == [[8, 8]]
+    assert report.refine[0].improved
+    assert report.holdout_error < report.refine[0].holdout_before
+
+
+def cli(tmp_path, name, *extra):
+    out = tmp_path / f"{name}.onnx"
+    code = main([str(DEMO), str(out), "--calib", str(CALIB_PATH), "-q", *extra])
+    assert code == 0
+    return out
+
+
+def test_refine_iters_zero_equals_no_refinement(tmp_path):
+    none = cli(tmp_path, "none", "--eps", "1.0", "--no-refine")
+    zero = cli(tmp_path, "zero", "--eps", "1.0", "--refine-iters", "0")
+    strip = onnx.load(none), onnx.load(zero)
+    for m in strip:  # provenance differs only in the refinement note
+        del m.metadata_props[:]
+    assert strip[0].SerializeToString() == strip[1].SerializeToString()
+
+
+def test_searched_error_is_what_onnxruntime_measures_on_the_written_file(tmp_path):
+    report_path = tmp_path / "report.json"
+    out = cli(
+        tmp_path,
+        "searched",
+        "--max-error",
+        "0.05",
+        "--refine-iters",
+        "100",
+        "--report-json",
+        str(report_path),
+    )
+    report = json.loads(report_path.read_text())
+    feeds = split_calibration(CALIB).holdout
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    (reference,) = run_ort(onnx.load(DEMO), feeds)
+    measured = output_error(reference, session.run(None, feeds)[0])
+    assert report["holdout_error"] == pytest.approx(measured, rel=1e-6, abs=1e-9)
+    assert measured <= 0.05

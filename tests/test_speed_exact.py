@@ -1,0 +1,177 @@
+"""eps = 0 stays exact on a wide model after the speed work (one aggregation a layer,
+rows formed on demand): planted duplicates merge, everything else is kept bit for bit,
+and onnxruntime computes the same outputs. No timings here (they live in tools/)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnx_lump import lump
+from onnx_lump.chains import scan_graph
+from onnx_lump.equivalence import Partition, PartitionOptions, compute_partition
+from onnx_lump.ode import Lumping, aggregate, encode_chain
+from onnx_lump.reduction import reduce_system
+
+WIDTH = 4096
+N_IN, N_OUT = 32, 8
+N_COPIES = 512  # planted duplicates in the second hidden layer
+
+
+def wide_model() -> tuple[onnx.ModelProto, int]:
+    """x -> Gemm(4096) -> Relu -> Gemm(4096) -> Tanh -> Gemm(8), float32.
+
+    The first hidden layer has no redundancy; the second has N_COPIES rows that repeat
+    earlier rows, half of them negated (tanh(-z) = -tanh(z)), so exactly
+    WIDTH - N_COPIES of its neurons are distinct."""
+    rng = np.random.default_rng(7)
+    w0 = rng.standard_normal((WIDTH, N_IN)) / np.sqrt(N_IN)
+    b0 = 0.1 * rng.standard_normal(WIDTH)
+    distinct = WIDTH - N_COPIES
+    w1 = rng.standard_normal((WIDTH, WIDTH)) / np.sqrt(WIDTH)
+    b1 = 0.1 * rng.standard_normal(WIDTH)
+    source = rng.choice(distinct, N_COPIES, replace=False)
+    sign = np.where(np.arange(N_COPIES) % 2 == 0, 1.0, -1.0)
+    w1[distinct:] = sign[:, None] * w1[source]
+    b1[distinct:] = sign * b1[source]
+    order = rng.permutation(WIDTH)  # copies spread among the originals
+    w1, b1 = w1[order], b1[order]
+    w2 = rng.standard_normal((N_OUT, WIDTH)) / np.sqrt(WIDTH)
+    b2 = np.zeros(N_OUT)
+    inits, nodes, current = [], [], "x"
+    for index, (w, b, act) in enumerate([(w0, b0, "Relu"), (w1, b1, "Tanh"), (w2, b2, None)]):
+        inits += [
+            numpy_helper.from_array(w.astype(np.float32), f"W{index}"),
+            numpy_helper.from_array(b.astype(np.float32), f"b{index}"),
+        ]
+        nodes.append(
+            helper.make_node("Gemm", [current, f"W{index}", f"b{index}"], [f"g{index}"], transB=1)
+        )
+        current = f"g{index}"
+        if act:
+            nodes.append(helper.make_node(act, [current], [f"a{index}"]))
+            current = f"a{index}"
+    graph = helper.make_graph(
+        nodes,
+        "wide_exact",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", N_IN])],
+        [helper.make_tensor_value_info(current, TensorProto.FLOAT, ["N", N_OUT])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    return model, distinct
+
+
+@pytest.fixture(scope="module")
+def built():
+    return wide_model()
+
+
+@pytest.fixture(scope="module")
+def wide(built):
+    model, distinct = built
+    reduced, report = lump(model, 0.0, verify=False)
+    return model, distinct, reduced, report
+
+
+@pytest.fixture(scope="module")
+def system(built):
+    return encode_chain(scan_graph(gs.import_onnx(built[0])).chains[0])
+
+
+def _initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})[0]
+
+
+def test_planted_duplicates_merge_and_nothing_else(wide):
+    _, distinct, _, report = wide
+    assert [s.width_after for s in report.layers] == [WIDTH, distinct, N_OUT]
+
+
+def test_onnxruntime_outputs_agree(wide):
+    model, _, reduced, _ = wide
+    x = np.random.default_rng(3).standard_normal((64, N_IN)).astype(np.float32)
+    expected, got = _run(model, x), _run(reduced, x)
+    assert np.max(np.abs(got - expected)) <= 1e-5 * max(1.0, float(np.max(np.abs(expected))))
+
+
+def test_untouched_layer_and_kept_rows_are_bit_identical(wide):
+    model, _, reduced, _ = wide
+    before, after = _initializers(model), _initializers(reduced)
+    for name in ("W0", "b0"):  # no merge in or before this layer: the same bytes
+        assert after[name].dtype == before[name].dtype
+        assert after[name].tobytes() == before[name].tobytes()
+    # Every kept neuron of the merged layer is one of its original neurons, unchanged.
+    original_rows = {row.tobytes() for row in np.column_stack([before["W1"], before["b1"]])}
+    kept = np.column_stack([after["W1"], after["b1"]])
+    assert all(row.tobytes() in original_rows for row in kept)
+
+
+def test_shared_aggregation_matches_the_reduction_from_scratch(system):
+    partition = compute_partition(system, PartitionOptions(0.0))
+    shared = reduce_system(system, partition)
+    fresh = reduce_system(system, Partition(partition.options, partition.lumpings))
+    for a, b in zip(shared, fresh, strict=True):
+        np.testing.assert_allclose(a.weight, b.weight, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(a.bias, b.bias, rtol=1e-12, atol=1e-15)
+
+
+def test_identity_aggregation_does_not_copy_the_layer(system):
+    layer = system.layers[1]
+    coefficients, bias = aggregate(layer, Lumping.identity(layer.coefficients.shape[1]))
+    assert np.shares_memory(coefficients, layer.coefficients)
+    assert not coefficients.flags.writeable  # the system's weights cannot be changed through it
+    np.testing.assert_array_equal(bias, layer.bias)
+
+
+def test_row_chunked_data_helpers_match_whole_arrays(system, monkeypatch):
+    import onnx_lump.reduction as reduction
+    from onnx_lump.calibration import forward_chain
+
+    monkeypatch.setattr(reduction, "_ROW_CHUNK_ENTRIES", 1 << 14)  # several chunks
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((300, N_IN))
+    weights = [(layer.coefficients, layer.bias) for layer in system.layers]
+    values = forward_chain(weights, system, x)
+    targets = list(reduction.layer_targets(weights, system, x, dtype=np.float64))
+    for value, (w, b), target in zip(values, weights, targets, strict=False):
+        np.testing.assert_allclose(target, value @ w.T + b, rtol=1e-10, atol=1e-10)
+    inputs, target = values[1] + 5.0, targets[1][:, :40]  # offset: centring must not cancel
+    mean_x, mean_t, gram, cross = reduction.centred_moments(inputs, target)
+    centred = inputs - inputs.mean(axis=0)
+    np.testing.assert_allclose(mean_x, inputs.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(mean_t, target.mean(axis=0), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(gram, centred.T @ centred, rtol=1e-8, atol=1e-8)
+    np.testing.assert_allclose(cross, centred.T @ (target - target.mean(axis=0)), atol=1e-8)
+    layer = reduction.ReducedLayer(rng.standard_normal((40, WIDTH)) / 64, np.zeros(40))
+    expected = float(np.mean((inputs @ layer.weight.T - target) ** 2))
+    assert reduction.chunked_residual(layer, inputs, target) == pytest.approx(expected, rel=1e-10)
+
+
+def test_data_similarity_in_sample_chunks_matches_one_chunk(monkeypatch):
+    import onnx_lump.equivalence as equivalence
+    from onnx_lump.activations import Activation, ActivationKind
+
+    rng = np.random.default_rng(11)
+    base = rng.standard_normal((40, 12))
+    weight = np.repeat(base, 3, axis=0) + 1e-3 * rng.standard_normal((120, 12))
+    bias = 0.1 * rng.standard_normal(120)
+    weight[5] = 0.0  # a constant neuron
+    x = rng.standard_normal((500, 12))
+    options = PartitionOptions(0.05, similarity=equivalence.Similarity.DATA)
+    tanh = Activation(ActivationKind.TANH)
+    whole = equivalence.backward_lumping(weight, bias, tanh, options, 1e-7, x)
+    monkeypatch.setattr(equivalence, "_SAMPLE_CHUNK_ENTRIES", 1000)  # 8 samples a chunk
+    chunked = equivalence.backward_lumping(weight, bias, tanh, options, 1e-7, x)
+    np.testing.assert_array_equal(whole.block, chunked.block)
+    np.testing.assert_allclose(whole.offset, chunked.offset, rtol=1e-9, atol=1e-12)
+    assert whole.n_blocks < 60  # most planted triples merge on the data: a real comparison

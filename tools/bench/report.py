@@ -1,0 +1,165 @@
+"""Tables, Pareto plots and the summary, from the sweep points alone (so they can be
+rebuilt from ``points.json`` without rerunning anything)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import BASELINES, METHOD_ORDER, REFINED, UNSTRUCTURED, Point, Reference
+from bench.metrics import best_grp, fmt
+
+__all__ = [
+    "TYPICAL",
+    "mean_grp",
+    "networks_of",
+    "plot_task",
+    "reference_table",
+    "task_table",
+    "write_points",
+]
+
+HEADLINE = "lump+refine"
+TYPICAL = {
+    "abalone": "RMSE about 2.1 rings, R^2 0.55-0.60",
+    "protein": "RMSE 3.6-4.0, R^2 0.57-0.65",
+    "metro": "R^2 about 0.94 with time features",
+    "hepc": "(no typical value given)",
+}
+
+
+def networks_of(points: list[Point], tasks: list[str]) -> list[tuple[str, str]]:
+    return [(t, n) for t in tasks for n in sorted({p.network for p in points if p.task == t})]
+
+
+def select(points: list[Point], task: str, network: str, method: str) -> list[Point]:
+    return [p for p in points if p.task == task and p.network == network and p.method == method]
+
+
+def mean_grp(points: list[Point], pairs, method: str, limit: float) -> float | None:
+    """Mean over networks of the smallest GRP% within ``limit``; a network where the
+    method ran but has no point within the limit counts as 100."""
+    values = []
+    for task, network in pairs:
+        sel = select(points, task, network, method)
+        if sel:
+            found = best_grp(sel, limit)
+            values.append(100.0 if found is None else found)
+    return float(np.mean(values)) if values else None
+
+
+def task_table(task: str, points: list[Point], networks: list[str]) -> str:
+    header = "| method | " + " | ".join(f"{n} <=1% | {n} <=5%" for n in networks) + " |"
+    lines = [
+        f"### {task}: smallest retained parameters (GRP%) with dRMSE <= 1% and <= 5%",
+        "",
+        header,
+        "|---|" + "---|" * (2 * len(networks)),
+    ]
+    for method in METHOD_ORDER:
+        if not any(p.method == method for p in points):
+            continue
+        cells = []
+        for network in networks:
+            sel = [p for p in points if p.method == method and p.network == network]
+            cells += [fmt(best_grp(sel, 1.0)), fmt(best_grp(sel, 5.0))]
+        mark = " (unstructured: graph not smaller)" if method in UNSTRUCTURED else ""
+        lines.append(f"| {method}{mark} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"#### {task}: every refined point (fidelity = RMSE of the output change on the "
+        "test inputs / std of the original's test outputs)",
+        "",
+        "| network | method | knob | widths | GRP% | dRMSE% | fidelity | held-out error "
+        "| refine s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for network in networks:
+        for method in REFINED:
+            for p in sorted(
+                (p for p in points if p.network == network and p.method == method),
+                key=lambda p: -p.grp,
+            ):
+                lines.append(
+                    f"| {network} | {method} | {p.knob:.4g} | {p.widths} | {p.grp:.1f} "
+                    f"| {p.drmse:.1f} | {p.fidelity:.4f} | {fmt(p.holdout, 4)} "
+                    f"| {p.refine_seconds:.1f} |"
+                )
+    return "\n".join(lines) + "\n"
+
+
+STYLES = {
+    "lump+refine": {"color": "black", "lw": 2.0},
+    "distill": {"color": "tab:red", "lw": 1.5, "ls": "-."},
+    "onnxsim": {"color": "tab:purple", "lw": 1.5, "ls": "-."},
+}
+
+
+def plot_task(task: str, points: list[Point], networks: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(networks), figsize=(4.6 * len(networks), 4.0), squeeze=False)
+    for ax, network in zip(axes[0], networks, strict=True):
+        base = next(p.test_rmse for p in points if p.network == network and p.method == "original")
+        for method in METHOD_ORDER:
+            sel = sorted(
+                (p for p in points if p.network == network and p.method == method),
+                key=lambda p: p.grp,
+            )
+            if sel:
+                plain = {"lw": 0.9, "ls": "--" if method in UNSTRUCTURED else "-"}
+                style = STYLES.get(method, plain)
+                ax.plot(
+                    [p.grp for p in sel],
+                    [p.test_rmse for p in sel],
+                    marker=".",
+                    label=method,
+                    **style,
+                )
+        ax.axhline(base * 1.05, color="grey", lw=0.8, ls=":")
+        ax.set_xscale("log")
+        ax.set_ylim(0, base * 3)
+        ax.set_xlim(0.5, 105)
+        ax.set_title(f"{task}, {network}")
+        ax.set_xlabel("retained parameters (%, log scale)")
+        ax.set_ylabel("test RMSE (standardised)")
+    axes[0][0].legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def reference_table(references: list[Reference]) -> str:
+    lines = [
+        "| task | network | iterations | test RMSE (standardised) | RMSE (target units) | R^2 "
+        "| typical (data README) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in references:
+        lines.append(
+            f"| {r.task} | {r.network} | {r.iterations} | {r.test_rmse:.4f} | {r.rmse_units:.4g} "
+            f"| {r.r2:.3f} | {TYPICAL.get(r.task, 'simulated: no reference')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_points(points: list[Point], out: Path) -> None:
+    rows = [asdict(p) for p in points]
+    (out / "points.json").write_text(json.dumps(rows, indent=0) + "\n")
+    with (out / "points.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def best_baseline(points: list[Point], task: str, network: str, limit: float) -> float | None:
+    found = [best_grp(select(points, task, network, m), limit) for m in BASELINES]
+    found = [b for b in found if b is not None and b < 100.0]
+    return min(found) if found else None

@@ -1,0 +1,158 @@
+"""One reference network through every method, with its finished sweep cached on disk so
+an interrupted full run resumes where it stopped."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import onnx
+from benchdata import Dataset
+
+from bench.common import (
+    ONNXSIM_SPARSITIES,
+    PROTOCOL_VERSION,
+    REFINE_TARGETS,
+    SCRATCH_FRACTIONS,
+    SPARSITIES,
+    TAUS,
+    Point,
+    Reference,
+    log,
+    point_from_dict,
+)
+from bench.methods import lump_sweep, scratch_points, sweep_method
+from bench.metrics import HAS_REFINE, Network
+from bench.networks import calibration_feeds, predict, reference
+from bench.refined import onnxsim_points, refine_knobs, refined_points, same_sizes
+from onnx_lump.equivalence import PartitionOptions, Similarity
+from onnx_lump.methods import (
+    EliminationCompensation,
+    Exact,
+    LinearFolding,
+    Lump,
+    Magnitude,
+    Wanda,
+)
+from onnx_lump.methods.lumping import DEFAULT_SIMILARITY_WITH_DATA
+
+__all__ = ["GROUPS", "grids", "headline_method", "run_network"]
+
+
+def headline_method() -> str:
+    """The bench label of lumping with compensation as it runs by default with data."""
+    if DEFAULT_SIMILARITY_WITH_DATA is Similarity.WEIGHTS:
+        return "lump+refit"
+    return f"lump+refit+{DEFAULT_SIMILARITY_WITH_DATA.value}"
+
+
+def grids(quick: bool) -> dict:
+    """Every sweep's knobs; the quick run takes a few of each."""
+    return {
+        "budget": 12 if quick else 20,
+        "baseline_budget": 12,
+        "sparsities": SPARSITIES[::2] if quick else SPARSITIES,
+        "taus": TAUS[::2] if quick else TAUS,
+        "scratch": SCRATCH_FRACTIONS[:2] if quick else SCRATCH_FRACTIONS,
+        "refine_targets": (5.0, 20.0) if quick else REFINE_TARGETS,
+        "onnxsim": (0.5, 0.8) if quick else ONNXSIM_SPARSITIES,
+        # The data similarity lumping uses by default with calibration (its affine
+        # variant was measured before and is not rerun: it cost a quarter of the sweeps).
+        "variants": [DEFAULT_SIMILARITY_WITH_DATA.value],
+    }
+
+
+def _lump(refit: bool, similarity: Similarity = Similarity.WEIGHTS):
+    return lambda eps: Lump(PartitionOptions(eps, similarity=similarity), refit=refit)
+
+
+def _refined(net: Network, cache: Path, grid: dict) -> list[Point]:
+    """The headline lumping's sweep (unrefined: its epsilons pick the refined sizes), then
+    lump+refine and distill."""
+    ref, label = net.ref, headline_method()
+    make = _lump(True, DEFAULT_SIMILARITY_WITH_DATA)
+    points = [Point(ref.task, ref.network, "original", 0.0, 100.0, ref.test_rmse, 0.0, True, 0.0)]
+    found, retained = lump_sweep(net, label, make, net.calibration, grid["budget"])
+    points += found
+    if not HAS_REFINE:
+        log("  SKIPPED lump+refine and distill: this onnx_lump has no refine stage")
+        return points
+    knobs = refine_knobs(net, make, retained, grid["refine_targets"])
+    found = refined_points(net, make, knobs, retained)
+    sizes = len({p.knob for p in found})
+    log(f"  {net.ref.network}: lump+refine and distill at {sizes} of {len(knobs)} sizes")
+    return points + found
+
+
+def _baselines(net: Network, cache: Path, grid: dict) -> list[Point]:
+    calibration, budget = net.calibration, grid["baseline_budget"]
+    points = lump_sweep(net, "lump", _lump(False), None, budget)[0]
+    points += lump_sweep(net, "lump+refit", _lump(True), calibration, budget)[0]
+    for value in grid["variants"]:
+        if f"lump+refit+{value}" != headline_method():
+            make = _lump(True, Similarity(value))
+            points += lump_sweep(net, f"lump+refit+{value}", make, calibration, budget)[0]
+    points += sweep_method(net, "exact", lambda _: Exact(), [0.0], None)
+    points += sweep_method(net, "magnitude", Magnitude, grid["sparsities"], None)
+    points += sweep_method(net, "wanda", Wanda, grid["sparsities"], calibration)
+    points += sweep_method(net, "ec", EliminationCompensation, grid["sparsities"], calibration)
+    points += sweep_method(net, "linear", LinearFolding, grid["taus"], calibration)
+    points += scratch_points(net, cache, grid["scratch"])
+    return points
+
+
+def _onnxsim(net: Network, cache: Path, grid: dict) -> list[Point]:
+    return onnxsim_points(net, grid["onnxsim"])
+
+
+# Each group of methods is cached on its own, so a run can do the refined methods for
+# every network first and a changed grid redoes only its own group.
+GROUPS = {"refined": _refined, "onnxsim": _onnxsim, "baselines": _baselines}
+GRID_KEYS = {
+    "refined": ("budget", "refine_targets"),
+    "onnxsim": ("onnxsim",),
+    "baselines": ("baseline_budget", "sparsities", "taus", "scratch", "variants"),
+}
+
+
+def run_network(
+    task: str,
+    data: Dataset,
+    hidden,
+    activation: str,
+    cache: Path,
+    quick: bool,
+    fresh: bool,
+    groups=tuple(GROUPS),
+) -> tuple[Reference, list[Point]]:
+    """The points of one reference network for the given groups of methods."""
+    ref = reference(task, data, hidden, activation, cache, quick)
+    grid = grids(quick)
+    net = None
+    points: list[Point] = []
+    for group in groups:
+        settings = [PROTOCOL_VERSION, ref.path.name, HAS_REFINE, group]
+        settings += [grid[k] for k in GRID_KEYS[group]]
+        key = hashlib.sha1(json.dumps(settings, default=str).encode()).hexdigest()[:10]
+        stored = cache / "points" / f"{ref.path.stem}_{group}_{key}.json"
+        if stored.exists() and not fresh:
+            cached = [point_from_dict(row) for row in json.loads(stored.read_text())]
+            points += same_sizes(cached)
+            continue
+        if net is None:
+            model = onnx.load(ref.path)
+            net = Network(
+                ref, data, model, calibration_feeds(model, data), predict(model, data.x_test), quick
+            )
+        started = time.perf_counter()
+        found = GROUPS[group](net, cache, grid)
+        log(f"  {ref.network}: {group} in {time.perf_counter() - started:.0f} s")
+        stored.parent.mkdir(parents=True, exist_ok=True)
+        partial = stored.with_suffix(".tmp")
+        partial.write_text(json.dumps([asdict(p) for p in found]))
+        partial.replace(stored)  # whole or not at all
+        points += found
+    return ref, points

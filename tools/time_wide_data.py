@@ -1,0 +1,203 @@
+"""Time the data-aware search on the wide benchmark model against loading and saving it.
+
+The model is :func:`time_wide.build` (4 hidden Tanh layers of 4096, clusters of 8 near-
+identical neurons, about 50 M parameters), the calibration data 2,048 seeded standard-
+normal rows of its 64 inputs. In one run, interleaved, this measures:
+
+* ``onnx.load`` + ``onnx.save`` of the model (the issue's baseline; median of every
+  repeat, taken before, between and after the searches, since other processes share the
+  machine);
+* the CLI ``python -m onnx_lump MODEL OUT --calib CALIB --target-params 0.05 --no-refine``
+  end to end (search, final network, written file checked and verified);
+* the same with refinement on at the default budget (``--target-params 0.05``).
+
+Each search step is logged with the time it ended (``onnx_lump.search``), and with
+``--profile DIR`` every run is profiled with cProfile into ``DIR/<run>.prof``.
+
+    python tools/time_wide_data.py [--width 4096] [--rows 2048] [--repeats 3]
+        [--runs norefine,refine] [--workdir /tmp] [--out FILE] [--profile DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+RUNS = {
+    "norefine": ("--target-params 0.05 --no-refine", ["--target-params", "0.05", "--no-refine"]),
+    "refine": ("--target-params 0.05", ["--target-params", "0.05"]),
+}
+
+
+class _Steps(logging.Handler):
+    """Collects the search's per-step log lines with the time since the run began."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.started = time.perf_counter()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{time.perf_counter() - self.started:8.1f}s  {record.getMessage()}")
+        print(self.lines[-1], file=sys.stderr, flush=True)  # a run cut short keeps its trace
+
+
+def _io(path: Path, out: Path) -> tuple[float, float]:
+    gc.collect()
+    started, cpu = time.perf_counter(), time.process_time()
+    onnx.save(onnx.load(path), out)
+    return time.perf_counter() - started, time.process_time() - cpu
+
+
+def _cli(flags: list[str], model: Path, calib: Path, out: Path, profile: Path | None) -> dict:
+    from onnx_lump.cli import main
+
+    steps = _Steps()
+    search_log = logging.getLogger("onnx_lump.search")
+    search_log.addHandler(steps)
+    level = search_log.level
+    search_log.setLevel(logging.INFO)
+    argv = [str(model), str(out), "--calib", str(calib), *flags, "-q"]
+    gc.collect()
+    profiler = cProfile.Profile() if profile is not None else None
+    started, cpu = time.perf_counter(), time.process_time()
+    steps.started = started
+    if profiler is not None:
+        profiler.enable()
+    code = main(argv)
+    if profiler is not None:
+        profiler.disable()
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+    search_log.removeHandler(steps)
+    search_log.setLevel(level)
+    if profiler is not None:
+        profiler.dump_stats(profile)
+    kept = None
+    if code == 0 and out.exists():
+        reduced = onnx.load(out, load_external_data=False)
+        kept = sum(int(np.prod(t.dims)) for t in reduced.graph.initializer)
+    return {"code": code, "wall": wall, "cpu": cpu, "steps": steps.lines, "params_after": kept}
+
+
+def measure(
+    width: int = 4096,
+    rows: int = 2048,
+    repeats: int = 3,
+    runs: tuple[str, ...] = ("norefine", "refine"),
+    workdir: Path | None = None,
+    profile: Path | None = None,
+) -> dict:
+    """Medians of the I/O baseline and one timed CLI run per entry of ``runs``."""
+    from time_wide import build
+
+    workdir = Path(workdir or tempfile.gettempdir())
+    path = workdir / f"wide_data_{width}.onnx"
+    copy = workdir / f"wide_data_{width}_copy.onnx"
+    calib = workdir / f"wide_data_calib_{rows}.npz"
+    model = build(width)
+    params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
+    onnx.save(model, path)
+    del model
+    x = np.random.default_rng(1).standard_normal((rows, 64)).astype(np.float32)
+    np.savez(calib, x=x)
+    io_wall, io_cpu = [], []
+
+    def io_round() -> None:
+        for _ in range(repeats):
+            wall, cpu = _io(path, copy)
+            io_wall.append(wall)
+            io_cpu.append(cpu)
+
+    io_round()
+    results = {}
+    for name in runs:
+        out = workdir / f"wide_data_{width}_{name}.onnx"
+        prof = None if profile is None else profile / f"{name}.prof"
+        results[name] = _cli(RUNS[name][1], path, calib, out, prof)
+        out.unlink(missing_ok=True)
+        io_round()
+        logging.getLogger(__name__).info("%s: %s", name, results[name])
+    for file in (path, copy, calib):
+        file.unlink(missing_ok=True)
+    return {
+        "width": width,
+        "rows": rows,
+        "params": params,
+        "io_wall": float(np.median(io_wall)),
+        "io_cpu": float(np.median(io_cpu)),
+        "io_n": len(io_wall),
+        "runs": results,
+        "load": os.getloadavg(),
+    }
+
+
+def markdown(result: dict) -> str:
+    io_wall, io_cpu = result["io_wall"], result["io_cpu"]
+    lines = [
+        f"Data-aware search on 4 hidden Tanh layers of {result['width']} with "
+        f"{result['rows']} calibration rows (seeded standard normal; 20% held out), CLI end "
+        f"to end in one process; `onnx.load` + `onnx.save` median of {result['io_n']} "
+        f"interleaved repeats: {io_wall:.2f} s wall, {io_cpu:.2f} s CPU. Load average "
+        f"during the run: {', '.join(f'{v:.1f}' for v in result['load'])} (shared machine).\n",
+        "| run | exit | steps | params kept | wall s | CPU s | wall / load+save | "
+        "CPU / load+save |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, run in result["runs"].items():
+        kept = run["params_after"]
+        share = "-" if kept is None else f"{100 * kept / result['params']:.2f}%"
+        lines.append(
+            f"| `{RUNS[name][0]}` | {run['code']} | {len(run['steps'])} | {share} | "
+            f"{run['wall']:.1f} | {run['cpu']:.1f} | {run['wall'] / io_wall:.1f}x | "
+            f"{run['cpu'] / io_cpu:.1f}x |"
+        )
+    for name, run in result["runs"].items():
+        lines += ["", f"Search steps of `{RUNS[name][0]}` (time since start, knob, size, error):"]
+        lines += ["", "```", *run["steps"], "```"]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--width", type=int, default=4096)
+    parser.add_argument("--rows", type=int, default=2048)
+    parser.add_argument("--repeats", type=int, default=3, help="load+save repeats per round")
+    parser.add_argument("--runs", default="norefine,refine", help="comma list of: norefine,refine")
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
+    parser.add_argument("--out", type=Path, help="also write the markdown here")
+    parser.add_argument("--profile", type=Path, help="write a cProfile file per run here")
+    parser.add_argument(
+        "--root", type=Path, default=ROOT, help="import onnx_lump from here (before/after runs)"
+    )
+    args = parser.parse_args()
+    sys.path.insert(0, str(args.root))
+    import onnx_lump  # before time_wide, which puts this checkout first on the path
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger(__name__).warning("onnx_lump from %s", Path(onnx_lump.__file__).parent)
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    runs = tuple(r.strip() for r in args.runs.split(",") if r.strip())
+    text = markdown(
+        measure(args.width, args.rows, args.repeats, runs, args.workdir, args.profile)
+    )
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
