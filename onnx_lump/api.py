@@ -12,7 +12,8 @@ import numpy as np
 import onnx
 
 from onnx_lump import __version__
-from onnx_lump.calibration import chain_inputs, forward_chain, random_inputs
+from onnx_lump.cache import SearchCache
+from onnx_lump.calibration import chain_inputs, random_inputs
 from onnx_lump.chains import DenseChain, scan_graph
 from onnx_lump.equivalence import Equivalence, PartitionOptions, Similarity
 from onnx_lump.errors import LumpError
@@ -20,19 +21,19 @@ from onnx_lump.grouping import Linkage
 from onnx_lump.holdout import (
     DEFAULT_HOLDOUT,
     CalibrationSplit,
-    holdout_error,
     split_calibration,
 )
 from onnx_lump.methods import ChainProblem, ChainResult, Lump, Method
-from onnx_lump.methods.lumping import DEFAULT_RIDGE, DEFAULT_SIMILARITY_WITH_DATA
+from onnx_lump.methods.lumping import DEFAULT_RIDGE, DEFAULT_SIMILARITY_WITH_DATA, original_output
 from onnx_lump.modelio import check_model
 from onnx_lump.modelsource import to_model_proto
 from onnx_lump.ode import OdeSystem, encode_chain
 from onnx_lump.refine import ChainData, RefineOptions, RefineStats, refine_chain
-from onnx_lump.rewrite import export_model, import_graph, rewrite_chain
+from onnx_lump.rewrite import export_model, import_graph, release_chain, rewrite_chain
 from onnx_lump.runtime import resolve_providers
+from onnx_lump.spill import Spill
 from onnx_lump.verify import VerificationResult, compare_models
-from onnx_lump.weightstats import WeightRange, weight_range_warnings, weight_ranges
+from onnx_lump.weightstats import WeightRange, chain_weight_ranges, weight_range_warnings
 
 __all__ = ["LayerStats", "Report", "compress", "lump"]
 
@@ -198,6 +199,7 @@ def compress(
     validation_targets: np.ndarray | None = None,
     refine: RefineOptions | bool | None = None,
     warm_start: Sequence[ChainResult] | None = None,
+    cache: SearchCache | None = None,
     verify: bool = True,
     inputs: Mapping[str, np.ndarray] | None = None,
     n_check: int = 64,
@@ -215,7 +217,9 @@ def compress(
     is not lossless, when calibration is given), False for never, or the options to
     refine with. ``warm_start`` (one ChainResult per chain, e.g. ``report.results`` of
     an earlier call with the same method) replaces the method's own result as the
-    starting point. With ``verify``, both models run in onnxruntime on ``inputs`` (else
+    starting point. ``cache`` keeps what does not depend on the method's knob between
+    calls on the same model and calibration (see :mod:`onnx_lump.cache`). With
+    ``verify``, both models run in onnxruntime on ``inputs`` (else
     the held-out rows, else ``n_check`` seeded random inputs) and
     ``report.verification`` holds the output errors, judged against ``atol``/``rtol``.
     """
@@ -236,17 +240,29 @@ def compress(
     split = None
     fit_inputs = held_inputs = [None] * len(scan.chains)
     if calibration is not None:
-        split = split_calibration(calibration, holdout, seed, validation, validation_targets)
-        fit_inputs = chain_inputs(model, scan.chains, split.fit, run_on)
-        held_inputs = chain_inputs(model, scan.chains, split.holdout, run_on)
+        if cache is None:
+            cache = SearchCache()  # one call: nothing is kept beyond it
+        cache.bind(model, calibration, holdout, seed, id(validation), id(validation_targets))
+        split = cache.get(
+            "split",
+            lambda: split_calibration(calibration, holdout, seed, validation, validation_targets),
+        )
+        fit_inputs = cache.get(
+            ("fit", str(run_on)), lambda: chain_inputs(model, scan.chains, split.fit, run_on)
+        )
+        held_inputs = cache.get(
+            ("held", str(run_on)), lambda: chain_inputs(model, scan.chains, split.holdout, run_on)
+        )
         scan.notes.extend(_small_calibration_notes(scan.chains, fit_inputs))
     refine_options = _refine_options(refine, method, split)
     refine_started = time.perf_counter()
     stats, systems, results, refined = [], [], [], []
     widths_before, widths_after, shortcut_params, changed = [], [], 0, False
+    spill, ranges = Spill.for_model(model), []
     for index, chain in enumerate(scan.chains):
         system = encode_chain(chain, name=f"chain{index}")
-        problem = ChainProblem(system, fit_inputs[index], held_inputs[index])
+        memo = None if cache is None else cache.chain(index)
+        problem = ChainProblem(system, fit_inputs[index], held_inputs[index], memo)
         result = warm_start[index] if warm_start is not None else method.compress(problem)
         if refine_options is not None and _differs(problem, result):
             left = refine_options.max_seconds - (time.perf_counter() - refine_started)
@@ -257,7 +273,14 @@ def compress(
         scan.notes.extend(f"chain {index}: {note}" for note in result.notes)
         stats += _layer_stats(index, chain, result, method.structured)
         shortcut_params += sum(_count(s.weight, method.structured) for s in result.shortcuts)
-        changed |= rewrite_chain(graph, chain, result.layers, result.shortcuts)
+        ranges += chain_weight_ranges(chain, result.layers)
+        # One chain in memory at a time when the model lives on disk: what the report
+        # keeps and what the rewrite writes go to disk, and the chain's arrays are dropped.
+        kept = (system, result) if spill is None else spill.keep(chain, system, result)
+        changed |= rewrite_chain(graph, chain, result.layers, result.shortcuts, spill)
+        release_chain(chain)
+        system, result = kept
+        del problem  # its system holds the chain's float64 weights
         systems.append(system)
         results.append(result)
         widths_before.append(chain.hidden_widths)
@@ -275,6 +298,8 @@ def compress(
         metadata["pkg.onnx_lump.linkage"] = method.options.linkage.value
     if refined:
         metadata["pkg.onnx_lump.refine_iterations"] = json.dumps([r.iterations for r in refined])
+    if spill is not None:
+        spill.close()
     reduced_model = export_model(graph if changed else None, model, metadata)
     if changed:  # else the graph is the input's own: nothing of ours to check
         check_model(reduced_model)  # any size, external data included
@@ -291,12 +316,12 @@ def compress(
         widths_after=widths_after,
     )
     if changed:
-        report.weight_ranges = weight_ranges(model, reduced_model)
+        report.weight_ranges = ranges
         report.notes.extend(weight_range_warnings(report.weight_ranges))
     if split is not None:
         report.holdout = split.description
         report.holdout_rows = split.n_holdout
-        report.holdout_error = holdout_error(model, reduced_model, split, run_on)
+        report.holdout_error = cache.holdout_error(model, reduced_model, split, run_on)
     if verify:
         feeds = inputs if inputs is not None else (split.holdout if split else None)
         if feeds is None:
@@ -360,10 +385,8 @@ def _refine(
     their zero pattern."""
     system = problem.system
     activations = [layer.activation for layer in system.layers]
-    fit = ChainData(
-        problem.calibration, forward_chain(problem.weights, system, problem.calibration)[-1]
-    )
-    held = ChainData(problem.holdout, forward_chain(problem.weights, system, problem.holdout)[-1])
+    fit = ChainData(problem.calibration, original_output(problem, "fit"))
+    held = ChainData(problem.holdout, original_output(problem, "held"))
     masks = None if method.structured else [layer.weight != 0 for layer in result.layers]
     return refine_chain(
         result, activations, fit, held, options, masks, max(seconds, 1e-3), f"refine chain {index}"

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_graphsurgeon as gs
+from onnx import helper
 
 from onnx_lump import activations as act
 from onnx_lump.activations import Activation
@@ -59,34 +60,89 @@ class ConstantRef:
     """Where a constant input of a node comes from, so it can be rewritten later.
 
     ``path`` lists the Identity/Transpose nodes between the consumer's input (first)
-    and the root (last); ``value`` is what the consumer sees. ``exclusive`` is true when
-    nothing but this consumer reads the root or any tensor on the path, so the root may
-    be rewritten in place.
+    and the root (last); ``value`` is what the consumer sees, read when first asked for
+    (``shape`` and ``dtype`` never read it). ``exclusive`` is true when nothing but this
+    consumer reads the root or any tensor on the path, so the root may be rewritten in
+    place.
     """
 
     consumer: gs.Node
     input_index: int
     root: gs.Constant | gs.Node
     path: tuple[gs.Node, ...]
-    value: np.ndarray
     exclusive: bool
+    _value: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
         return self.root.name if isinstance(self.root, gs.Constant) else self.root.outputs[0].name
+
+    @property
+    def constant(self) -> gs.Constant:
+        """The graphsurgeon constant at the root (a Constant node's ``value``)."""
+        return self.root if isinstance(self.root, gs.Constant) else self.root.attrs["value"]
+
+    @property
+    def value(self) -> np.ndarray:
+        """The constant as the consumer sees it; kept (in the graph too) once read."""
+        if self._value is None:
+            self._value = self._transposed(np.asarray(self.constant.values))
+        return self._value
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        shape = tuple(int(d) for d in self.constant.shape)
+        for step in reversed(self.path):
+            if step.op == "Transpose":
+                perm = step.attrs.get("perm")
+                order = range(len(shape) - 1, -1, -1) if perm is None else perm
+                shape = tuple(shape[i] for i in order)
+        return shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        dtype = self.constant.dtype
+        if isinstance(dtype, (int, np.integer)):  # an ONNX type numpy has no name for
+            return helper.tensor_dtype_to_np_dtype(int(dtype))
+        return np.dtype(dtype)
+
+    def view(self, shared: bool = False) -> np.ndarray:
+        """The value without keeping it: memory-mapped from the external-data file when
+        the graph came from :func:`onnx_lump.rewrite.import_graph` and the constant was not
+        read yet (``shared``: see :func:`onnx_lump.modelio.tensor_view`); the value read
+        otherwise."""
+        if self._value is not None:
+            return self._value
+        values = self.constant._values
+        mapped = None if isinstance(values, np.ndarray) else getattr(values, "map_values", None)
+        raw = mapped(shared) if callable(mapped) else np.asarray(self.constant.values)
+        return self._transposed(raw)
+
+    def release(self) -> None:
+        """Forget the value read (the graph's constant is the rewrite's to release)."""
+        self._value = None
+
+    def _transposed(self, value: np.ndarray) -> np.ndarray:
+        for step in reversed(self.path):
+            if step.op == "Transpose":
+                value = np.transpose(value, step.attrs.get("perm"))
+        return value
 
 
 @dataclass(eq=False)
 class DenseLayer:
     """One dense layer, ``output = input @ weight.T + bias``, in float64.
 
-    ``weight``/``bias`` include a folded ``batch_norm``. ``in_reshape``/``out_reshape``
-    are onnxsim's Reshapes around a Gemm; ``width_refs`` the shape constants whose last
-    entry is the output width (rewritten when the width changes).
+    ``weight`` is read from the graph when first asked for (a model's data stays on disk
+    until its chain is processed) and kept until :meth:`release`; ``shape`` (out, in)
+    is known without it. ``weight``/``bias`` include a folded ``batch_norm``
+    (``row_scale``, one factor per output). ``in_reshape``/``out_reshape`` are onnxsim's
+    Reshapes around a Gemm; ``width_refs`` the shape constants whose last entry is the
+    output width (rewritten when the width changes).
     """
 
     node: gs.Node
-    weight: np.ndarray
+    shape: tuple[int, int]
     bias: np.ndarray
     weight_ref: ConstantRef
     bias_ref: ConstantRef | None
@@ -102,6 +158,66 @@ class DenseLayer:
     in_width_ref: ConstantRef | None = None
     out_reshape: gs.Node | None = None
     width_refs: tuple[ConstantRef, ...] = ()
+    row_scale: np.ndarray | None = None
+    _weight: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def weight(self) -> np.ndarray:
+        if self._weight is None:
+            self._weight = self._read_weight()
+        return self._weight
+
+    @weight.setter
+    def weight(self, value: np.ndarray) -> None:
+        self._weight = value
+        self.shape = tuple(value.shape)
+
+    def _read_weight(self) -> np.ndarray:
+        if self._written():
+            raise RuntimeError(
+                f"the weight of '{self.name}' was released after the rewrite replaced it"
+            )
+        stored = self.weight_ref.view()
+        if self.node.op != "Gemm" or not self.trans_b:
+            stored = stored.T
+        weight = np.array(stored, dtype=np.float64, order="C")
+        del stored  # a memory map: its pages go back now
+        if self.alpha != 1.0:
+            weight *= self.alpha
+        if self.row_scale is not None:
+            weight = weight * self.row_scale[:, None]
+        return weight
+
+    def weight_view(self) -> np.ndarray | None:
+        """An array equal to ``weight`` element for element that is not held in memory
+        (a shared read-only map of the stored tensor, transposed as needed), or None when
+        the stored values must be scaled (``alpha``, a folded BatchNormalization) or do not
+        live in an external-data file."""
+        if self.alpha != 1.0 or self.row_scale is not None or self._written():
+            return None
+        stored = self.weight_ref.view(shared=True)
+        if not isinstance(stored, np.memmap):
+            return None
+        return stored if self.node.op == "Gemm" and self.trans_b else stored.T
+
+    def _written(self) -> bool:
+        return bool(getattr(self.weight_ref.constant, "_onnx_lump_written", False))
+
+    def all_finite(self) -> bool:
+        """Whether every weight and bias is finite; the weight is read without being kept
+        (and without a float64 copy when it is stored as it is used)."""
+        if not np.isfinite(self.bias).all():
+            return False
+        if self._weight is not None:
+            return bool(np.isfinite(self._weight).all())
+        if self.alpha == 1.0 and self.row_scale is None:
+            return bool(np.isfinite(self.weight_ref.view()).all())
+        return bool(np.isfinite(self._read_weight()).all())  # not kept
+
+    def release(self) -> None:
+        """Drop the weight read from the graph (it is read again if asked for)."""
+        self._weight = None
+        self.weight_ref.release()
 
     @property
     def name(self) -> str:
@@ -122,16 +238,16 @@ class DenseLayer:
 
     @property
     def in_features(self) -> int:
-        return self.weight.shape[1]
+        return self.shape[1]
 
     @property
     def out_features(self) -> int:
-        return self.weight.shape[0]
+        return self.shape[0]
 
     @property
     def n_params(self) -> int:
         has_bias = self.bias_ref is not None or self.batch_norm is not None
-        return self.weight.size + (self.out_features if has_bias else 0)
+        return self.shape[0] * self.shape[1] + (self.out_features if has_bias else 0)
 
     @property
     def nodes(self) -> list[gs.Node]:
@@ -346,7 +462,7 @@ class _Reader:
         if index >= len(node.inputs) or not node.inputs[index].name:
             return None
         ref = self.resolve_constant(node, index)
-        if ref is None or not np.issubdtype(ref.value.dtype, np.integer):
+        if ref is None or not np.issubdtype(ref.dtype, np.integer):
             return None
         return ref.value.reshape(-1)
 
@@ -358,25 +474,22 @@ class _Reader:
         while True:
             if isinstance(tensor, gs.Constant):
                 exclusive &= not self.is_observable(tensor)
-                root, value = tensor, tensor.values
+                root = tensor
                 break
             exclusive &= not self.is_observable(tensor)
             if len(tensor.inputs) != 1:
                 return None
             producer = tensor.inputs[0]
             if producer.op == "Constant" and isinstance(producer.attrs.get("value"), gs.Constant):
-                root, value = producer, producer.attrs["value"].values
+                root = producer
                 break
             if producer.op in ("Identity", "Transpose") and len(producer.inputs) == 1:
                 path.append(producer)
                 tensor = producer.inputs[0]
                 continue
             return None
-        value = np.asarray(value)
-        for step in reversed(path):
-            if step.op == "Transpose":
-                value = np.transpose(value, step.attrs.get("perm"))
-        return ConstantRef(node, index, root, tuple(path), value, exclusive)
+        # values are read when asked for: a weight is read when its chain is processed
+        return ConstantRef(node, index, root, tuple(path), exclusive)
 
     # -- dense layers -----------------------------------------------------------
     def read_dense(self, node: gs.Node) -> DenseLayer | None:
@@ -393,19 +506,19 @@ class _Reader:
         ref = self.resolve_constant(node, index)
         if ref is None:
             return None  # activations times activations: not a dense layer
-        if ref.value.ndim != 2 or ref.value.dtype.type not in _FLOAT_DTYPES:
+        if len(ref.shape) != 2 or ref.dtype.type not in _FLOAT_DTYPES:
             self.note(
-                f"{node.op} '{node.name}': weight '{ref.name}' has shape {ref.value.shape} and "
-                f"dtype {ref.value.dtype}; only 2-D float16/32/64 weights are read, node left as is"
+                f"{node.op} '{node.name}': weight '{ref.name}' has shape {ref.shape} and "
+                f"dtype {ref.dtype}; only 2-D float16/32/64 weights are read, node left as is"
             )
             return None
         return ref
 
     def _bias(self, ref: ConstantRef, out_features: int, max_rank: int) -> np.ndarray | None:
         """The bias as a vector, or None when it does not broadcast like a per-neuron bias."""
-        value = ref.value
-        if value.dtype.type not in _FLOAT_DTYPES or value.ndim > max_rank:
+        if ref.dtype.type not in _FLOAT_DTYPES or len(ref.shape) > max_rank:
             return None
+        value = ref.value
         if value.size == 1:
             return np.full(out_features, float(value.reshape(-1)[0]))
         if value.shape[-1] == out_features and value.size == out_features:
@@ -422,15 +535,13 @@ class _Reader:
         alpha = float(node.attrs.get("alpha", 1.0))
         beta = float(node.attrs.get("beta", 1.0))
         trans_b = bool(node.attrs.get("transB", 0))
-        stored = weight_ref.value if trans_b else weight_ref.value.T
-        weight = np.array(stored, dtype=np.float64, order="C")
-        if alpha != 1.0:
-            weight *= alpha
+        stored = weight_ref.shape
+        shape = stored if trans_b else stored[::-1]
         bias_ref = None
-        bias = np.zeros(weight.shape[0])
+        bias = np.zeros(shape[0])
         if len(node.inputs) > 2 and node.inputs[2].name:
             bias_ref = self.resolve_constant(node, 2)
-            vector = None if bias_ref is None else self._bias(bias_ref, weight.shape[0], 2)
+            vector = None if bias_ref is None else self._bias(bias_ref, shape[0], 2)
             if vector is None:
                 self.note(
                     f"Gemm '{node.name}': bias C is not a constant per-neuron bias; left as is"
@@ -439,13 +550,13 @@ class _Reader:
             bias = beta * vector
         return DenseLayer(
             node,
-            weight,
+            shape,
             bias,
             weight_ref,
             bias_ref,
             None,
             node.outputs[0],
-            weight_ref.value.dtype,
+            weight_ref.dtype,
             alpha=alpha,
             beta=beta,
             trans_b=trans_b,
@@ -459,9 +570,9 @@ class _Reader:
         if data_rank is not None and data_rank < 2:
             self.note(f"MatMul '{node.name}': rank-{data_rank} input is not read as a dense layer")
             return None
-        weight = np.array(weight_ref.value.T, dtype=np.float64, order="C")
+        shape = weight_ref.shape[::-1]
         out = node.outputs[0]
-        bias, bias_ref, bias_add, output = np.zeros(weight.shape[0]), None, None, out
+        bias, bias_ref, bias_add, output = np.zeros(shape[0]), None, None, out
         if not self.is_observable(out) and out.outputs[0].op == "Add":
             add = out.outputs[0]
             bias_index = 1 if add.inputs[0] is out else 0
@@ -469,11 +580,11 @@ class _Reader:
                 ref = self.resolve_constant(add, bias_index)
                 vector = None
                 if ref is not None:
-                    vector = self._bias(ref, weight.shape[0], max(data_rank or 2, 2))
+                    vector = self._bias(ref, shape[0], max(data_rank or 2, 2))
                 if vector is not None:
                     bias, bias_ref, bias_add, output = vector, ref, add, add.outputs[0]
         return DenseLayer(
-            node, weight, bias, weight_ref, bias_ref, bias_add, output, weight_ref.value.dtype
+            node, shape, bias, weight_ref, bias_ref, bias_add, output, weight_ref.dtype
         )
 
     def _fold_batch_norm(self, layer: DenseLayer) -> None:
@@ -498,7 +609,7 @@ class _Reader:
             and not extra
             and len(refs) == 4
             and all(
-                r is not None and r.value.dtype.type in _FLOAT_DTYPES and r.value.size == width
+                r is not None and r.dtype.type in _FLOAT_DTYPES and math.prod(r.shape) == width
                 for r in refs
             )
         )
@@ -510,7 +621,7 @@ class _Reader:
             return
         scale, shift, mean, var = (np.asarray(r.value, np.float64).reshape(-1) for r in refs)
         factor = scale / np.sqrt(var + float(bn.attrs.get("epsilon", 1e-5)))
-        layer.weight = layer.weight * factor[:, None]
+        layer.row_scale = factor  # applied to the weight when it is read
         layer.bias = factor * (layer.bias - mean) + shift
         layer.batch_norm, layer.batch_norm_refs = bn, tuple(refs)
         layer.output = bn.outputs[0]
@@ -522,7 +633,7 @@ class _Reader:
         if producer is None or producer.op != "Reshape" or self.is_observable(data):
             return
         shape_ref = self.resolve_constant(producer, 1) if len(producer.inputs) > 1 else None
-        if shape_ref is None or not np.issubdtype(shape_ref.value.dtype, np.integer):
+        if shape_ref is None or not np.issubdtype(shape_ref.dtype, np.integer):
             return
         target = shape_ref.value.reshape(-1)
         if target.size != 2 or int(target[-1]) != layer.in_features:
@@ -553,7 +664,7 @@ class _Reader:
                 return None
             node, index = concat, len(concat.inputs) - 1
         ref = self.resolve_constant(node, index)
-        if ref is None or not np.issubdtype(ref.value.dtype, np.integer) or ref.value.ndim != 1:
+        if ref is None or not np.issubdtype(ref.dtype, np.integer) or len(ref.shape) != 1:
             return None
         if ref.value.size == 0 or int(ref.value[-1]) != width:
             return None

@@ -4,12 +4,15 @@
 Reads IN, writes a smaller OUT (everything outside the dense chains as it was), runs both
 on the same inputs and prints widths, parameters and output errors. With --atol/--rtol,
 or a --target-params/--max-error target that cannot be met, it writes nothing and exits 1.
-With --calib, lumping refits each next layer on the calibration inputs.
+With --calib, a seeded 20% of its rows is held out: lumping refits each next layer and
+refines the reduced network on the other rows, and every error printed or searched on is
+measured by onnxruntime on the held-out rows, on the written file.
 
 examples:
   python -m onnx_lump model.onnx model.lumped.onnx --eps 0.05
   python -m onnx_lump model.onnx small.onnx --calib train.npz --max-error 0.01
   python -m onnx_lump model.onnx small.onnx --calib train.npz --target-params 0.3
+  python -m onnx_lump model.onnx small.onnx --calib train.npz --eps 1 --refine-iters 3000
   python -m onnx_lump model.onnx table.csv --calib train.npz --sweep 0:2:0.1
   python -m onnx_lump model.onnx pruned.onnx --method wanda --sparsity 0.5 --calib train.npz
 """
@@ -28,7 +31,6 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from onnx_lump import __version__
@@ -633,7 +635,7 @@ def _preflight(args: argparse.Namespace, model: onnx.ModelProto) -> None:
                     f"layer '{layer.name}' of chain {index} has zero width "
                     f"({layer.in_features}->{layer.out_features}); fix the model first"
                 )
-            if not (np.isfinite(layer.weight).all() and np.isfinite(layer.bias).all()):
+            if not layer.all_finite():  # one layer at a time, memory-mapped when on disk
                 raise LumpError(
                     f"layer '{layer.name}' of chain {index} has NaN or infinite weights; "
                     "nothing meaningful can be merged or checked"

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from onnx_lump.activations import Activation, ActivationKind
+from onnx_lump.data_grouping import group_data_rows
 from onnx_lump.errors import LumpError
 from onnx_lump.grouping import Linkage, group_rows, number_by_first_row, projection_directions
 from onnx_lump.ode import Lumping, OdeSystem, aggregate, row_step
@@ -645,7 +646,8 @@ def _lumping_from_groups(
         l1 = _row_l1(candidates) if row_l1 is None else row_l1[index]
     eps = options.eps + _ROUNDING_UNITS * precision * float(l1.max())
     groups = np.full(len(removed), -1, dtype=np.int64)
-    groups[linked] = group_rows(candidates, eps, options.linkage)
+    group = group_data_rows if isinstance(candidates, _DataRows) else group_rows  # long rows
+    groups[linked] = group(candidates, eps, options.linkage)
     kept = np.flatnonzero(~removed)
     block = np.full(len(removed), -1, dtype=np.int64)
     block[kept] = number_by_first_row(groups[kept])

@@ -21,6 +21,7 @@ import secrets
 import shutil
 import signal
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ __all__ = [
     "INLINE_LIMIT",
     "LoadedModel",
     "StagedModel",
+    "all_tensors",
     "check_model",
     "check_model_file",
     "check_output_path",
@@ -45,12 +47,14 @@ __all__ = [
     "external_data_dir",
     "external_files",
     "file_size",
+    "is_spilled",
     "load_model",
     "save_model",
     "stage_model",
     "stored_parameters",
     "tensor_array",
     "tensor_nbytes",
+    "tensor_view",
     "uses_external",
 ]
 
@@ -97,7 +101,7 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
         raise LumpError(f"'{path}' is not an ONNX model with a graph (no nodes found)")
     base = path.resolve().parent
     external = False
-    for tensor in _all_tensors(model):
+    for tensor in all_tensors(model):
         if uses_external_data(tensor):
             external = True
             _check_external(tensor, base, path)
@@ -138,11 +142,20 @@ def external_data_dir(model: onnx.ModelProto) -> Path | None:
 
 def uses_external(model: onnx.ModelProto) -> bool:
     """Whether any tensor of ``model`` (subgraphs and Constant nodes included) is external."""
-    return any(uses_external_data(t) for t in _all_tensors(model))
+    return any(uses_external_data(t) for t in all_tensors(model))
 
 
 def _external_info(tensor: onnx.TensorProto) -> dict[str, str]:
     return {entry.key: entry.value for entry in tensor.external_data}
+
+
+def is_spilled(tensor: onnx.TensorProto) -> bool:
+    """Whether ``tensor`` refers to a spill file (an absolute external-data
+    location, which onnx_lump writes and never saves)."""
+    if tensor.data_location != onnx.TensorProto.EXTERNAL:
+        return False
+    location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+    return os.path.isabs(location)
 
 
 def tensor_nbytes(tensor: onnx.TensorProto) -> int:
@@ -161,9 +174,13 @@ def tensor_array(tensor: onnx.TensorProto, base: str | os.PathLike | None = None
     into a fresh array, so memory is returned when the array is dropped."""
     if not uses_external_data(tensor):
         return numpy_helper.to_array(tensor)
-    if base is None:
-        raise LumpError(f"tensor '{tensor.name}' is stored externally and its folder is unknown")
     info = _external_info(tensor)
+    if base is None:
+        if not os.path.isabs(info.get("location", "")):  # absolute: an onnx_lump spill
+            raise LumpError(
+                f"tensor '{tensor.name}' is stored externally and its folder is unknown"
+            )
+        base = "/"
     dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
     plain = tensor.data_type not in (
         onnx.TensorProto.INT4,
@@ -189,6 +206,60 @@ def tensor_array(tensor: onnx.TensorProto, base: str | os.PathLike | None = None
     return array.astype(dtype, copy=False).reshape(tuple(tensor.dims))
 
 
+def tensor_view(
+    tensor: onnx.TensorProto, base: str | os.PathLike | None = None, shared: bool = False
+) -> np.ndarray:
+    """The values of ``tensor`` without reading them into memory where that is possible:
+    external data of a plain little-endian type is memory-mapped read-only, so its pages
+    are read when touched and handed back when the array is dropped. Other tensors come
+    as :func:`tensor_array` gives them.
+
+    With ``shared``, the view is a slice of one mapping of the whole data file (kept while
+    any such view lives): many long-lived views then cost one file descriptor, but pages
+    touched through any of them stay resident until all are dropped.
+    """
+    if not uses_external_data(tensor) or not tensor.dims:
+        return tensor_array(tensor, base)
+    dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
+    count = int(np.prod(tensor.dims, dtype=np.int64))
+    if count == 0 or dtype.kind not in "biuf" or tensor.data_type in _PACKED:
+        return tensor_array(tensor, base)
+    info = _external_info(tensor)
+    location = info.get("location", "")
+    if base is None and not os.path.isabs(location):
+        return tensor_array(tensor, None)  # raises: the folder is unknown
+    path = Path(base or "/") / location
+    offset = int(info.get("offset", 0))
+    nbytes = count * dtype.itemsize
+    stat = path.stat()
+    if stat.st_size < offset + nbytes:
+        raise LumpError(f"external data of tensor '{tensor.name}' is truncated")
+    little = dtype.newbyteorder("<")
+    if not shared:
+        return np.memmap(path, dtype=little, mode="r", offset=offset, shape=tuple(tensor.dims))
+    key = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    whole = _SHARED_MAPS.get(key)
+    if whole is None:
+        whole = np.memmap(path, dtype=np.uint8, mode="r")
+        _SHARED_MAPS[key] = whole
+    return whole[offset : offset + nbytes].view(little).reshape(tuple(tensor.dims))
+
+
+# One read-only mapping per data file for the shared views, alive while a view is.
+_SHARED_MAPS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+# Types numpy has no plain layout for (packed nibbles, bfloat16 and float8 through onnx).
+_PACKED = (
+    onnx.TensorProto.INT4,
+    onnx.TensorProto.UINT4,
+    onnx.TensorProto.BFLOAT16,
+    onnx.TensorProto.FLOAT8E4M3FN,
+    onnx.TensorProto.FLOAT8E4M3FNUZ,
+    onnx.TensorProto.FLOAT8E5M2,
+    onnx.TensorProto.FLOAT8E5M2FNUZ,
+)
+
+
 def _read_range(path: Path, info: dict[str, str], nbytes: int) -> bytes:
     with open(path, "rb") as handle:
         handle.seek(int(info.get("offset", 0)))
@@ -205,7 +276,7 @@ def stored_parameters(model: onnx.ModelProto) -> int:
         onnx.TensorProto.BFLOAT16,
     }
     total = 0
-    for tensor in _all_tensors(model):
+    for tensor in all_tensors(model):
         if tensor.data_type in floats:
             total += int(np.prod(tensor.dims, dtype=np.int64)) if tensor.dims else 1
     return total
@@ -225,7 +296,7 @@ def external_files(path: str | os.PathLike) -> list[Path]:
     except Exception:  # not a model: nothing to protect beyond the file itself
         return []
     seen: dict[str, Path] = {}
-    for tensor in _all_tensors(model):
+    for tensor in all_tensors(model):
         if uses_external_data(tensor):
             location = _external_info(tensor).get("location", "")
             if location:
@@ -233,7 +304,7 @@ def external_files(path: str | os.PathLike) -> list[Path]:
     return list(seen.values())
 
 
-def _all_tensors(model: onnx.ModelProto, sparse: bool = True) -> Iterator[onnx.TensorProto]:
+def all_tensors(model: onnx.ModelProto, sparse: bool = True) -> Iterator[onnx.TensorProto]:
     """Every TensorProto stored in ``model``: initializers, tensor attributes and (with
     ``sparse``) the parts of sparse tensors, in the main graph, subgraphs and functions."""
     yield from _graph_tensors(model.graph, sparse)
@@ -518,7 +589,7 @@ def check_model(model: onnx.ModelProto) -> None:
             placeholder(copy)
         else:
             copy.CopyFrom(tensor)
-    for tensor in _all_tensors(probe, sparse=False):
+    for tensor in all_tensors(probe, sparse=False):
         if big(tensor):
             placeholder(tensor)
     onnx.checker.check_model(probe)
@@ -536,7 +607,7 @@ def check_model_file(path: str | os.PathLike) -> None:
 def _estimated_size(model: onnx.ModelProto) -> int:
     """Bytes the model would take serialized inline, without serializing it."""
     inline = 0
-    for tensor in _all_tensors(model):
+    for tensor in all_tensors(model):
         if uses_external_data(tensor):
             inline += tensor_nbytes(tensor)
     try:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import weakref
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -36,8 +37,11 @@ from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
 from onnx_lump.chains import ConstantRef, DenseChain, DenseLayer
 from onnx_lump.methods.base import Shortcut
-from onnx_lump.modelio import external_data_dir, tensor_array
+from onnx_lump.modelio import external_data_dir, tensor_array, tensor_view
 from onnx_lump.reduction import ReducedLayer
+
+if TYPE_CHECKING:
+    from onnx_lump.spill import Spill
 
 __all__ = ["export_model", "import_graph", "release_chain", "rewrite_chain"]
 
@@ -55,15 +59,17 @@ def rewrite_chain(
     chain: DenseChain,
     reduced: list[ReducedLayer],
     shortcuts: Sequence[Shortcut] = (),
+    spill: Spill | None = None,
 ) -> bool:
     """Replace the parameters of every layer of ``chain`` by ``reduced`` and add
-    ``shortcuts``, in place; returns whether anything changed."""
-    names = _NameSource(graph)
+    ``shortcuts``, in place; returns whether anything changed. With ``spill``, every
+    tensor written is moved to its file at once, so the graph holds references only."""
+    names = _NameSource(graph, spill)
     changed = bool(shortcuts)
     # Listed before the writes: a bias Add given to a bias-free MatMul takes over its output.
     hidden = [chain.hidden_tensors(index) for index in range(len(chain.layers) - 1)]
     for layer, new in zip(chain.layers, reduced, strict=True):
-        same_shape = new.weight.shape == layer.weight.shape
+        same_shape = tuple(new.weight.shape) == tuple(layer.shape)
         if (
             same_shape
             and np.array_equal(new.weight, layer.weight)
@@ -85,6 +91,26 @@ def rewrite_chain(
     for shortcut in shortcuts:
         _add_shortcut(graph, chain, shortcut, names)
     return changed
+
+
+class _SpilledValues(LazyValues):
+    """Values the rewrite wrote, moved to a spill file; exported as the external
+    reference they are, read back only if someone asks for them."""
+
+    def load(self) -> np.ndarray:
+        return tensor_array(self.tensor)
+
+    def map_values(self, shared: bool = False) -> np.ndarray:
+        return tensor_view(self.tensor, None, shared)
+
+
+def _spill_constant(constant: gs.Constant, spill: Spill) -> None:
+    values = constant._values
+    if not isinstance(values, np.ndarray):
+        return
+    tensor = spill.tensor(constant.name, values)
+    if tensor is not None:
+        constant._values = _SpilledValues(tensor)
 
 
 def import_graph(model: onnx.ModelProto) -> gs.Graph:
@@ -122,6 +148,13 @@ class _PristineValues(LazyValues):
             setattr(owner, _PRISTINE, (weakref.ref(array), self))
         return array
 
+    def map_values(self, shared: bool = False) -> np.ndarray:
+        """The values without loading them into the constant: a memory map of external
+        data (see :func:`onnx_lump.modelio.tensor_view`), else the proto's values."""
+        if uses_external_data(self.tensor):
+            return tensor_view(self.tensor, self._base, shared)
+        return onnx.numpy_helper.to_array(self.tensor)
+
 
 def _graph_constants(graph: gs.Graph) -> list[gs.Constant]:
     found = [t for t in graph.tensors().values() if isinstance(t, gs.Constant)]
@@ -136,14 +169,18 @@ def _graph_constants(graph: gs.Graph) -> list[gs.Constant]:
 
 
 def release_chain(chain: DenseChain) -> None:
-    """Return the memory of the chain's constants the rewrite did not change: they become
-    lazy again (read from disk or proto if needed later)."""
+    """Return the memory of the chain: the layers' float64 weights, and the values of the
+    constants the rewrite did not change (lazy again, read from disk or proto if needed
+    later)."""
     for layer in chain.layers:
+        layer.release()
         for ref in (layer.weight_ref, layer.bias_ref):
             if ref is None:
                 continue
             root = ref.root
             constant = root if isinstance(root, gs.Constant) else root.attrs.get("value")
+            if isinstance(constant, gs.Constant) and isinstance(constant._values, LazyValues):
+                continue  # never read, or already handed back
             if isinstance(constant, gs.Constant) and _is_pristine(constant):
                 constant._values = getattr(constant, _PRISTINE)[1]
 
@@ -395,7 +432,21 @@ def _tensor_like(
     constant: gs.Constant, before: onnx.TensorProto, into: onnx.TensorProto
 ) -> onnx.TensorProto:
     """Fill ``into`` with the constant's new values, keeping ``before``'s name, type, doc
-    string and metadata; the bytes are copied once, straight into the output proto."""
+    string and metadata; the bytes are copied once, straight into the output proto (a
+    spilled constant keeps its external reference: its bytes are copied on save)."""
+    if isinstance(constant._values, _SpilledValues) and (
+        constant._values.tensor.data_type == before.data_type
+    ):
+        spilled = constant._values.tensor
+        into.name = before.name
+        into.data_type = before.data_type
+        into.dims.extend(spilled.dims)
+        into.data_location = onnx.TensorProto.EXTERNAL
+        into.external_data.extend(spilled.external_data)
+        into.doc_string = before.doc_string
+        if hasattr(before, "metadata_props"):
+            into.metadata_props.extend(before.metadata_props)
+        return into
     values = np.asarray(constant.values)
     dtype = helper.tensor_dtype_to_np_dtype(before.data_type)
     values = np.ascontiguousarray(values.astype(dtype, copy=False))  # no copy when cast already
@@ -438,8 +489,16 @@ def _is_repeated(descriptor) -> bool:
 
 
 class _NameSource:
-    def __init__(self, graph: gs.Graph) -> None:
+    """Fresh names, and where the constants one rewrite writes go (the spill, if any)."""
+
+    def __init__(self, graph: gs.Graph, spill: Spill | None = None) -> None:
         self._taken = set(graph.tensors().keys()) | {n.name for n in graph.nodes}
+        self._spill = spill
+
+    def wrote(self, constant: gs.Constant) -> None:
+        """A constant was written: with a spill, its values leave memory now."""
+        if self._spill is not None:
+            _spill_constant(constant, self._spill)
 
     def fresh(self, base: str) -> str:
         name, counter = base, 1
@@ -454,7 +513,7 @@ def _write_weight(
     graph: gs.Graph, layer: DenseLayer, weight: np.ndarray, names: _NameSource
 ) -> None:
     if layer.node.op == "Gemm":
-        stored = weight / layer.alpha
+        stored = weight / layer.alpha if layer.alpha != 1.0 else weight  # x / 1 is x: no copy
         stored = stored if layer.trans_b else stored.T
     else:
         stored = weight.T
@@ -469,11 +528,12 @@ def _write_bias(graph: gs.Graph, layer: DenseLayer, bias: np.ndarray, names: _Na
     stored = bias / beta if beta != 0.0 else bias
     ref = layer.bias_ref
     if ref is not None:
-        _write_constant(graph, ref, _bias_layout(stored, ref.value.shape), names)
+        _write_constant(graph, ref, _bias_layout(stored, ref.shape), names)
         return
     if not bias.any():
         return
     constant = gs.Constant(names.fresh(f"{layer.name}_bias_lumped"), stored.astype(layer.dtype))
+    names.wrote(constant)
     if is_gemm:
         layer.node.inputs.append(constant)
         return
@@ -500,6 +560,7 @@ def _add_shortcut(
         names.fresh(f"{target.name}_shortcut_weight"),
         np.ascontiguousarray(shortcut.weight.T.astype(target.dtype)),
     )
+    names.wrote(weight)
     linear = gs.Variable(names.fresh(f"{result.name}_shortcut"), dtype=result.dtype)
     dense = gs.Variable(names.fresh(f"{result.name}_dense"), dtype=result.dtype)
     _remember_outputs(producer)
@@ -549,11 +610,10 @@ def _bias_layout(bias: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 def _write_constant(
     graph: gs.Graph, ref: ConstantRef, value: np.ndarray, names: _NameSource
 ) -> None:
-    dtype = ref.value.dtype
+    dtype = ref.dtype
     if not ref.exclusive:
-        constant = gs.Constant(
-            names.fresh(f"{ref.name}_lumped"), np.ascontiguousarray(value.astype(dtype))
-        )
+        constant = gs.Constant(names.fresh(f"{ref.name}_lumped"), value.astype(dtype, order="C"))
+        names.wrote(constant)
         ref.consumer.inputs[ref.input_index] = constant
         _drop_unread(graph, ref.path)
         logger.info("'%s' is shared: wrote '%s' for %s", ref.name, constant.name, ref.consumer.name)
@@ -563,15 +623,18 @@ def _write_constant(
         if step.op == "Transpose":
             perm = step.attrs.get("perm")
             value = np.transpose(value, None if perm is None else np.argsort(perm))
-    value = np.ascontiguousarray(value.astype(dtype))
+    value = value.astype(dtype, order="C")  # one copy, C-ordered, in the model's dtype
     if isinstance(ref.root, gs.Constant):
         ref.root.values = value
         setattr(ref.root, _WRITTEN, True)
+        names.wrote(ref.root)
     else:
         written = gs.Constant(ref.root.attrs["value"].name, value)
         setattr(written, _WRITTEN, True)
         ref.root.attrs["value"] = written
         ref.root.outputs[0].shape = None
+        names.wrote(written)
+    ref.release()  # what the consumer sees now is the new value
 
 
 def _drop_unread(graph: gs.Graph, path: tuple[gs.Node, ...]) -> None:

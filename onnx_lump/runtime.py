@@ -3,7 +3,8 @@
 A model is given as a path (onnxruntime reads the file and its external data itself,
 whatever its size) or as a ModelProto. A ModelProto that refers to external data on
 disk (loaded by :func:`onnx_lump.modelio.load_model`) runs with that folder as its data
-folder; one too large to serialize is staged as a file first.
+folder; one too large to serialize, or one that refers to tensors the pass spilled to
+disk (absolute locations, which onnxruntime refuses), is staged as a file first.
 """
 
 from __future__ import annotations
@@ -18,7 +19,14 @@ import onnx
 import onnxruntime as ort
 
 from onnx_lump.errors import LumpError
-from onnx_lump.modelio import PROTO_LIMIT, external_data_dir, save_model, uses_external
+from onnx_lump.modelio import (
+    PROTO_LIMIT,
+    all_tensors,
+    external_data_dir,
+    is_spilled,
+    save_model,
+    uses_external,
+)
 
 __all__ = ["resolve_providers", "run_model", "session"]
 
@@ -63,7 +71,7 @@ def session(
             options.add_session_config_entry(_DATA_FOLDER_KEY, str(folder))
         elif folder is None and uses_external(model):
             raise LumpError("the model refers to external data but its folder is unknown")
-        if model.ByteSize() > PROTO_LIMIT:
+        if model.ByteSize() > PROTO_LIMIT or any(is_spilled(t) for t in all_tensors(model)):
             return _session_from_file(model, options, providers)
         return ort.InferenceSession(model.SerializeToString(), options, providers=list(providers))
     except LumpError:
@@ -73,6 +81,8 @@ def session(
 
 
 def _session_from_file(model: onnx.ModelProto, options, providers) -> ort.InferenceSession:
+    options = ort.SessionOptions()  # the staged file's data lies beside it, not in IN's folder
+    options.log_severity_level = 3
     with tempfile.TemporaryDirectory(prefix="onnx_lump_") as folder:
         path = Path(folder) / "model.onnx"
         save_model(model, path, external_data=True)

@@ -14,6 +14,7 @@ rest, so the whole search costs a few refinements rather than one per step.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -27,6 +28,7 @@ import numpy as np
 import onnx
 
 from onnx_lump.api import Report, compress
+from onnx_lump.cache import SearchCache
 from onnx_lump.errors import LumpError
 from onnx_lump.holdout import DEFAULT_HOLDOUT, output_error, stacked_outputs
 from onnx_lump.methods import Method
@@ -57,7 +59,9 @@ class Evaluator:
 
     ``compress_options`` go to :func:`onnx_lump.api.compress` (``holdout``, ``seed``,
     ``validation``, ``validation_targets``, ``providers``). ``refine`` is the budget of
-    the network finally returned (None: compress's default; False: off)."""
+    the network finally returned (None: compress's default; False: off). With
+    ``caches`` (the default) the steps share what does not depend on the knob
+    (:mod:`onnx_lump.cache`)."""
 
     def __init__(
         self,
@@ -72,6 +76,7 @@ class Evaluator:
         refine: RefineOptions | bool | None = None,
         providers: Sequence[str] = ("cpu",),
         progress: Callable[[SweepPoint], None] | None = None,
+        caches: bool = True,
     ) -> None:
         if calibration is None and validation is None:
             raise LumpError(
@@ -89,9 +94,35 @@ class Evaluator:
         self._runtime = resolve_providers(list(providers))
         self._reference = None
         self.progress = progress
-        self.cache: dict[float, tuple[onnx.ModelProto, Report, SweepPoint]] = {}
+        # knob -> step, for steps refined (True) and not (False); see unrefined_steps
+        self._steps: dict[bool, dict[float, tuple[onnx.ModelProto, Report, SweepPoint]]] = {
+            True: {},
+            False: {},
+        }
+        self._refine_steps = True
+        # what every step shares (chain inputs, the original's activations, repeated layer
+        # states); the results are the same without it, only slower
+        self.data_cache = SearchCache() if caches else None
+
+    @property
+    def cache(self) -> dict[float, tuple[onnx.ModelProto, Report, SweepPoint]]:
+        """The steps evaluated so far (in the current mode), by knob."""
+        return self._steps[self._refine_steps]
+
+    @contextlib.contextmanager
+    def unrefined_steps(self, active: bool = True):
+        """Within this block, search steps are not refined: for a size target, where the
+        error does not steer the search, the chosen point is then refined once, with the
+        whole budget, by :meth:`finish`."""
+        before, self._refine_steps = self._refine_steps, not active and self._refine_steps
+        try:
+            yield self
+        finally:
+            self._refine_steps = before
 
     def _search_refine(self, method: Method) -> RefineOptions | bool | None:
+        if not self._refine_steps:
+            return False
         full = self._full_refine(method)
         if not isinstance(full, RefineOptions):
             return full
@@ -132,6 +163,7 @@ class Evaluator:
             calibration=self.calibration,
             refine=self._search_refine(method),
             verify=False,
+            cache=self.data_cache,
             **self.options,
         )
         point = SweepPoint(
@@ -152,17 +184,23 @@ class Evaluator:
         """The network to hand to the user at ``knob``: the search step's network,
         refined for the rest of the budget (warm start), and verified with
         ``verify_options`` (``atol``, ``rtol``, ``n_check``, ...)."""
-        _, report, _ = self(knob)
+        knob = float(knob)
         method = self.make_method(knob)
-        full, search = self._full_refine(method), self._search_refine(method)
+        full = self._full_refine(method)
+        unrefined = knob not in self._steps[True] and knob in self._steps[False]
+        if unrefined:  # a step of a size search: refined here, with the whole budget
+            _, report, _ = self._steps[False][knob]
+        else:
+            _, report, _ = self(knob)
         refine: RefineOptions | bool = False
         if isinstance(full, RefineOptions):
             used = sum(r.iterations for r in report.refine)
             budget = max(0, full.max_iters - used // max(1, len(report.refine)))
+            spent = 0.0 if unrefined else self._search_refine(method).max_seconds
             refine = dataclasses.replace(
                 full,
                 max_iters=budget,
-                max_seconds=max(full.max_seconds - search.max_seconds, 1e-3),
+                max_seconds=max(full.max_seconds - spent, 1e-3),
             )
         final, final_report = compress(
             self.model,
@@ -170,6 +208,7 @@ class Evaluator:
             calibration=self.calibration,
             refine=refine,
             warm_start=report.results,
+            cache=self.data_cache,
             **self.options,
             **verify_options,
         )
@@ -255,6 +294,12 @@ def bisect(
             return point.error <= max_error
         return point.retained > target_params  # still too big: go further
 
+    # A size target is steered by sizes only: its steps need no refinement.
+    with evaluate.unrefined_steps(max_error is None):
+        return _bisect(evaluate, upper_limit, target_params, max_error, steps, good)
+
+
+def _bisect(evaluate, upper_limit, target_params, max_error, steps, good):
     low = evaluate(0.0)
     if not good(low[2]):  # knob 0 already fails the error target, or meets the size target
         result = low

@@ -50,6 +50,7 @@ def select_span(activations: np.ndarray, eps: float) -> SpanSelection:
         order = np.arange(width)
     else:
         r, order = scipy.linalg.qr(centred, mode="r", pivoting=True)
+        r = r[: min(r.shape)]  # mode "r" pads R with zero rows when samples > neurons
         rows = np.zeros(width)
         rows[: r.shape[0]] = np.einsum("ij,ij->i", r, r)
         # ||R[k:, k:]||_F^2 is the energy left after the first k pivots

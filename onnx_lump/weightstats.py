@@ -14,10 +14,17 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from onnx_lump.chains import DenseLayer, scan_graph
+from onnx_lump.chains import DenseChain, DenseLayer, scan_graph
+from onnx_lump.reduction import ReducedLayer
 from onnx_lump.rewrite import import_graph
 
-__all__ = ["DEFAULT_GROWTH_LIMIT", "WeightRange", "weight_range_warnings", "weight_ranges"]
+__all__ = [
+    "DEFAULT_GROWTH_LIMIT",
+    "WeightRange",
+    "chain_weight_ranges",
+    "weight_range_warnings",
+    "weight_ranges",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -54,14 +61,56 @@ def weight_ranges(original: onnx.ModelProto, reduced: onnx.ModelProto) -> list[W
             continue
         ranges.append(
             WeightRange(
-                name,
-                _max_abs(layer.weight),
-                _max_abs(new.weight),
-                _max_abs(layer.bias),
-                _max_abs(new.bias),
+                name, _weight_max(layer), _weight_max(new), _max_abs(layer.bias), _max_abs(new.bias)
             )
         )
     return ranges
+
+
+def chain_weight_ranges(chain: DenseChain, reduced: list[ReducedLayer]) -> list[WeightRange]:
+    """What :func:`weight_ranges` reports for the layers of one chain, from the chain's
+    own arrays: ``reduced`` as the rewrite will store them (cast to the model's dtype,
+    Gemm's ``alpha``/``beta`` factored out and back in), so no model is read again. Call
+    before the chain is rewritten."""
+    ranges = []
+    for layer, new in zip(chain.layers, reduced, strict=True):
+        before_w, before_b = _max_abs(layer.weight), _max_abs(layer.bias)
+        unchanged = (
+            tuple(new.weight.shape) == tuple(layer.shape)
+            and np.array_equal(new.weight, layer.weight)
+            and np.array_equal(new.bias, layer.bias)
+        )
+        if unchanged:  # the rewrite leaves the layer as it is
+            ranges.append(WeightRange(layer.name, before_w, before_w, before_b, before_b))
+            continue
+        gemm = layer.node.op == "Gemm"
+        alpha = layer.alpha if gemm else 1.0
+        beta = layer.beta if gemm else 1.0
+        if gemm and beta == 0.0 and new.bias.any():
+            beta = 1.0  # the rewrite turns C on to carry the new bias
+        # Dividing by |alpha|, rounding to the stored dtype and multiplying back are all
+        # monotone in |w| and odd, so the largest stored |w| is that of the largest |w|:
+        # no copy of the layer is needed.
+        weight = _stored(np.float64(_max_abs(new.weight)) / abs(alpha), layer.dtype)
+        if alpha != 1.0:
+            weight = weight * abs(alpha)
+        bias = _stored(new.bias / beta if beta != 0.0 else new.bias, layer.dtype) * beta
+        ranges.append(
+            WeightRange(layer.name, before_w, _max_abs(weight), before_b, _max_abs(bias))
+        )
+    return ranges
+
+
+def _stored(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``values`` as they read back after being stored as ``dtype``."""
+    return np.asarray(values).astype(dtype).astype(np.float64)
+
+
+def _weight_max(layer: DenseLayer) -> float:
+    """Largest |weight| of a layer, whose weight is then released."""
+    value = _max_abs(layer.weight)
+    layer.release()
+    return value
 
 
 def weight_range_warnings(
@@ -83,4 +132,8 @@ def _layers(model: onnx.ModelProto) -> dict[str, DenseLayer]:
 
 
 def _max_abs(values: np.ndarray) -> float:
-    return float(np.abs(values).max()) if values.size else 0.0
+    """``max |values|`` (NaN if any is NaN) without an absolute-value copy of the array."""
+    values = np.asarray(values)
+    if not values.size:
+        return 0.0
+    return float(np.maximum(values.max(), -values.min()))

@@ -131,7 +131,7 @@ def test_refined_methods(rows):
 
 def test_fidelity_is_relative_output_change():
     sys.path.insert(0, str(ROOT / "tools"))
-    from bench.metrics import fidelity
+    from bench.common import fidelity
 
     original = np.random.default_rng(0).standard_normal((500, 3))
     assert fidelity(original, original) == 0.0

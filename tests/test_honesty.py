@@ -136,3 +136,25 @@ def test_linear_folding_says_lossless_on_the_calibration_inputs_only(tmp_path, c
     assert code == 0
     assert "lossless on the calibration inputs" in text
     assert "lossless on every input" not in text
+
+
+def readme_command() -> list[str]:
+    """The arguments of the README's first set-up command (the main job on a shipped model)."""
+    readme = (MODELS.parent / "README.md").read_text()
+    line = next(ln for ln in readme.splitlines() if ln.startswith("pip install . && python -m"))
+    return line.split("python -m onnx_lump", 1)[1].split()
+
+
+def test_the_readme_command_meets_its_budget_on_the_demo_test_split(tmp_path):
+    """What the README promises: the model its first command writes is within the error
+    budget it asks for on the demo's own test trajectories, which the tool never saw."""
+    args = readme_command()
+    budget = float(args[args.index("--max-error") + 1])
+    model_path, out_name = args[0], args[1]
+    out = tmp_path / out_name
+    args[1] = str(out)
+    assert main([*args, "-q"]) == 0
+    feeds = {"input": TEST["input"]}
+    (reference,) = run_ort(onnx.load(MODELS.parent / model_path), feeds)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert output_error(reference, session.run(None, feeds)[0]) <= budget

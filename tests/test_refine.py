@@ -200,3 +200,41 @@ def test_searched_error_is_what_onnxruntime_measures_on_the_written_file(tmp_pat
     measured = output_error(reference, session.run(None, feeds)[0])
     assert report["holdout_error"] == pytest.approx(measured, rel=1e-6, abs=1e-9)
     assert measured <= 0.05
+
+
+@pytest.mark.parametrize("samples", [50, 400])  # fewer and more samples than neurons
+def test_span_selection_keeps_a_basis_and_folds_the_rest_exactly(samples):
+    from onnx_lump.span import select_span
+
+    rng = np.random.default_rng(6)
+    basis = rng.normal(size=(samples, 12))
+    mixing = rng.normal(size=(12, 30))
+    activations = np.concatenate([basis, basis @ mixing + 0.5], axis=1)  # rank 12 + constant
+    selection = select_span(activations, 1e-9)
+    assert len(selection.kept) == 12 and len(selection.removed) == 30
+    rebuilt = activations[:, selection.kept] @ selection.coefficients.T + selection.offset
+    np.testing.assert_allclose(rebuilt, activations[:, selection.removed], atol=1e-8)
+    weight, bias = rng.normal(size=(3, 42)), rng.normal(size=3)
+    folded_w, folded_b = selection.fold(weight, bias)
+    np.testing.assert_allclose(
+        activations[:, selection.kept] @ folded_w.T + folded_b,
+        activations @ weight.T + bias,
+        atol=1e-7,
+    )
+    assert len(select_span(activations, 1.0).kept) == 1
+
+
+def test_span_reduction_runs_through_onnxruntime():
+    from onnx_lump.equivalence import PartitionOptions, Similarity
+    from onnx_lump.methods import Lump, Reduction
+
+    model = onnx.load(DEMO)
+    method = Lump(PartitionOptions(0.05, similarity=Similarity.DATA), reduction=Reduction.SPAN)
+    reduced, report = compress(model, method, calibration=CALIB, refine=False)
+    assert report.retained < 0.8
+    feeds = split_calibration(CALIB).holdout
+    (reference,) = run_ort(model, feeds)
+    assert output_error(reference, run_ort(reduced, feeds)[0]) == pytest.approx(
+        report.holdout_error
+    )
+    assert report.holdout_error < 0.2

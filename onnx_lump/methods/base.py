@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from onnx_lump.cache import ChainCache
 from onnx_lump.ode import OdeSystem
 from onnx_lump.reduction import ReducedLayer
 
@@ -23,6 +24,8 @@ class ChainProblem:
     system: OdeSystem
     calibration: np.ndarray | None = None
     holdout: np.ndarray | None = None
+    # knob-independent results kept across the calls of one search (onnx_lump.cache)
+    cache: ChainCache | None = field(default=None, repr=False)
 
     @property
     def weights(self) -> list[tuple[np.ndarray, np.ndarray]]:

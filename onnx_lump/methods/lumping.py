@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from onnx_lump.cache import ChainCache, digest
 from onnx_lump.calibration import forward_chain
 from onnx_lump.compensation import refit_layer, residual
 from onnx_lump.equivalence import (
@@ -16,12 +20,21 @@ from onnx_lump.equivalence import (
     backward_lumping,
     compute_partition,
 )
+from onnx_lump.grouping import Linkage
 from onnx_lump.methods.base import ChainProblem, ChainResult, Method
 from onnx_lump.ode import Lumping, aggregate
 from onnx_lump.reduction import ReducedLayer, reduce_layer, reduce_system
 from onnx_lump.span import select_span
 
-__all__ = ["DEFAULT_RIDGE", "DEFAULT_SIMILARITY_WITH_DATA", "Exact", "Lump", "Reduction"]
+__all__ = [
+    "DEFAULT_RIDGE",
+    "DEFAULT_SIMILARITY_WITH_DATA",
+    "Exact",
+    "Lump",
+    "Reduction",
+    "original_output",
+    "original_rows",
+]
 
 # Which similarity lumping uses when calibration data is given, chosen on the benchmark:
 # over its 32 networks, data similarity kept 64.5% of the parameters on average at
@@ -78,18 +91,32 @@ class Lump(Method):
         if problem.calibration is None:
             partition = compute_partition(problem.system, self.options)
             return ChainResult(reduce_system(problem.system, partition))
-        fit = _Rows(problem, problem.calibration)
-        held = _Rows(problem, problem.holdout) if problem.holdout is not None else None
+        fit = original_rows(problem, "fit")
+        held = original_rows(problem, "held") if problem.holdout is not None else None
         forward = None
         if self.options.equivalence is Equivalence.FORWARD:
             forward = compute_partition(problem.system, self.options).lumpings
-        merged, _ = self._with_data(problem, fit, held, forward, refit=False)
+        merged, _, merged_key = self._with_data(problem, fit, held, forward, refit=False)
         if not self.refit:
             return ChainResult(merged)
-        refitted, notes = self._with_data(problem, fit, held, forward, refit=True)
+        refitted, notes, refitted_key = self._with_data(problem, fit, held, forward, refit=True)
         judge = held if held is not None else fit
-        best = min(refitted, merged, key=lambda ls: _output_error(problem, ls, judge))
+
+        def error(layers: list[ReducedLayer], key) -> float:
+            if key is None or problem.cache is None:
+                return _output_error(problem, layers, judge)
+            return problem.cache.get(("error", key), lambda: _output_error(problem, layers, judge))
+
+        # the refit path first on ties, as min() did before
+        best = min(((refitted, refitted_key), (merged, merged_key)), key=lambda pair: error(*pair))[
+            0
+        ]
         return ChainResult(best, notes=notes)
+
+    def _setting(self, refit: bool) -> tuple:
+        """Everything but the lumpings that a layer's inputs and refit weights depend on."""
+        options = dataclasses.replace(self.options, eps=0.0)
+        return (options, refit, self.ridge, self.reduction, self.force_refit)
 
     def _with_data(
         self,
@@ -98,48 +125,100 @@ class Lump(Method):
         held: _Rows | None,
         forward: tuple[Lumping, ...] | None,
         refit: bool,
-    ) -> tuple[list[ReducedLayer], list[str]]:
+    ) -> tuple[list[ReducedLayer], list[str], tuple | None]:
+        """The reduced layers, the notes, and a key for their contents (None when
+        nothing is cached).
+
+        With a cache (``problem.cache``), what enters layer l + 1 (its inputs on the
+        fitting and held-out rows, its aggregated or refit weights) is kept under the
+        lumpings of layers 0..l, which fix it: a search step whose first layers merge as
+        an earlier step's did reuses them instead of recomputing forward passes and
+        refits. Each lumping is kept under its layer's state and the options, which fix
+        it too."""
         system, options = problem.system, self.options
+        memo = problem.cache
         inputs = fit.inputs
         held_inputs = None if held is None else held.inputs
         weight, bias = problem.weights[0]
         reduced, notes = [], []
         span = self.reduction is Reduction.SPAN and options.eps > 0
+        setting = self._setting(refit)
+        prefix: tuple = ()  # digests of the lumpings so far
         for index, layer in enumerate(system.hidden):
+            selection = rebased = None
             if span:
                 selection = select_span(layer.activation(inputs @ weight.T + bias), options.eps)
                 kept = ReducedLayer(weight[selection.kept], bias[selection.kept])
             else:
-                if forward is None:
-                    lumping = backward_lumping(
-                        weight,
-                        bias,
-                        layer.activation,
-                        options,
-                        system.precision,
-                        inputs,
-                        held_inputs,
+                partition = functools.partial(
+                    _partition, problem, index, weight, bias, inputs, held_inputs, options, forward
+                )
+                if memo is None:
+                    lumping = partition()
+                else:  # the first layer's state is the chain's own, whatever the setting
+                    state = (setting, prefix) if prefix else ()
+                    lumping = _remembered_lumping(
+                        memo, options, forward is not None, state, weight, partition
                     )
-                else:
-                    lumping = _with_data_constants(forward[index], weight, bias, layer, inputs)
                 kept, rebased = reduce_layer(weight, bias, lumping, layer.activation)
             reduced.append(kept)
-            inputs = layer.activation(inputs @ kept.weight.T + kept.bias)
-            if held_inputs is not None:
-                held_inputs = layer.activation(held_inputs @ kept.weight.T + kept.bias)
-            following = system.layers[index + 1]
-            if span:
-                weight, bias = selection.fold(following.coefficients, following.bias)
+            advance = functools.partial(
+                self._advance,
+                problem,
+                fit,
+                held,
+                index,
+                kept,
+                selection,
+                rebased,
+                inputs,
+                held_inputs,
+                refit,
+            )
+            if memo is None or span:
+                state_values = advance()
             else:
-                weight, bias = aggregate(following, rebased)
-            if not refit:
-                continue
-            if inputs.shape[0] <= inputs.shape[1] and not self.force_refit:
-                notes.append(
-                    f"layer {index + 1} not refit: {inputs.shape[0]} fitting rows for "
-                    f"{inputs.shape[1]} inputs (give more --calib rows, or --force-refit)"
-                )
-                continue
+                prefix = (*prefix, _lumping_digest(lumping))
+                state_values = memo.get(("state", setting, prefix), advance)
+            inputs, held_inputs, weight, bias, layer_notes = state_values
+            notes += layer_notes
+        reduced.append(ReducedLayer(weight, bias))
+        key = None if memo is None or span else (setting, prefix)
+        return reduced, notes, key
+
+    def _advance(
+        self,
+        problem: ChainProblem,
+        fit: _Rows,
+        held: _Rows | None,
+        index: int,
+        kept: ReducedLayer,
+        selection,
+        rebased: Lumping | None,
+        inputs: np.ndarray,
+        held_inputs: np.ndarray | None,
+        refit: bool,
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray, list[str]]:
+        """What enters layer ``index + 1`` once layer ``index`` is reduced to ``kept``:
+        its inputs on the fitting and held-out rows, its weights and bias (aggregated
+        over the lumping, then refit where that lowers the held-out residual), and a
+        note when the refit is skipped. The arrays are read-only: they may be cached."""
+        layer = problem.system.hidden[index]
+        notes = []
+        inputs = layer.activation(inputs @ kept.weight.T + kept.bias)
+        if held_inputs is not None:
+            held_inputs = layer.activation(held_inputs @ kept.weight.T + kept.bias)
+        following = problem.system.layers[index + 1]
+        if selection is not None:
+            weight, bias = selection.fold(following.coefficients, following.bias)
+        else:
+            weight, bias = aggregate(following, rebased)
+        if refit and inputs.shape[0] <= inputs.shape[1] and not self.force_refit:
+            notes.append(
+                f"layer {index + 1} not refit: {inputs.shape[0]} fitting rows for "
+                f"{inputs.shape[1]} inputs (give more --calib rows, or --force-refit)"
+            )
+        elif refit:
             target = fit.targets[index + 1]
             fitted, _ = refit_layer(
                 inputs,
@@ -156,19 +235,113 @@ class Lump(Method):
                 naive, judge_inputs, judge_target
             ):
                 weight, bias = fitted.weight, fitted.bias
-        reduced.append(ReducedLayer(weight, bias))
-        return reduced, notes
+        return (*(_frozen(a) for a in (inputs, held_inputs, weight, bias)), notes)
+
+
+# Weight-row L1 norms this close (relative to the largest) to an eps already seen may
+# sit on either side of the constant-row test, whatever its rounding allowance.
+_CONSTANT_SLACK = 1e-4
+
+
+def _remembered_lumping(
+    memo: ChainCache,
+    options: PartitionOptions,
+    forward: bool,
+    state: tuple,
+    weight: np.ndarray,
+    partition: Callable[[], Lumping],
+) -> Lumping:
+    """``partition()`` for this layer state and options, or a lumping found earlier that
+    it must equal.
+
+    With single linkage and backward equivalence, a layer's lumping depends on eps only
+    through the groups at eps (coarser as eps grows), the rows within eps of zero (more
+    as eps grows) and whether eps > 0 (data similarity). So when the nearest values
+    a < eps < b already seen gave the same lumping and no weight row's L1 norm lies
+    between them (the same rows were constant), eps gives that lumping too: a search step
+    inside such an interval is not recomputed.
+    """
+    exact = ("lumping", options, forward, state)
+    eps = options.eps
+    if (
+        eps <= 0
+        or options.linkage is not Linkage.SINGLE
+        or options.equivalence is not Equivalence.BACKWARD
+    ):
+        return memo.get(exact, partition)
+    seen = memo.get(("lumpings", dataclasses.replace(options, eps=0.0), state), dict, pin=True)
+    if eps in seen:
+        return seen[eps][0]
+    below = max((e for e in seen if e < eps), default=None)
+    above = min((e for e in seen if e > eps), default=None)
+    if below is not None and above is not None and seen[below][1] == seen[above][1]:
+        l1 = memo.get(("row l1", state), lambda: np.abs(weight).sum(axis=1, dtype=np.float64))
+        slack = _CONSTANT_SLACK * float(l1.max(initial=0.0))
+        if not np.any((l1 >= below) & (l1 <= above + slack)):
+            seen[eps] = seen[below]
+            return seen[eps][0]
+    lumping = partition()
+    seen[eps] = (lumping, _lumping_digest(lumping))
+    return lumping
+
+
+def _lumping_digest(lumping: Lumping) -> bytes:
+    return digest(lumping.block, lumping.scale, lumping.offset, lumping.representative)
+
+
+def _partition(
+    problem: ChainProblem,
+    index: int,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    inputs: np.ndarray,
+    held_inputs: np.ndarray | None,
+    options: PartitionOptions,
+    forward: tuple[Lumping, ...] | None,
+) -> Lumping:
+    """The lumping of hidden layer ``index`` from its (aggregated or refit) weights and
+    its inputs on the data."""
+    layer = problem.system.hidden[index]
+    if forward is None:
+        return backward_lumping(
+            weight, bias, layer.activation, options, problem.system.precision, inputs, held_inputs
+        )
+    return _with_data_constants(forward[index], weight, bias, layer, inputs)
+
+
+def _frozen(array: np.ndarray | None) -> np.ndarray | None:
+    if isinstance(array, np.ndarray) and array.flags.writeable and array.flags.owndata:
+        array.setflags(write=False)
+    return array
 
 
 class _Rows:
     """Inputs of a chain on some rows, the original chain's output on them, and every
-    layer's original pre-activations (the refit targets)."""
+    layer's original pre-activations (the refit targets), from one forward pass."""
 
     def __init__(self, problem: ChainProblem, inputs: np.ndarray) -> None:
-        values = forward_chain(problem.weights, problem.system, inputs)
         self.inputs = inputs
-        self.output = values[-1]
-        self.targets = [x @ w.T + b for x, (w, b) in zip(values, problem.weights, strict=False)]
+        self.targets = []
+        values = inputs
+        for (weight, bias), layer in zip(problem.weights, problem.system.layers, strict=True):
+            pre = values @ weight.T + bias
+            self.targets.append(_frozen(pre))
+            values = layer.activation(pre)
+        self.output = _frozen(values)
+
+
+def original_rows(problem: ChainProblem, which: str) -> _Rows:
+    """The original chain on the fitting (``which`` "fit") or held-out ("held") rows,
+    computed once per cache (``problem.cache``)."""
+    inputs = problem.calibration if which == "fit" else problem.holdout
+    if problem.cache is None:
+        return _Rows(problem, inputs)
+    return problem.cache.get(("original rows", which), lambda: _Rows(problem, inputs), pin=True)
+
+
+def original_output(problem: ChainProblem, which: str) -> np.ndarray:
+    """The original chain's output on the fitting or held-out rows (see original_rows)."""
+    return original_rows(problem, which).output
 
 
 def _with_data_constants(lumping: Lumping, weight, bias, layer, inputs) -> Lumping:

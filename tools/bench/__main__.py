@@ -156,8 +156,17 @@ def main(argv: list[str] | None = None) -> None:
         for task, data in datasets.items():
             for hidden in architectures:
                 for activation in activations:
+                    key = (task, hidden, activation)
                     ref, new = run_network(
-                        task, data, hidden, activation, args.cache, args.quick, args.fresh, (group,)
+                        task,
+                        data,
+                        hidden,
+                        activation,
+                        args.cache,
+                        args.quick,
+                        args.fresh,
+                        (group,),
+                        found.get(key, []),
                     )
                     references[(task, hidden, activation)] = ref
                     found.setdefault((task, hidden, activation), []).extend(new)

@@ -6,6 +6,8 @@ import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+import numpy as np
+
 __all__ = [
     "ACTIVATIONS",
     "ARCHITECTURES",
@@ -14,9 +16,13 @@ __all__ = [
     "EPS_FRACTIONS",
     "MAX_TRAIN_ROWS",
     "METHOD_ORDER",
+    "ONNXSIM_FLOOR_SPARSITIES",
+    "ONNXSIM_LOW_SPARSITIES",
     "ONNXSIM_SPARSITIES",
     "PROTOCOL_VERSION",
     "REFINED",
+    "REFINE_FLOOR_TARGETS",
+    "REFINE_MID_TARGETS",
     "REFINE_TARGETS",
     "SCRATCH_FRACTIONS",
     "SPARSITIES",
@@ -24,6 +30,7 @@ __all__ = [
     "UNSTRUCTURED",
     "Point",
     "Reference",
+    "fidelity",
     "log",
     "point_from_dict",
 ]
@@ -42,8 +49,16 @@ SCRATCH_FRACTIONS = (0.5, 0.25, 0.125)
 # lumping keeps about these shares of the parameters (GRP%): a log-spaced grid, because
 # refinement is what makes the small sizes usable and each point costs one refinement.
 REFINE_TARGETS = (1.5, 3.0, 5.0, 8.0, 12.0, 18.0, 27.0, 40.0, 60.0, 80.0, 92.0)
+# A second pass (its own cache group) adds sizes between those of the first where they
+# can still matter, and below the first where even its smallest size was within 1%.
+REFINE_MID_TARGETS = (33.0, 50.0, 70.0)
+REFINE_FLOOR_TARGETS = (0.3, 0.7)
 # onnxsim's channel sparsity: its GRP is about (1 - s)^2, so this covers the same range.
 ONNXSIM_SPARSITIES = (0.3, 0.5, 0.65, 0.75, 0.82, 0.88, 0.92, 0.95)
+# ... and, where none of those is within dRMSE 1%, these (the largest sizes, the dearest).
+ONNXSIM_LOW_SPARSITIES = (0.2, 0.1)
+# ... and where even the highest was within 1%, these.
+ONNXSIM_FLOOR_SPARSITIES = (0.97, 0.985)
 UNSTRUCTURED = ("magnitude", "wanda", "ec")
 BASELINES = ("magnitude", "wanda", "ec", "linear")
 REFINED = ("lump+refine", "distill", "onnxsim")
@@ -104,6 +119,14 @@ class Reference:
     iterations: int
     hidden: tuple[int, ...] = field(default=())
     activation: str = ""
+
+
+def fidelity(outputs: np.ndarray, original: np.ndarray) -> float:
+    """RMSE of the output change relative to the spread (standard deviation, pooled over
+    the output columns) of the original's outputs."""
+    spread = float(np.sqrt(np.mean((original - original.mean(axis=0)) ** 2)))
+    change = float(np.sqrt(np.mean((outputs - original) ** 2)))
+    return change / spread if spread > 0 else change
 
 
 def log(message: str) -> None:

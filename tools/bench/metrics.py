@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from benchdata import Dataset
 
-from bench.common import Point, Reference
+from bench.common import Point, Reference, fidelity
 from bench.networks import predict
 from onnx_lump import compress
 from onnx_lump.methods import Method
@@ -52,14 +52,6 @@ def run_compress(model: onnx.ModelProto, method: Method, calibration, refine=Fal
     started = time.perf_counter()
     reduced, report = compress(model, method, calibration=calibration, verify=False, **kwargs)
     return reduced, report, time.perf_counter() - started
-
-
-def fidelity(outputs: np.ndarray, original: np.ndarray) -> float:
-    """RMSE of the output change relative to the spread (standard deviation, pooled over
-    the output columns) of the original's outputs."""
-    spread = float(np.sqrt(np.mean((original - original.mean(axis=0)) ** 2)))
-    change = float(np.sqrt(np.mean((outputs - original) ** 2)))
-    return change / spread if spread > 0 else change
 
 
 def measure(

@@ -17,6 +17,7 @@ from bench.networks import dense_params
 from onnx_lump.methods import Method
 
 __all__ = [
+    "DONE_DRMSE",
     "ONNXSIM_LEARNING_RATE",
     "ONNXSIM_STEPS",
     "onnxsim_points",

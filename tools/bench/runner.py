@@ -13,8 +13,12 @@ import onnx
 from benchdata import Dataset
 
 from bench.common import (
+    ONNXSIM_FLOOR_SPARSITIES,
+    ONNXSIM_LOW_SPARSITIES,
     ONNXSIM_SPARSITIES,
     PROTOCOL_VERSION,
+    REFINE_FLOOR_TARGETS,
+    REFINE_MID_TARGETS,
     REFINE_TARGETS,
     SCRATCH_FRACTIONS,
     SPARSITIES,
@@ -27,7 +31,7 @@ from bench.common import (
 from bench.methods import lump_sweep, scratch_points, sweep_method
 from bench.metrics import HAS_REFINE, Network
 from bench.networks import calibration_feeds, predict, reference
-from bench.refined import onnxsim_points, refine_knobs, refined_points, same_sizes
+from bench.refined import DONE_DRMSE, onnxsim_points, refine_knobs, refined_points, same_sizes
 from onnx_lump.equivalence import PartitionOptions, Similarity
 from onnx_lump.methods import (
     EliminationCompensation,
@@ -59,6 +63,10 @@ def grids(quick: bool) -> dict:
         "scratch": SCRATCH_FRACTIONS[:2] if quick else SCRATCH_FRACTIONS,
         "refine_targets": (5.0, 20.0) if quick else REFINE_TARGETS,
         "onnxsim": (0.5, 0.8) if quick else ONNXSIM_SPARSITIES,
+        "onnxsim_low": (0.2,) if quick else ONNXSIM_LOW_SPARSITIES,
+        "onnxsim_floor": (0.9,) if quick else ONNXSIM_FLOOR_SPARSITIES,
+        "refine_mid": (10.0,) if quick else REFINE_MID_TARGETS,
+        "refine_floor": (2.0,) if quick else REFINE_FLOOR_TARGETS,
         # The data similarity lumping uses by default with calibration (its affine
         # variant was measured before and is not rerun: it cost a quarter of the sweeps).
         "variants": [DEFAULT_SIMILARITY_WITH_DATA.value],
@@ -69,7 +77,7 @@ def _lump(refit: bool, similarity: Similarity = Similarity.WEIGHTS):
     return lambda eps: Lump(PartitionOptions(eps, similarity=similarity), refit=refit)
 
 
-def _refined(net: Network, cache: Path, grid: dict) -> list[Point]:
+def _refined(net: Network, cache: Path, grid: dict, previous: list[Point]) -> list[Point]:
     """The headline lumping's sweep (unrefined: its epsilons pick the refined sizes), then
     lump+refine and distill."""
     ref, label = net.ref, headline_method()
@@ -87,7 +95,7 @@ def _refined(net: Network, cache: Path, grid: dict) -> list[Point]:
     return points + found
 
 
-def _baselines(net: Network, cache: Path, grid: dict) -> list[Point]:
+def _baselines(net: Network, cache: Path, grid: dict, previous: list[Point]) -> list[Point]:
     calibration, budget = net.calibration, grid["baseline_budget"]
     points = lump_sweep(net, "lump", _lump(False), None, budget)[0]
     points += lump_sweep(net, "lump+refit", _lump(True), calibration, budget)[0]
@@ -104,16 +112,72 @@ def _baselines(net: Network, cache: Path, grid: dict) -> list[Point]:
     return points
 
 
-def _onnxsim(net: Network, cache: Path, grid: dict) -> list[Point]:
+def _onnxsim(net: Network, cache: Path, grid: dict, previous: list[Point]) -> list[Point]:
     return onnxsim_points(net, grid["onnxsim"])
+
+
+def _onnxsim_low(net: Network, cache: Path, grid: dict, previous: list[Point]) -> list[Point]:
+    """onnxsim's sweep continued to lower sparsities where it has no point within dRMSE
+    1% yet (it goes smallest size first and stops at its first point within 1%)."""
+    mine = [p for p in previous if p.method == "onnxsim"]
+    if not mine or any(p.drmse <= DONE_DRMSE for p in mine):
+        return []
+    return onnxsim_points(net, grid["onnxsim_low"])
+
+
+def _refined_extra(net: Network, cache: Path, grid: dict, previous: list[Point]) -> list[Point]:
+    """More fixed sizes for lump+refine and distill: ``refine_mid`` targets below the size
+    where lump+refine stopped (its first point within dRMSE 1%; larger sizes cannot
+    change a headline), and ``refine_floor`` targets where even its smallest size was
+    within 1%."""
+    if not HAS_REFINE:
+        return []
+    mine = sorted((p for p in previous if p.method == "lump+refine"), key=lambda p: p.grp)
+    if not mine:
+        return []
+    passed = [p.grp for p in mine if p.drmse <= DONE_DRMSE]
+    stop = min(passed) if passed else 101.0
+    targets = [t for t in grid["refine_mid"] if t < stop]
+    if mine[0].drmse <= DONE_DRMSE:
+        targets += list(grid["refine_floor"])
+    headline = headline_method()
+    retained = {p.knob: p.grp / 100 for p in previous if p.method == headline}
+    make = _lump(True, DEFAULT_SIMILARITY_WITH_DATA)
+    knobs = refine_knobs(net, make, retained, sorted(targets))
+    have = {round(p.grp, 6) for p in mine}
+    knobs = [e for e in knobs if round(100 * retained[e], 6) not in have]
+    knobs = [e for e in knobs if 100 * retained[e] < stop]
+    found = []
+    for eps in knobs:  # each size on its own: the stop rule is already applied above
+        found += refined_points(net, make, [eps], retained)
+    log(f"  {net.ref.network}: lump+refine and distill at {len(knobs)} more sizes")
+    return found
+
+
+def _onnxsim_floor(net: Network, cache: Path, grid: dict, previous: list[Point]) -> list[Point]:
+    """onnxsim at higher sparsities where even its smallest size was within dRMSE 1%."""
+    mine = sorted((p for p in previous if p.method == "onnxsim"), key=lambda p: p.grp)
+    if not mine or mine[0].drmse > DONE_DRMSE:
+        return []
+    return onnxsim_points(net, grid["onnxsim_floor"])
 
 
 # Each group of methods is cached on its own, so a run can do the refined methods for
 # every network first and a changed grid redoes only its own group.
-GROUPS = {"refined": _refined, "onnxsim": _onnxsim, "baselines": _baselines}
+GROUPS = {
+    "refined": _refined,
+    "onnxsim": _onnxsim,
+    "baselines": _baselines,
+    "onnxsim-low": _onnxsim_low,
+    "refined-extra": _refined_extra,
+    "onnxsim-floor": _onnxsim_floor,
+}
 GRID_KEYS = {
     "refined": ("budget", "refine_targets"),
     "onnxsim": ("onnxsim",),
+    "onnxsim-low": ("onnxsim", "onnxsim_low"),
+    "refined-extra": ("budget", "refine_targets", "refine_mid", "refine_floor"),
+    "onnxsim-floor": ("onnxsim", "onnxsim_floor"),
     "baselines": ("baseline_budget", "sparsities", "taus", "scratch", "variants"),
 }
 
@@ -127,8 +191,10 @@ def run_network(
     quick: bool,
     fresh: bool,
     groups=tuple(GROUPS),
+    previous: list[Point] | None = None,
 ) -> tuple[Reference, list[Point]]:
-    """The points of one reference network for the given groups of methods."""
+    """The points of one reference network for the given groups of methods (``previous``:
+    its points from groups already run, which a later group may depend on)."""
     ref = reference(task, data, hidden, activation, cache, quick)
     grid = grids(quick)
     net = None
@@ -148,7 +214,7 @@ def run_network(
                 ref, data, model, calibration_feeds(model, data), predict(model, data.x_test), quick
             )
         started = time.perf_counter()
-        found = GROUPS[group](net, cache, grid)
+        found = GROUPS[group](net, cache, grid, [*(previous or []), *points])
         log(f"  {ref.network}: {group} in {time.perf_counter() - started:.0f} s")
         stored.parent.mkdir(parents=True, exist_ok=True)
         partial = stored.with_suffix(".tmp")

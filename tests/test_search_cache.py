@@ -1,0 +1,112 @@
+"""The search's caches (onnx_lump.cache) change its speed, never its result."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from conftest import MODELS, run_ort
+
+from onnx_lump.data_grouping import group_data_rows
+from onnx_lump.equivalence import PartitionOptions, Similarity
+from onnx_lump.grouping import Linkage, group_rows
+from onnx_lump.methods import Lump
+from onnx_lump.refine import RefineOptions
+from onnx_lump.search import Evaluator, bisect
+
+DEMO = MODELS / "rn_tanh_2x64.onnx"
+CALIB = dict(np.load(MODELS / "rn_calib.npz"))
+
+
+def evaluator(caches: bool, similarity=Similarity.DATA, refine=False) -> Evaluator:
+    return Evaluator(
+        onnx.load(DEMO),
+        lambda eps: Lump(PartitionOptions(eps, similarity=similarity)),
+        CALIB,
+        refine=refine,
+        caches=caches,
+    )
+
+
+def weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def assert_same_model(a: onnx.ModelProto, b: onnx.ModelProto) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        np.testing.assert_array_equal(wa[name], wb[name], err_msg=name)
+
+
+@pytest.mark.parametrize("similarity", [Similarity.DATA, Similarity.WEIGHTS])
+@pytest.mark.parametrize("target", [{"target_params": 0.3}, {"max_error": 0.02}])
+def test_search_returns_the_same_result_with_and_without_the_caches(similarity, target):
+    results = []
+    for caches in (True, False):
+        evaluate = evaluator(caches, similarity)
+        knob, point, met = bisect(evaluate, None, **target)
+        model, report = evaluate.finish(knob, verify=False)
+        steps = sorted(evaluate.cache)
+        results.append((knob, point, met, steps, model, report, evaluate))
+    (k1, p1, m1, s1, model1, r1, cached), (k2, p2, m2, s2, model2, r2, _) = results
+    assert (k1, m1, s1) == (k2, m2, s2)
+    assert (p1.retained, p1.error, p1.params_after) == (p2.retained, p2.error, p2.params_after)
+    assert r1.widths_after == r2.widths_after and r1.holdout_error == r2.holdout_error
+    assert_same_model(model1, model2)
+    assert cached.data_cache.chain(0).hits > 0  # the cache did serve something
+    (expected,), (actual,) = run_ort(model1, {"input": CALIB["input"][:32]}), run_ort(
+        model2, {"input": CALIB["input"][:32]}
+    )
+    np.testing.assert_array_equal(expected, actual)
+
+
+def test_knobs_between_equal_lumpings_reuse_them_and_agree():
+    """A knob between two that lumped a layer alike is served from the cache; every
+    knob's result equals the one computed from scratch."""
+    knobs = [0.02, 0.03, 0.025, 0.0275, 0.2, 0.1, 0.15, 0.0]
+    cached = evaluator(True)
+    for knob in knobs:
+        _, report, point = cached(knob)
+        _, fresh_report, fresh = evaluator(False)(knob)
+        assert report.widths_after == fresh_report.widths_after, knob
+        assert (point.error, point.params_after) == (fresh.error, fresh.params_after), knob
+    assert cached.data_cache.chain(0).hits > 0
+
+
+def test_size_search_refines_only_the_chosen_point():
+    evaluate = evaluator(True, Similarity.WEIGHTS, refine=RefineOptions(max_iters=40))
+    knob, point, met = bisect(evaluate, None, target_params=0.3)
+    assert met
+    with evaluate.unrefined_steps():
+        assert all(not step[1].refine for step in evaluate.cache.values())
+    _, report = evaluate.finish(knob, verify=False)
+    (stats,) = report.refine
+    assert 0 < stats.iterations <= 40
+    assert report.retained == point.retained
+    assert report.holdout_error <= point.error + 1e-12  # refinement never loses ground
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_data_grouping_matches_the_general_grouping(seed):
+    rng = np.random.default_rng(seed)
+    n, dim = int(rng.integers(70, 200)), int(rng.integers(20, 300))
+    prototypes = rng.standard_normal((int(rng.integers(2, 20)), dim)) / dim
+    noise = rng.choice([1e-4, 1e-2, 0.3]) / dim
+    rows = prototypes[rng.integers(0, len(prototypes), n)] + noise * rng.standard_normal((n, dim))
+
+    class Stored:  # the RowSource the data path hands over
+        shape = rows.shape
+
+        def take(self, index):
+            return rows[index]
+
+        def project(self, directions):
+            return rows @ directions
+
+    distances = np.abs(rows[:, None] - rows[None]).sum(-1)
+    for eps in (0.0, *np.quantile(distances, [0.02, 0.2, 0.6])):
+        for linkage in Linkage:
+            np.testing.assert_array_equal(
+                group_data_rows(Stored(), eps, linkage), group_rows(rows, eps, linkage)
+            )
