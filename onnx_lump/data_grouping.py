@@ -26,7 +26,7 @@ from onnx_lump.grouping import (
     RowSource,
     group_rows,
     number_by_first_row,
-    projection_directions,
+    split_by_projections,
 )
 
 __all__ = ["group_data_rows"]
@@ -44,7 +44,7 @@ def group_data_rows(rows: RowSource, eps: float, linkage: Linkage = Linkage.SING
     n = rows.shape[0]
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    coarse = _split_by_projections(rows, eps)
+    coarse = split_by_projections(rows, eps)
     order = np.argsort(coarse, kind="stable")
     starts = np.flatnonzero(np.diff(coarse[order], prepend=-1))
     sizes = np.diff(np.append(starts, n))
@@ -76,28 +76,6 @@ def group_data_rows(rows: RowSource, eps: float, linkage: Linkage = Linkage.SING
         left.append(members)
         right.append(members[local])
     return number_by_first_row(_connected(n, np.concatenate(left), np.concatenate(right)))
-
-
-def _split_by_projections(rows: RowSource, eps: float) -> np.ndarray:
-    """Blocks that hold whole groups: along a projection onto a sign vector, rows
-    within eps in L1 are never more than eps apart."""
-    directions = projection_directions(rows.shape[1])
-    projections = rows.project(directions)
-    block = np.zeros(rows.shape[0], dtype=np.int64)
-    n_blocks = 1
-    for _ in range(3):
-        before = n_blocks
-        for k in range(directions.shape[1]):
-            p = projections[:, k]
-            order = np.lexsort((p, block))
-            cut = (np.diff(block[order]) != 0) | (np.diff(p[order]) > eps)
-            ids = np.concatenate([[0], np.cumsum(cut)])
-            block = np.empty_like(block)
-            block[order] = ids
-            n_blocks = int(ids[-1]) + 1
-        if n_blocks == before:
-            break
-    return block
 
 
 def _components(points: np.ndarray, eps: float) -> np.ndarray:

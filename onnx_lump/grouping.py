@@ -22,7 +22,14 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial.distance import cdist
 
-__all__ = ["Linkage", "RowSource", "group_rows", "number_by_first_row", "projection_directions"]
+__all__ = [
+    "Linkage",
+    "RowSource",
+    "group_rows",
+    "number_by_first_row",
+    "projection_directions",
+    "split_by_projections",
+]
 
 _N_PROJECTIONS = 8
 _MAX_DISTANCE_ENTRIES = 1 << 22  # bounds the memory of one distance computation
@@ -71,7 +78,7 @@ def group_rows(
     n = source.shape[0]
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    coarse = _split_by_projections(source, eps)
+    coarse = split_by_projections(source, eps)
     order = np.argsort(coarse, kind="stable")
     starts = np.flatnonzero(np.diff(coarse[order], prepend=-1))
     sizes = np.diff(np.append(starts, n))
@@ -139,7 +146,10 @@ def _upper(size: int) -> np.ndarray:
     return np.triu(np.ones((size, size), dtype=bool), 1)
 
 
-def _split_by_projections(rows: RowSource, eps: float) -> np.ndarray:
+def split_by_projections(rows: RowSource, eps: float) -> np.ndarray:
+    """Blocks that hold whole groups: along a projection onto a sign vector, rows
+    within eps in L1 are never more than eps apart, so a gap wider than eps in any
+    projection separates no related rows."""
     block = np.zeros(rows.shape[0], dtype=np.int64)
     projections = rows.project(projection_directions(rows.shape[1]))
     n_blocks = 1

@@ -26,7 +26,8 @@ Protocol (../shared/BENCHMARKS.md):
    compensation, then onnx_lump's refine stage), ``distill`` (random weights at exactly
    lump+refine's widths, the same refine budget) and ``onnxsim`` (the peer's structured
    Wanda channel removal, ridge refit and whole-chain Adam distillation, through its
-   public API; skipped with a message when onnxsim is not importable). The refined sizes
+   public API; Adam at 3e-2, and at sparsities <= 0.5 also at 1e-3, both points
+   counting; skipped with a message when onnxsim is not importable). The refined sizes
    go smallest first and each method stops at its first point within dRMSE 1%: larger
    sizes cannot change either headline number.
 5. Metrics: GRP% = 100 x dense parameters after / before (non-zero weights + biases for

@@ -94,7 +94,7 @@ def task_table(task: str, points: list[Point], networks: list[str]) -> str:
 
 STYLES = {
     "lump+refine": {"color": "black", "lw": 2.0},
-    "distill": {"color": "tab:red", "lw": 1.5, "ls": "-."},
+    "distill": {"color": "crimson", "lw": 1.5, "ls": "-.", "marker": "x"},
     "onnxsim": {"color": "tab:purple", "lw": 1.5, "ls": "-."},
 }
 
@@ -117,14 +117,8 @@ def plot_task(task: str, points: list[Point], networks: list[str], path: Path) -
             )
             if sel:
                 plain = {"lw": 0.9, "ls": "--" if method in UNSTRUCTURED else "-"}
-                style = STYLES.get(method, plain)
-                ax.plot(
-                    [p.grp for p in sel],
-                    [p.test_rmse for p in sel],
-                    marker=".",
-                    label=method,
-                    **style,
-                )
+                style = {"marker": ".", **STYLES.get(method, plain)}
+                ax.plot([p.grp for p in sel], [p.test_rmse for p in sel], label=method, **style)
         ax.axhline(base * 1.05, color="grey", lw=0.8, ls=":")
         ax.set_xscale("log")
         ax.set_ylim(0, base * 3)

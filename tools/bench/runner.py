@@ -31,7 +31,14 @@ from bench.common import (
 from bench.methods import lump_sweep, scratch_points, sweep_method
 from bench.metrics import HAS_REFINE, Network
 from bench.networks import calibration_feeds, predict, reference
-from bench.refined import DONE_DRMSE, onnxsim_points, refine_knobs, refined_points, same_sizes
+from bench.refined import (
+    DONE_DRMSE,
+    ONNXSIM_SLOW_LEARNING_RATE,
+    onnxsim_points,
+    refine_knobs,
+    refined_points,
+    same_sizes,
+)
 from onnx_lump.equivalence import PartitionOptions, Similarity
 from onnx_lump.methods import (
     EliminationCompensation,
@@ -65,6 +72,7 @@ def grids(quick: bool) -> dict:
         "onnxsim": (0.5, 0.8) if quick else ONNXSIM_SPARSITIES,
         "onnxsim_low": (0.2,) if quick else ONNXSIM_LOW_SPARSITIES,
         "onnxsim_floor": (0.9,) if quick else ONNXSIM_FLOOR_SPARSITIES,
+        "onnxsim_slow": (0.5,) if quick else (0.5, 0.3, 0.2, 0.1),
         "refine_mid": (10.0,) if quick else REFINE_MID_TARGETS,
         "refine_floor": (2.0,) if quick else REFINE_FLOOR_TARGETS,
         # The data similarity lumping uses by default with calibration (its affine
@@ -154,6 +162,14 @@ def _refined_extra(net: Network, cache: Path, grid: dict, previous: list[Point])
     return found
 
 
+def _onnxsim_slow(net: Network, cache: Path, grid: dict, previous: list[Point]) -> list[Point]:
+    """onnxsim again at the lower sparsities it ran, with Adam at 1e-3: the larger sizes
+    are near-lossless fits, where 3e-2 overshoots; both runs' points count."""
+    ran = {p.knob for p in previous if p.method == "onnxsim"}
+    todo = [s for s in grid["onnxsim_slow"] if s in ran]
+    return onnxsim_points(net, todo, ONNXSIM_SLOW_LEARNING_RATE) if todo else []
+
+
 def _onnxsim_floor(net: Network, cache: Path, grid: dict, previous: list[Point]) -> list[Point]:
     """onnxsim at higher sparsities where even its smallest size was within dRMSE 1%."""
     mine = sorted((p for p in previous if p.method == "onnxsim"), key=lambda p: p.grp)
@@ -171,6 +187,7 @@ GROUPS = {
     "onnxsim-low": _onnxsim_low,
     "refined-extra": _refined_extra,
     "onnxsim-floor": _onnxsim_floor,
+    "onnxsim-slow": _onnxsim_slow,
 }
 GRID_KEYS = {
     "refined": ("budget", "refine_targets"),
@@ -178,6 +195,7 @@ GRID_KEYS = {
     "onnxsim-low": ("onnxsim", "onnxsim_low"),
     "refined-extra": ("budget", "refine_targets", "refine_mid", "refine_floor"),
     "onnxsim-floor": ("onnxsim", "onnxsim_floor"),
+    "onnxsim-slow": ("onnxsim", "onnxsim_low", "onnxsim_slow"),
     "baselines": ("baseline_budget", "sparsities", "taus", "scratch", "variants"),
 }
 
