@@ -1,25 +1,28 @@
 """onnx_lump: shrink dense ONNX networks by merging neurons with equivalent dynamics.
 
 The pass runs in stages, one module each, data flowing one way:
-``chains`` (read the graph) -> ``ode`` (encode) -> ``equivalence`` (partition) ->
-``reduction`` (new weights) -> ``rewrite`` (graph surgery) -> ``verify`` (onnxruntime);
-``api.lump`` strings them together and ``cli`` is ``python -m onnx_lump``.
+``graph.chains`` (read the graph) -> ``ode.encoding`` (encode) -> ``ode.equivalence``
+(partition) -> ``ode.reduction`` (new weights) -> ``data.refine`` (with calibration data:
+refine onto the original) -> ``graph.rewrite`` (graph surgery) -> ``verify``
+(onnxruntime). ``data.holdout`` splits the calibration inputs, ``methods`` holds the
+compression methods, ``api.compress`` strings the stages together, ``search`` chooses the
+knob, ``cli`` is ``python -m onnx_lump`` and ``passes`` the onnx-ir pass.
 """
 
 __version__ = "0.1.0"
 
 from onnx_lump.api import LayerStats, Report, compress, lump
-from onnx_lump.chains import DenseChain, DenseLayer, scan_graph
-from onnx_lump.equivalence import (
+from onnx_lump.errors import LumpError
+from onnx_lump.graph.chains import DenseChain, DenseLayer, scan_graph
+from onnx_lump.ode.encoding import Lumping, OdeSystem, encode_chain
+from onnx_lump.ode.equivalence import (
     Equivalence,
     Partition,
     PartitionOptions,
     compute_partition,
 )
-from onnx_lump.errors import LumpError
-from onnx_lump.grouping import Linkage
-from onnx_lump.ode import Lumping, OdeSystem, encode_chain
-from onnx_lump.reduction import ReducedLayer, reduce_system
+from onnx_lump.ode.grouping import Linkage
+from onnx_lump.ode.reduction import ReducedLayer, reduce_system
 from onnx_lump.verify import VerificationResult, compare_models
 
 __all__ = [

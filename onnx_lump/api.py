@@ -12,28 +12,28 @@ import numpy as np
 import onnx
 
 from onnx_lump import __version__
-from onnx_lump.cache import SearchCache
-from onnx_lump.calibration import chain_inputs, random_inputs
-from onnx_lump.chains import DenseChain, scan_graph
-from onnx_lump.equivalence import Equivalence, PartitionOptions, Similarity
-from onnx_lump.errors import LumpError
-from onnx_lump.grouping import Linkage
-from onnx_lump.holdout import (
+from onnx_lump.data.cache import SearchCache
+from onnx_lump.data.calibration import chain_inputs, random_inputs
+from onnx_lump.data.holdout import (
     DEFAULT_HOLDOUT,
     CalibrationSplit,
     split_calibration,
 )
+from onnx_lump.data.refine import ChainData, RefineOptions, RefineStats, refine_chain
+from onnx_lump.errors import LumpError
+from onnx_lump.graph.chains import DenseChain, scan_graph
+from onnx_lump.graph.modelio import check_model
+from onnx_lump.graph.modelsource import to_model_proto
+from onnx_lump.graph.rewrite import export_model, import_graph, release_chain, rewrite_chain
+from onnx_lump.graph.spill import Spill
+from onnx_lump.graph.weightstats import WeightRange, chain_weight_ranges, weight_range_warnings
 from onnx_lump.methods import ChainProblem, ChainResult, Lump, Method
 from onnx_lump.methods.lumping import DEFAULT_RIDGE, DEFAULT_SIMILARITY_WITH_DATA, original_output
-from onnx_lump.modelio import check_model
-from onnx_lump.modelsource import to_model_proto
-from onnx_lump.ode import OdeSystem, encode_chain
-from onnx_lump.refine import ChainData, RefineOptions, RefineStats, refine_chain
-from onnx_lump.rewrite import export_model, import_graph, release_chain, rewrite_chain
+from onnx_lump.ode.encoding import OdeSystem, encode_chain
+from onnx_lump.ode.equivalence import Equivalence, PartitionOptions, Similarity
+from onnx_lump.ode.grouping import Linkage
 from onnx_lump.runtime import resolve_providers
-from onnx_lump.spill import Spill
 from onnx_lump.verify import VerificationResult, compare_models
-from onnx_lump.weightstats import WeightRange, chain_weight_ranges, weight_range_warnings
 
 __all__ = ["LayerStats", "Report", "compress", "lump"]
 
@@ -218,7 +218,7 @@ def compress(
     refine with. ``warm_start`` (one ChainResult per chain, e.g. ``report.results`` of
     an earlier call with the same method) replaces the method's own result as the
     starting point. ``cache`` keeps what does not depend on the method's knob between
-    calls on the same model and calibration (see :mod:`onnx_lump.cache`). With
+    calls on the same model and calibration (see :mod:`onnx_lump.data.cache`). With
     ``verify``, both models run in onnxruntime on ``inputs`` (else
     the held-out rows, else ``n_check`` seeded random inputs) and
     ``report.verification`` holds the output errors, judged against ``atol``/``rtol``.
@@ -294,7 +294,7 @@ def compress(
     }
     if isinstance(method, Lump):
         metadata["pkg.onnx_lump.eps"] = repr(method.options.eps)
-        metadata["pkg.onnx_lump.equivalence"] = method.options.equivalence.value
+        metadata["pkg.onnx_lump.ode.equivalence"] = method.options.equivalence.value
         metadata["pkg.onnx_lump.linkage"] = method.options.linkage.value
     if refined:
         metadata["pkg.onnx_lump.refine_iterations"] = json.dumps([r.iterations for r in refined])

@@ -35,14 +35,14 @@ import onnx
 
 from onnx_lump import __version__
 from onnx_lump.api import Report, compress
-from onnx_lump.calibration import (
+from onnx_lump.data.calibration import (
     MAX_RANDOM_BYTES,
     load_inputs,
     random_inputs,
     random_inputs_bytes,
 )
-from onnx_lump.chains import scan_graph
-from onnx_lump.equivalence import Equivalence, PartitionOptions, Similarity
+from onnx_lump.data.holdout import DEFAULT_HOLDOUT, holdout_error, split_calibration
+from onnx_lump.data.refine import RefineOptions
 from onnx_lump.errors import (
     EXIT_BAD_INPUT,
     EXIT_INTERNAL,
@@ -51,9 +51,10 @@ from onnx_lump.errors import (
     EXIT_SIGNAL_BASE,
     LumpError,
 )
-from onnx_lump.grouping import Linkage
-from onnx_lump.holdout import DEFAULT_HOLDOUT, holdout_error, split_calibration
-from onnx_lump.inventory import comparison_table, take_inventory
+from onnx_lump.graph.chains import scan_graph
+from onnx_lump.graph.inventory import comparison_table, take_inventory
+from onnx_lump.graph.modelio import check_model_file, check_paths, load_model, stage_model
+from onnx_lump.graph.rewrite import import_graph
 from onnx_lump.methods import (
     EliminationCompensation,
     Exact,
@@ -67,10 +68,9 @@ from onnx_lump.methods import (
     Wanda,
 )
 from onnx_lump.methods.lumping import DEFAULT_RIDGE, DEFAULT_SIMILARITY_WITH_DATA
-from onnx_lump.modelio import check_model_file, check_paths, load_model, stage_model
+from onnx_lump.ode.equivalence import Equivalence, PartitionOptions, Similarity
+from onnx_lump.ode.grouping import Linkage
 from onnx_lump.plotting import plot_path, plot_sweep
-from onnx_lump.refine import RefineOptions
-from onnx_lump.rewrite import import_graph
 from onnx_lump.runtime import resolve_providers
 from onnx_lump.search import Evaluator, bisect, parse_knobs, sweep, write_table
 from onnx_lump.verify import compare_files

@@ -29,10 +29,10 @@ from olive.passes import Pass
 from olive.passes.onnx.common import get_external_data_config, ir_model_to_olive_model
 from olive.passes.pass_config import BasePassConfig, PassConfigParam
 
-from onnx_lump.calibration import load_inputs
-from onnx_lump.equivalence import Equivalence, Similarity
-from onnx_lump.grouping import Linkage
+from onnx_lump.data.calibration import load_inputs
 from onnx_lump.methods.lumping import DEFAULT_RIDGE
+from onnx_lump.ode.equivalence import Equivalence, Similarity
+from onnx_lump.ode.grouping import Linkage
 from onnx_lump.passes import LumpPass
 
 __all__ = ["PACKAGE_CONFIG", "OnnxLump", "package_config", "write_package_config"]

@@ -27,12 +27,12 @@ import onnx
 import onnx_ir as ir
 
 from onnx_lump.api import Report, compress, lump
-from onnx_lump.equivalence import Equivalence, Similarity
 from onnx_lump.errors import LumpError
-from onnx_lump.grouping import Linkage
+from onnx_lump.graph.modelsource import ir_to_proto
 from onnx_lump.methods import Method
 from onnx_lump.methods.lumping import DEFAULT_RIDGE
-from onnx_lump.modelsource import ir_to_proto
+from onnx_lump.ode.equivalence import Equivalence, Similarity
+from onnx_lump.ode.grouping import Linkage
 
 __all__ = ["LumpPass"]
 

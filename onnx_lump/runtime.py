@@ -2,7 +2,7 @@
 
 A model is given as a path (onnxruntime reads the file and its external data itself,
 whatever its size) or as a ModelProto. A ModelProto that refers to external data on
-disk (loaded by :func:`onnx_lump.modelio.load_model`) runs with that folder as its data
+disk (loaded by :func:`onnx_lump.graph.modelio.load_model`) runs with that folder as its data
 folder; one too large to serialize, or one that refers to tensors the pass spilled to
 disk (absolute locations, which onnxruntime refuses), is staged as a file first.
 """
@@ -19,7 +19,7 @@ import onnx
 import onnxruntime as ort
 
 from onnx_lump.errors import LumpError
-from onnx_lump.modelio import (
+from onnx_lump.graph.modelio import (
     PROTO_LIMIT,
     all_tensors,
     external_data_dir,

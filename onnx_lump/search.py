@@ -28,11 +28,11 @@ import numpy as np
 import onnx
 
 from onnx_lump.api import Report, compress
-from onnx_lump.cache import SearchCache
+from onnx_lump.data.cache import SearchCache
+from onnx_lump.data.holdout import DEFAULT_HOLDOUT, output_error, stacked_outputs
+from onnx_lump.data.refine import RefineOptions
 from onnx_lump.errors import LumpError
-from onnx_lump.holdout import DEFAULT_HOLDOUT, output_error, stacked_outputs
 from onnx_lump.methods import Method
-from onnx_lump.refine import RefineOptions
 from onnx_lump.runtime import resolve_providers
 
 __all__ = ["Evaluator", "SweepPoint", "bisect", "parse_knobs", "sweep", "write_table"]
@@ -61,7 +61,7 @@ class Evaluator:
     ``validation``, ``validation_targets``, ``providers``). ``refine`` is the budget of
     the network finally returned (None: compress's default; False: off). With
     ``caches`` (the default) the steps share what does not depend on the knob
-    (:mod:`onnx_lump.cache`)."""
+    (:mod:`onnx_lump.data.cache`)."""
 
     def __init__(
         self,

@@ -65,7 +65,7 @@ __all__ = [
 ]
 
 DTYPES = ("float16", "float32", "float64")
-# The pass's allowance for rounding at eps 0 (onnx_lump.equivalence._ROUNDING_UNITS), in
+# The pass's allowance for rounding at eps 0 (onnx_lump.ode.equivalence._ROUNDING_UNITS), in
 # units of the dtype's eps; distinct neurons are kept MARGIN allowances apart.
 ROUNDING_UNITS = 16.0
 MARGIN = 4.0
@@ -313,7 +313,7 @@ def supported_activation_ops() -> frozenset[str]:
     try:
         from onnx_lump.activations import SUPPORTED_ACTIVATION_OPS
     except ImportError:  # an older layout: the reader's own table
-        from onnx_lump.chains import _ACTIVATION_OPS as SUPPORTED_ACTIVATION_OPS
+        from onnx_lump.graph.chains import _ACTIVATION_OPS as SUPPORTED_ACTIVATION_OPS
     return frozenset(SUPPORTED_ACTIVATION_OPS)
 
 
@@ -380,7 +380,7 @@ def _probe(act: ActivationOp, dtype: str, opset: int | None = None) -> onnx.Mode
 @functools.cache
 def reader_reads(key: str) -> bool:
     """Whether the pass's reader finds a chain through this activation, as its kind."""
-    from onnx_lump.chains import scan_graph
+    from onnx_lump.graph.chains import scan_graph
 
     act = activation_op(key)
     try:

@@ -12,7 +12,7 @@ from conftest import run_ort
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from onnx_lump import lump
-from onnx_lump.weightstats import WeightRange, weight_range_warnings, weight_ranges
+from onnx_lump.graph.weightstats import WeightRange, weight_range_warnings, weight_ranges
 
 WIDTHS = (16, 64, 64, 4)
 

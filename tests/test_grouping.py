@@ -7,7 +7,7 @@ import pytest
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial.distance import cdist
 
-from onnx_lump.grouping import Linkage, group_rows
+from onnx_lump.ode.grouping import Linkage, group_rows
 
 
 def clustered(n_clusters: int, per_cluster: int, dim: int, spread: float, seed: int) -> np.ndarray:

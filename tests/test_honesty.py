@@ -14,9 +14,9 @@ from conftest import MODELS, run_ort
 
 from onnx_lump import lump
 from onnx_lump.cli import main
-from onnx_lump.compensation import RIDGE_GRID, refit_layer
+from onnx_lump.data.compensation import RIDGE_GRID, refit_layer
+from onnx_lump.data.holdout import MIN_HOLDOUT_ROWS, output_error, split_calibration
 from onnx_lump.errors import LumpError
-from onnx_lump.holdout import MIN_HOLDOUT_ROWS, output_error, split_calibration
 
 CALIB_2048 = MODELS / "rn_calib_2048.npz"
 TEST = dict(np.load(MODELS / "rn_test.npz"))

@@ -136,7 +136,7 @@ _MEASURE = textwrap.dedent(
     import json, resource, sys
     from onnx_lump import compress
     from onnx_lump.methods import Exact
-    from onnx_lump.modelio import load_model, save_model
+    from onnx_lump.graph.modelio import load_model, save_model
 
     def peak_bytes():
         # Linux carries ru_maxrss over fork + exec, so a child started by a large parent
@@ -273,9 +273,10 @@ def _same_report(disk, memory) -> None:
 def test_a_model_on_disk_is_compressed_bit_for_bit_like_one_in_memory(
     tmp_path, monkeypatch, name, eps
 ):
-    from onnx_lump import lump, spill
-    from onnx_lump.modelio import all_tensors, is_spilled, load_model, save_model
-    from onnx_lump.weightstats import weight_ranges
+    from onnx_lump import lump
+    from onnx_lump.graph import spill
+    from onnx_lump.graph.modelio import all_tensors, is_spilled, load_model, save_model
+    from onnx_lump.graph.weightstats import weight_ranges
 
     # Spill every tensor, park every array: the fixtures' tensors are below the thresholds.
     monkeypatch.setattr(spill, "INLINE_LIMIT", 0)
@@ -307,8 +308,8 @@ def test_the_report_of_a_model_on_disk_holds_its_arrays_on_disk(tmp_path):
     spill file; the model still verifies (onnxruntime on a staged file), and the results
     warm-start another call to the same model."""
     from onnx_lump import compress
+    from onnx_lump.graph.modelio import is_spilled, load_model
     from onnx_lump.methods import Exact
-    from onnx_lump.modelio import is_spilled, load_model
     from onnx_lump.runtime import run_model
 
     source = tmp_path / "deep.onnx"
@@ -334,8 +335,8 @@ def test_a_model_on_disk_is_fitted_and_measured_like_one_in_memory(tmp_path):
     """The data path on a model on disk: the chain inputs, the refit, the refinement and
     the held-out error (onnxruntime on the staged spilled model) match the in-memory run."""
     from onnx_lump import lump
-    from onnx_lump.modelio import load_model
-    from onnx_lump.refine import RefineOptions
+    from onnx_lump.data.refine import RefineOptions
+    from onnx_lump.graph.modelio import load_model
 
     source = tmp_path / "deep.onnx"
     build_deep_model(source, width=96, chains=2)  # 72 kB float64 layers: parked

@@ -9,8 +9,8 @@ from builders import mlp, random_layers
 from conftest import FIXTURES, MANIFEST, MODELS, feeds_for, relative_error, run_ort
 
 from onnx_lump import compress, lump, scan_graph
-from onnx_lump.calibration import chain_inputs, forward_chain
-from onnx_lump.holdout import split_calibration
+from onnx_lump.data.calibration import chain_inputs, forward_chain
+from onnx_lump.data.holdout import split_calibration
 from onnx_lump.methods import (
     ChainProblem,
     EliminationCompensation,
@@ -22,7 +22,7 @@ from onnx_lump.methods import (
     Sequence,
     Wanda,
 )
-from onnx_lump.ode import encode_chain
+from onnx_lump.ode.encoding import encode_chain
 from onnx_lump.runtime import resolve_providers
 
 CALIB = dict(np.load(MODELS / "rn_calib.npz"))

@@ -22,7 +22,7 @@ from onnx.external_data_helper import uses_external_data
 from onnx_lump import lump
 from onnx_lump.cli import main
 from onnx_lump.errors import LumpError
-from onnx_lump.modelio import (
+from onnx_lump.graph.modelio import (
     INLINE_LIMIT,
     check_paths,
     file_size,
@@ -184,7 +184,7 @@ def test_inline_input_gives_inline_output_and_external_input_external(tmp_path):
 
 
 def test_output_over_the_protobuf_limit_goes_external(tmp_path, monkeypatch):
-    import onnx_lump.modelio as modelio
+    import onnx_lump.graph.modelio as modelio
 
     monkeypatch.setattr(modelio, "PROTO_LIMIT", 10_000)  # a "2 GB" model without 2 GB
     model = planted((64, 80, 48, 4))
@@ -207,7 +207,7 @@ _SLOW_SAVE = textwrap.dedent(
     from pathlib import Path
     import numpy as np, onnx
     from onnx import helper, numpy_helper, TensorProto
-    import onnx_lump.modelio as modelio
+    import onnx_lump.graph.modelio as modelio
 
     folder = Path(sys.argv[1])
     tensors = [numpy_helper.from_array(np.full((1024, 1024 * 8), i, np.float32), f"W{i}")

@@ -15,8 +15,8 @@ from conftest import FIXTURES
 from onnx import TensorProto, helper, numpy_helper
 
 from onnx_lump import lump
+from onnx_lump.graph.rewrite import export_model, import_graph, rewrite_chain
 from onnx_lump.methods import Exact
-from onnx_lump.rewrite import export_model, import_graph, rewrite_chain
 
 
 def _run(model: onnx.ModelProto, feeds: dict) -> list:
@@ -150,8 +150,8 @@ def test_an_unchanged_model_is_kept_whole():
 
 def test_graphs_not_tagged_by_import_graph_are_matched_by_name():
     """export_model works on a plain gs.import_onnx graph too (nodes matched by name)."""
-    from onnx_lump.chains import scan_graph
-    from onnx_lump.ode import encode_chain
+    from onnx_lump.graph.chains import scan_graph
+    from onnx_lump.ode.encoding import encode_chain
 
     model = documented_model()
     graph = gs.import_onnx(model)

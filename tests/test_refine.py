@@ -15,11 +15,11 @@ from conftest import MODELS, run_ort
 from onnx_lump import compress, lump
 from onnx_lump.activations import IDENTITY, REGISTRY, Activation, ActivationKind
 from onnx_lump.cli import main
-from onnx_lump.holdout import output_error, split_calibration
+from onnx_lump.data.holdout import output_error, split_calibration
+from onnx_lump.data.refine import ChainData, RefineOptions, _Network, chain_loss, refine_chain
 from onnx_lump.methods import Magnitude, RandomInit
 from onnx_lump.methods.base import ChainResult, Shortcut
-from onnx_lump.reduction import ReducedLayer
-from onnx_lump.refine import ChainData, RefineOptions, _Network, chain_loss, refine_chain
+from onnx_lump.ode.reduction import ReducedLayer
 
 DEMO = MODELS / "rn_tanh_2x64.onnx"
 CALIB_PATH = MODELS / "rn_calib.npz"
@@ -204,7 +204,7 @@ def test_searched_error_is_what_onnxruntime_measures_on_the_written_file(tmp_pat
 
 @pytest.mark.parametrize("samples", [50, 400])  # fewer and more samples than neurons
 def test_span_selection_keeps_a_basis_and_folds_the_rest_exactly(samples):
-    from onnx_lump.span import select_span
+    from onnx_lump.ode.span import select_span
 
     rng = np.random.default_rng(6)
     basis = rng.normal(size=(samples, 12))
@@ -225,8 +225,8 @@ def test_span_selection_keeps_a_basis_and_folds_the_rest_exactly(samples):
 
 
 def test_span_reduction_runs_through_onnxruntime():
-    from onnx_lump.equivalence import PartitionOptions, Similarity
     from onnx_lump.methods import Lump, Reduction
+    from onnx_lump.ode.equivalence import PartitionOptions, Similarity
 
     model = onnx.load(DEMO)
     method = Lump(PartitionOptions(0.05, similarity=Similarity.DATA), reduction=Reduction.SPAN)

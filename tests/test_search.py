@@ -11,10 +11,10 @@ import pytest
 from conftest import MODELS, run_ort
 
 from onnx_lump.cli import main
-from onnx_lump.equivalence import PartitionOptions
-from onnx_lump.holdout import output_error, split_calibration
+from onnx_lump.data.holdout import output_error, split_calibration
+from onnx_lump.data.refine import RefineOptions
 from onnx_lump.methods import Lump, Magnitude
-from onnx_lump.refine import RefineOptions
+from onnx_lump.ode.equivalence import PartitionOptions
 from onnx_lump.search import Evaluator, bisect, parse_knobs, sweep
 
 DEMO = MODELS / "rn_tanh_2x64.onnx"

@@ -1,4 +1,4 @@
-"""The search's caches (onnx_lump.cache) change its speed, never its result."""
+"""The search's caches (onnx_lump.data.cache) change its speed, never its result."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import onnx
 import pytest
 from conftest import MODELS, run_ort
 
-from onnx_lump.data_grouping import group_data_rows
-from onnx_lump.equivalence import PartitionOptions, Similarity
-from onnx_lump.grouping import Linkage, group_rows
+from onnx_lump.data.refine import RefineOptions
 from onnx_lump.methods import Lump
-from onnx_lump.refine import RefineOptions
+from onnx_lump.ode.data_grouping import group_data_rows
+from onnx_lump.ode.equivalence import PartitionOptions, Similarity
+from onnx_lump.ode.grouping import Linkage, group_rows
 from onnx_lump.search import Evaluator, bisect
 
 DEMO = MODELS / "rn_tanh_2x64.onnx"

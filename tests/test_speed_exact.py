@@ -12,10 +12,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnx_lump import lump
-from onnx_lump.chains import scan_graph
-from onnx_lump.equivalence import Partition, PartitionOptions, compute_partition
-from onnx_lump.ode import Lumping, aggregate, encode_chain
-from onnx_lump.reduction import reduce_system
+from onnx_lump.graph.chains import scan_graph
+from onnx_lump.ode.encoding import Lumping, aggregate, encode_chain
+from onnx_lump.ode.equivalence import Partition, PartitionOptions, compute_partition
+from onnx_lump.ode.reduction import reduce_system
 
 WIDTH = 4096
 N_IN, N_OUT = 32, 8
@@ -134,8 +134,8 @@ def test_identity_aggregation_does_not_copy_the_layer(system):
 
 
 def test_row_chunked_data_helpers_match_whole_arrays(system, monkeypatch):
-    import onnx_lump.reduction as reduction
-    from onnx_lump.calibration import forward_chain
+    import onnx_lump.ode.reduction as reduction
+    from onnx_lump.data.calibration import forward_chain
 
     monkeypatch.setattr(reduction, "_ROW_CHUNK_ENTRIES", 1 << 14)  # several chunks
     rng = np.random.default_rng(5)
@@ -158,7 +158,7 @@ def test_row_chunked_data_helpers_match_whole_arrays(system, monkeypatch):
 
 
 def test_data_similarity_in_sample_chunks_matches_one_chunk(monkeypatch):
-    import onnx_lump.equivalence as equivalence
+    import onnx_lump.ode.equivalence as equivalence
     from onnx_lump.activations import Activation, ActivationKind
 
     rng = np.random.default_rng(11)

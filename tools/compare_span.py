@@ -26,9 +26,9 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 from benchdata import DEFAULT_DATA_DIR, load_task  # noqa: E402
 
-from onnx_lump.equivalence import PartitionOptions, Similarity  # noqa: E402
+from onnx_lump.data.refine import RefineOptions  # noqa: E402
 from onnx_lump.methods import Lump, Reduction  # noqa: E402
-from onnx_lump.refine import RefineOptions  # noqa: E402
+from onnx_lump.ode.equivalence import PartitionOptions, Similarity  # noqa: E402
 from onnx_lump.search import Evaluator, bisect  # noqa: E402
 
 DEFAULT_NETWORKS = (

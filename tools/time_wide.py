@@ -6,7 +6,7 @@ each) as over-parameterised layers do, then measures in one run, interleaved and
 (medians, since other processes share the machine):
 
 * ``onnx.load`` + ``onnx.save`` (the issue's baseline), and the same through
-  ``onnx_lump.modelio`` (``load_model`` + ``save_model``, the code the pass itself uses);
+  ``onnx_lump.graph.modelio`` (``load_model`` + ``save_model``, the code the pass itself uses);
 * the data-free pass end to end: ``load_model``, ``onnx_lump.lump`` (no verification),
   ``save_model``, at an epsilon that merges the clusters (0.05) and at epsilon 0.
 
@@ -80,7 +80,7 @@ def _median(values: list[float]) -> float:
 
 def measure(width: int = 4096, repeats: int = 5, workdir: Path | None = None) -> dict:
     """Medians (wall and CPU seconds) of the I/O baselines and the data-free pass."""
-    from onnx_lump.modelio import load_model, save_model
+    from onnx_lump.graph.modelio import load_model, save_model
 
     workdir = Path(workdir or tempfile.gettempdir())
     path, out = workdir / f"wide_{width}.onnx", workdir / f"wide_{width}_out.onnx"

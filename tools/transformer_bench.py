@@ -42,8 +42,9 @@ import onnxruntime as ort
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
 from onnx_lump import compress
-from onnx_lump.chains import scan_graph
-from onnx_lump.equivalence import PartitionOptions, Similarity
+from onnx_lump.data.refine import RefineOptions
+from onnx_lump.graph.chains import scan_graph
+from onnx_lump.graph.rewrite import import_graph
 from onnx_lump.methods import (
     EliminationCompensation,
     LinearFolding,
@@ -52,8 +53,7 @@ from onnx_lump.methods import (
     Scope,
     Wanda,
 )
-from onnx_lump.refine import RefineOptions
-from onnx_lump.rewrite import import_graph
+from onnx_lump.ode.equivalence import PartitionOptions, Similarity
 
 __all__ = ["Point", "main"]
 

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from onnx_lump.cache import ChainCache
-from onnx_lump.ode import OdeSystem
-from onnx_lump.reduction import ReducedLayer
+from onnx_lump.data.cache import ChainCache
+from onnx_lump.ode.encoding import OdeSystem
+from onnx_lump.ode.reduction import ReducedLayer
 
 __all__ = ["ChainProblem", "ChainResult", "Method", "Shortcut"]
 
@@ -24,7 +24,7 @@ class ChainProblem:
     system: OdeSystem
     calibration: np.ndarray | None = None
     holdout: np.ndarray | None = None
-    # knob-independent results kept across the calls of one search (onnx_lump.cache)
+    # knob-independent results kept across the calls of one search (onnx_lump.data.cache)
     cache: ChainCache | None = field(default=None, repr=False)
 
     @property

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from onnx_lump.methods.base import ChainProblem, ChainResult, Method
-from onnx_lump.ode import OdeLayer, OdeSystem
+from onnx_lump.ode.encoding import OdeLayer, OdeSystem
 
 __all__ = ["Sequence"]
 

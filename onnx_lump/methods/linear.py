@@ -20,10 +20,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from onnx_lump.activations import ActivationKind
-from onnx_lump.calibration import forward_chain
+from onnx_lump.data.calibration import forward_chain
 from onnx_lump.errors import LumpError
 from onnx_lump.methods.base import ChainProblem, ChainResult, Method, Shortcut
-from onnx_lump.reduction import ReducedLayer
+from onnx_lump.ode.reduction import ReducedLayer
 
 __all__ = ["LinearFolding"]
 

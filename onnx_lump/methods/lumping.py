@@ -10,21 +10,21 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from onnx_lump.cache import ChainCache, digest
-from onnx_lump.calibration import forward_chain
-from onnx_lump.compensation import refit_layer, residual
-from onnx_lump.equivalence import (
+from onnx_lump.data.cache import ChainCache, digest
+from onnx_lump.data.calibration import forward_chain
+from onnx_lump.data.compensation import refit_layer, residual
+from onnx_lump.methods.base import ChainProblem, ChainResult, Method
+from onnx_lump.ode.encoding import Lumping, aggregate
+from onnx_lump.ode.equivalence import (
     Equivalence,
     PartitionOptions,
     Similarity,
     backward_lumping,
     compute_partition,
 )
-from onnx_lump.grouping import Linkage
-from onnx_lump.methods.base import ChainProblem, ChainResult, Method
-from onnx_lump.ode import Lumping, aggregate
-from onnx_lump.reduction import ReducedLayer, reduce_layer, reduce_system
-from onnx_lump.span import select_span
+from onnx_lump.ode.grouping import Linkage
+from onnx_lump.ode.reduction import ReducedLayer, reduce_layer, reduce_system
+from onnx_lump.ode.span import select_span
 
 __all__ = [
     "DEFAULT_RIDGE",
@@ -65,7 +65,7 @@ class Lump(Method):
     (unless ``force_refit``): its refit would interpolate the rows, not the function.
 
     With ``reduction`` SPAN and eps > 0, the kept neurons are chosen by the span of the
-    layer's activations instead (see :mod:`onnx_lump.span`); eps is then the share of
+    layer's activations instead (see :mod:`onnx_lump.ode.span`); eps is then the share of
     their energy left unexplained.
     """
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from onnx_lump.errors import LumpError
 from onnx_lump.methods.base import ChainProblem, ChainResult, Method
-from onnx_lump.reduction import ReducedLayer
+from onnx_lump.ode.reduction import ReducedLayer
 
 __all__ = ["RandomInit"]
 

@@ -46,7 +46,7 @@ def refine_budget(quick: bool):
     """The protocol's refine budget, the same for lump+refine and distill: 300 L-BFGS
     iterations (as measured in issue 8), RefineOptions' other defaults (wall-time cap,
     early stop on the held-out rows), no progress bar; a tiny one for the quick run."""
-    from onnx_lump.refine import RefineOptions
+    from onnx_lump.data.refine import RefineOptions
 
     iterations = QUICK_REFINE_ITERS if quick else REFINE_ITERS
     return RefineOptions(max_iters=iterations, progress=False)

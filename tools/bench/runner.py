@@ -39,7 +39,6 @@ from bench.refined import (
     refined_points,
     same_sizes,
 )
-from onnx_lump.equivalence import PartitionOptions, Similarity
 from onnx_lump.methods import (
     EliminationCompensation,
     Exact,
@@ -49,6 +48,7 @@ from onnx_lump.methods import (
     Wanda,
 )
 from onnx_lump.methods.lumping import DEFAULT_SIMILARITY_WITH_DATA
+from onnx_lump.ode.equivalence import PartitionOptions, Similarity
 
 __all__ = ["GROUPS", "grids", "headline_method", "run_network"]
 

@@ -568,6 +568,7 @@ def check_model(model: onnx.ModelProto) -> None:
     """onnx.checker on an in-memory model of any size, external data references included:
     it checks a copy whose external and large tensors are empty placeholders (the
     structure is what can be wrong; the data were checked when they were written)."""
+
     def placeholder(tensor: onnx.TensorProto) -> None:
         for name in ("raw_data", "float_data", "double_data", "int32_data", "int64_data"):
             tensor.ClearField(name)
@@ -722,9 +723,7 @@ def _externalize_from(
         copy.external_data.add(key=key, value=value)
 
 
-def _externalize(
-    tensor: onnx.TensorProto, data, location: str, source: Path | None
-) -> None:
+def _externalize(tensor: onnx.TensorProto, data, location: str, source: Path | None) -> None:
     nbytes = tensor_nbytes(tensor)
     if tensor.data_type == onnx.TensorProto.STRING:
         return  # strings cannot be stored externally

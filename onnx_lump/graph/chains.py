@@ -108,8 +108,8 @@ class ConstantRef:
 
     def view(self, shared: bool = False) -> np.ndarray:
         """The value without keeping it: memory-mapped from the external-data file when
-        the graph came from :func:`onnx_lump.rewrite.import_graph` and the constant was not
-        read yet (``shared``: see :func:`onnx_lump.modelio.tensor_view`); the value read
+        the graph came from :func:`onnx_lump.graph.rewrite.import_graph` and the constant was not
+        read yet (``shared``: see :func:`onnx_lump.graph.modelio.tensor_view`); the value read
         otherwise."""
         if self._value is not None:
             return self._value

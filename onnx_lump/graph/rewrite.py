@@ -35,13 +35,13 @@ from onnx.external_data_helper import uses_external_data
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
-from onnx_lump.chains import ConstantRef, DenseChain, DenseLayer
+from onnx_lump.graph.chains import ConstantRef, DenseChain, DenseLayer
+from onnx_lump.graph.modelio import external_data_dir, tensor_array, tensor_view
 from onnx_lump.methods.base import Shortcut
-from onnx_lump.modelio import external_data_dir, tensor_array, tensor_view
-from onnx_lump.reduction import ReducedLayer
+from onnx_lump.ode.reduction import ReducedLayer
 
 if TYPE_CHECKING:
-    from onnx_lump.spill import Spill
+    from onnx_lump.graph.spill import Spill
 
 __all__ = ["export_model", "import_graph", "release_chain", "rewrite_chain"]
 
@@ -116,7 +116,7 @@ def _spill_constant(constant: gs.Constant, spill: Spill) -> None:
 def import_graph(model: onnx.ModelProto) -> gs.Graph:
     """``gs.import_onnx(model)``, with each node tagged by its position in ``model`` and
     every constant loaded lazily: external data is read from the model's folder (see
-    :func:`onnx_lump.modelio.load_model`) only when a value is needed, and
+    :func:`onnx_lump.graph.modelio.load_model`) only when a value is needed, and
     :func:`release_chain` can hand an unchanged value's memory back."""
     graph = gs.import_onnx(model)
     base = external_data_dir(model)
@@ -150,7 +150,7 @@ class _PristineValues(LazyValues):
 
     def map_values(self, shared: bool = False) -> np.ndarray:
         """The values without loading them into the constant: a memory map of external
-        data (see :func:`onnx_lump.modelio.tensor_view`), else the proto's values."""
+        data (see :func:`onnx_lump.graph.modelio.tensor_view`), else the proto's values."""
         if uses_external_data(self.tensor):
             return tensor_view(self.tensor, self._base, shared)
         return onnx.numpy_helper.to_array(self.tensor)
@@ -406,8 +406,7 @@ class _Merger:
             chosen = [v for v in before if v.name not in initializers or v.name in kept]
         else:  # someone changed the graph's interface: follow the graph
             chosen = [
-                by_name.get(t.name)
-                or OnnxExporter.export_value_info_proto(t, do_type_check=False)
+                by_name.get(t.name) or OnnxExporter.export_value_info_proto(t, do_type_check=False)
                 for t in tensors
             ]
         result = []

@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from onnx_lump.activations import Activation, ActivationKind
-from onnx_lump.data_grouping import group_data_rows
 from onnx_lump.errors import LumpError
-from onnx_lump.grouping import Linkage, group_rows, number_by_first_row, projection_directions
-from onnx_lump.ode import Lumping, OdeSystem, aggregate, row_step
-from onnx_lump.reduction import ReducedLayer, block_anchors, reduce_layer
+from onnx_lump.ode.data_grouping import group_data_rows
+from onnx_lump.ode.encoding import Lumping, OdeSystem, aggregate, row_step
+from onnx_lump.ode.grouping import Linkage, group_rows, number_by_first_row, projection_directions
+from onnx_lump.ode.reduction import ReducedLayer, block_anchors, reduce_layer
 
 __all__ = ["Equivalence", "Partition", "PartitionOptions", "compute_partition"]
 
@@ -74,7 +74,7 @@ class Partition:
 
     A backward partition also carries the reduced layers of ``system``, built on the way:
     they need the same aggregation of each layer over the blocks upstream, which is the
-    costliest step on a wide layer (:func:`onnx_lump.reduction.reduce_system` returns them).
+    costliest step on a wide layer (:func:`onnx_lump.ode.reduction.reduce_system` returns them).
     """
 
     options: PartitionOptions
@@ -101,7 +101,7 @@ def _backward(
     """Front to back, one aggregation a layer, shared by the partition and the reduction.
 
     Each layer is aggregated over the reduced upstream neurons (block B is its anchor
-    member f, see :func:`onnx_lump.reduction.reduce_layer`), which is what the reduction
+    member f, see :func:`onnx_lump.ode.reduction.reduce_layer`), which is what the reduction
     needs; the partition's rows, over the blocks in canonical units, differ from those
     only by a factor ``scale_f`` per column and ``offset_f`` folded into the bias, and
     :func:`backward_lumping` applies both as ``units`` while it reads the rows.
@@ -240,7 +240,7 @@ class _RowStatistics:
 
 class _CanonicalRows:
     """The rows ``[coefficients * column_scale, bias] / divisor`` as a
-    :class:`onnx_lump.grouping.RowSource`: formed only for the neurons the grouping
+    :class:`onnx_lump.ode.grouping.RowSource`: formed only for the neurons the grouping
     cannot separate by projections, so a wide layer is never copied whole."""
 
     def __init__(
@@ -465,7 +465,7 @@ def _data_rows(
 
 
 class _DataRows:
-    """Row source (:class:`onnx_lump.grouping.RowSource`) of the scaled canonical
+    """Row source (:class:`onnx_lump.ode.grouping.RowSource`) of the scaled canonical
     pre-activations ``factor * (rows . [x, 1])`` over the samples x: a neuron's row is
     formed only when the grouping needs it, and projections go through the inputs'
     (features x directions) product."""
@@ -623,7 +623,7 @@ def _lumping_from_groups(
     row_l1: np.ndarray | None = None,
 ) -> Lumping:
     """Group all rows but the ``unlinked`` ones, then drop the removed ones from their
-    groups; ``rows`` may be a :class:`onnx_lump.grouping.RowSource` whose L1 norms are
+    groups; ``rows`` may be a :class:`onnx_lump.ode.grouping.RowSource` whose L1 norms are
     ``row_l1``.
 
     Rows removed for being within eps of a constant still take part in the linkage, so

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from onnx_lump.chains import DenseChain, DenseLayer, scan_graph
-from onnx_lump.reduction import ReducedLayer
-from onnx_lump.rewrite import import_graph
+from onnx_lump.graph.chains import DenseChain, DenseLayer, scan_graph
+from onnx_lump.graph.rewrite import import_graph
+from onnx_lump.ode.reduction import ReducedLayer
 
 __all__ = [
     "DEFAULT_GROWTH_LIMIT",
@@ -95,9 +95,7 @@ def chain_weight_ranges(chain: DenseChain, reduced: list[ReducedLayer]) -> list[
         if alpha != 1.0:
             weight = weight * abs(alpha)
         bias = _stored(new.bias / beta if beta != 0.0 else new.bias, layer.dtype) * beta
-        ranges.append(
-            WeightRange(layer.name, before_w, _max_abs(weight), before_b, _max_abs(bias))
-        )
+        ranges.append(WeightRange(layer.name, before_w, _max_abs(weight), before_b, _max_abs(bias)))
     return ranges
 
 

@@ -20,8 +20,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from onnx_lump.activations import Activation, ActivationKind
-from onnx_lump.chains import DenseChain
 from onnx_lump.errors import LumpError
+from onnx_lump.graph.chains import DenseChain
 
 __all__ = [
     "Lumping",

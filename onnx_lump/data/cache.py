@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnx_lump.holdout import CalibrationSplit, output_error, stacked_outputs
+from onnx_lump.data.holdout import CalibrationSplit, output_error, stacked_outputs
 
 __all__ = ["DEFAULT_CACHE_BYTES", "ChainCache", "SearchCache", "digest"]
 
@@ -134,7 +134,7 @@ class SearchCache:
         split: CalibrationSplit,
         providers: Sequence,
     ) -> float:
-        """:func:`onnx_lump.holdout.holdout_error` with the original's outputs run once."""
+        """:func:`onnx_lump.data.holdout.holdout_error` with the original's outputs run once."""
         reference = self.get(
             "reference outputs", lambda: stacked_outputs(original, split.holdout, providers)
         )

@@ -12,7 +12,7 @@ import numpy as np
 import scipy.linalg
 import threadpoolctl
 
-from onnx_lump.reduction import ReducedLayer
+from onnx_lump.ode.reduction import ReducedLayer
 
 __all__ = ["FALLBACK_RIDGE", "RIDGE_GRID", "refit_layer", "residual"]
 

@@ -27,7 +27,7 @@ import threadpoolctl
 from onnx_lump.activations import Activation
 from onnx_lump.errors import LumpError
 from onnx_lump.methods.base import ChainResult, Shortcut
-from onnx_lump.reduction import ReducedLayer
+from onnx_lump.ode.reduction import ReducedLayer
 
 __all__ = [
     "ChainData",

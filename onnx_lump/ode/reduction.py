@@ -19,10 +19,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from onnx_lump.activations import Activation, ActivationKind
-from onnx_lump.ode import Lumping, OdeSystem, aggregate
+from onnx_lump.ode.encoding import Lumping, OdeSystem, aggregate
 
 if TYPE_CHECKING:
-    from onnx_lump.equivalence import Partition
+    from onnx_lump.ode.equivalence import Partition
 
 __all__ = [
     "ReducedLayer",

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnx_lump.chains import DenseChain
 from onnx_lump.errors import LumpError
-from onnx_lump.ode import OdeSystem
+from onnx_lump.graph.chains import DenseChain
+from onnx_lump.ode.encoding import OdeSystem
 from onnx_lump.runtime import run_model
 
 __all__ = [

@@ -3,7 +3,7 @@ calibration row (its scaled pre-activation), so rows are long (thousands of colu
 and, at the larger epsilons a search tries, hardly any pair is decided by projections or
 by bounds from one matrix product.
 
-The groups are exactly those of :func:`onnx_lump.grouping.group_rows`: the components of
+The groups are exactly those of :func:`onnx_lump.ode.grouping.group_rows`: the components of
 the graph with an edge wherever the L1 distance is at most epsilon. What changes is how
 the distances of the undecided pairs are found. L1 distance is a sum of non-negative
 terms, so the sum over some of the columns is a lower bound: the columns are read in
@@ -21,7 +21,7 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial.distance import cdist
 
-from onnx_lump.grouping import (
+from onnx_lump.ode.grouping import (
     Linkage,
     RowSource,
     group_rows,

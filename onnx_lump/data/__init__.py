@@ -1,0 +1,4 @@
+"""The data stages: split calibration inputs into fitting and held-out rows
+(``holdout``), compute chain inputs with onnxruntime (``calibration``), refit layers in
+closed form (``compensation``), refine reduced chains by L-BFGS (``refine``), and keep
+what one search computes once (``cache``)."""
