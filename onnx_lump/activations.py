@@ -12,11 +12,8 @@ any element-wise activation; the symmetries add more exact merges:
   Sigmoid flip.
 
 Decomposed forms are matched on a canonical expression of the subgraph (see
-:class:`Expr` helpers below): products and sums are flattened and their constants folded,
-``Div``/``Sub``/``Neg``/``Pow``/``Sqrt``/``Reciprocal`` are rewritten as products, sums and
-powers, so the operand order, the association of products and ``Div(x, sqrt 2)`` versus
-``Mul(x, 1/sqrt 2)`` do not matter. The graph reader (``chains.py``) builds the
-expression; this module only knows numbers.
+:mod:`onnx_lump.expressions`, and :mod:`onnx_lump.activation_patterns` for the matchers).
+The graph reader (``chains.py``) builds the expression; this module only knows numbers.
 """
 
 from __future__ import annotations
@@ -28,6 +25,47 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 from scipy import special
+
+from onnx_lump.activation_forms import (
+    _SELU_ALPHA,
+    _SELU_GAMMA,
+    _SQRT_HALF,
+    _clip_homogeneous,
+    _clip_symmetry,
+    _describe_clip,
+    _elu_like,
+    _gelu_slope,
+    _gelu_tanh_parts,
+    _gelu_tanh_slope,
+    _hard_sigmoid,
+    _hard_sigmoid_slope,
+    _hard_swish_forward,
+    _hard_swish_slope,
+    _mish_parts,
+    _mish_slope,
+    _negative_slope_derivative,
+    _negative_slope_forward,
+    _sigmoid,
+    _softplus_forward,
+    _softplus_slope,
+    _swish_slope,
+)
+from onnx_lump.activation_patterns import (
+    _clip,
+    _gelu_erf,
+    _gelu_op,
+    _gelu_tanh,
+    _hard_sigmoid_clip,
+    _hard_swish_decomposed,
+    _mish_decomposed,
+    _sigmoid_decomposed,
+    _single_op,
+    _softplus_scaled,
+    _softplus_where,
+    _softsign_decomposed,
+    _swish,
+)
+from onnx_lump.expressions import X, add, constant, fn, mul, power, render
 
 __all__ = [
     "IDENTITY",
@@ -68,13 +106,6 @@ class ActivationKind(enum.Enum):
     MISH = "Mish"
     CLIP = "Clip"
     SOFTSIGN = "Softsign"
-
-
-_SQRT_HALF = math.sqrt(0.5)
-_GELU_TANH_SCALE = math.sqrt(2.0 / math.pi)
-_GELU_TANH_CUBIC = 0.044715
-_SELU_ALPHA = 1.6732632423543772848170429916717
-_SELU_GAMMA = 1.0507009873554804934193349852946
 
 
 @dataclass(frozen=True)
@@ -165,396 +196,6 @@ class ActivationSpec:
     point_symmetry: Callable[[Activation], float | None] = lambda act: None
     # expression -> parameters, for the decomposed forms (and the single ops' own nodes)
     matchers: tuple[Callable[[tuple], dict | None], ...] = ()
-
-
-# -- numpy forms ---------------------------------------------------------------------
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return special.expit(z)
-
-
-def _softplus(z: np.ndarray) -> np.ndarray:
-    return np.maximum(z, 0.0) + np.log1p(np.exp(-np.abs(z)))
-
-
-def _hard_sigmoid(z: np.ndarray, alpha: float, beta: float) -> np.ndarray:
-    return np.clip(alpha * z + beta, 0.0, 1.0)
-
-
-def _hard_sigmoid_slope(z: np.ndarray, alpha: float, beta: float) -> np.ndarray:
-    inner = alpha * z + beta
-    return np.where((inner >= 0.0) & (inner <= 1.0), alpha, 0.0)
-
-
-def _gelu_tanh_parts(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    t = np.tanh(_GELU_TANH_SCALE * (z + _GELU_TANH_CUBIC * z**3))
-    return t, _GELU_TANH_SCALE * (1.0 + 3.0 * _GELU_TANH_CUBIC * z**2)
-
-
-def _elu_like(z: np.ndarray, alpha: float, inner: float) -> np.ndarray:
-    """alpha (exp(z / inner) - 1) below zero, z above (Elu: inner 1, Celu: inner alpha)."""
-    return np.where(z > 0.0, z, alpha * np.expm1(np.minimum(z, 0.0) / inner))
-
-
-def _mish_parts(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return np.tanh(_softplus(z)), _sigmoid(z)
-
-
-def _softplus_forward(z: np.ndarray, a: Activation) -> np.ndarray:
-    scaled = a.beta * z
-    return np.where(scaled > a.threshold, z, _softplus(scaled) / a.beta)
-
-
-def _softplus_slope(z: np.ndarray, a: Activation) -> np.ndarray:
-    scaled = a.beta * z
-    return np.where(scaled > a.threshold, 1.0, _sigmoid(scaled))
-
-
-def _gelu_slope(z: np.ndarray, a: Activation) -> np.ndarray:
-    return 0.5 * (1.0 + special.erf(z * _SQRT_HALF)) + z * np.exp(-0.5 * z * z) / math.sqrt(
-        2.0 * math.pi
-    )
-
-
-def _gelu_tanh_slope(z: np.ndarray, a: Activation) -> np.ndarray:
-    t, inner = _gelu_tanh_parts(z)
-    return 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * inner
-
-
-def _swish_slope(z: np.ndarray, a: Activation) -> np.ndarray:
-    s = _sigmoid(a.alpha * z)
-    return s + a.alpha * z * s * (1.0 - s)
-
-
-def _mish_slope(z: np.ndarray, a: Activation) -> np.ndarray:
-    t, s = _mish_parts(z)
-    return t + z * (1.0 - t * t) * s
-
-
-def _hard_swish_forward(z: np.ndarray, a: Activation) -> np.ndarray:
-    return z * _hard_sigmoid(z, 1.0 / 6.0, 0.5)
-
-
-def _hard_swish_slope(z: np.ndarray, a: Activation) -> np.ndarray:
-    return _hard_sigmoid(z, 1.0 / 6.0, 0.5) + z * _hard_sigmoid_slope(z, 1.0 / 6.0, 0.5)
-
-
-def _negative_slope_forward(z: np.ndarray, a: Activation) -> np.ndarray:
-    return np.where(z >= 0.0, z, a.alpha * z)
-
-
-def _negative_slope_derivative(z: np.ndarray, a: Activation) -> np.ndarray:
-    return np.where(z >= 0.0, 1.0, a.alpha)
-
-
-# -- canonical expressions -------------------------------------------------------------
-#
-# ("x",)                         the pre-activation
-# ("const", v)                   a scalar
-# ("mul", coef, factors)         coef * prod(factors), factors sorted, never a const
-# ("add", offset, terms)         offset + sum(terms), terms sorted, never a const
-# ("pow", exponent, base)        base ** exponent (non-integer or negative exponents)
-# ("fn", op, params, arg)        a unary op with its float/str parameters
-# ("cmp", op, arg, value)        arg > value ("gt"), >= ("ge"), < ("lt"), <= ("le")
-# ("where", cond, a, b)
-
-X = ("x",)
-
-
-def constant(value: float) -> tuple:
-    return ("const", float(value))
-
-
-def _is_const(e: tuple) -> bool:
-    return e[0] == "const"
-
-
-def _sort_key(e: tuple) -> str:
-    return repr(e)
-
-
-def mul(*args: tuple) -> tuple:
-    coef, factors = 1.0, []
-    for a in args:
-        if a[0] == "const":
-            coef *= a[1]
-        elif a[0] == "mul":
-            coef *= a[1]
-            factors.extend(a[2])
-        else:
-            factors.append(a)
-    if coef == 0.0 or not factors:
-        return constant(coef)
-    if coef == 1.0 and len(factors) == 1:
-        return factors[0]
-    return ("mul", coef, tuple(sorted(factors, key=_sort_key)))
-
-
-def add(*args: tuple) -> tuple:
-    offset, terms = 0.0, []
-    for a in args:
-        if a[0] == "const":
-            offset += a[1]
-        elif a[0] == "add":
-            offset += a[1]
-            terms.extend(a[2])
-        else:
-            terms.append(a)
-    if not terms:
-        return constant(offset)
-    if offset == 0.0 and len(terms) == 1:
-        return terms[0]
-    return ("add", offset, tuple(sorted(terms, key=_sort_key)))
-
-
-def power(base: tuple, exponent: float) -> tuple:
-    if _is_const(base):
-        return constant(base[1] ** exponent)
-    if exponent == 1.0:
-        return base
-    if exponent in (2.0, 3.0, 4.0):
-        return mul(*([base] * int(exponent)))
-    if exponent == -1.0:
-        # 1 / (1 + exp(-e)) is Sigmoid(e); 1 / (1 + |x|) stays a power.
-        offset, terms = _terms(base)
-        if offset == 1.0 and len(terms) == 1 and terms[0][:2] == ("fn", "Exp"):
-            return fn("Sigmoid", mul(constant(-1.0), terms[0][3]))
-    return ("pow", float(exponent), base)
-
-
-def fn(op: str, arg: tuple, **params) -> tuple:
-    if op == "Log":
-        # log(1 + exp(e)) is Softplus(e): the ONNX function body of Softplus.
-        offset, terms = _terms(arg)
-        if offset == 1.0 and len(terms) == 1 and terms[0][:2] == ("fn", "Exp"):
-            return fn("Softplus", terms[0][3])
-    if op == "Relu":
-        return ("fn", "Relu", (), arg)
-    if op == "Clip":
-        low, high = params.get("low", -math.inf), params.get("high", math.inf)
-        if arg[:2] == ("fn", "Relu"):
-            low, arg = max(low, 0.0), arg[3]
-        elif arg[:2] == ("fn", "Clip"):
-            inner = dict(arg[2])
-            low, high = max(low, inner["low"]), min(high, inner["high"])
-            arg = arg[3]
-        low = min(low, high)  # Min(Max(x, a), b) with a > b is the constant b
-        if low == -math.inf and high == math.inf:
-            return arg
-        if low == 0.0 and high == math.inf:
-            return ("fn", "Relu", (), arg)
-        params = {"low": low, "high": high}
-    return ("fn", op, tuple(sorted(params.items())), arg)
-
-
-def _factors(e: tuple) -> tuple[float, tuple]:
-    if e[0] == "mul":
-        return e[1], e[2]
-    return 1.0, (e,)
-
-
-def _terms(e: tuple) -> tuple[float, tuple]:
-    if e[0] == "add":
-        return e[1], e[2]
-    return 0.0, (e,)
-
-
-def _close(a: float, b: float, rtol: float = 1e-3) -> bool:
-    return abs(a - b) <= rtol * max(abs(a), abs(b), 1e-12)
-
-
-def _linear_in_x(e: tuple) -> float | None:
-    """c when e is c * x (c may be 1)."""
-    if e == X:
-        return 1.0
-    coef, factors = _factors(e)
-    return coef if factors == (X,) else None
-
-
-def _affine_in_x(e: tuple) -> tuple[float, float] | None:
-    """(a, b) when e is a * x + b."""
-    offset, terms = _terms(e)
-    if len(terms) != 1:
-        return None
-    slope = _linear_in_x(terms[0])
-    return None if slope is None else (slope, offset)
-
-
-def _x_times(e: tuple) -> tuple[float, tuple] | None:
-    """(c, g) when e is c * x * g with g one factor that is not x."""
-    coef, factors = _factors(e)
-    if len(factors) != 2 or X not in factors:
-        return None
-    other = factors[1] if factors[0] == X else factors[0]
-    return None if other == X else (coef, other)
-
-
-def _single_op(op: str, *names: str) -> Callable[[tuple], dict | None]:
-    """The op applied to x itself, its parameters named ``names``."""
-
-    def match(e: tuple) -> dict | None:
-        if e[0] != "fn" or e[1] != op or e[3] != X:
-            return None
-        params = dict(e[2])
-        return {name: params[name] for name in names if name in params}
-
-    return match
-
-
-def _gelu_erf(e: tuple) -> dict | None:
-    """0.5 * x * (1 + Erf(x / sqrt 2)), in any order and association."""
-    found = _x_times(e)
-    if found is None or not _close(found[0], 0.5):
-        return None
-    offset, terms = _terms(found[1])
-    if not _close(offset, 1.0) or len(terms) != 1 or terms[0][:2] != ("fn", "Erf"):
-        return None
-    slope = _linear_in_x(terms[0][3])
-    return {} if slope is not None and _close(slope, _SQRT_HALF) else None
-
-
-def _gelu_tanh(e: tuple) -> dict | None:
-    """0.5 * x * (1 + Tanh(sqrt(2/pi) * (x + 0.044715 x^3))), also with the argument
-    factored as sqrt(2/pi) * x * (1 + 0.044715 x^2)."""
-    found = _x_times(e)
-    if found is None or not _close(found[0], 0.5):
-        return None
-    offset, terms = _terms(found[1])
-    if not _close(offset, 1.0) or len(terms) != 1 or terms[0][:2] != ("fn", "Tanh"):
-        return None
-    scale, factors = _factors(terms[0][3])
-    if not _close(scale, _GELU_TANH_SCALE):
-        return None
-    if len(factors) == 1:  # x + c x^3
-        inner_offset, inner = _terms(factors[0])
-        cubic = mul(X, X, X)
-        if inner_offset != 0.0 or len(inner) != 2 or X not in inner:
-            return None
-        other = inner[1] if inner[0] == X else inner[0]
-        coef, rest = _factors(other)
-        ok = rest == cubic[2] and _close(coef, _GELU_TANH_CUBIC)
-        return {} if ok else None
-    if len(factors) == 2 and X in factors:  # x * (1 + c x^2)
-        other = factors[1] if factors[0] == X else factors[0]
-        inner_offset, inner = _terms(other)
-        if not _close(inner_offset, 1.0) or len(inner) != 1:
-            return None
-        coef, rest = _factors(inner[0])
-        return {} if rest == (X, X) and _close(coef, _GELU_TANH_CUBIC) else None
-    return None
-
-
-def _gelu_op(approximate: str) -> Callable[[tuple], dict | None]:
-    def match(e: tuple) -> dict | None:
-        if e[0] != "fn" or e[1] != "Gelu" or e[3] != X:
-            return None
-        return {} if dict(e[2]).get("approximate", "none") == approximate else None
-
-    return match
-
-
-def _swish(e: tuple) -> dict | None:
-    """x * Sigmoid(a x) (a = 1: SiLU); also onnxruntime's QuickGelu."""
-    if e[:2] == ("fn", "QuickGelu") and e[3] == X:
-        return {"alpha": dict(e[2]).get("alpha", 1.702)}
-    found = _x_times(e)
-    if found is None or found[0] != 1.0 or found[1][:2] != ("fn", "Sigmoid"):
-        return None
-    slope = _linear_in_x(found[1][3])
-    return None if slope is None or slope <= 0.0 else {"alpha": slope}
-
-
-def _softplus_scaled(e: tuple) -> dict | None:
-    """Softplus(b x) / b (PyTorch Softplus(beta))."""
-    coef, factors = _factors(e)
-    if len(factors) != 1 or factors[0][:2] != ("fn", "Softplus"):
-        return None
-    beta = _linear_in_x(factors[0][3])
-    if beta is None or beta <= 0.0 or not _close(coef * beta, 1.0, 1e-6):
-        return None
-    return {"beta": beta}
-
-
-def _softplus_where(e: tuple) -> dict | None:
-    """Where(b x > t, x, Softplus(b x) / b): the PyTorch dynamo exporter's Softplus."""
-    if e[0] != "where" or e[2] != X or e[1][0] != "cmp" or e[1][1] not in ("gt", "ge"):
-        return None
-    inner = _softplus_scaled(e[3])
-    scale = _linear_in_x(e[1][2])
-    if inner is None or scale is None or not _close(scale, inner["beta"], 1e-6):
-        return None
-    return {**inner, "threshold": e[1][3]}
-
-
-def _hard_sigmoid_clip(e: tuple) -> dict | None:
-    """Clip(a x + b, 0, 1)."""
-    if e[:2] != ("fn", "Clip"):
-        return None
-    params = dict(e[2])
-    affine = _affine_in_x(e[3])
-    if affine is None or params != {"low": 0.0, "high": 1.0} or affine[0] == 0.0:
-        return None
-    return {"alpha": affine[0], "beta": affine[1]}
-
-
-def _hard_swish_decomposed(e: tuple) -> dict | None:
-    """x * HardSigmoid(x; 1/6, 1/2), or x * Clip(x + 3, 0, 6) / 6."""
-    coef, factors = _factors(e)
-    if len(factors) != 2 or X not in factors:
-        return None
-    other = factors[1] if factors[0] == X else factors[0]
-    if other[:2] == ("fn", "HardSigmoid") and other[3] == X and coef == 1.0:
-        params = dict(other[2])
-        ok = _close(params.get("alpha", 0.2), 1 / 6) and _close(params.get("beta", 0.5), 0.5)
-        return {} if ok else None
-    if other[:2] == ("fn", "Clip"):
-        params = dict(other[2])
-        affine = _affine_in_x(other[3])
-        inside = affine is not None and affine[0] == 1.0 and _close(affine[1], 3.0)
-        ok = inside and params == {"low": 0.0, "high": 6.0} and _close(coef, 1 / 6)
-        return {} if ok else None
-    return None
-
-
-def _mish_decomposed(e: tuple) -> dict | None:
-    """x * Tanh(Softplus(x)) (Softplus also as Log(1 + Exp(x)))."""
-    found = _x_times(e)
-    if found is None or found[0] != 1.0:
-        return None
-    return {} if found[1] == ("fn", "Tanh", (), ("fn", "Softplus", (), X)) else None
-
-
-def _clip(e: tuple) -> dict | None:
-    """Clip(x, low, high); also Min/Max with constants and Min(Relu(x), c)."""
-    if e[:2] != ("fn", "Clip") or e[3] != X:
-        return None
-    return dict(e[2])
-
-
-def _sigmoid_decomposed(e: tuple) -> dict | None:
-    return {} if e == ("fn", "Sigmoid", (), X) else None
-
-
-def _softsign_decomposed(e: tuple) -> dict | None:
-    """x / (1 + |x|)."""
-    found = _x_times(e)
-    target = ("pow", -1.0, add(constant(1.0), ("fn", "Abs", (), X)))
-    return {} if found is not None and found == (1.0, target) else None
-
-
-def _clip_homogeneous(a: Activation) -> bool:
-    # Clip(-inf, 0) is homogeneous too, but code that reads the flag (the linear
-    # method) takes it for a Relu-like shape: claim only the Relu case.
-    return a.low == 0.0 and a.high == math.inf
-
-
-def _clip_symmetry(a: Activation) -> float | None:
-    return 0.0 if a.low == -a.high else None
-
-
-def _describe_clip(a: Activation) -> str:
-    return "Relu6" if (a.low, a.high) == (0.0, 6.0) else "Clip"
 
 
 _SPECS = [
@@ -846,34 +487,6 @@ _KIND_BY_OP = {
     "Softsign": ActivationKind.SOFTSIGN,
     "QuickGelu": ActivationKind.SWISH,
 }
-
-
-def render(expr: tuple) -> str:
-    """A short human-readable form of a canonical expression, for notes."""
-    head = expr[0]
-    if head == "x":
-        return "x"
-    if head == "const":
-        return f"{expr[1]:.6g}"
-    if head == "mul":
-        parts = [render(f) for f in expr[2]]
-        if expr[1] != 1.0:
-            parts.insert(0, f"{expr[1]:.6g}")
-        return " * ".join(p if " + " not in p else f"({p})" for p in parts)
-    if head == "add":
-        parts = [render(t) for t in expr[2]]
-        if expr[1] != 0.0:
-            parts.append(f"{expr[1]:.6g}")
-        return " + ".join(parts)
-    if head == "pow":
-        return f"({render(expr[2])})^{expr[1]:g}"
-    if head == "cmp":
-        symbol = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}[expr[1]]
-        return f"{render(expr[2])} {symbol} {expr[3]:.6g}"
-    if head == "where":
-        return f"Where({render(expr[1])}, {render(expr[2])}, {render(expr[3])})"
-    params = ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in expr[2])
-    return f"{expr[1]}({render(expr[3])}{', ' + params if params else ''})"
 
 
 # Ops the decomposed patterns use, and the single ops, mapped to the activations a

@@ -1,0 +1,233 @@
+"""Input checks of the command line, all before any work: option ranges and combinations,
+--sweep values, warnings for options that would have no effect, and the pre-flight checks
+that need the model (onnx.checker, finite weights, --dump-ode syntax, input shapes)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import onnx
+
+from onnx_lump.cli_console import _message
+from onnx_lump.data.calibration import MAX_RANDOM_BYTES, random_inputs_bytes
+from onnx_lump.errors import LumpError
+from onnx_lump.graph.chains import scan_graph
+from onnx_lump.graph.rewrite import import_graph
+from onnx_lump.ode.equivalence import Similarity
+from onnx_lump.search import parse_knobs
+
+__all__ = [
+    "LUMPING_METHODS",
+    "PRUNING_METHODS",
+    "_KNOBS",
+    "_no_effect",
+    "_parse_shapes",
+    "_preflight",
+    "_searching",
+    "_validate",
+]
+
+# The knob each method trades size for accuracy with (larger = smaller), and its limit.
+_KNOBS = {
+    "lump": ("eps", None),
+    "lump+linear": ("eps", None),
+    "magnitude": ("sparsity", 0.999),
+    "wanda": ("sparsity", 0.999),
+    "ec": ("sparsity", 0.999),
+    "linear": ("1-tau", 0.999),
+}
+
+
+# Range of every numeric option: (test, what the test says). None values are "not given".
+_RANGES = {
+    "eps": (lambda v: v >= 0, ">= 0"),
+    "atol": (lambda v: v >= 0, ">= 0"),
+    "rtol": (lambda v: v >= 0, ">= 0"),
+    "max_error": (lambda v: v >= 0, ">= 0"),
+    "target_params": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "ridge": (lambda v: v >= 0, ">= 0"),
+    "check": (lambda v: v >= 1, ">= 1"),
+    "sparsity": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "tau": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "refine_iters": (lambda v: v >= 0, ">= 0"),
+    "refine_seconds": (lambda v: v > 0, "> 0"),
+    "holdout": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "seed": (lambda v: v >= 0, ">= 0"),
+}
+# The range of each method's knob, for --sweep values (1 - tau for linear).
+_KNOB_RANGES = {
+    "eps": (lambda v: v >= 0, ">= 0"),
+    "sparsity": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "1-tau": (lambda v: 0 <= v < 1, "in [0, 1)"),
+}
+LUMPING_METHODS = ("lump", "lump+linear")
+PRUNING_METHODS = ("magnitude", "wanda", "ec")
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def _searching(args: argparse.Namespace) -> bool:
+    return args.sweep is not None or args.target_params is not None or args.max_error is not None
+
+
+def _validate(args: argparse.Namespace) -> None:
+    """Refuse bad option values and combinations before any work; warnings about options
+    that have no effect are collected in ``args.option_warnings`` (printed once the
+    inputs have been checked too, see :func:`_preflight`)."""
+    for dest, (test, wanted) in _RANGES.items():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        if not math.isfinite(value):
+            raise LumpError(f"{_flag(dest)} must be a finite number, got {value}")
+        if not test(value):
+            raise LumpError(f"{_flag(dest)} must be {wanted}, got {value:g}")
+    if _searching(args) and args.method == "exact":
+        raise LumpError("method 'exact' has no knob to sweep or search")
+    if args.similarity not in (None, Similarity.WEIGHTS.value) and args.calib is None:
+        raise LumpError(f"--similarity {args.similarity} needs --calib")
+    if getattr(args, "no_verify", False) and (args.atol is not None or args.rtol is not None):
+        raise LumpError("--atol/--rtol need the check that --no-verify skips; drop one of them")
+    if not [p for p in args.providers.split(",") if p.strip()]:
+        raise LumpError("--providers lists no execution provider; give e.g. cpu or cuda")
+    if args.sweep is not None:
+        _validate_sweep(args)
+    args.option_warnings = _no_effect(args)
+
+
+def _validate_sweep(args: argparse.Namespace) -> None:
+    knobs = parse_knobs(args.sweep)
+    if not knobs:
+        raise LumpError(
+            f"--sweep '{args.sweep}' lists no values; give 'a,b,c' or 'start:stop:step'"
+        )
+    knob_name = _KNOBS[args.method][0]
+    test, wanted = _KNOB_RANGES[knob_name]
+    for knob in knobs:
+        if not math.isfinite(knob) or not test(knob):
+            raise LumpError(f"--sweep value {knob:g} is not a valid {knob_name} ({wanted})")
+    if args.output.suffix.lower() not in (".csv", ".json"):
+        raise LumpError(
+            f"with --sweep, OUT is the table: give a .csv or .json path, not '{args.output}'"
+        )
+
+
+def _no_effect(args: argparse.Namespace) -> list[str]:
+    """One warning per option the user gave that this run would silently ignore."""
+    given = getattr(args, "given_options", set())
+    method, calib, searching = args.method, args.calib is not None, _searching(args)
+    knob_name = _KNOBS.get(method, ("", None))[0]
+    unused: list[tuple[str, str]] = []  # (dest, why)
+    lumping_only = ("eps", "equivalence", "linkage", "similarity", "no_symmetries", "reduction")
+    needs_data = ("no_refit", "ridge", "force_refit")
+    for dest in (*lumping_only, *needs_data):
+        if method not in LUMPING_METHODS:
+            unused.append((dest, f"with --method {method} (a lumping option)"))
+        elif dest in needs_data and not calib:
+            unused.append((dest, "without --calib: the refit needs data"))
+    if method in LUMPING_METHODS and not calib and getattr(args, "reduction", None) == "span":
+        unused.append(("reduction", "without --calib: span reads the activations"))
+    if method not in PRUNING_METHODS:
+        unused.append(("sparsity", f"with --method {method} (a pruning option)"))
+    if method not in ("magnitude", "ec"):
+        unused.append(("scope", f"with --method {method} (magnitude and ec only)"))
+    if method not in ("linear", "lump+linear"):
+        unused.append(("tau", f"with --method {method} (linear folding only)"))
+    if searching:  # the search sets the knob itself
+        knob_dest = {"eps": "eps", "sparsity": "sparsity", "1-tau": "tau"}.get(knob_name)
+        if knob_dest and method in (LUMPING_METHODS if knob_dest == "eps" else (method,)):
+            unused.append((knob_dest, f"with a search or sweep, which chooses {knob_name}"))
+    if args.sweep is not None:
+        for dest in ("target_params", "max_error", "atol", "rtol", "no_verify"):
+            unused.append((dest, "with --sweep, which writes only the table"))
+        for dest in ("dump_ode", "report_json"):
+            unused.append((dest, "with --sweep, which writes only the table"))
+    else:
+        unused.append(("plot", "without --sweep (it draws the sweep's curve)"))
+    if calib:
+        unused.append(("check", "with --calib: the check runs on held-out calibration rows"))
+        unused.append(("input_shape", "with --calib: shapes come from the data"))
+        if args.val is not None:
+            unused.append(("holdout", "with --val, which replaces the held-out share"))
+            unused.append(("seed", "with --val, which replaces the held-out share"))
+    else:
+        for dest in ("holdout", "seed"):
+            unused.append((dest, "without --calib (it splits the calibration rows)"))
+        if not searching:
+            unused.append(("val", "without --calib or a search"))
+    refine = ("refine_iters", "refine_seconds")
+    if getattr(args, "no_refine", False):
+        unused += [(d, "with --no-refine") for d in refine]
+    elif method in ("exact", *PRUNING_METHODS):
+        unused += [(d, f"with --method {method}, which is not refined") for d in refine]
+    elif not calib:
+        unused += [(d, "without --calib: refining needs data") for d in (*refine, "no_refine")]
+    seen, messages = set(), []
+    for dest, why in unused:
+        if dest in given and dest not in seen:
+            seen.add(dest)
+            messages.append(f"{_flag(dest)} has no effect {why}")
+    return messages
+
+
+def _preflight(args: argparse.Namespace, model: onnx.ModelProto) -> None:
+    """Checks that need the model, all before any work: onnx.checker, the chains'
+    weights, --dump-ode's syntax, --input-shape names and the size of the random check.
+    Then prints the option warnings, so that a refused run shows only its error."""
+    try:
+        onnx.checker.check_model(str(args.input))  # by path: external data and > 2 GB work
+    except Exception as exc:  # onnx raises ValidationError, and others for odd files
+        raise LumpError(f"'{args.input}' fails onnx.checker: {exc}") from exc
+    for index, chain in enumerate(scan_graph(import_graph(model)).chains):
+        for layer in chain.layers:
+            if layer.in_features == 0 or layer.out_features == 0:
+                raise LumpError(
+                    f"layer '{layer.name}' of chain {index} has zero width "
+                    f"({layer.in_features}->{layer.out_features}); fix the model first"
+                )
+            if not layer.all_finite():  # one layer at a time, memory-mapped when on disk
+                raise LumpError(
+                    f"layer '{layer.name}' of chain {index} has NaN or infinite weights; "
+                    "nothing meaningful can be merged or checked"
+                )
+        if args.dump_ode is not None and args.dump_ode.suffix == ".ode":
+            for position, activation in enumerate(chain.activations):
+                if not activation.is_polynomial:
+                    raise LumpError(
+                        f"--dump-ode {args.dump_ode}: ERODE syntax needs polynomial chains, "
+                        f"but layer {position + 1} of chain {index} uses "
+                        f"{activation.describe()}; use another suffix to dump it as text"
+                    )
+    names = {v.name for v in model.graph.input} - {t.name for t in model.graph.initializer}
+    shapes = _parse_shapes(args.input_shape)
+    warnings_ = list(getattr(args, "option_warnings", []))
+    for name in sorted(set(shapes) - names):
+        warnings_.append(
+            f"--input-shape {name}: the model has no input '{name}' "
+            f"(inputs: {', '.join(sorted(names))}); ignored"
+        )
+    if args.calib is None and not getattr(args, "no_verify", False):
+        needed = random_inputs_bytes(model, args.check, shapes)
+        if needed > MAX_RANDOM_BYTES:
+            raise LumpError(
+                f"--check {args.check} would draw {needed / 2**30:.1f} GiB of random inputs "
+                f"(limit {MAX_RANDOM_BYTES / 2**30:.0f} GiB); lower --check or give --calib"
+            )
+    for text in warnings_:
+        _message(f"warning: {text}")
+
+
+def _parse_shapes(specs: list[str]) -> dict[str, list[int]]:
+    shapes = {}
+    for spec in specs:
+        name, _, dims = spec.rpartition(":")
+        try:
+            shapes[name] = [int(d) for d in dims.split(",")]
+        except ValueError:
+            raise LumpError(f"--input-shape '{spec}' is not NAME:D0,D1,... with integers") from None
+        if not name or any(d < 1 for d in shapes[name]):
+            raise LumpError(f"--input-shape '{spec}' needs a name and positive dimensions")
+    return shapes

@@ -1,0 +1,359 @@
+"""Linking dense layers: the walk from a layer's input back to the previous one.
+
+Between two dense layers there may be nothing or any element-wise subgraph; the walk
+reads that subgraph as one expression (through :mod:`onnx_lump.graph.elementwise`) and
+asks the activation registry what it computes. It also decides where a chain must end:
+a tensor that is read outside the subgraph, or a constant that varies per feature,
+would make merging neurons observable, so the walk notes why and gives up there.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnx_lump import activations as act
+from onnx_lump.activations import Activation
+from onnx_lump.graph.dense import ConstantRef, DenseLayer, _DenseReader
+from onnx_lump.graph.elementwise import _HANDLERS, _domain, _NoMatch, _rank
+
+__all__ = ["ActivationRegion", "DenseChain"]
+
+_MAX_REGION = 48  # nodes in one activation subgraph; the walk gives up past this
+
+
+@dataclass(eq=False)
+class ActivationRegion:
+    """The nodes of one activation subgraph between two dense layers.
+
+    ``tensors`` are the tensors it produces (all of the hidden width); ``feature_constants``
+    the constants of one repeated value laid out along the feature axis, which must be
+    reduced to one entry when the width changes.
+    """
+
+    nodes: tuple[gs.Node, ...]
+    tensors: tuple[gs.Tensor, ...]
+    feature_constants: tuple[ConstantRef, ...] = ()
+    expression: tuple = act.X
+
+
+@dataclass(eq=False)
+class DenseChain:
+    """Dense layers joined by element-wise activations; ``activations[i]`` sits between
+    ``layers[i]`` and ``layers[i + 1]`` (identity when ``activation_nodes[i]`` is None;
+    for a decomposed activation ``activation_nodes[i]`` is its last node and
+    ``regions[i]`` holds all of them)."""
+
+    layers: list[DenseLayer]
+    activations: list[Activation]
+    activation_nodes: list[gs.Node | None]
+    regions: list[ActivationRegion | None] = field(default_factory=list)
+
+    @property
+    def hidden_widths(self) -> list[int]:
+        return [layer.out_features for layer in self.layers[:-1]]
+
+    @property
+    def n_params(self) -> int:
+        return sum(layer.n_params for layer in self.layers)
+
+    def hidden_tensors(self, index: int) -> list[gs.Tensor]:
+        """Every tensor whose last axis is hidden layer ``index``."""
+        tensors = list(self.layers[index].output_tensors)
+        region = self.regions[index] if index < len(self.regions) else None
+        if region is not None:
+            tensors += region.tensors
+        elif self.activation_nodes[index] is not None:
+            tensors.append(self.activation_nodes[index].outputs[0])
+        following = self.layers[index + 1]
+        if following.in_reshape is not None:
+            tensors.append(following.in_reshape.outputs[0])
+        return tensors
+
+    def resized_constants(self, index: int, width: int) -> Iterator[tuple[ConstantRef, np.ndarray]]:
+        """(constant, new value as its consumer sees it) for hidden layer ``index`` at
+        ``width``: Reshape shapes end in the width, repeated per-feature values shrink to
+        one entry (they broadcast)."""
+        refs = [*self.layers[index].width_refs]
+        if self.layers[index + 1].in_width_ref is not None:
+            refs.append(self.layers[index + 1].in_width_ref)
+        for ref in refs:
+            value = np.array(ref.value, copy=True)
+            value[-1] = width
+            yield ref, value
+        region = self.regions[index] if index < len(self.regions) else None
+        for ref in () if region is None else region.feature_constants:
+            shape = (*ref.value.shape[:-1], 1)
+            yield ref, np.full(shape, ref.value.reshape(-1)[0], dtype=ref.value.dtype)
+
+    def describe(self) -> str:
+        parts = [self.layers[0].describe()]
+        for activation, layer in zip(self.activations, self.layers[1:], strict=True):
+            parts += [activation.describe(), layer.describe()]
+        return " -> ".join(parts)
+
+
+@dataclass
+class _Walk:
+    """State of one backward walk from a dense layer's input."""
+
+    by_output: dict[int, DenseLayer]
+    source: gs.Tensor | None = None
+    nodes: dict[int, gs.Node] = field(default_factory=dict)
+    memo: dict[int, tuple] = field(default_factory=dict)
+    constants: list[ConstantRef] = field(default_factory=list)
+
+
+class _Reader(_DenseReader):
+    """The dense reader plus the walk that links each layer to the one before it."""
+
+    def _readers(self, tensor: gs.Tensor) -> list[gs.Node]:
+        """The consumers of ``tensor`` that read more than its leading dimensions."""
+        return [n for n in tensor.outputs if not self._reads_leading_dims(n, tensor)]
+
+    def _reads_leading_dims(self, node: gs.Node, tensor: gs.Tensor) -> bool:
+        """A ``Shape`` whose result only feeds Slices of the leading dims (onnxsim's
+        reshape targets): it does not see the width, so it may stay when it changes."""
+        if node.op != "Shape" or _domain(node):
+            return False
+        rank = _rank(tensor)
+        if rank is None and node.outputs[0].shape:
+            rank = node.outputs[0].shape[0] if isinstance(node.outputs[0].shape[0], int) else None
+        if rank is None:
+            return False
+        start, end = node.attrs.get("start", 0), node.attrs.get("end")
+        if end is not None:
+            return _normalised(end, rank) <= rank - 1
+        result = node.outputs[0]
+        if self._exposed(result) or not result.outputs:
+            return False
+        for user in result.outputs:
+            if user.op != "Slice" or user.inputs[0] is not result or len(user.inputs) < 3:
+                return False
+            bounds = [self._int_constant(user, i) for i in range(1, len(user.inputs))]
+            if any(b is None or b.size != 1 for b in bounds):
+                return False
+            ends = int(bounds[1][0]) + start
+            axes_ok = len(bounds) < 3 or int(bounds[2][0]) in (0, -1)
+            steps_ok = len(bounds) < 4 or int(bounds[3][0]) == 1
+            if not (axes_ok and steps_ok and _normalised(ends, rank) <= rank - 1):
+                return False
+        return True
+
+    def _int_constant(self, node: gs.Node, index: int) -> np.ndarray | None:
+        if index >= len(node.inputs) or not node.inputs[index].name:
+            return None
+        ref = self.resolve_constant(node, index)
+        if ref is None or not np.issubdtype(ref.dtype, np.integer):
+            return None
+        return ref.value.reshape(-1)
+
+    # -- linking ----------------------------------------------------------------
+    def link(
+        self, nxt: DenseLayer, by_output: dict[int, DenseLayer]
+    ) -> tuple[DenseLayer, Activation, ActivationRegion | None] | None:
+        """The (previous dense, activation, its subgraph) that ``nxt`` continues."""
+        entry = nxt.entry
+        prev = by_output.get(id(entry))
+        if prev is not None:
+            if not self._only_reader(entry, nxt.entry_node, prev):
+                return None
+            if prev.dtype != nxt.dtype:
+                return None
+            return prev, act.IDENTITY, None
+        walk = _Walk(by_output)
+        try:
+            expression = self._expression(entry, walk)
+        except _NoMatch as failure:
+            self._note_no_match(failure, walk, nxt)
+            return None
+        prev = by_output[id(walk.source)]
+        if prev.dtype != nxt.dtype or not self._region_is_closed(walk, prev, nxt):
+            return None
+        activation = act.match_expression(expression)
+        region_ops = {n.op for n in walk.nodes.values()}
+        if activation is None:
+            self.note(
+                f"the element-wise subgraph between {prev.describe()} and {nxt.describe()} "
+                f"computes {act.render(expression)}, which is no registered activation; the "
+                f"chain ends there (nearest patterns: {act.hint_for_ops(region_ops)})"
+            )
+            return None
+        features = self._feature_constants(walk, prev)
+        if features is None:
+            return None
+        ordered = tuple(n for n in self.graph.nodes if id(n) in walk.nodes)
+        tensors = tuple(t for n in ordered for t in n.outputs)
+        region = ActivationRegion(ordered, tensors, features, expression)
+        return prev, activation, region
+
+    def _only_reader(self, tensor: gs.Tensor, reader: gs.Node, prev: DenseLayer) -> bool:
+        readers = self._readers(tensor)
+        if self._exposed(tensor) or readers != [reader]:
+            self._note_observable(prev, tensor, len(readers))
+            return False
+        return True
+
+    def _region_is_closed(self, walk: _Walk, prev: DenseLayer, nxt: DenseLayer) -> bool:
+        """No tensor of the subgraph is read outside it (but the last, by ``nxt`` only)."""
+        inside = walk.nodes
+        last = nxt.entry
+        for tensor in [walk.source, *(t for n in inside.values() for t in n.outputs)]:
+            readers = self._readers(tensor)
+            if tensor is last:
+                ok = readers == [nxt.entry_node]
+            else:
+                ok = all(id(r) in inside for r in readers)
+            if self._exposed(tensor) or not ok:
+                self._note_observable(prev, tensor, len(readers))
+                return False
+        return True
+
+    def _feature_constants(self, walk: _Walk, prev: DenseLayer) -> tuple[ConstantRef, ...] | None:
+        """Constants laid along the feature axis (one value repeated), to shrink with it."""
+        resized = []
+        for ref in walk.constants:
+            value = ref.value
+            if value.size <= 1:
+                continue
+            if value.shape[-1] != prev.out_features or value.size != value.shape[-1]:
+                self.note(
+                    f"constant '{ref.name}' of shape {value.shape} in the activation after "
+                    f"{prev.describe()} does not broadcast along the features; the chain ends"
+                )
+                return None
+            resized.append(ref)
+        return tuple(resized)
+
+    def _note_observable(self, layer: DenseLayer, tensor: gs.Tensor, readers: int) -> None:
+        if tensor.name in self._graph_outputs:
+            why = "is a graph output"
+        elif tensor.name in self._used_in_subgraphs:
+            why = "is read inside a subgraph"
+        elif readers > 1:
+            why = f"has {readers} consumers"
+        else:
+            why = "is read outside the activation"
+        self.note(
+            f"tensor '{tensor.name}' after {layer.describe()} {why}: "
+            "a chain ends there and its neurons are kept"
+        )
+
+    def _note_no_match(self, failure: _NoMatch, walk: _Walk, nxt: DenseLayer) -> None:
+        """Report an unknown op only where it sits between two dense layers."""
+        node = failure.node
+        if node is None:
+            if walk.source is not None or walk.nodes:
+                prev = walk.source and walk.by_output.get(id(walk.source))
+                where = f"after {prev.describe()} " if prev else ""
+                self.note(f"activation {where}before {nxt.describe()}: {failure.reason}")
+            return
+        prev = self._dense_behind(node, walk.by_output)
+        if prev is None:
+            return
+        ops = {n.op for n in walk.nodes.values()} | {node.op}
+        self.note(
+            f"'{node.op}' (node '{node.name}') between {prev.describe()} and {nxt.describe()} "
+            f"is not a registered element-wise activation, so the chain ends there; "
+            f"it would need {act.hint_for_ops(ops)}"
+        )
+
+    def note_untouched(self, chains: list[DenseChain]) -> None:
+        in_chains = set()
+        for chain in chains:
+            for layer in chain.layers:
+                in_chains.update(id(n) for n in layer.nodes)
+            for region in chain.regions:
+                if region is not None:
+                    in_chains.update(id(n) for n in region.nodes)
+            in_chains.update(id(n) for n in chain.activation_nodes if n is not None)
+        others = collections.Counter(
+            n.op for n in self.graph.nodes if id(n) not in in_chains and n.op != "Constant"
+        )
+        if others:
+            listed = ", ".join(f"{op} x{count}" for op, count in sorted(others.items()))
+            self.note(f"left unchanged outside dense chains: {listed}")
+
+    def _dense_behind(self, node: gs.Node, by_output: dict[int, DenseLayer]) -> DenseLayer | None:
+        """A dense layer a few single-input nodes upstream of ``node``, if any."""
+        for _ in range(8):
+            data = [t for t in node.inputs if not isinstance(t, gs.Constant) and t.name]
+            data = [t for t in data if not (t.inputs and t.inputs[0].op == "Constant")]
+            if len(data) != 1:
+                return None
+            if id(data[0]) in by_output:
+                return by_output[id(data[0])]
+            if len(data[0].inputs) != 1:
+                return None
+            node = data[0].inputs[0]
+        return None
+
+    # -- the expression of an activation subgraph ----------------------------------
+    def _expression(self, tensor: gs.Tensor, walk: _Walk) -> tuple:
+        key = id(tensor)
+        if key in walk.memo:
+            return walk.memo[key]
+        if key in walk.by_output:
+            if walk.source is not None and walk.source is not tensor:
+                raise _NoMatch("it reads two dense layers")
+            walk.source = tensor
+            return act.X
+        if isinstance(tensor, gs.Constant) or len(tensor.inputs) != 1:
+            raise _NoMatch("it reads a graph input or a constant only")
+        node = tensor.inputs[0]
+        if node.op == "Constant":
+            raise _NoMatch("it is a constant")
+        handler = _HANDLERS.get((_domain(node), node.op))
+        if handler is None or len(node.outputs) != 1:
+            raise _NoMatch(f"'{node.op}' is not a registered element-wise op", node)
+        if len(walk.nodes) >= _MAX_REGION:
+            raise _NoMatch("the subgraph is larger than any registered activation")
+        walk.nodes[id(node)] = node
+        expression = handler(self, node, walk)
+        walk.memo[key] = expression
+        return expression
+
+    def operand(self, node: gs.Node, index: int, walk: _Walk) -> tuple:
+        """Input ``index`` of ``node`` as an expression: a scalar constant or a subgraph."""
+        tensor = node.inputs[index]
+        if (
+            not isinstance(tensor, gs.Constant)
+            and tensor.inputs
+            and tensor.inputs[0].op
+            not in (
+                "Constant",
+                "Identity",
+                "Transpose",
+            )
+        ):
+            return self._expression(tensor, walk)
+        ref = self.resolve_constant(node, index)
+        if ref is None:
+            return self._expression(tensor, walk)
+        value = np.asarray(ref.value)
+        if value.size == 0 or value.dtype.kind not in "fiub":
+            raise _NoMatch(f"constant '{ref.name}' of {node.op} is not numeric", None)
+        first = value.reshape(-1)[0]
+        if not np.all(value == first):
+            raise _NoMatch(
+                f"constant '{ref.name}' of {node.op} '{node.name}' varies per feature "
+                f"(shape {value.shape}); only one repeated value can stay in a narrower layer"
+            )
+        walk.constants.append(ref)
+        return act.constant(float(first))
+
+    def scalar(self, node: gs.Node, index: int, walk: _Walk, default: float) -> float:
+        if index >= len(node.inputs) or not node.inputs[index].name:
+            return default
+        value = self.operand(node, index, walk)
+        if value[0] != "const":
+            raise _NoMatch(f"input {index} of {node.op} '{node.name}' is not a constant")
+        return value[1]
+
+
+def _normalised(index: int, rank: int) -> int:
+    return min(index + rank if index < 0 else index, rank)

@@ -1,0 +1,211 @@
+"""The element-wise ops an activation subgraph may hold, read as expressions.
+
+Each handler turns one ONNX node into the canonical expression that
+``onnx_lump.activations`` matches against its registry, so a decomposed activation
+(the erf Gelu, ``x * Sigmoid(x)``) is recognised whatever ops the exporter chose. The
+table sits apart from the walk that uses it because dense-layer reading needs it too:
+the rank of an unannotated tensor is traced back through these same ops.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import onnx_graphsurgeon as gs
+
+from onnx_lump import activations as act
+
+if TYPE_CHECKING:  # annotations only; activation_links imports this module
+    from onnx_lump.graph.activation_links import _Reader, _Walk
+
+__all__: list[str] = []
+
+_STANDARD = ("", "ai.onnx")
+
+
+class _NoMatch(Exception):
+    """The walk back from a dense layer's input found no activation subgraph."""
+
+    def __init__(self, reason: str, node: gs.Node | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.node = node
+
+
+def _rank(tensor: gs.Tensor) -> int | None:
+    shape = getattr(tensor, "shape", None)
+    return None if shape is None else len(shape)
+
+
+def _traced_rank(tensor: gs.Tensor, budget: list[int] | None = None) -> int | None:
+    """The rank of ``tensor``, from its shape or, where exporters left none, traced back
+    through ops whose output rank follows from their inputs': element-wise ones
+    (broadcasting: the largest input rank), BatchNormalization, Gemm (2) and MatMul with
+    a constant weight, which dense reading requires to be 2-D."""
+    budget = [64] if budget is None else budget
+    rank = _rank(tensor)
+    if rank is not None or isinstance(tensor, gs.Constant) or len(tensor.inputs) != 1:
+        return len(tensor.shape) if isinstance(tensor, gs.Constant) else rank
+    budget[0] -= 1
+    node = tensor.inputs[0]
+    if budget[0] < 0:
+        return None
+    if node.op == "Gemm":
+        return 2
+    if node.op == "Constant" and isinstance(node.attrs.get("value"), gs.Constant):
+        return len(node.attrs["value"].shape)
+    if node.op == "MatMul":
+        weight = node.inputs[1] if len(node.inputs) == 2 else None
+        if weight is None or _traced_rank(weight, budget) != 2:
+            return None
+        return _traced_rank(node.inputs[0], budget)
+    if node.op != "BatchNormalization" and (_domain(node), node.op) not in _HANDLERS:
+        return None
+    ranks = [_traced_rank(t, budget) for t in node.inputs if t.name]
+    return None if not ranks or None in ranks else max(ranks)
+
+
+def _domain(node: gs.Node) -> str:
+    """The node's op domain, "" for the standard one."""
+    domain = node.domain or ""
+    return "" if domain in _STANDARD else domain
+
+
+def _unary(op: str, **defaults: float | str):
+    def handle(reader: _Reader, node: gs.Node, walk: _Walk) -> tuple:
+        arg = reader.operand(node, 0, walk)
+        params = {k: node.attrs.get(k, v) for k, v in defaults.items()}
+        params = {k: v.decode() if isinstance(v, bytes) else v for k, v in params.items()}
+        params = {k: v if isinstance(v, str) else float(v) for k, v in params.items()}
+        return act.fn(op, arg, **params)
+
+    return handle
+
+
+def _binary(combine):
+    def handle(reader: _Reader, node: gs.Node, walk: _Walk) -> tuple:
+        if len(node.inputs) != 2:
+            raise _NoMatch(f"{node.op} '{node.name}' does not have two inputs")
+        return combine(reader.operand(node, 0, walk), reader.operand(node, 1, walk))
+
+    return handle
+
+
+def _divide(a: tuple, b: tuple) -> tuple:
+    if b[0] == "const":
+        if b[1] == 0.0:
+            raise _NoMatch("division by a zero constant")
+        return act.mul(a, act.constant(1.0 / b[1]))
+    return act.mul(a, act.power(b, -1.0))
+
+
+def _pow(a: tuple, b: tuple) -> tuple:
+    if b[0] != "const":
+        raise _NoMatch("Pow with a non-constant exponent")
+    return act.power(a, b[1])
+
+
+def _extremum(kind: str):
+    def handle(reader: _Reader, node: gs.Node, walk: _Walk) -> tuple:
+        args = [reader.operand(node, i, walk) for i in range(len(node.inputs))]
+        data = [a for a in args if a[0] != "const"]
+        bounds = [a[1] for a in args if a[0] == "const"]
+        if len(data) != 1 or not bounds:
+            raise _NoMatch(f"{node.op} '{node.name}' needs one data input and constants")
+        if kind == "Max":
+            return act.fn("Clip", data[0], low=max(bounds))
+        return act.fn("Clip", data[0], high=min(bounds))
+
+    return handle
+
+
+def _clip(reader: _Reader, node: gs.Node, walk: _Walk) -> tuple:
+    arg = reader.operand(node, 0, walk)
+    if reader._opset < 11 and ("min" in node.attrs or "max" in node.attrs):
+        low = float(node.attrs.get("min", -math.inf))
+        high = float(node.attrs.get("max", math.inf))
+    else:
+        low = reader.scalar(node, 1, walk, -math.inf)
+        high = reader.scalar(node, 2, walk, math.inf)
+    return act.fn("Clip", arg, low=low, high=high)
+
+
+def _prelu(reader: _Reader, node: gs.Node, walk: _Walk) -> tuple:
+    arg = reader.operand(node, 0, walk)
+    slope = reader.operand(node, 1, walk)
+    if slope[0] != "const":
+        raise _NoMatch(f"PRelu '{node.name}' has a slope that is not a constant")
+    return act.fn("PRelu", arg, alpha=slope[1])
+
+
+def _compare(kind: str, flipped: str):
+    def handle(reader: _Reader, node: gs.Node, walk: _Walk) -> tuple:
+        a, b = reader.operand(node, 0, walk), reader.operand(node, 1, walk)
+        if b[0] == "const" and a[0] != "const":
+            return ("cmp", kind, a, b[1])
+        if a[0] == "const" and b[0] != "const":
+            return ("cmp", flipped, b, a[1])
+        raise _NoMatch(f"{node.op} '{node.name}' does not compare with a constant")
+
+    return handle
+
+
+def _where(reader: _Reader, node: gs.Node, walk: _Walk) -> tuple:
+    cond = reader.operand(node, 0, walk)
+    if cond[0] != "cmp":
+        raise _NoMatch(f"Where '{node.name}' has a condition that is not a comparison")
+    return ("where", cond, reader.operand(node, 1, walk), reader.operand(node, 2, walk))
+
+
+def _fast_gelu(reader: _Reader, node: gs.Node, walk: _Walk) -> tuple:
+    if len(node.inputs) > 1 and node.inputs[1].name:
+        raise _NoMatch(f"FastGelu '{node.name}' adds a bias of its own")
+    return act.fn("Gelu", reader.operand(node, 0, walk), approximate="tanh")
+
+
+_HANDLERS = {
+    ("", "Identity"): lambda r, n, w: r.operand(n, 0, w),
+    ("", "Add"): _binary(act.add),
+    ("", "Sub"): _binary(lambda a, b: act.add(a, act.mul(act.constant(-1.0), b))),
+    ("", "Mul"): _binary(act.mul),
+    ("", "Div"): _binary(_divide),
+    ("", "Pow"): _binary(_pow),
+    ("", "Neg"): lambda r, n, w: act.mul(act.constant(-1.0), r.operand(n, 0, w)),
+    ("", "Reciprocal"): lambda r, n, w: act.power(r.operand(n, 0, w), -1.0),
+    ("", "Sqrt"): lambda r, n, w: act.power(r.operand(n, 0, w), 0.5),
+    ("", "Max"): _extremum("Max"),
+    ("", "Min"): _extremum("Min"),
+    ("", "Clip"): _clip,
+    ("", "PRelu"): _prelu,
+    ("", "Greater"): _compare("gt", "lt"),
+    ("", "GreaterOrEqual"): _compare("ge", "le"),
+    ("", "Less"): _compare("lt", "gt"),
+    ("", "LessOrEqual"): _compare("le", "ge"),
+    ("", "Where"): _where,
+    ("", "LeakyRelu"): _unary("LeakyRelu", alpha=0.01),
+    ("", "Elu"): _unary("Elu", alpha=1.0),
+    ("", "Selu"): _unary("Selu", alpha=1.67326319217681884765625, gamma=1.05070102214813232421875),
+    ("", "Celu"): _unary("Celu", alpha=1.0),
+    ("", "HardSigmoid"): _unary("HardSigmoid", alpha=0.2, beta=0.5),
+    ("", "Gelu"): _unary("Gelu", approximate="none"),
+    ("com.microsoft", "Gelu"): _unary("Gelu", approximate="none"),
+    ("com.microsoft", "FastGelu"): _fast_gelu,
+    ("com.microsoft", "QuickGelu"): _unary("QuickGelu", alpha=1.702),
+    **{
+        ("", op): _unary(op)
+        for op in (
+            "Relu",
+            "Tanh",
+            "Sigmoid",
+            "Softplus",
+            "Softsign",
+            "HardSwish",
+            "Mish",
+            "Erf",
+            "Exp",
+            "Log",
+            "Abs",
+        )
+    },
+}

@@ -1,0 +1,390 @@
+"""Saving atomically, so the output is either the old file or the complete new one.
+
+The model and its data file are written into a hidden staging folder beside the
+destination, independent of the working directory, can be checked there
+(:func:`stage_model`), and only then renamed into place. A SIGTERM while staging removes
+the folder before the process ends. Large tensors are streamed tensor by tensor, so
+memory stays flat whatever the model's size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import onnx
+from onnx import numpy_helper
+from onnx.external_data_helper import uses_external_data
+
+from onnx_lump.errors import LumpError
+from onnx_lump.graph.paths import _check_writable, data_file_for
+from onnx_lump.graph.tensordata import (
+    EXTERNAL_DIR_KEY,
+    _copy_fields,
+    _external_info,
+    _node_tensors,
+    _read_range,
+    _sparse_parts,
+    all_tensors,
+    external_data_dir,
+    tensor_nbytes,
+    uses_external,
+)
+
+__all__ = [
+    "INLINE_LIMIT",
+    "PROTO_LIMIT",
+    "StagedModel",
+    "check_model",
+    "check_model_file",
+    "save_model",
+    "stage_model",
+]
+
+# Tensors smaller than this stay inside the .onnx file, as onnx.save_model's default does:
+# shape tensors of a dynamo export must stay inline for onnxruntime to load the model.
+INLINE_LIMIT = 1024
+# A serialized protobuf cannot pass 2 GiB; beyond this the output must use external data.
+PROTO_LIMIT = 2**31 - 2**20
+# Large tensors start on an allocation boundary so onnxruntime can map them (onnx's values).
+_ALIGN_THRESHOLD = 1 << 20
+_ALIGNMENT = 1 << 16
+_COPY_CHUNK = 1 << 24
+
+
+class StagedModel:
+    """A model written into a hidden folder beside its destination; :meth:`commit` moves
+    it into place, leaving the context without commit removes it."""
+
+    def __init__(self, output: Path, staging: Path, external: bool) -> None:
+        self.output = output
+        self.staging = staging
+        self.path = staging / output.name
+        self.data_path = staging / data_file_for(output).name if external else None
+        self.committed = False
+
+    def commit(self) -> None:
+        try:
+            if self.data_path is not None and self.data_path.exists():
+                os.replace(self.data_path, data_file_for(self.output))
+            os.replace(self.path, self.output)
+        except OSError as exc:
+            raise LumpError(f"cannot write '{self.output}': {exc.strerror or exc}") from exc
+        self.committed = True
+
+
+class _Terminated(BaseException):
+    """Raised by the SIGTERM handler inside the staging window."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _terminate_cleanly() -> Iterator[None]:
+    """While staging, turn SIGTERM/SIGHUP into an exception so ``finally`` clean-ups run,
+    then end the process the way the signal would have."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise _Terminated(signum)
+
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        previous[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    except _Terminated as stop:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        previous.clear()
+        signal.raise_signal(stop.signum)  # default action: the process ends here
+        raise SystemExit(128 + stop.signum) from None  # a handler that returned
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@contextlib.contextmanager
+def stage_model(
+    model: onnx.ModelProto, output: str | os.PathLike, external_data: bool = False
+) -> Iterator[StagedModel]:
+    """Write ``model`` into a staging folder beside ``output``; yields a StagedModel whose
+    ``path`` can be loaded and checked, and whose ``commit()`` moves it into place.
+
+    External data is used when ``external_data`` is set, when ``model`` refers to external
+    data, or when the output would pass 2 GiB; tensors under :data:`INLINE_LIMIT` bytes
+    stay inline. Nothing depends on the working directory.
+    """
+    output = Path(output)
+    _check_writable(output)
+    external = external_data or uses_external(model) or _estimated_size(model) > PROTO_LIMIT
+    with _terminate_cleanly():
+        # The folder is made inside the try that removes it. Blocking signals around
+        # mkdtemp is not enough: the mask is per thread, onnxruntime's threads still take
+        # the signal, and the handler then runs in this thread at any bytecode.
+        blocked = {signal.SIGTERM, signal.SIGHUP, signal.SIGINT}
+        can_block = threading.current_thread() is threading.main_thread()
+        staging: Path | None = output.resolve().parent / f".{output.name}.{secrets.token_hex(6)}"
+        try:
+            try:
+                staging.mkdir(mode=0o700)
+            except OSError as exc:
+                staging = None  # not made, or not ours (a name collision): never remove it
+                raise LumpError(f"cannot write '{output}': {exc.strerror or exc}") from None
+            staged = StagedModel(output, staging, external)
+            try:
+                _write(model, staged)
+            except OSError as exc:
+                raise LumpError(f"cannot write '{output}': {exc.strerror or exc}") from exc
+            yield staged
+        finally:
+            if can_block:  # the clean-up itself must not be cut short by a signal
+                signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+            try:
+                if staging is not None:
+                    shutil.rmtree(staging, ignore_errors=True)
+            finally:
+                if can_block:
+                    signal.pthread_sigmask(signal.SIG_UNBLOCK, blocked)
+
+
+def save_model(
+    model: onnx.ModelProto, output: str | os.PathLike, external_data: bool = False
+) -> None:
+    """Write ``model`` so that ``output`` is either the old file or the complete new one
+    (see :func:`stage_model`)."""
+    with stage_model(model, output, external_data) as staged:
+        staged.commit()
+
+
+def check_model(model: onnx.ModelProto) -> None:
+    """onnx.checker on an in-memory model of any size, external data references included:
+    it checks a copy whose external and large tensors are empty placeholders (the
+    structure is what can be wrong; the data were checked when they were written)."""
+
+    def placeholder(tensor: onnx.TensorProto) -> None:
+        for name in ("raw_data", "float_data", "double_data", "int32_data", "int64_data"):
+            tensor.ClearField(name)
+        del tensor.external_data[:]
+        tensor.data_location = onnx.TensorProto.DEFAULT
+        del tensor.dims[:]
+        tensor.dims.append(0)
+
+    def big(tensor: onnx.TensorProto) -> bool:
+        return uses_external_data(tensor) or tensor_nbytes(tensor) > _ALIGN_THRESHOLD
+
+    probe = onnx.ModelProto()
+    _copy_fields(model, probe, skip=("graph",))
+    _copy_fields(model.graph, probe.graph, skip=("initializer",))
+    for tensor in model.graph.initializer:  # large data is never copied
+        copy = probe.graph.initializer.add()
+        if big(tensor):
+            copy.name, copy.data_type, copy.doc_string = tensor.name, tensor.data_type, ""
+            placeholder(copy)
+        else:
+            copy.CopyFrom(tensor)
+    for tensor in all_tensors(probe, sparse=False):
+        if big(tensor):
+            placeholder(tensor)
+    onnx.checker.check_model(probe)
+
+
+def check_model_file(path: str | os.PathLike) -> None:
+    """onnx.checker on the written file's path (works for models over 2 GiB)."""
+    try:
+        onnx.checker.check_model(str(path))
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LumpError(f"the written model fails onnx.checker: {first}") from exc
+
+
+def _estimated_size(model: onnx.ModelProto) -> int:
+    """Bytes the model would take serialized inline, without serializing it."""
+    inline = 0
+    for tensor in all_tensors(model):
+        if uses_external_data(tensor):
+            inline += tensor_nbytes(tensor)
+    try:
+        return inline + model.ByteSize()
+    except Exception:  # ByteSize itself overflows on some protobuf builds
+        return PROTO_LIMIT + 1
+
+
+def _strip_private(model: onnx.ModelProto) -> None:
+    kept = [p for p in model.metadata_props if p.key != EXTERNAL_DIR_KEY]
+    if len(kept) != len(model.metadata_props):
+        kept = [onnx.StringStringEntryProto(key=p.key, value=p.value) for p in kept]
+        del model.metadata_props[:]
+        model.metadata_props.extend(kept)
+
+
+def _write(model: onnx.ModelProto, staged: StagedModel) -> None:
+    source = external_data_dir(model)
+    if staged.data_path is None:
+        if uses_external(model):  # unreachable by stage_model's rule; kept as a guard
+            raise LumpError("a model with external data must be written with external data")
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
+        _strip_private(out)
+        with open(staged.path, "wb") as handle:
+            handle.write(out.SerializeToString())
+        return
+    # Copy the model tensor by tensor: large inline tensors are moved into the data file
+    # as they are copied, external ones are streamed from the input's data file.
+    location = staged.data_path.name
+    out = onnx.ModelProto()
+    with open(staged.data_path, "wb", buffering=0) as data:
+        _copy_fields(model, out, skip=("graph",))
+        _copy_fields(model.graph, out.graph, skip=("initializer", "node"))
+        for tensor in model.graph.initializer:  # one tensor at a time: memory stays flat
+            copy = out.graph.initializer.add()
+            _copy_fields(tensor, copy, skip=_DATA_FIELDS)  # data is never copied in memory
+            _externalize_from(tensor, copy, data, location, source)
+        for node in model.graph.node:
+            copy = out.graph.node.add()
+            copy.CopyFrom(node)
+            for tensor in _node_tensors(copy, sparse=False):
+                _externalize(tensor, data, location, source)
+        for function in out.functions:
+            for node in function.node:
+                for tensor in _node_tensors(node, sparse=False):
+                    _externalize(tensor, data, location, source)
+    _strip_private(out)
+    for tensor in _sparse_parts(out):
+        _inline(tensor, source)  # sparse tensors stay inline, where every reader looks
+    if staged.data_path.stat().st_size == 0:
+        staged.data_path.unlink()
+        staged.data_path = None
+    with open(staged.path, "wb") as handle:
+        handle.write(out.SerializeToString())
+
+
+def _inline(tensor: onnx.TensorProto, source: Path | None) -> None:
+    if not uses_external_data(tensor):
+        return
+    if source is None:
+        raise LumpError(f"tensor '{tensor.name}' is stored externally and its folder is unknown")
+    info = _external_info(tensor)
+    tensor.raw_data = _read_range(source / info["location"], info, tensor_nbytes(tensor))
+    del tensor.external_data[:]
+    tensor.data_location = onnx.TensorProto.DEFAULT
+
+
+_DATA_FIELDS = (
+    "raw_data",
+    "float_data",
+    "double_data",
+    "int32_data",
+    "int64_data",
+    "uint64_data",
+    "string_data",
+)
+
+
+def _externalize_from(
+    tensor: onnx.TensorProto, copy: onnx.TensorProto, data, location: str, source: Path | None
+) -> None:
+    """Give ``copy`` (``tensor`` without its data fields) its data: inline when small,
+    else appended to ``data`` straight from ``tensor`` or its external file."""
+    if uses_external_data(tensor) or tensor.data_type == onnx.TensorProto.STRING:
+        copy.string_data.extend(tensor.string_data)  # external tensors hold no data fields
+        _externalize(copy, data, location, source)
+        return
+    nbytes = tensor_nbytes(tensor)
+    if nbytes < INLINE_LIMIT:
+        for descriptor, value in tensor.ListFields():
+            if descriptor.name in _DATA_FIELDS:
+                field = getattr(copy, descriptor.name)
+                if isinstance(value, bytes):
+                    setattr(copy, descriptor.name, value)
+                else:
+                    field.extend(value)
+        return
+    offset = _pad(data, nbytes)
+    data.write(tensor.raw_data if tensor.HasField("raw_data") else _raw_bytes(tensor))
+    del copy.external_data[:]
+    copy.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(nbytes))):
+        copy.external_data.add(key=key, value=value)
+
+
+def _externalize(tensor: onnx.TensorProto, data, location: str, source: Path | None) -> None:
+    nbytes = tensor_nbytes(tensor)
+    if tensor.data_type == onnx.TensorProto.STRING:
+        return  # strings cannot be stored externally
+    if uses_external_data(tensor):
+        info = _external_info(tensor)
+        if source is None:
+            raise LumpError(f"tensor '{tensor.name}' is external and its folder is unknown")
+        if nbytes < INLINE_LIMIT:
+            _inline(tensor, source)
+            return
+        offset = _pad(data, nbytes)
+        _copy_range(source / info["location"], int(info.get("offset", 0)), nbytes, data)
+    else:
+        if nbytes < INLINE_LIMIT:
+            return
+        raw = tensor.raw_data if tensor.HasField("raw_data") else _raw_bytes(tensor)
+        offset = _pad(data, nbytes)
+        data.write(raw)
+        del raw
+        for field in (
+            "raw_data",
+            "float_data",
+            "double_data",
+            "int32_data",
+            "int64_data",
+            "uint64_data",
+        ):
+            tensor.ClearField(field)
+    del tensor.external_data[:]
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(nbytes))):
+        tensor.external_data.add(key=key, value=value)
+
+
+def _copy_range(path: Path, start: int, nbytes: int, data) -> None:
+    """Append bytes [start, start + nbytes) of ``path`` to ``data`` without holding them."""
+    with open(path, "rb", buffering=0) as handle:
+        left = nbytes
+        if hasattr(os, "copy_file_range"):
+            try:
+                while left:
+                    done = os.copy_file_range(handle.fileno(), data.fileno(), left, start)
+                    if done == 0:
+                        break
+                    start += done
+                    left -= done
+            except OSError:  # e.g. across file systems on old kernels: copy by hand
+                pass
+        handle.seek(start)
+        while left:
+            chunk = handle.read(min(left, _COPY_CHUNK))
+            if not chunk:
+                raise LumpError(f"external data file '{path.name}' is truncated")
+            data.write(chunk)
+            left -= len(chunk)
+
+
+def _raw_bytes(tensor: onnx.TensorProto) -> bytes:
+    array = numpy_helper.to_array(tensor)
+    return numpy_helper.from_array(array, tensor.name).raw_data
+
+
+def _pad(data, nbytes: int) -> int:
+    offset = data.tell()
+    if nbytes >= _ALIGN_THRESHOLD and offset % _ALIGNMENT:
+        gap = _ALIGNMENT - offset % _ALIGNMENT
+        data.write(b"\0" * gap)
+        offset += gap
+    return offset
