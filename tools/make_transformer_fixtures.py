@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +43,7 @@ import onnx
 import onnxruntime as ort
 import torch
 from torch import nn
+from torch_export import export_onnx
 
 __all__ = ["PLANTED_WIDTHS", "TinyCharModel", "build_model", "main"]
 
@@ -127,55 +127,22 @@ def build_model(seed: int = SEED) -> TinyCharModel:
     return model.eval()
 
 
-def _strip_stack_traces(path: Path) -> None:
-    """Drop the dynamo exporter's per-node Python stack traces: they hold this machine's
-    paths (the files would differ per checkout) and are most of the file's size."""
-    model = onnx.load(str(path))
-    for node in model.graph.node:
-        kept = [p for p in node.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]
-        del node.metadata_props[:]
-        node.metadata_props.extend(kept)
-    onnx.save(model, str(path))
-
-
 def _export(model: TinyCharModel, path: Path, dynamo: bool, opset: int) -> None:
     # TorchScript tracing bakes the traced sequence length into nn.MultiheadAttention's
     # reshapes (only batch stays dynamic), so trace at the calibration length.
     length = 5 if dynamo else CALIB_SHAPE[1]
     sample = (torch.zeros(2, length, dtype=torch.int64),)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if dynamo:
-            dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("seq")}
-            program = torch.onnx.export(
-                model,
-                sample,
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamo=True,
-                dynamic_shapes={"tokens": dims},
-                opset_version=opset,
-                verbose=False,
-            )
-            program.save(str(path))
-            _strip_stack_traces(path)
-        else:
-            # Grad mode keeps the encoder layer off its fused kernel, which TorchScript
-            # export cannot translate.
-            with torch.enable_grad():
-                torch.onnx.export(
-                    model,
-                    sample,
-                    str(path),
-                    input_names=[INPUT_NAME],
-                    output_names=[OUTPUT_NAME],
-                    dynamo=False,
-                    dynamic_axes={
-                        INPUT_NAME: {0: "batch", 1: "seq"},
-                        OUTPUT_NAME: {0: "batch", 1: "seq"},
-                    },
-                    opset_version=opset,
-                )
+    dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("seq")} if dynamo else None
+    export_onnx(
+        model,
+        sample,
+        path,
+        dynamo=dynamo,
+        opset=opset,
+        input_name=INPUT_NAME,
+        output_name=OUTPUT_NAME,
+        dynamic_shapes=dims,
+    )
     onnx.checker.check_model(str(path), full_check=True)
 
 

@@ -36,7 +36,6 @@ import platform
 import shutil
 import sysconfig
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +43,7 @@ import onnx
 import onnxruntime as ort
 import torch
 from torch import nn
+from torch_export import export_onnx
 
 __all__ = [
     "HELDOUT_FILES",
@@ -220,51 +220,22 @@ def train(model: CharLM, tokens: np.ndarray, steps: int, rng: np.random.Generato
     return history
 
 
-def _strip_stack_traces(path: Path) -> None:
-    """Drop the dynamo exporter's per-node Python stack traces: they hold this machine's
-    paths and a large share of the file."""
-    model = onnx.load(str(path))
-    for node in model.graph.node:
-        kept = [p for p in node.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]
-        del node.metadata_props[:]
-        node.metadata_props.extend(kept)
-    onnx.save(model, str(path))
-
-
 def export(model: CharLM, out: Path, example: np.ndarray) -> tuple[Path, Path]:
     """The dynamo export (opset 20) and the TorchScript export (opset 17)."""
     sample = (torch.from_numpy(example),)
     dynamo_path, script_path = out / "charlm_2x128.onnx", out / "charlm_2x128_ts.onnx"
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq", max=MAX_LEN)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            model,
-            sample,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamo=True,
-            dynamic_shapes={"tokens": {0: batch, 1: seq}},
-            opset_version=20,
-        )
-        program.save(str(dynamo_path))
-        _strip_stack_traces(dynamo_path)
-        # Grad mode keeps nn.TransformerEncoderLayer off its fused inference kernel, which
-        # the TorchScript exporter cannot translate.
-        with torch.enable_grad():
-            torch.onnx.export(
-                model,
-                sample,
-                str(script_path),
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamo=False,
-                dynamic_axes={
-                    INPUT_NAME: {0: "batch", 1: "seq"},
-                    OUTPUT_NAME: {0: "batch", 1: "seq"},
-                },
-                opset_version=17,
-            )
+    names = {"input_name": INPUT_NAME, "output_name": OUTPUT_NAME}
+    export_onnx(
+        model,
+        sample,
+        dynamo_path,
+        dynamo=True,
+        opset=20,
+        dynamic_shapes={0: batch, 1: seq},
+        **names,
+    )
+    export_onnx(model, sample, script_path, dynamo=False, opset=17, **names)
     for path in (dynamo_path, script_path):
         onnx.checker.check_model(str(path), full_check=True)
     return dynamo_path, script_path
