@@ -158,6 +158,7 @@ def test_row_chunked_data_helpers_match_whole_arrays(system, monkeypatch):
 
 
 def test_data_similarity_in_sample_chunks_matches_one_chunk(monkeypatch):
+    import onnx_lump.ode.data_similarity as data_similarity
     import onnx_lump.ode.equivalence as equivalence
     from onnx_lump.activations import Activation, ActivationKind
 
@@ -170,7 +171,7 @@ def test_data_similarity_in_sample_chunks_matches_one_chunk(monkeypatch):
     options = PartitionOptions(0.05, similarity=equivalence.Similarity.DATA)
     tanh = Activation(ActivationKind.TANH)
     whole = equivalence.backward_lumping(weight, bias, tanh, options, 1e-7, x)
-    monkeypatch.setattr(equivalence, "_SAMPLE_CHUNK_ENTRIES", 1000)  # 8 samples a chunk
+    monkeypatch.setattr(data_similarity, "_SAMPLE_CHUNK_ENTRIES", 1000)  # 8 samples a chunk
     chunked = equivalence.backward_lumping(weight, bias, tanh, options, 1e-7, x)
     np.testing.assert_array_equal(whole.block, chunked.block)
     np.testing.assert_allclose(whole.offset, chunked.offset, rtol=1e-9, atol=1e-12)

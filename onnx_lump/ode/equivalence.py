@@ -27,8 +27,10 @@ import numpy as np
 from onnx_lump.activations import Activation, ActivationKind
 from onnx_lump.errors import LumpError
 from onnx_lump.ode.data_grouping import group_data_rows
+from onnx_lump.ode.data_similarity import _affine_lumping, _data_rows, _DataRows
 from onnx_lump.ode.encoding import Lumping, OdeSystem, aggregate, row_step
 from onnx_lump.ode.grouping import Linkage, group_rows, number_by_first_row, projection_directions
+from onnx_lump.ode.numerics import matmul64, matvec64, median_or_one
 from onnx_lump.ode.reduction import ReducedLayer, block_anchors, reduce_layer
 
 __all__ = ["Equivalence", "Partition", "PartitionOptions", "compute_partition"]
@@ -36,12 +38,6 @@ __all__ = ["Equivalence", "Partition", "PartitionOptions", "compute_partition"]
 # Epsilon 0 still has to absorb rounding: rows stored in the model's dtype and rescaled
 # in float64 agree only to a few units of the dtype's precision.
 _ROUNDING_UNITS = 16.0
-# A neuron whose activation varies this little, relative to the layer's median, is
-# constant on the calibration data.
-_DATA_CONSTANT = 1e-3
-# How far beyond the data a constant neuron must stay constant, in standard deviations
-# of its pre-activation on the data.
-_CONSTANT_MARGIN = 3.0
 
 
 class Similarity(enum.Enum):
@@ -139,9 +135,9 @@ def backward_lumping(
     """The backward lumping of one layer whose rows are already aggregated over upstream
     blocks. Given calibration ``inputs`` (N samples x upstream blocks) and eps > 0,
     neurons whose activation is constant on them, with a margin and on the ``holdout``
-    rows too (see :func:`_supported_constants`), are folded into the next bias; with
-    ``options.similarity`` DATA, neurons are compared by their canonical pre-activations
-    on ``inputs`` instead of by their weights.
+    rows too (see :func:`onnx_lump.ode.data_similarity._supported_constants`), are folded
+    into the next bias; with ``options.similarity`` DATA, neurons are compared by their
+    canonical pre-activations on ``inputs`` instead of by their weights.
 
     ``units`` (column scale, column offset), data-free only, says that the rows to
     compare are ``coefficients * scale`` with bias ``bias + coefficients @ offset``;
@@ -153,7 +149,7 @@ def backward_lumping(
         raise ValueError("units are for data-free rows: inputs are in the units of the rows")
     column_scale = None if units is None else units[0]
     if units is not None and units[1].any():
-        bias = bias + _matvec64(coefficients, units[1])
+        bias = bias + matvec64(coefficients, units[1])
     directions = projection_directions(coefficients.shape[1] + 1)
     stats = _RowStatistics.of(coefficients, column_scale, activation, directions[:-1])
     constant = stats.small(options.eps, precision)
@@ -294,264 +290,10 @@ class _CanonicalRows:
             weights = directions[:-1]
             if self.column_scale is not None:
                 weights = weights * self.column_scale[:, None]
-            product = _matmul64(self.coefficients, weights)
+            product = matmul64(self.coefficients, weights)
         product += self.bias[:, None] * directions[-1]
         product /= self.divisor[:, None]
         return product
-
-
-def _matmul64(matrix: np.ndarray, other: np.ndarray) -> np.ndarray:
-    """``matrix @ other`` accumulated in float64 without a float64 copy of ``matrix``."""
-    if matrix.dtype == np.float64:
-        return matrix @ other
-    out = np.empty((matrix.shape[0], other.shape[1]))
-    step = row_step(matrix.shape[1])
-    for start in range(0, matrix.shape[0], step):
-        out[start : start + step] = matrix[start : start + step].astype(np.float64) @ other
-    return out
-
-
-def _matvec64(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
-    return _matmul64(matrix, vector[:, None])[:, 0]
-
-
-def _affine_lumping(
-    coefficients: np.ndarray,
-    bias: np.ndarray,
-    activation: Activation,
-    inputs: np.ndarray,
-    constant: np.ndarray,
-    options: PartitionOptions,
-    holdout: np.ndarray | None = None,
-) -> Lumping:
-    """Neurons whose activations on the data agree up to an affine map.
-
-    Activations are standardised (mean 0, deviation 1) and signed along the layer's first
-    principal direction, so the L1 distance of two rows is the mean absolute difference
-    of the standardised signals (0 for correlation 1; about 0.11 for correlation 0.99).
-    Each group keeps its medoid unchanged; every other member is replaced by the least-
-    squares fit ``a_j ~ alpha_j a_rep + beta_j``, which the next layer absorbs.
-    Used for eps > 0 only: agreement on the data is not agreement everywhere.
-    """
-    pre = inputs @ coefficients.T + bias  # (N, n)
-    post = activation(pre)
-    n_samples = post.shape[0]
-    mean, spread = post.mean(axis=0), post.std(axis=0)
-    held = None if holdout is None else holdout @ coefficients.T + bias
-    removed = constant | _supported_constants(
-        _Support.of(pre.T, activation), activation, constant, None if held is None else held.T
-    )
-    value = np.where(constant, activation(bias), mean)
-    if removed.all():
-        removed = removed.copy()
-        removed[0] = False
-    live = np.flatnonzero(~removed)
-    standard = (post[:, live] - mean[live]) / np.where(spread[live] > 0, spread[live], 1.0)
-    rows = (standard * _principal_signs(standard)).T / n_samples
-    groups = number_by_first_row(group_rows(rows, options.eps, options.linkage))
-    n_blocks = int(groups.max()) + 1
-    representative = live[_medoids(rows, groups, n_blocks)]
-    block = np.full(len(bias), -1, dtype=np.int64)
-    block[live] = groups
-    rep = representative[groups]
-    centred = post[:, live] - mean[live]
-    rep_centred = post[:, rep] - mean[rep]
-    alpha = (centred * rep_centred).mean(axis=0) / np.maximum(spread[rep] ** 2, 1e-300)
-    scale = np.zeros(len(bias))
-    scale[live] = alpha
-    offset = value.copy()
-    offset[live] = mean[live] - alpha * mean[rep]
-    scale[representative], offset[representative] = 1.0, 0.0
-    return Lumping(block, scale, offset, n_blocks, representative)
-
-
-def _principal_signs(standard: np.ndarray) -> np.ndarray:
-    """+-1 per column: the sign of its loading on the first principal direction, so that
-    anti-correlated neurons line up (a few power iterations)."""
-    direction = np.ones(standard.shape[1])
-    for _ in range(20):
-        direction = standard.T @ (standard @ direction)
-        norm = np.linalg.norm(direction)
-        if norm == 0:
-            break
-        direction /= norm
-    return np.where(direction < 0, -1.0, 1.0)
-
-
-def _medoids(rows: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
-    """Index (into rows) of the member nearest to each group's mean row."""
-    counts = np.bincount(groups, minlength=n_groups).astype(np.float64)
-    means = np.zeros((n_groups, rows.shape[1]))
-    np.add.at(means, groups, rows)
-    means /= counts[:, None]
-    distance = np.abs(rows - means[groups]).sum(axis=1)
-    order = np.lexsort((distance, groups))
-    return order[np.flatnonzero(np.diff(groups[order], prepend=-1))]
-
-
-# Calibration rows are read this many entries (samples x neurons) at a time: no array
-# of all samples x all neurons is formed on the data path.
-_SAMPLE_CHUNK_ENTRIES = 1 << 21
-
-
-def _sample_step(width: int) -> int:
-    return max(1, _SAMPLE_CHUNK_ENTRIES // max(width, 1))
-
-
-@dataclass
-class _Moments:
-    """Count, mean and sum of squared deviations per column, merged chunk by chunk
-    (Chan et al.), so that a standard deviation over many rows needs no copy of them."""
-
-    count: int = 0
-    mean: np.ndarray | float = 0.0
-    m2: np.ndarray | float = 0.0
-
-    def add(self, values: np.ndarray) -> None:
-        k = values.shape[0]
-        if k == 0:
-            return
-        mean = values.mean(axis=0)
-        m2 = np.square(values - mean).sum(axis=0)
-        total = self.count + k
-        delta = mean - self.mean
-        self.m2 = self.m2 + m2 + np.square(delta) * (self.count * k / total)
-        self.mean = self.mean + delta * (k / total)
-        self.count = total
-
-    @property
-    def std(self) -> np.ndarray:
-        return np.sqrt(np.maximum(self.m2, 0.0) / max(self.count, 1))
-
-
-def _data_rows(
-    rows: _CanonicalRows,
-    inputs: np.ndarray,
-    activation: Activation,
-    constant: np.ndarray,
-    options: PartitionOptions,
-    holdout: np.ndarray | None = None,
-) -> tuple[_DataRows, np.ndarray, np.ndarray, np.ndarray]:
-    """Canonical pre-activations on the data, scaled so that the L1 distance of two rows is
-    their mean absolute difference in units of the layer's typical spread (as a row
-    source, with their L1 norms); the neurons whose activation is constant on the data
-    (dead Relu, saturated Tanh/Sigmoid: see :func:`_supported_constants`; only for
-    eps > 0); and those activations' means.
-
-    The samples are read a chunk at a time: memory grows with the neurons, not with
-    neurons x samples."""
-    n_samples, n = inputs.shape[0], rows.shape[0]
-    pre_moments, post_moments = _Moments(), _Moments()
-    low, high, magnitude = np.full(n, np.inf), np.full(n, -np.inf), np.zeros(n)
-    step = _sample_step(n)
-    for start in range(0, n_samples, step):
-        pre = rows.pre_activations(inputs[start : start + step])
-        pre_moments.add(pre)
-        post_moments.add(activation(pre))
-        np.minimum(low, pre.min(axis=0), out=low)
-        np.maximum(high, pre.max(axis=0), out=high)
-        magnitude += np.abs(pre).sum(axis=0)
-    spread = _median_or_one(pre_moments.std[~constant])
-    data_constant = _supported_constants(
-        _Support(pre_moments.std, post_moments.std, post_moments.mean, low, high),
-        activation,
-        constant,
-        None if holdout is None else (rows, holdout),
-    )
-    if options.eps == 0:
-        data_constant[:] = False  # constant on this data is not constant on all data
-    factor = 1.0 / (n_samples * spread)
-    return _DataRows(rows, inputs, factor), magnitude * factor, data_constant, post_moments.mean
-
-
-class _DataRows:
-    """Row source (:class:`onnx_lump.ode.grouping.RowSource`) of the scaled canonical
-    pre-activations ``factor * (rows . [x, 1])`` over the samples x: a neuron's row is
-    formed only when the grouping needs it, and projections go through the inputs'
-    (features x directions) product."""
-
-    def __init__(self, rows: _CanonicalRows, inputs: np.ndarray, factor: float) -> None:
-        self.rows, self.inputs, self.factor = rows, inputs, factor
-        self.shape = (rows.shape[0], inputs.shape[0])
-
-    def subset(self, index: np.ndarray) -> _DataRows:
-        return _DataRows(self.rows.subset(index), self.inputs, self.factor)
-
-    def take(self, indices: np.ndarray) -> np.ndarray:
-        out = self.rows.subset(np.asarray(indices)).pre_activations(self.inputs).T
-        out *= self.factor
-        return np.ascontiguousarray(out)
-
-    def project(self, directions: np.ndarray) -> np.ndarray:
-        through = np.zeros((self.inputs.shape[1], directions.shape[1]))
-        step = _sample_step(self.inputs.shape[1])
-        for start in range(0, self.inputs.shape[0], step):
-            part = slice(start, start + step)
-            through += np.asarray(self.inputs[part], dtype=np.float64).T @ directions[part]
-        rows = self.rows
-        weights = rows.coefficients
-        if rows.column_scale is not None:
-            weights = weights * rows.column_scale
-        product = _matmul64(weights, through)
-        product += rows.bias[:, None] * directions.sum(axis=0)
-        product /= rows.divisor[:, None]
-        product *= self.factor
-        return product
-
-
-@dataclass(frozen=True)
-class _Support:
-    """Per-neuron statistics of the pre-activations (deviation, range) and activations
-    (deviation, mean) on the fitting rows."""
-
-    pre_std: np.ndarray
-    post_std: np.ndarray
-    post_mean: np.ndarray
-    low: np.ndarray
-    high: np.ndarray
-
-    @classmethod
-    def of(cls, pre: np.ndarray, activation: Activation) -> _Support:
-        """From pre-activations as (neurons x rows)."""
-        post = activation(pre)
-        return cls(pre.std(axis=1), post.std(axis=1), post.mean(axis=1), pre.min(1), pre.max(1))
-
-
-def _supported_constants(
-    support: _Support,
-    activation,
-    constant: np.ndarray,
-    holdout: tuple[_CanonicalRows, np.ndarray] | np.ndarray | None,
-) -> np.ndarray:
-    """Neurons the data shows to be constant, given their statistics on the fitting rows
-    and, when given, their pre-activations on the held-out rows (neurons x rows, or the
-    canonical rows and the held-out inputs, read a chunk at a time).
-
-    Varying by less than _DATA_CONSTANT times the layer's median variation on the
-    fitting rows is not enough: a neuron off on a few hundred rows may fire on rare
-    inputs. Its activation must also stay within that tolerance of its mean at the ends
-    of its pre-activation range widened by _CONSTANT_MARGIN standard deviations, and on
-    every held-out row."""
-    variation = support.post_std
-    tolerance = _DATA_CONSTANT * _median_or_one(variation[~constant])
-    mean, deviation = support.post_mean, support.pre_std
-    supported = variation <= tolerance
-    widened = (
-        support.low - _CONSTANT_MARGIN * deviation,
-        support.high + _CONSTANT_MARGIN * deviation,
-    )
-    for end in widened:
-        supported &= np.abs(activation(end) - mean) <= tolerance
-    if isinstance(holdout, np.ndarray):
-        if holdout.shape[1]:
-            supported &= (np.abs(activation(holdout) - mean[:, None]) <= tolerance).all(axis=1)
-    elif holdout is not None:
-        rows, held = holdout
-        step = _sample_step(rows.shape[0])
-        for start in range(0, held.shape[0], step):
-            pre = rows.pre_activations(held[start : start + step])
-            supported &= (np.abs(activation(pre) - mean) <= tolerance).all(axis=0)
-    return supported
 
 
 def _forward(system: OdeSystem, options: PartitionOptions) -> list[Lumping]:
@@ -596,20 +338,15 @@ def _symmetry_transform(
         sign = stats.sign
         if activation.is_positively_homogeneous:
             norms = np.sqrt(stats.squares + np.square(bias))
-            scale = norms / _median_or_one(norms[~constant])
+            scale = norms / median_or_one(norms[~constant])
         elif kind is ActivationKind.IDENTITY:
             norms = np.sqrt(stats.squares)
-            scale = sign * norms / _median_or_one(norms[~constant])
+            scale = sign * norms / median_or_one(norms[~constant])
             offset = bias.copy()
         elif activation.point_symmetry is not None:
             # sigma(-z) = k - sigma(z): Tanh and other odd ones (k = 0), Sigmoid (k = 1)
             scale, offset = sign, (sign < 0) * activation.point_symmetry
     return scale, offset
-
-
-def _median_or_one(values: np.ndarray) -> float:
-    median = float(np.median(values)) if values.size else 0.0
-    return median if median > 0 else 1.0
 
 
 def _lumping_from_groups(
