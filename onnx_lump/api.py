@@ -35,7 +35,7 @@ from onnx_lump.ode.grouping import Linkage
 from onnx_lump.runtime import resolve_providers
 from onnx_lump.verify import VerificationResult, compare_models
 
-__all__ = ["LayerStats", "Report", "compress", "lump"]
+__all__ = ["LayerStats", "Report", "compress", "lump", "refines_by_default"]
 
 logger = logging.getLogger(__name__)
 
@@ -346,11 +346,17 @@ def _small_calibration_notes(chains, fit_inputs) -> list[str]:
     return notes
 
 
+def refines_by_default(method: Method) -> bool:
+    """Whether ``compress`` refines after ``method`` when calibration inputs are given and
+    ``refine`` is left at None: structured methods that do not promise losslessness."""
+    return method.structured and not method.lossless
+
+
 def _refine_options(
     refine: RefineOptions | bool | None, method: Method, split: CalibrationSplit | None
 ) -> RefineOptions | None:
     """The refinement to run after ``method``, or None."""
-    if refine is False or (refine is None and (not method.structured or method.lossless)):
+    if refine is False or (refine is None and not refines_by_default(method)):
         return None
     if split is None:
         if refine is None:

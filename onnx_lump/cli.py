@@ -27,7 +27,7 @@ from pathlib import Path
 
 import onnx
 
-from onnx_lump.api import Report, compress
+from onnx_lump.api import Report, compress, refines_by_default
 from onnx_lump.cli_checks import (
     _KNOBS,
     LUMPING_METHODS,
@@ -277,7 +277,7 @@ def _refine_option(args: argparse.Namespace) -> RefineOptions | bool | None:
         progress=not args.quiet,
     )
     method = build_method(args.method, 0.0, args)
-    if args.calib is None or not method.structured or method.lossless:
+    if args.calib is None or not refines_by_default(method):
         return None  # compress's default: nothing to refine here
     return options
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnx_lump.api import Report, compress
+from onnx_lump.api import Report, compress, refines_by_default
 from onnx_lump.data.cache import SearchCache
 from onnx_lump.data.holdout import DEFAULT_HOLDOUT, output_error, stacked_outputs
 from onnx_lump.data.refine import RefineOptions
@@ -136,10 +136,8 @@ class Evaluator:
         refine = self.final_refine
         if refine is False or self.calibration is None:
             return False
-        if refine is None:  # compress's default: on for structured, not lossless methods
-            if not method.structured or method.lossless:
-                return False
-            return RefineOptions()
+        if refine is None:  # compress's default
+            return RefineOptions() if refines_by_default(method) else False
         return RefineOptions() if refine is True else refine
 
     def _error(self, model: onnx.ModelProto, report: Report) -> float:

@@ -36,15 +36,7 @@ def export_model(
         model.CopyFrom(original)
         _set_metadata(model, metadata)
         return model
-    for descriptor, value in original.ListFields():  # all but the graph, without copying it
-        if descriptor.name == "graph":
-            continue
-        if _is_repeated(descriptor):
-            getattr(model, descriptor.name).extend(value)
-        elif descriptor.message_type is not None:
-            getattr(model, descriptor.name).CopyFrom(value)
-        else:
-            setattr(model, descriptor.name, value)
+    _copy_fields(original, model, skip=("graph",))  # all but the graph, without copying it
     _Merger(graph, original.graph, external_data_dir(original)).into(model.graph)
     _set_metadata(model, metadata)
     return model
@@ -62,15 +54,7 @@ class _Merger:
 
     def into(self, out: onnx.GraphProto) -> None:
         original = self.original
-        for descriptor, value in original.ListFields():
-            if descriptor.name in ("node", "initializer", "value_info", "input", "output"):
-                continue
-            if _is_repeated(descriptor):
-                getattr(out, descriptor.name).extend(value)
-            elif descriptor.message_type is not None:
-                getattr(out, descriptor.name).CopyFrom(value)
-            else:
-                setattr(out, descriptor.name, value)
+        _copy_fields(original, out, skip=("node", "initializer", "value_info", "input", "output"))
         out.node.extend(self._nodes())
         changed_shapes = self._initializers(out)
         self._values_info(out)
@@ -310,6 +294,19 @@ def _names_read(graph: onnx.GraphProto) -> set[str]:
             for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
                 names |= _names_read(sub)
     return names
+
+
+def _copy_fields(source, target, skip: tuple[str, ...]) -> None:
+    """Copy every field set on ``source`` into ``target`` except those named in ``skip``."""
+    for descriptor, value in source.ListFields():
+        if descriptor.name in skip:
+            continue
+        if _is_repeated(descriptor):
+            getattr(target, descriptor.name).extend(value)
+        elif descriptor.message_type is not None:
+            getattr(target, descriptor.name).CopyFrom(value)
+        else:
+            setattr(target, descriptor.name, value)
 
 
 def _is_repeated(descriptor) -> bool:
