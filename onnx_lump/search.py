@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import itertools
 import json
 import logging
 import time
@@ -306,11 +307,19 @@ def _bisect(evaluate, upper_limit, target_params, max_error, steps, good):
         if high is None:  # nothing up to the limit fails: the largest knob tried is best
             result = evaluate(max(evaluate.cache))
         else:
-            lo, hi = low, high
+            # An unbounded knob (epsilon) matters by its order of magnitude: look down from
+            # the bracket a factor at a time, then split the interval in log space.
+            geometric = upper_limit is None
+            lo, hi = _descend(evaluate, good, low, high) if geometric else (low, high)
+            interpolated = False
             for _ in range(steps):
-                if _close(lo[1], hi[1]):
+                if _close(lo[1], hi[1]) or _near_target(hi[1], target_params, max_error):
                     break
-                mid = evaluate(0.5 * (lo[2].knob + hi[2].knob))
+                # interpolation on the size, safeguarded: a bisection after each
+                # interpolated step, so the interval at least halves every two steps
+                use_size = target_params is not None and not interpolated
+                mid = evaluate(_midpoint(lo[2], hi[2], geometric, target_params, use_size))
+                interpolated = use_size
                 if good(mid[2]):
                     lo = mid
                 else:
@@ -321,6 +330,63 @@ def _bisect(evaluate, upper_limit, target_params, max_error, steps, good):
         target_params is None or point.retained <= target_params
     )
     return point.knob, point, met
+
+
+# Looking down from the bracket, each step divides the knob by this; a knob this many
+# times smaller than the bracket is as good as 0 (linear bisection from there).
+_DESCENT_FACTOR = 16.0
+_DESCENT_FLOOR = 1e-12
+# An interpolated knob stays this share of the (log) interval away from either end.
+_INTERPOLATION_MARGIN = 0.05
+
+
+def _descend(evaluate, good, low, high):
+    """The bracket (good, bad) with a good knob above 0 when one is found by dividing
+    the bad knob by _DESCENT_FACTOR: the size or error of a lumping changes over orders
+    of magnitude of epsilon, most of them far below the first bad knob (doubling
+    from 1), where halving from [0, 1] would spend a step an octave."""
+    floor = high[2].knob * _DESCENT_FLOOR
+    while high[2].knob / _DESCENT_FACTOR > floor:
+        point = evaluate(high[2].knob / _DESCENT_FACTOR)
+        if good(point[2]):
+            return point, high
+        high = point
+    return low, high
+
+
+def _midpoint(
+    lo: SweepPoint, hi: SweepPoint, geometric: bool, target: float | None, use_size: bool
+) -> float:
+    """The next knob inside (lo, hi): where the size, linear in the knob's logarithm (or
+    in the knob), would reach ``target`` when ``use_size``, else the middle."""
+    log = geometric and lo.knob > 0
+    a, b = (np.log(lo.knob), np.log(hi.knob)) if log else (lo.knob, hi.knob)
+    share = 0.5
+    if use_size and lo.retained > hi.retained:
+        share = (lo.retained - target) / (lo.retained - hi.retained)
+        share = min(max(share, _INTERPOLATION_MARGIN), 1.0 - _INTERPOLATION_MARGIN)
+    mid = a + share * (b - a)
+    return float(np.exp(mid)) if log else float(mid)
+
+
+def _near_target(report: Report, target_params: float | None, max_error: float | None) -> bool:
+    """True when the size target is met by less than one neuron a layer (the resolution
+    that matters): no knob in between could land closer to it."""
+    if target_params is None or max_error is not None or not report.structured:
+        return False
+    slack = target_params * report.params_before - report.params_after
+    return 0 <= slack <= _one_neuron_each(report)
+
+
+def _one_neuron_each(report: Report) -> int:
+    """Parameters one more neuron in every hidden layer would add: its row (weights and
+    bias) and its column in the next layer of the chain."""
+    total = 0
+    for layer, following in itertools.pairwise(report.layers):
+        if layer.chain == following.chain and layer.width_after > 0:
+            row = layer.params_after / layer.width_after
+            total += round(row) + following.width_after
+    return total
 
 
 def _bracket(evaluate: Evaluator, good, upper_limit: float | None):

@@ -14,7 +14,7 @@ import threadpoolctl
 
 from onnx_lump.ode.reduction import ReducedLayer
 
-__all__ = ["FALLBACK_RIDGE", "RIDGE_GRID", "refit_layer", "residual"]
+__all__ = ["FALLBACK_RIDGE", "RIDGE_GRID", "centred_moments", "refit_layer", "residual"]
 
 # Strengths relative to the mean squared (centred) input, so they do not depend on the
 # scale of the activations.
@@ -37,10 +37,10 @@ def refit_layer(
     ``lam`` is the relative strength times the mean squared centred input; the bias is
     not penalised. With ``ridge`` None the strength is the one of :data:`RIDGE_GRID`
     with the lowest residual on the held-out rows (:data:`FALLBACK_RIDGE` without them).
+    Rows are read a chunk at a time (float64 sums): no centred copy of the inputs or
+    targets is made, whatever their number.
     """
-    mean_x, mean_t = inputs.mean(axis=0), targets.mean(axis=0)
-    centred = inputs - mean_x
-    gram = centred.T @ centred
+    mean_x, mean_t, gram, cross = centred_moments(inputs, targets)
     scale = float(np.mean(np.diag(gram))) if gram.size else 0.0
     scale = scale if scale > 0 else 1.0
     choose = ridge is None and holdout_inputs is not None and len(holdout_inputs) > 0
@@ -51,23 +51,89 @@ def refit_layer(
     except (np.linalg.LinAlgError, scipy.linalg.LinAlgError, ValueError):
         values, vectors = np.zeros(gram.shape[0]), np.eye(gram.shape[0])
     values = np.maximum(values, 0.0)
-    projected = vectors.T @ (centred.T @ (targets - mean_t))
-    best = None
-    for strength in strengths:
-        lam = max(strength * scale, 1e-12 * scale)
-        weight_t = vectors @ (projected / (values + lam)[:, None])
-        layer = ReducedLayer(np.ascontiguousarray(weight_t.T), mean_t - mean_x @ weight_t)
-        if len(strengths) == 1:
-            return layer, strength
-        score = residual(layer, holdout_inputs, holdout_targets)
-        if best is None or score < best[0]:
-            best = (score, layer, strength)
-    return best[1], best[2]
+    projected = vectors.T @ cross
+    shrink = [1.0 / (values + max(s * scale, 1e-12 * scale)) for s in strengths]
+    if len(strengths) > 1:
+        scores = _held_out_residuals(
+            vectors, projected, mean_x, mean_t, shrink, holdout_inputs, holdout_targets
+        )
+        best = int(np.argmin(scores))  # the first (weakest) on ties
+    else:
+        best = 0
+    weight_t = vectors @ (projected * shrink[best][:, None])
+    layer = ReducedLayer(np.ascontiguousarray(weight_t.T), mean_t - mean_x @ weight_t)
+    return layer, strengths[best]
+
+
+def _held_out_residuals(vectors, projected, mean_x, mean_t, shrink, inputs, targets):
+    """The held-out residual (as :func:`residual`) of the refit at every strength, from
+    one pass over the held-out rows.
+
+    In the Gram matrix's eigenbasis a refit predicts ``Q diag(d) P`` for the centred
+    targets, with ``Q`` the held-out inputs (centred by the fitting mean) times the
+    eigenvectors, ``P`` the projected cross moments and ``d`` the strength's shrinkage;
+    so with ``E`` the centred held-out targets its squared error is
+    ``d (Q'Q o PP') d - 2 d . diag(Q'E P') + |E|^2``: matrices of the layer's width,
+    formed once, instead of a product with the held-out rows per strength."""
+    k = vectors.shape[0]
+    qq, qe, ee = np.zeros((k, k)), np.zeros((k, projected.shape[1])), 0.0
+    step = _row_step(k + targets.shape[1])
+    for start in range(0, inputs.shape[0], step):
+        q = (np.asarray(inputs[start : start + step], dtype=np.float64) - mean_x) @ vectors
+        e = np.asarray(targets[start : start + step], dtype=np.float64) - mean_t
+        qq += q.T @ q
+        qe += q.T @ e
+        ee += float(np.square(e).sum())
+    quadratic = qq * (projected @ projected.T)
+    linear = np.einsum("ij,ij->i", qe, projected)
+    size = max(targets.size, 1)
+    return [(d @ quadratic @ d - 2.0 * d @ linear + ee) / size for d in shrink]
 
 
 def residual(layer: ReducedLayer, inputs: np.ndarray, targets: np.ndarray) -> float:
-    """Mean squared error of the layer's pre-activations against ``targets``."""
-    return float(np.mean((inputs @ layer.weight.T + layer.bias - targets) ** 2))
+    """Mean squared error of the layer's pre-activations against ``targets``, a chunk
+    of rows at a time."""
+    total, step = 0.0, _row_step(inputs.shape[1] + targets.shape[1])
+    for start in range(0, inputs.shape[0], step):
+        x = np.asarray(inputs[start : start + step], dtype=np.float64)
+        error = x @ layer.weight.T + layer.bias - targets[start : start + step]
+        total += float(np.square(error).sum())
+    return total / max(targets.size, 1)
+
+
+def centred_moments(
+    inputs: np.ndarray, targets: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(mean_x, mean_t, gram, cross)`` with ``gram = Xc.T @ Xc`` and ``cross = Xc.T @ Tc``
+    for the centred inputs Xc and targets Tc, accumulated in float64 a chunk of rows at a
+    time (no centred copy of either; shifted by the first chunk's means so that the
+    centring does not cancel)."""
+    n, k = inputs.shape
+    step = _row_step(k + targets.shape[1])
+    first = slice(0, min(step, n))
+    shift_x = np.asarray(inputs[first], dtype=np.float64).mean(axis=0)
+    shift_t = np.asarray(targets[first], dtype=np.float64).mean(axis=0)
+    sum_x, sum_t = np.zeros(k), np.zeros(targets.shape[1])
+    gram, cross = np.zeros((k, k)), np.zeros((k, targets.shape[1]))
+    for start in range(0, n, step):
+        x = np.asarray(inputs[start : start + step], dtype=np.float64) - shift_x
+        t = np.asarray(targets[start : start + step], dtype=np.float64) - shift_t
+        sum_x += x.sum(axis=0)
+        sum_t += t.sum(axis=0)
+        gram += x.T @ x
+        cross += x.T @ t
+    dx, dt = sum_x / max(n, 1), sum_t / max(n, 1)
+    gram -= n * np.outer(dx, dx)
+    cross -= n * np.outer(dx, dt)
+    return shift_x + dx, shift_t + dt, gram, cross
+
+
+# Rows of a chunk: this many entries (rows x columns) of float64 at a time.
+_ROW_CHUNK_ENTRIES = 1 << 22
+
+
+def _row_step(width: int) -> int:
+    return max(1, _ROW_CHUNK_ENTRIES // max(width, 1))
 
 
 def _one_blas_thread():

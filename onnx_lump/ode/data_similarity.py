@@ -15,13 +15,14 @@ import numpy as np
 
 from onnx_lump.activations import Activation
 from onnx_lump.ode.encoding import Lumping
-from onnx_lump.ode.grouping import group_rows, number_by_first_row
-from onnx_lump.ode.numerics import matmul64, median_or_one
+from onnx_lump.ode.grouping import _StoredRows, group_rows, number_by_first_row
+from onnx_lump.ode.numerics import median_or_one
 
 if TYPE_CHECKING:
     from onnx_lump.ode.equivalence import PartitionOptions, _CanonicalRows
 
 __all__ = [
+    "SIMILARITY_SAMPLES",
     "_CONSTANT_MARGIN",
     "_DATA_CONSTANT",
     "_SAMPLE_CHUNK_ENTRIES",
@@ -34,6 +35,7 @@ __all__ = [
     "_principal_signs",
     "_sample_step",
     "_supported_constants",
+    "similarity_samples",
 ]
 
 # A neuron whose activation varies this little, relative to the layer's median, is
@@ -160,18 +162,23 @@ def _data_rows(
     constant: np.ndarray,
     options: PartitionOptions,
     holdout: np.ndarray | None = None,
-) -> tuple[_DataRows, np.ndarray, np.ndarray, np.ndarray]:
+    keep_rows: bool = True,
+) -> tuple[_DataRows | None, np.ndarray, np.ndarray, np.ndarray]:
     """Canonical pre-activations on the data, scaled so that the L1 distance of two rows is
     their mean absolute difference in units of the layer's typical spread (as a row
-    source, with their L1 norms); the neurons whose activation is constant on the data
-    (dead Relu, saturated Tanh/Sigmoid: see :func:`_supported_constants`; only for
-    eps > 0); and those activations' means.
+    source, with their L1 norms; None without ``keep_rows``); the neurons whose
+    activation is constant on the data (dead Relu, saturated Tanh/Sigmoid: see
+    :func:`_supported_constants`; only for eps > 0); and those activations' means.
 
-    The samples are read a chunk at a time: memory grows with the neurons, not with
-    neurons x samples."""
+    The statistics read the samples a chunk at a time; the rows compared are formed once,
+    as one (neurons x samples) array, over at most :data:`SIMILARITY_SAMPLES` samples
+    (a seeded choice when there are more), so their memory is bounded whatever the
+    number of calibration rows, and the grouping reads them without recomputing."""
     n_samples, n = inputs.shape[0], rows.shape[0]
     pre_moments, post_moments = _Moments(), _Moments()
-    low, high, magnitude = np.full(n, np.inf), np.full(n, -np.inf), np.zeros(n)
+    low, high = np.full(n, np.inf), np.full(n, -np.inf)
+    chosen = similarity_samples(n_samples)
+    compared = np.empty((n, chosen.size)) if keep_rows else None
     step = _sample_step(n)
     for start in range(0, n_samples, step):
         pre = rows.pre_activations(inputs[start : start + step])
@@ -179,7 +186,9 @@ def _data_rows(
         post_moments.add(activation(pre))
         np.minimum(low, pre.min(axis=0), out=low)
         np.maximum(high, pre.max(axis=0), out=high)
-        magnitude += np.abs(pre).sum(axis=0)
+        if compared is not None:
+            a, b = np.searchsorted(chosen, (start, start + len(pre)))
+            compared[:, a:b] = pre[chosen[a:b] - start].T
     spread = median_or_one(pre_moments.std[~constant])
     data_constant = _supported_constants(
         _Support(pre_moments.std, post_moments.std, post_moments.mean, low, high),
@@ -189,43 +198,32 @@ def _data_rows(
     )
     if options.eps == 0:
         data_constant[:] = False  # constant on this data is not constant on all data
-    factor = 1.0 / (n_samples * spread)
-    return _DataRows(rows, inputs, factor), magnitude * factor, data_constant, post_moments.mean
+    if compared is None:
+        return None, np.zeros(n), data_constant, post_moments.mean
+    compared *= 1.0 / (chosen.size * spread)
+    return _DataRows(compared), np.abs(compared).sum(axis=1), data_constant, post_moments.mean
 
 
-class _DataRows:
-    """Row source (:class:`onnx_lump.ode.grouping.RowSource`) of the scaled canonical
-    pre-activations ``factor * (rows . [x, 1])`` over the samples x: a neuron's row is
-    formed only when the grouping needs it, and projections go through the inputs'
-    (features x directions) product."""
+# The data similarity compares neurons on at most this many fitting rows: enough to tell
+# neurons apart at the epsilons that matter (the benchmark uses up to 2,048 calibration
+# rows, all of them compared), while the compared rows stay a bounded array.
+SIMILARITY_SAMPLES = 4096
 
-    def __init__(self, rows: _CanonicalRows, inputs: np.ndarray, factor: float) -> None:
-        self.rows, self.inputs, self.factor = rows, inputs, factor
-        self.shape = (rows.shape[0], inputs.shape[0])
+
+def similarity_samples(n_samples: int) -> np.ndarray:
+    """Indices (ascending) of the fitting rows the data similarity compares neurons on."""
+    if n_samples <= SIMILARITY_SAMPLES:
+        return np.arange(n_samples)
+    chosen = np.random.default_rng(0).choice(n_samples, SIMILARITY_SAMPLES, replace=False)
+    return np.sort(chosen)
+
+
+class _DataRows(_StoredRows):
+    """The scaled canonical pre-activations (neurons x compared samples), stored: a
+    distinct type so that the grouping uses its method for long rows."""
 
     def subset(self, index: np.ndarray) -> _DataRows:
-        return _DataRows(self.rows.subset(index), self.inputs, self.factor)
-
-    def take(self, indices: np.ndarray) -> np.ndarray:
-        out = self.rows.subset(np.asarray(indices)).pre_activations(self.inputs).T
-        out *= self.factor
-        return np.ascontiguousarray(out)
-
-    def project(self, directions: np.ndarray) -> np.ndarray:
-        through = np.zeros((self.inputs.shape[1], directions.shape[1]))
-        step = _sample_step(self.inputs.shape[1])
-        for start in range(0, self.inputs.shape[0], step):
-            part = slice(start, start + step)
-            through += np.asarray(self.inputs[part], dtype=np.float64).T @ directions[part]
-        rows = self.rows
-        weights = rows.coefficients
-        if rows.column_scale is not None:
-            weights = weights * rows.column_scale
-        product = matmul64(weights, through)
-        product += rows.bias[:, None] * directions.sum(axis=0)
-        product /= rows.divisor[:, None]
-        product *= self.factor
-        return product
+        return _DataRows(self.rows[index])
 
 
 @dataclass(frozen=True)
@@ -274,10 +272,14 @@ def _supported_constants(
     if isinstance(holdout, np.ndarray):
         if holdout.shape[1]:
             supported &= (np.abs(activation(holdout) - mean[:, None]) <= tolerance).all(axis=1)
-    elif holdout is not None:
+    elif holdout is not None and supported.any():
+        # only the neurons still in question are read on the held-out rows
         rows, held = holdout
-        step = _sample_step(rows.shape[0])
+        candidates = np.flatnonzero(supported)
+        rows = rows.subset(candidates)
+        step = _sample_step(candidates.size)
         for start in range(0, held.shape[0], step):
             pre = rows.pre_activations(held[start : start + step])
-            supported &= (np.abs(activation(pre) - mean) <= tolerance).all(axis=0)
+            stays = (np.abs(activation(pre) - mean[candidates]) <= tolerance).all(axis=0)
+            supported[candidates[~stays]] = False
     return supported
