@@ -311,19 +311,21 @@ def _bisect(evaluate, upper_limit, target_params, max_error, steps, good):
             # the bracket a factor at a time, then split the interval in log space.
             geometric = upper_limit is None
             lo, hi = _descend(evaluate, good, low, high) if geometric else (low, high)
-            interpolated = False
+            interpolate = target_params is not None
             for _ in range(steps):
-                if _close(lo[1], hi[1]) or _near_target(hi[1], target_params, max_error):
+                if _resolved(lo, hi, target_params, max_error):
                     break
-                # interpolation on the size, safeguarded: a bisection after each
-                # interpolated step, so the interval at least halves every two steps
-                use_size = target_params is not None and not interpolated
-                mid = evaluate(_midpoint(lo[2], hi[2], geometric, target_params, use_size))
-                interpolated = use_size
+                width = _width(lo[2], hi[2], geometric)
+                mid = evaluate(_midpoint(lo[2], hi[2], geometric, target_params, interpolate))
                 if good(mid[2]):
                     lo = mid
                 else:
                     hi = mid
+                # interpolation on the size while it at least halves the interval, else
+                # a bisection: never more than twice the steps of bisection alone
+                interpolate = target_params is not None and not (
+                    interpolate and _width(lo[2], hi[2], geometric) > 0.5 * width
+                )
             result = lo if max_error is not None else hi
     point = result[2]
     met = (max_error is None or point.error <= max_error) and (
@@ -338,6 +340,11 @@ _DESCENT_FACTOR = 16.0
 _DESCENT_FLOOR = 1e-12
 # An interpolated knob stays this share of the (log) interval away from either end.
 _INTERPOLATION_MARGIN = 0.05
+# Knob values closer than this (relative) are not told apart.
+_KNOB_RESOLUTION = 1e-4
+# A size target is met closely enough within this share of it (or one neuron a layer):
+# where a merge changes several layers at once no knob may land closer.
+_SIZE_TOLERANCE = 0.005
 
 
 def _descend(evaluate, good, low, high):
@@ -354,28 +361,42 @@ def _descend(evaluate, good, low, high):
     return low, high
 
 
+def _width(lo: SweepPoint, hi: SweepPoint, geometric: bool) -> float:
+    if geometric and lo.knob > 0:
+        return float(np.log(hi.knob / lo.knob))
+    return hi.knob - lo.knob
+
+
 def _midpoint(
-    lo: SweepPoint, hi: SweepPoint, geometric: bool, target: float | None, use_size: bool
+    lo: SweepPoint, hi: SweepPoint, geometric: bool, target: float | None, interpolate: bool
 ) -> float:
-    """The next knob inside (lo, hi): where the size, linear in the knob's logarithm (or
-    in the knob), would reach ``target`` when ``use_size``, else the middle."""
+    """The next knob inside (lo, hi): where the logarithm of the size, linear in the
+    knob's logarithm (or in the knob), would reach ``target`` when ``interpolate``,
+    else the middle."""
     log = geometric and lo.knob > 0
     a, b = (np.log(lo.knob), np.log(hi.knob)) if log else (lo.knob, hi.knob)
     share = 0.5
-    if use_size and lo.retained > hi.retained:
-        share = (lo.retained - target) / (lo.retained - hi.retained)
+    if interpolate and lo.retained > hi.retained > 0 and target > 0:
+        share = np.log(lo.retained / target) / np.log(lo.retained / hi.retained)
         share = min(max(share, _INTERPOLATION_MARGIN), 1.0 - _INTERPOLATION_MARGIN)
     mid = a + share * (b - a)
     return float(np.exp(mid)) if log else float(mid)
 
 
-def _near_target(report: Report, target_params: float | None, max_error: float | None) -> bool:
-    """True when the size target is met by less than one neuron a layer (the resolution
-    that matters): no knob in between could land closer to it."""
+def _resolved(lo, hi, target_params: float | None, max_error: float | None) -> bool:
+    """True when finer knob values cannot matter: the two points' widths are within one
+    neuron, their knobs within :data:`_KNOB_RESOLUTION`, or a size target is met
+    closely enough (within one neuron a layer or :data:`_SIZE_TOLERANCE` of it)."""
+    if _close(lo[1], hi[1]) or hi[2].knob - lo[2].knob <= _KNOB_RESOLUTION * hi[2].knob:
+        return True
+    report = hi[1]
     if target_params is None or max_error is not None or not report.structured:
         return False
     slack = target_params * report.params_before - report.params_after
-    return 0 <= slack <= _one_neuron_each(report)
+    tolerance = max(
+        _one_neuron_each(report), _SIZE_TOLERANCE * target_params * report.params_before
+    )
+    return 0 <= slack <= tolerance
 
 
 def _one_neuron_each(report: Report) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -139,6 +139,9 @@ class Lump(Method):
         memo = problem.cache
         inputs = fit.inputs
         held_inputs = None if held is None else held.inputs
+        # the refit targets, front to back (stored, or recomputed a layer at a time)
+        fit_targets = fit.targets() if refit else None
+        held_targets = held.targets() if refit and held is not None else None
         weight, bias = problem.weights[0]
         reduced, notes = [], []
         span = self.reduction is Reduction.SPAN and options.eps > 0
@@ -165,8 +168,8 @@ class Lump(Method):
             advance = functools.partial(
                 self._advance,
                 problem,
-                fit,
-                held,
+                None if fit_targets is None else next(fit_targets),
+                None if held_targets is None else next(held_targets),
                 index,
                 kept,
                 selection,
@@ -189,8 +192,8 @@ class Lump(Method):
     def _advance(
         self,
         problem: ChainProblem,
-        fit: _Rows,
-        held: _Rows | None,
+        target: np.ndarray | None,
+        held_target: np.ndarray | None,
         index: int,
         kept: ReducedLayer,
         selection,
@@ -200,14 +203,15 @@ class Lump(Method):
         refit: bool,
     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray, list[str]]:
         """What enters layer ``index + 1`` once layer ``index`` is reduced to ``kept``:
-        its inputs on the fitting and held-out rows, its weights and bias (aggregated
-        over the lumping, then refit where that lowers the held-out residual), and a
-        note when the refit is skipped. The arrays are read-only: they may be cached."""
+        its inputs on the fitting and held-out rows (float32), its weights and bias
+        (aggregated over the lumping, then refit onto the original pre-activations
+        ``target`` / ``held_target`` where that lowers the held-out residual), and a note
+        when the refit is skipped. The arrays are read-only: they may be cached."""
         layer = problem.system.hidden[index]
         notes = []
-        inputs = layer.activation(inputs @ kept.weight.T + kept.bias)
+        inputs = _activations(inputs, kept, layer.activation)
         if held_inputs is not None:
-            held_inputs = layer.activation(held_inputs @ kept.weight.T + kept.bias)
+            held_inputs = _activations(held_inputs, kept, layer.activation)
         following = problem.system.layers[index + 1]
         if selection is not None:
             weight, bias = selection.fold(following.coefficients, following.bias)
@@ -219,16 +223,9 @@ class Lump(Method):
                 f"{inputs.shape[1]} inputs (give more --calib rows, or --force-refit)"
             )
         elif refit:
-            target = fit.targets[index + 1]
-            fitted, _ = refit_layer(
-                inputs,
-                target,
-                self.ridge,
-                held_inputs,
-                None if held is None else held.targets[index + 1],
-            )
+            fitted, _ = refit_layer(inputs, target, self.ridge, held_inputs, held_target)
             judge_inputs, judge_target = (
-                (inputs, target) if held is None else (held_inputs, held.targets[index + 1])
+                (inputs, target) if held_inputs is None else (held_inputs, held_target)
             )
             naive = ReducedLayer(weight, bias)
             if residual(fitted, judge_inputs, judge_target) < residual(
@@ -315,19 +312,88 @@ def _frozen(array: np.ndarray | None) -> np.ndarray | None:
     return array
 
 
+# The original network's pre-activations on the calibration rows (the refit targets) are
+# kept, in float32, while all of them take at most this much (2,048 rows of the 4 x 4096
+# benchmark: 134 MB); beyond, each compress call recomputes them a layer at a time.
+STORED_TARGET_BYTES = 1 << 30
+# Rows of the data path are computed this many entries (rows x neurons) at a time.
+_ROW_CHUNK_ENTRIES = 1 << 22
+
+
+def _row_step(width: int) -> int:
+    return max(1, _ROW_CHUNK_ENTRIES // max(width, 1))
+
+
 class _Rows:
-    """Inputs of a chain on some rows, the original chain's output on them, and every
-    layer's original pre-activations (the refit targets), from one forward pass."""
+    """Inputs of a chain on some rows, the original chain's output on them (float64),
+    and every layer's original pre-activations (the refit targets, float32): stored
+    when they fit :data:`STORED_TARGET_BYTES`, else recomputed by :meth:`targets`, so
+    that the data path holds one layer's worth of rows, not the whole network's."""
 
     def __init__(self, problem: ChainProblem, inputs: np.ndarray) -> None:
         self.inputs = inputs
-        self.targets = []
-        values = inputs
-        for (weight, bias), layer in zip(problem.weights, problem.system.layers, strict=True):
-            pre = values @ weight.T + bias
-            self.targets.append(_frozen(pre))
-            values = layer.activation(pre)
-        self.output = _frozen(values)
+        self._problem = problem
+        weights, system = problem.weights, problem.system
+        widths = sum(weight.shape[0] for weight, _ in weights)
+        keep = inputs.shape[0] * widths * 4 <= STORED_TARGET_BYTES
+        stored = [np.empty((inputs.shape[0], w.shape[0]), np.float32) for w, _ in weights[1:]]
+        output = np.empty((inputs.shape[0], weights[-1][0].shape[0]))
+        # in float64 through the whole chain, a chunk of rows at a time: the output is
+        # the exact reference eps 0 is judged by
+        step = _row_step(max(max(w.shape) for w, _ in weights))
+        for start in range(0, inputs.shape[0], step):
+            part = slice(start, start + step)
+            values = np.asarray(inputs[part], dtype=np.float64)
+            layers = zip(weights, system.layers, strict=True)
+            for index, ((weight, bias), layer) in enumerate(layers):
+                pre = values @ weight.T + bias
+                if keep and index:
+                    stored[index - 1][part] = pre
+                values = layer.activation(pre)
+            output[part] = values
+        self._stored = [_frozen(t) for t in stored] if keep else None
+        self.output = _frozen(output)
+
+    def targets(self) -> Iterator[np.ndarray]:
+        """The original pre-activations of layers 1, 2, ... (those refits aim at), front
+        to back, float32."""
+        if self._stored is not None:
+            return iter(self._stored)
+        return self._recomputed()
+
+    def _recomputed(self) -> Iterator[np.ndarray]:
+        """:meth:`targets` a layer at a time (computed in float64 a chunk of rows at a
+        time, the activations between layers held in float32): only the current
+        layer's rows are held."""
+        system, weights = self._problem.system, self._problem.weights
+        current = self.inputs
+        for index, (weight, bias) in enumerate(weights):
+            pre = np.empty((current.shape[0], weight.shape[0]), np.float32)
+            step = _row_step(max(weight.shape))
+            for start in range(0, current.shape[0], step):
+                rows = np.asarray(current[start : start + step], dtype=np.float64)
+                pre[start : start + step] = rows @ weight.T + bias
+            if index:
+                yield pre
+            if index + 1 < len(weights):
+                activation = system.layers[index].activation
+                # in place: whoever took this layer's targets is done with them once
+                # it asks for the next layer's
+                for start in range(0, pre.shape[0], step):
+                    chunk = pre[start : start + step]
+                    chunk[...] = activation(chunk.astype(np.float64))
+                current = pre
+
+
+def _activations(inputs: np.ndarray, layer: ReducedLayer, activation) -> np.ndarray:
+    """``activation(inputs @ layer.weight.T + layer.bias)`` stored in float32, computed
+    in float64 a chunk of rows at a time."""
+    out = np.empty((inputs.shape[0], layer.weight.shape[0]), dtype=np.float32)
+    step = _row_step(max(layer.weight.shape))
+    for start in range(0, inputs.shape[0], step):
+        rows = np.asarray(inputs[start : start + step], dtype=np.float64)
+        out[start : start + step] = activation(rows @ layer.weight.T + layer.bias)
+    return out
 
 
 def original_rows(problem: ChainProblem, which: str) -> _Rows:
@@ -357,9 +423,16 @@ def _with_data_constants(lumping: Lumping, weight, bias, layer, inputs) -> Lumpi
 
 
 def _output_error(problem: ChainProblem, layers: list[ReducedLayer], rows: _Rows) -> float:
+    """Mean squared difference of the reduced chain's output from the original's on
+    ``rows``, a chunk of rows at a time."""
     weights = [(layer.weight, layer.bias) for layer in layers]
-    output = forward_chain(weights, problem.system, rows.inputs)[-1]
-    return float(np.mean((output - rows.output) ** 2))
+    total, n = 0.0, rows.inputs.shape[0]
+    step = _row_step(max(max(w.shape) for w, _ in weights))
+    for start in range(0, n, step):
+        part = slice(start, start + step)
+        output = forward_chain(weights, problem.system, rows.inputs[part])[-1]
+        total += float(np.square(output - rows.output[part]).sum())
+    return total / max(rows.output.size, 1)
 
 
 @dataclass

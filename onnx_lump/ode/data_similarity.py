@@ -170,38 +170,55 @@ def _data_rows(
     activation is constant on the data (dead Relu, saturated Tanh/Sigmoid: see
     :func:`_supported_constants`; only for eps > 0); and those activations' means.
 
-    The statistics read the samples a chunk at a time; the rows compared are formed once,
-    as one (neurons x samples) array, over at most :data:`SIMILARITY_SAMPLES` samples
-    (a seeded choice when there are more), so their memory is bounded whatever the
-    number of calibration rows, and the grouping reads them without recomputing."""
+    The rows compared are formed once, as one (neurons x samples) array, over at most
+    :data:`SIMILARITY_SAMPLES` samples (a seeded choice when there are more), so their
+    memory is bounded whatever the number of calibration rows and the grouping reads
+    them without recomputing; when they are all the samples the statistics come from
+    them too, else from the samples read a chunk at a time."""
     n_samples, n = inputs.shape[0], rows.shape[0]
+    chosen = similarity_samples(n_samples)
+    compared = _neuron_rows(rows, inputs[chosen]) if keep_rows else None
+    if compared is not None and chosen.size == n_samples:
+        support = _Support.of(compared, activation)  # the compared rows are all the rows
+    else:
+        support = _chunked_support(rows, inputs, activation)
+    spread = median_or_one(support.pre_std[~constant])
+    data_constant = _supported_constants(
+        support, activation, constant, None if holdout is None else (rows, holdout)
+    )
+    if options.eps == 0:
+        data_constant[:] = False  # constant on this data is not constant on all data
+    if compared is None:
+        return None, np.zeros(n), data_constant, support.post_mean
+    compared *= 1.0 / (chosen.size * spread)
+    return _DataRows(compared), np.abs(compared).sum(axis=1), data_constant, support.post_mean
+
+
+def _neuron_rows(rows: _CanonicalRows, samples: np.ndarray) -> np.ndarray:
+    """(neurons x samples) canonical pre-activations in float64, formed in that layout
+    (one product, no transposed copy)."""
+    weights = rows.coefficients
+    if rows.column_scale is not None:
+        weights = weights * rows.column_scale
+    out = np.asarray(weights, dtype=np.float64) @ np.asarray(samples, dtype=np.float64).T
+    out += rows.bias[:, None]
+    out /= rows.divisor[:, None]
+    return out
+
+
+def _chunked_support(rows: _CanonicalRows, inputs: np.ndarray, activation) -> _Support:
+    """:class:`_Support` over all samples, read a chunk of samples at a time."""
+    n = rows.shape[0]
     pre_moments, post_moments = _Moments(), _Moments()
     low, high = np.full(n, np.inf), np.full(n, -np.inf)
-    chosen = similarity_samples(n_samples)
-    compared = np.empty((n, chosen.size)) if keep_rows else None
     step = _sample_step(n)
-    for start in range(0, n_samples, step):
+    for start in range(0, inputs.shape[0], step):
         pre = rows.pre_activations(inputs[start : start + step])
         pre_moments.add(pre)
         post_moments.add(activation(pre))
         np.minimum(low, pre.min(axis=0), out=low)
         np.maximum(high, pre.max(axis=0), out=high)
-        if compared is not None:
-            a, b = np.searchsorted(chosen, (start, start + len(pre)))
-            compared[:, a:b] = pre[chosen[a:b] - start].T
-    spread = median_or_one(pre_moments.std[~constant])
-    data_constant = _supported_constants(
-        _Support(pre_moments.std, post_moments.std, post_moments.mean, low, high),
-        activation,
-        constant,
-        None if holdout is None else (rows, holdout),
-    )
-    if options.eps == 0:
-        data_constant[:] = False  # constant on this data is not constant on all data
-    if compared is None:
-        return None, np.zeros(n), data_constant, post_moments.mean
-    compared *= 1.0 / (chosen.size * spread)
-    return _DataRows(compared), np.abs(compared).sum(axis=1), data_constant, post_moments.mean
+    return _Support(pre_moments.std, post_moments.std, post_moments.mean, low, high)
 
 
 # The data similarity compares neurons on at most this many fitting rows: enough to tell
