@@ -14,6 +14,10 @@ With ``--memory ROWS...`` it also runs the data path (``lump`` with calibration 
 on) on a 4096-wide model in a subprocess per row count and reads its peak RSS
 (``resource.getrusage``).
 
+With ``--chain-memory`` it also reads the peak RSS of the data-free pass on one chain of
+two width x width layers with external data (the case the tests bound by three layers plus
+300 MB).
+
     python tools/time_wide.py [--width 4096] [--repeats 5] [--workdir /tmp] [--out FILE]
 """
 
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import subprocess
 import sys
 import tempfile
@@ -193,6 +198,71 @@ def data_path_memory(rows: int, width: int = 4096, depth: int = 4) -> dict:
     }
 
 
+_CHAIN_CHILD = """
+import json, sys
+sys.path.insert(0, {root!r})
+from onnx_lump import compress
+from onnx_lump.graph.modelio import load_model, save_model
+from onnx_lump.methods import Exact
+loaded = load_model(sys.argv[1])
+reduced, report = compress(loaded.model, Exact(), verify=False)
+save_model(reduced, sys.argv[2], external_data=loaded.external_data)
+with open("/proc/self/status") as status:  # VmHWM: this process's own peak, not its parent's
+    peak = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+print(json.dumps({{"peak": peak, "after": report.params_after, "before": report.params_before}}))
+"""
+
+
+def chain_memory(width: int = 4096, workdir: Path | None = None) -> dict:
+    """Peak RSS (VmHWM) of the data-free pass (Exact, load + compress + save) in a fresh
+    subprocess, on one chain Gemm -> Relu -> Gemm of two width x width float32 layers with
+    external data (one planted duplicate neuron), and the bound the tests hold it to:
+    three times the largest layer plus 300 MB."""
+    rng = np.random.default_rng(0)
+    inits, nodes, current = [], [], "x"
+    for j in range(2):
+        weight = rng.standard_normal((width, width), dtype=np.float32)
+        weight *= np.float32(1 / np.sqrt(width))
+        if j == 0:
+            weight[-1] = weight[0]
+        inits.append(numpy_helper.from_array(weight, f"W{j}"))
+        nodes.append(helper.make_node("Gemm", [current, f"W{j}"], [f"h{j}"], transB=1))
+        current = f"h{j}"
+        if j == 0:
+            nodes.append(helper.make_node("Relu", [current], ["r"]))
+            current = "r"
+    graph = helper.make_graph(
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])],
+        [helper.make_tensor_value_info(current, TensorProto.FLOAT, ["N", width])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with tempfile.TemporaryDirectory(dir=workdir) as folder:
+        source, out = Path(folder) / "chain.onnx", Path(folder) / "out.onnx"
+        onnx.save_model(model, str(source), save_as_external_data=True, location="chain.data")
+        del model, graph, inits
+        root = str(Path(__file__).resolve().parent.parent)
+        done = subprocess.run(
+            [sys.executable, "-c", _CHAIN_CHILD.format(root=root), str(source), str(out)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    if done.returncode != 0:
+        return {"width": width, "error": done.stderr.strip().splitlines()[-1:]}
+    measured = json.loads(done.stdout.strip().splitlines()[-1])
+    layer = width * width * 4
+    return {
+        "width": width,
+        "peak_mib": measured["peak"] / 2**20,
+        "bound_mib": (3 * layer + 300 * 2**20) / 2**20,
+        "layer_mib": layer / 2**20,
+        "merged": measured["after"] < measured["before"],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--width", type=int, default=4096)
@@ -203,8 +273,28 @@ def main() -> None:
         "--memory", type=int, nargs="*", default=[], help="calibration row counts to measure"
     )
     parser.add_argument("--skip-timing", action="store_true")
+    parser.add_argument(
+        "--chain-memory",
+        action="store_true",
+        help="also measure the data-free peak RSS on one chain of two width x width layers",
+    )
     args = parser.parse_args()
     text = "" if args.skip_timing else markdown(measure(args.width, args.repeats, args.workdir))
+    if args.chain_memory:
+        m = chain_memory(args.width, args.workdir)
+        text += (
+            f"\nData-free peak RSS, one chain of two {args.width} x {args.width} float32 layers "
+            "with external data (Exact, load + compress + save, subprocess, VmHWM)\n\n"
+            "| layer MiB | peak RSS MiB | bound (3 x layer + 300) MiB | peak / bound |\n"
+            "|---|---|---|---|\n"
+        )
+        if "error" in m:
+            text += f"| {args.width} | failed: {m['error']} | | |\n"
+        else:
+            text += (
+                f"| {m['layer_mib']:.0f} | {m['peak_mib']:.0f} | {m['bound_mib']:.0f} | "
+                f"{m['peak_mib'] / m['bound_mib']:.2f} |\n"
+            )
     if args.memory:
         text += (
             "\nData path peak RSS (lump eps 0.05 with calibration, refit on, 4 x "

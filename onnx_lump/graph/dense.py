@@ -131,6 +131,7 @@ class DenseLayer:
     width_refs: tuple[ConstantRef, ...] = ()
     row_scale: np.ndarray | None = None
     _weight: np.ndarray | None = field(default=None, repr=False)
+    _stored: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def weight(self) -> np.ndarray:
@@ -158,6 +159,40 @@ class DenseLayer:
         if self.row_scale is not None:
             weight = weight * self.row_scale[:, None]
         return weight
+
+    def stored_weight(self) -> np.ndarray:
+        """An array equal to ``weight`` element for element, in the dtype the model stores
+        it in where that loses nothing: the stored values themselves (memory-mapped when
+        they live in an external-data file, else read once and kept until
+        :meth:`release`), transposed as needed, read-only. A float32 layer then costs its
+        own size instead of a float64 copy twice that; arithmetic on it accumulates in
+        float64 (see :func:`onnx_lump.ode.encoding.aggregate`). Where the stored values
+        must be scaled (``alpha``, a folded BatchNormalization), are float16 (which sums
+        badly) or float64 (already the dtype of ``weight``), this is ``weight``."""
+        if self._weight is not None:
+            return self._weight
+        plain = self.alpha == 1.0 and self.row_scale is None and not self._written()
+        if not plain or self.dtype != np.float32:
+            return self.weight
+        if self._stored is None:
+            stored = self.weight_ref.view()
+            if self.node.op != "Gemm" or not self.trans_b:
+                stored = stored.T
+            stored = stored.view()
+            stored.flags.writeable = False  # the model's own values: never changed in place
+            self._stored = stored
+        return self._stored
+
+    def holds(self, weight: np.ndarray, bias: np.ndarray) -> bool:
+        """Whether ``weight`` and ``bias`` are this layer's parameters, value for value;
+        compared with the stored weight (no float64 copy), and not at all when
+        ``weight`` is a view of the very same memory."""
+        if tuple(weight.shape) != tuple(self.shape) or not np.array_equal(bias, self.bias):
+            return False
+        stored = self.stored_weight()
+        if _same_memory(weight, stored):
+            return True
+        return bool(np.array_equal(weight, stored))
 
     def weight_view(self) -> np.ndarray | None:
         """An array equal to ``weight`` element for element that is not held in memory
@@ -188,6 +223,7 @@ class DenseLayer:
     def release(self) -> None:
         """Drop the weight read from the graph (it is read again if asked for)."""
         self._weight = None
+        self._stored = None
         self.weight_ref.release()
 
     @property
@@ -237,6 +273,16 @@ class DenseLayer:
         if self.batch_norm is not None:
             op += "+BatchNormalization"
         return f"{op} '{self.name}' ({self.in_features}->{self.out_features})"
+
+
+def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two arrays read the same elements from the same bytes."""
+    return (
+        a.dtype == b.dtype
+        and a.shape == b.shape
+        and a.strides == b.strides
+        and a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+    )
 
 
 class _DenseReader:

@@ -22,6 +22,7 @@ from onnx_graphsurgeon.ir.tensor import SparseValues
 
 from onnx_lump.graph.importer import _INDEX, _OUTPUTS, _WRITTEN, _is_pristine, _SpilledValues
 from onnx_lump.graph.modelio import external_data_dir, tensor_array
+from onnx_lump.graph.tensordata import _copy_fields
 
 __all__ = ["export_model"]
 
@@ -294,22 +295,3 @@ def _names_read(graph: onnx.GraphProto) -> set[str]:
             for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
                 names |= _names_read(sub)
     return names
-
-
-def _copy_fields(source, target, skip: tuple[str, ...]) -> None:
-    """Copy every field set on ``source`` into ``target`` except those named in ``skip``."""
-    for descriptor, value in source.ListFields():
-        if descriptor.name in skip:
-            continue
-        if _is_repeated(descriptor):
-            getattr(target, descriptor.name).extend(value)
-        elif descriptor.message_type is not None:
-            getattr(target, descriptor.name).CopyFrom(value)
-        else:
-            setattr(target, descriptor.name, value)
-
-
-def _is_repeated(descriptor) -> bool:
-    if hasattr(descriptor, "is_repeated"):  # protobuf >= 5.28 dropped `label` in upb
-        return bool(descriptor.is_repeated)
-    return descriptor.label == descriptor.LABEL_REPEATED

@@ -60,12 +60,7 @@ def rewrite_chain(
     # Listed before the writes: a bias Add given to a bias-free MatMul takes over its output.
     hidden = [chain.hidden_tensors(index) for index in range(len(chain.layers) - 1)]
     for layer, new in zip(chain.layers, reduced, strict=True):
-        same_shape = tuple(new.weight.shape) == tuple(layer.shape)
-        if (
-            same_shape
-            and np.array_equal(new.weight, layer.weight)
-            and np.array_equal(new.bias, layer.bias)
-        ):
+        if layer.holds(new.weight, new.bias):
             continue
         changed = True
         if layer.batch_norm is not None:

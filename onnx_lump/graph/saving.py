@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import secrets
 import shutil
 import signal
@@ -19,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
+from google.protobuf.message import EncodeError
 from onnx import numpy_helper
 from onnx.external_data_helper import uses_external_data
 
@@ -36,6 +38,11 @@ from onnx_lump.graph.tensordata import (
     tensor_nbytes,
     uses_external,
 )
+
+try:
+    from google.protobuf.unknown_fields import UnknownFieldSet as _UnknownFieldSet
+except ImportError:  # protobuf < 4.22: every model is serialized whole
+    _UnknownFieldSet = None
 
 __all__ = [
     "INLINE_LIMIT",
@@ -127,7 +134,7 @@ def stage_model(
     """
     output = Path(output)
     _check_writable(output)
-    external = external_data or uses_external(model) or _estimated_size(model) > PROTO_LIMIT
+    external = external_data or uses_external(model) or _data_bytes(model) > PROTO_LIMIT
     with _terminate_cleanly():
         # The folder is made inside the try that removes it. Blocking signals around
         # mkdtemp is not enough: the mask is per thread, onnxruntime's threads still take
@@ -208,16 +215,164 @@ def check_model_file(path: str | os.PathLike) -> None:
         raise LumpError(f"the written model fails onnx.checker: {first}") from exc
 
 
-def _estimated_size(model: onnx.ModelProto) -> int:
-    """Bytes the model would take serialized inline, without serializing it."""
-    inline = 0
-    for tensor in all_tensors(model):
-        if uses_external_data(tensor):
-            inline += tensor_nbytes(tensor)
+def _data_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of every tensor's data, from dims and types: what decides the output's form
+    before anything is serialized (``ByteSize`` costs as much as serializing)."""
+    return sum(tensor_nbytes(tensor) for tensor in all_tensors(model))
+
+
+# Inline tensors at least this large are written from their own bytes, not serialized.
+_STREAM_MIN = 1 << 20
+
+
+class _Raw:
+    """A place in the written model for the raw bytes of ``tensor`` (``nbytes`` long)."""
+
+    def __init__(self, tensor: onnx.TensorProto, nbytes: int) -> None:
+        self.tensor, self.nbytes = tensor, nbytes
+
+    def __len__(self) -> int:
+        return self.nbytes
+
+
+class _Replan(Exception):
+    """A tensor's raw bytes were not as long as its dims say: serialize the model whole."""
+
+
+def _inline_pieces(model: onnx.ModelProto) -> list[bytes | _Raw] | None:
+    """The model as protobuf writes it, without the in-memory metadata key, as pieces to
+    write one after the other; None when it would pass :data:`PROTO_LIMIT` (then it must
+    go external).
+
+    ``SerializeToString`` builds the whole file in memory, through several copies of
+    every weight; here each large initializer's bytes are read once and written, and
+    everything else is serialized in small parts. A message is the concatenation of its
+    fields, so writing the fields before a tensor's ``raw_data`` (field 9), its bytes and
+    the fields after it, and likewise around the graph's initializers (field 5) and the
+    model's graph (field 7), gives the bytes ``SerializeToString`` gives.
+    """
+    graph = model.graph
+    large = [
+        tensor.HasField("raw_data") and tensor_nbytes(tensor) >= _STREAM_MIN
+        for tensor in graph.initializer
+    ]
+    if not any(large) or _has_unknown(model, graph):
+        return _serialized_whole(model)
+    body: list[bytes | _Raw] = [_fields(graph, 0, 5)]
+    for tensor, streamed in zip(graph.initializer, large, strict=True):
+        if streamed and _has_unknown(tensor):
+            return _serialized_whole(model)
+        if not streamed:
+            encoded = tensor.SerializeToString()
+            body += [_key(5, len(encoded)), encoded]
+            continue
+        nbytes = tensor_nbytes(tensor)
+        parts = [_fields(tensor, 0, 9), _key(9, nbytes), _Raw(tensor, nbytes), _fields(tensor, 10)]
+        body += [_key(5, sum(len(part) for part in parts)), *parts]
+    body.append(_fields(graph, 6))
+    size = sum(len(part) for part in body)
+    pieces = [_fields(model, 0, 7), _key(7, size), *body, _fields(model, 8, private=True)]
+    if sum(len(piece) for piece in pieces) > PROTO_LIMIT:
+        return None
+    return pieces
+
+
+def _serialized_whole(model: onnx.ModelProto) -> list[bytes | _Raw] | None:
     try:
-        return inline + model.ByteSize()
-    except Exception:  # ByteSize itself overflows on some protobuf builds
-        return PROTO_LIMIT + 1
+        if external_data_dir(model) is None:
+            pieces = [model.SerializeToString()]
+        else:  # without the key, and without a copy of the graph
+            graph = model.graph.SerializeToString()
+            pieces = [_fields(model, 0, 7), _key(7, len(graph)), graph]
+            pieces.append(_fields(model, 8, private=True))
+    except EncodeError:  # upb refuses to serialize past 2 GiB
+        return None
+    if sum(len(piece) for piece in pieces) > PROTO_LIMIT:
+        return None
+    return pieces
+
+
+def _write_pieces(handle, pieces: list[bytes | _Raw]) -> None:
+    with _Writer(handle) as out:
+        for piece in pieces:
+            if not isinstance(piece, _Raw):
+                out.write(piece)
+                continue
+            raw = piece.tensor.raw_data
+            if len(raw) != piece.nbytes:
+                raise _Replan
+            out.write(raw)
+            del raw
+
+
+class _Writer:
+    """Writes what it is given, in order, on a thread of its own: the write of one tensor
+    (a system call, which releases the GIL) overlaps reading the next tensor's bytes out
+    of the proto (which cannot). At most two pieces wait, so memory stays flat."""
+
+    _DONE = object()
+
+    def __init__(self, handle) -> None:
+        self._handle = handle
+        self._queue: queue.Queue = queue.Queue(maxsize=2)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="onnx_lump-save", daemon=True)
+
+    def __enter__(self) -> _Writer:
+        self._thread.start()
+        return self
+
+    def write(self, data: bytes) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(data)
+
+    def _run(self) -> None:
+        while (data := self._queue.get()) is not self._DONE:
+            if self._error is None:
+                try:
+                    self._handle.write(data)
+                except BaseException as exc:  # raised in the caller's thread
+                    self._error = exc
+            del data
+
+    def __exit__(self, *exc_info) -> None:
+        self._queue.put(self._DONE)
+        self._thread.join()
+        if self._error is not None and exc_info[0] is None:
+            raise self._error
+
+
+def _fields(message, first: int, end: int = 1 << 29, private: bool = False) -> bytes:
+    """The serialized fields of ``message`` numbered ``first`` to ``end`` (excluded), in
+    the order protobuf writes them; ``private``: without the in-memory metadata key."""
+    part = type(message)()
+    _copy_fields(message, part, numbers=range(first, end))
+    if private:
+        _strip_private(part)
+    return part.SerializeToString()
+
+
+def _has_unknown(*messages) -> bool:
+    """Whether any message holds fields this onnx does not know (ListFields skips them,
+    so only a whole serialization keeps them)."""
+    if _UnknownFieldSet is None:
+        return True
+    return any(len(_UnknownFieldSet(message)) for message in messages)
+
+
+def _key(number: int, length: int) -> bytes:
+    """The key of length-delimited field ``number`` followed by ``length``."""
+    return _varint(number << 3 | 2) + _varint(length)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, value = value & 0x7F, value >> 7
+        out.append(low | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
 
 
 def _strip_private(model: onnx.ModelProto) -> None:
@@ -233,12 +388,21 @@ def _write(model: onnx.ModelProto, staged: StagedModel) -> None:
     if staged.data_path is None:
         if uses_external(model):  # unreachable by stage_model's rule; kept as a guard
             raise LumpError("a model with external data must be written with external data")
-        out = onnx.ModelProto()
-        out.CopyFrom(model)
-        _strip_private(out)
-        with open(staged.path, "wb") as handle:
-            handle.write(out.SerializeToString())
-        return
+        pieces = _inline_pieces(model)
+        if pieces is not None:
+            with open(staged.path, "wb") as handle:
+                try:
+                    _write_pieces(handle, pieces)
+                except _Replan:  # a malformed tensor: let protobuf write what it holds
+                    handle.seek(0)
+                    handle.truncate()
+                    pieces = _serialized_whole(model)
+                    if pieces is not None:
+                        _write_pieces(handle, pieces)
+            if pieces is not None:
+                return
+        # The graph's own size took it past the limit: its tensors go external after all.
+        staged.data_path = staged.staging / data_file_for(staged.output).name
     # Copy the model tensor by tensor: large inline tensors are moved into the data file
     # as they are copied, external ones are streamed from the input's data file.
     location = staged.data_path.name

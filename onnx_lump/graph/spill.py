@@ -121,8 +121,9 @@ class Spill:
         input's data)."""
         coefficients = []
         for layer, ode_layer in zip(chain.layers, system.layers, strict=True):
-            view = layer.weight_view() if ode_layer.coefficients is layer._weight else None
-            coefficients.append(ode_layer.coefficients if view is None else view)
+            own = ode_layer.made_from(layer._stored) or ode_layer.made_from(layer._weight)
+            view = layer.weight_view() if own else None  # one shared map per data file
+            coefficients.append(ode_layer.values if view is None else view)
         missing = [i for i, c in enumerate(coefficients) if not isinstance(c, np.memmap)]
         parked = self.park([coefficients[i] for i in missing])
         for index, array in zip(missing, parked, strict=True):
@@ -130,8 +131,7 @@ class Spill:
         system = dataclasses.replace(
             system,
             layers=tuple(
-                dataclasses.replace(layer, coefficients=c)
-                for layer, c in zip(system.layers, coefficients, strict=True)
+                layer.held_as(c) for layer, c in zip(system.layers, coefficients, strict=True)
             ),
         )
         weights = self.park([layer.weight for layer in result.layers])

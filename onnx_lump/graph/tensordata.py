@@ -220,20 +220,28 @@ def all_tensors(model: onnx.ModelProto, sparse: bool = True) -> Iterator[onnx.Te
             yield from _node_tensors(node, sparse)
 
 
-def _copy_fields(source, target, skip: tuple[str, ...]) -> None:
-    """Copy every set field of a protobuf message except ``skip``."""
-    for descriptor, value in source.ListFields():
-        if descriptor.name in skip:
+def _copy_fields(source, target, skip: tuple[str, ...] = (), numbers: range | None = None) -> None:
+    """Copy every set field of a protobuf message except ``skip`` (and, with ``numbers``,
+    those numbered outside it). Fields are looked up by descriptor, not ListFields, which
+    would read every value, a tensor's raw_data included, only to skip it."""
+    for descriptor in source.DESCRIPTOR.fields:
+        name = descriptor.name
+        if name in skip or (numbers is not None and descriptor.number not in numbers):
             continue
-        repeated = getattr(descriptor, "is_repeated", None)
-        if repeated is None:
-            repeated = descriptor.label == descriptor.LABEL_REPEATED
-        if repeated:
-            getattr(target, descriptor.name).extend(value)
+        if _is_repeated(descriptor):
+            if len(getattr(source, name)):
+                getattr(target, name).extend(getattr(source, name))
+        elif not source.HasField(name):
+            continue
         elif descriptor.message_type is not None:
-            getattr(target, descriptor.name).CopyFrom(value)
+            getattr(target, name).CopyFrom(getattr(source, name))
         else:
-            setattr(target, descriptor.name, value)
+            setattr(target, name, getattr(source, name))
+
+
+def _is_repeated(descriptor) -> bool:
+    repeated = getattr(descriptor, "is_repeated", None)  # protobuf >= 5.28 dropped `label`
+    return descriptor.label == descriptor.LABEL_REPEATED if repeated is None else repeated
 
 
 def _sparse_parts(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:

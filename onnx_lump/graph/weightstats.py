@@ -74,13 +74,8 @@ def chain_weight_ranges(chain: DenseChain, reduced: list[ReducedLayer]) -> list[
     before the chain is rewritten."""
     ranges = []
     for layer, new in zip(chain.layers, reduced, strict=True):
-        before_w, before_b = _max_abs(layer.weight), _max_abs(layer.bias)
-        unchanged = (
-            tuple(new.weight.shape) == tuple(layer.shape)
-            and np.array_equal(new.weight, layer.weight)
-            and np.array_equal(new.bias, layer.bias)
-        )
-        if unchanged:  # the rewrite leaves the layer as it is
+        before_w, before_b = _before_max(layer), _max_abs(layer.bias)
+        if layer.holds(new.weight, new.bias):  # the rewrite leaves the layer as it is
             ranges.append(WeightRange(layer.name, before_w, before_w, before_b, before_b))
             continue
         gemm = layer.node.op == "Gemm"
@@ -104,9 +99,15 @@ def _stored(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return np.asarray(values).astype(dtype).astype(np.float64)
 
 
+def _before_max(layer: DenseLayer) -> float:
+    """Largest |weight| of a layer, read from the stored values where they are the weight
+    as is (:meth:`DenseLayer.stored_weight`): no float64 copy of the layer for one number."""
+    return _max_abs(layer.stored_weight())
+
+
 def _weight_max(layer: DenseLayer) -> float:
     """Largest |weight| of a layer, whose weight is then released."""
-    value = _max_abs(layer.weight)
+    value = _before_max(layer)
     layer.release()
     return value
 

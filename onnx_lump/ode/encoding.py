@@ -14,6 +14,8 @@ in ERODE's ``.ode`` syntax. Equivalences are computed on this object, through
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,16 +38,49 @@ __all__ = [
 
 @dataclass(frozen=True, eq=False)
 class OdeLayer:
-    """The right-hand sides of one layer's variables: ``sigma(coefficients @ a_prev + bias)``."""
+    """The right-hand sides of one layer's variables: ``sigma(coefficients @ a_prev + bias)``.
+
+    ``values`` holds the coefficients as the model stores them (float32 for a float32
+    model: the data-free partition and reduction read them there, accumulating in
+    float64); ``coefficients`` is the same matrix in float64, made on first use and kept
+    (``values`` itself when it already is float64). Once made, it replaces ``values``
+    too, so a layer is never held twice.
+    """
 
     variables: tuple[str, ...]
-    coefficients: np.ndarray  # (n, n_prev): row i holds the coefficients of variable i
+    values: np.ndarray  # (n, n_prev): row i holds the coefficients of variable i
     bias: np.ndarray  # (n,)
     activation: Activation
+
+    @functools.cached_property
+    def coefficients(self) -> np.ndarray:
+        stored = self.values
+        if stored.dtype == np.float64:
+            return stored
+        coefficients = np.array(stored, dtype=np.float64)
+        object.__setattr__(self, "values", coefficients)
+        self.__dict__["_made_from"] = id(stored)
+        return coefficients
+
+    def made_from(self, array: np.ndarray | None) -> bool:
+        """Whether the layer's values are ``array``, or were converted from it (compared
+        by identity: ``array`` must be alive, as the chain's stored weight is)."""
+        if array is None:
+            return False
+        return self.values is array or self.__dict__.get("_made_from") == id(array)
 
     @property
     def size(self) -> int:
         return len(self.variables)
+
+    def held_as(self, values: np.ndarray) -> OdeLayer:
+        """This layer with ``values`` (equal to its own, e.g. a memory map of a file) as
+        both its values and its coefficients, in their dtype: what a report of a model
+        on disk keeps, where a float64 copy would bring the layer into memory at twice
+        its stored size."""
+        layer = dataclasses.replace(self, values=values)
+        layer.__dict__["coefficients"] = values  # what the cached property would hold
+        return layer
 
 
 @dataclass(frozen=True, eq=False)
@@ -144,23 +179,35 @@ class Lumping:
         return np.split(order, cuts)
 
 
-def aggregate(layer: OdeLayer, upstream: Lumping) -> tuple[np.ndarray, np.ndarray]:
+def aggregate(
+    layer: OdeLayer, upstream: Lumping, *, stored: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """The layer's coefficients over upstream blocks, and its bias with constants folded in.
 
     Substituting ``a_j = s_j y_B + c_j`` gives coefficient ``sum_{j in B} W_ij s_j`` on
     block B and bias ``b_i + sum_j W_ij c_j``. When the upstream lumping is the identity
     the layer's own arrays come back, as read-only views: a wide layer is not copied.
+
+    With ``stored``, the layer's ``values`` are read (summed in float64) and the
+    coefficients come back in their dtype, rounded once as writing them into the model
+    would round them, unless the upstream blocks are at most half as many as their
+    members: then float64 costs no more memory than the layer itself, and a merge in
+    this layer is not rounded twice (the bias stays float64).
     """
-    coefficients = layer.coefficients
+    coefficients = layer.values if stored else layer.coefficients
+    dtype = coefficients.dtype
+    if 2 * upstream.n_blocks <= upstream.size:
+        dtype = np.dtype(np.float64)
     if upstream.n_blocks == upstream.size and np.array_equal(
         upstream.block, np.arange(upstream.size)
     ):
         if np.all(upstream.scale == 1.0):
             aggregated = _read_only(coefficients)
-        else:
-            aggregated = coefficients * upstream.scale  # no block has two members
+        else:  # no block has two members
+            aggregated = np.empty(coefficients.shape, dtype=coefficients.dtype)
+            np.multiply(coefficients, upstream.scale, out=aggregated, casting="same_kind")
     else:
-        aggregated = _sum_columns_by_block(coefficients, upstream)
+        aggregated = _sum_columns_by_block(coefficients, upstream, dtype)
     if upstream.offset.any():
         bias = layer.bias + _matvec(coefficients, upstream.offset)
     else:
@@ -178,18 +225,21 @@ def row_step(width: int) -> int:
     return max(1, _CHUNK_ENTRIES // max(width, 1))
 
 
-def _sum_columns_by_block(coefficients: np.ndarray, upstream: Lumping) -> np.ndarray:
+def _sum_columns_by_block(
+    coefficients: np.ndarray, upstream: Lumping, dtype: np.dtype
+) -> np.ndarray:
     """``coefficients @ M`` for the sparse (members x blocks) matrix M of the upstream
-    scales, in float64: a few rows at a time, transposed so that each block's sum runs
-    over contiguous memory (scipy's CSR product), which is several times faster on a
-    wide layer than gathering the columns and summing their runs."""
+    scales, summed in float64 and stored in ``dtype``: a few rows at a time, transposed
+    so that each block's sum runs over contiguous memory (scipy's CSR product), which is
+    several times faster on a wide layer than gathering the columns and summing their
+    runs."""
     kept = np.flatnonzero(upstream.block >= 0)
     n = coefficients.shape[0]
     membership = sp.csr_matrix(
         (upstream.scale[kept].astype(np.float64), (upstream.block[kept], kept)),
         shape=(upstream.n_blocks, upstream.size),
     )
-    out = np.empty((n, upstream.n_blocks))
+    out = np.empty((n, upstream.n_blocks), dtype=dtype)
     step = row_step(upstream.size)
     for start in range(0, n, step):
         rows = np.ascontiguousarray(coefficients[start : start + step].T, dtype=np.float64)
@@ -241,7 +291,7 @@ def encode_chain(chain: DenseChain, name: str = "chain") -> OdeSystem:
     for index, (layer, act) in enumerate(zip(chain.layers, activations, strict=True)):
         prefix = "y" if index == last else f"h{index + 1}_"
         variables = tuple(f"{prefix}{i}" for i in range(layer.out_features))
-        layers.append(OdeLayer(variables, layer.weight, layer.bias, act))
+        layers.append(OdeLayer(variables, layer.stored_weight(), layer.bias, act))
     precision = float(np.finfo(chain.layers[0].dtype).eps)
     return OdeSystem(name, inputs, tuple(layers), precision)
 

@@ -19,7 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from onnx_lump.activations import Activation, ActivationKind
-from onnx_lump.ode.encoding import Lumping, OdeSystem, aggregate
+from onnx_lump.ode.encoding import Lumping, OdeSystem, aggregate, row_step
 
 if TYPE_CHECKING:
     from onnx_lump.ode.equivalence import Partition
@@ -57,10 +57,10 @@ def reduce_system(system: OdeSystem, partition: Partition) -> list[ReducedLayer]
     reduced = []
     upstream = Lumping.identity(len(system.inputs))
     for layer, lumping in zip(system.hidden, partition.lumpings, strict=True):
-        coefficients, bias = aggregate(layer, upstream)
+        coefficients, bias = aggregate(layer, upstream, stored=True)
         kept, upstream = reduce_layer(coefficients, bias, lumping, layer.activation)
         reduced.append(kept)
-    coefficients, bias = aggregate(system.layers[-1], upstream)
+    coefficients, bias = aggregate(system.layers[-1], upstream, stored=True)
     reduced.append(ReducedLayer(coefficients, bias))
     return reduced
 
@@ -79,7 +79,9 @@ def reduce_layer(
     if lumping.n_blocks == lumping.size:  # nothing merged or removed: keep the layer as is
         return ReducedLayer(coefficients, bias), Lumping.identity(lumping.size)
     anchor = block_anchors(lumping)
-    weight = np.empty((lumping.n_blocks, coefficients.shape[1]))
+    # In the coefficients' dtype: a float32 layer's merged rows are averaged in float64 and
+    # rounded once, which is what storing them in the model does.
+    weight = np.empty((lumping.n_blocks, coefficients.shape[1]), dtype=coefficients.dtype)
     kept_bias = np.empty(lumping.n_blocks)
     if lumping.representative is not None:
         alone = np.ones(lumping.n_blocks, dtype=bool)
@@ -89,8 +91,8 @@ def reduce_layer(
         alone = counts == 1
         shared = np.flatnonzero(~alone)
         if shared.size:
-            weight[shared], kept_bias[shared] = _anchored_means(
-                coefficients, bias, lumping, activation, anchor, counts, shared
+            kept_bias[shared] = _anchored_means(
+                coefficients, bias, lumping, activation, anchor, counts, shared, weight
             )
     weight[alone] = coefficients[anchor[alone]]
     kept_bias[alone] = bias[anchor[alone]]
@@ -115,11 +117,14 @@ def _anchored_means(
     anchor: np.ndarray,
     counts: np.ndarray,
     shared: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Rows and biases of the blocks ``shared`` (two members or more): the mean of the
-    members' canonical rows ``[w_j, b_j - inner_j] / s_j`` times the anchor's scale s_f,
-    one sparse product over the members' rows (inner is the identity's offset, which
-    comes back on the kept bias)."""
+    weight: np.ndarray,
+) -> np.ndarray:
+    """Rows (written into ``weight``) and biases (returned) of the blocks ``shared`` (two
+    members or more): the mean of the members' canonical rows ``[w_j, b_j - inner_j] /
+    s_j`` times the anchor's scale s_f, one sparse product over the members' rows (inner
+    is the identity's offset, which comes back on the kept bias). For a float32 layer the
+    product runs over bands of columns, each read in float64, so the layer is never
+    copied whole into float64."""
     position = np.full(lumping.n_blocks, -1, dtype=np.int64)
     position[shared] = np.arange(shared.size)
     members = np.flatnonzero((lumping.block >= 0) & (position[np.maximum(lumping.block, 0)] >= 0))
@@ -130,11 +135,18 @@ def _anchored_means(
     )
     identity = activation.kind is ActivationKind.IDENTITY
     inner = lumping.offset if identity else 0.0
-    rows = np.asarray(averaging @ coefficients)
+    if coefficients.dtype == np.float64:
+        weight[shared] = averaging @ coefficients
+    else:
+        over_members = averaging[:, members]
+        step = row_step(members.size)
+        for start in range(0, coefficients.shape[1], step):
+            band = coefficients[members, start : start + step].astype(np.float64)
+            weight[shared, start : start + step] = over_members @ band
     means = averaging @ (bias - inner)
     if identity:
         means += lumping.offset[anchor[shared]]
-    return rows, means
+    return means
 
 
 def _rebase(lumping: Lumping, first: np.ndarray) -> Lumping:
