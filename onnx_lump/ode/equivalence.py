@@ -106,7 +106,7 @@ def _backward(
     upstream = Lumping.identity(len(system.inputs))
     units = None
     for layer in system.hidden:
-        coefficients, bias = aggregate(layer, upstream)
+        coefficients, bias = aggregate(layer, upstream, stored=True)
         lumping = backward_lumping(
             coefficients, bias, layer.activation, options, system.precision, units=units
         )
@@ -117,7 +117,7 @@ def _backward(
         column_scale, column_offset = lumping.scale[anchor], lumping.offset[anchor]
         trivial = np.all(column_scale == 1.0) and not column_offset.any()
         units = None if trivial else (column_scale, column_offset)
-    reduced.append(ReducedLayer(*aggregate(system.layers[-1], upstream)))
+    reduced.append(ReducedLayer(*aggregate(system.layers[-1], upstream, stored=True)))
     return lumpings, reduced
 
 
@@ -163,12 +163,14 @@ def backward_lumping(
     row_l1 = (stats.l1 + np.abs(bias - inner)) / np.abs(divisor)
     value = activation(bias)  # what a neuron with vanishing coefficients outputs
     data_constant = np.zeros_like(constant)
-    if inputs is not None:
+    # at eps 0 the data decides nothing (constant on the data is not constant everywhere)
+    if inputs is not None and options.eps > 0:
+        compare_on_data = options.similarity is Similarity.DATA
         data_rows, data_l1, data_constant, mean = _data_rows(
-            rows, inputs, activation, constant, options, holdout
+            rows, inputs, activation, constant, options, holdout, keep_rows=compare_on_data
         )
         value = np.where(constant, value, scale * mean + offset)
-        if options.similarity is Similarity.DATA and options.eps > 0:
+        if compare_on_data:
             # agreement on the data is not agreement everywhere: eps 0 uses weights
             rows, row_l1 = data_rows, data_l1
     removed = constant | data_constant
