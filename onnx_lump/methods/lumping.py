@@ -100,6 +100,8 @@ class Lump(Method):
         if not self.refit:
             return ChainResult(merged)
         refitted, notes, refitted_key = self._with_data(problem, fit, held, forward, refit=True)
+        if refitted_key is not None and refitted_key == merged_key:
+            return ChainResult(merged, notes=notes)  # no layer could be refit: the same layers
         judge = held if held is not None else fit
 
         def error(layers: list[ReducedLayer], key) -> float:
@@ -146,6 +148,10 @@ class Lump(Method):
         reduced, notes = [], []
         span = self.reduction is Reduction.SPAN and options.eps > 0
         setting = self._setting(refit)
+        # Until a layer is refit, the refit path's states are the merge-only path's: they
+        # are kept under its setting, so that a search step computes them once.
+        unrefit = self._setting(False)
+        refitting = False  # whether a layer before this one was refit
         prefix: tuple = ()  # digests of the lumpings so far
         for index, layer in enumerate(system.hidden):
             selection = rebased = None
@@ -159,7 +165,7 @@ class Lump(Method):
                 if memo is None:
                     lumping = partition()
                 else:  # the first layer's state is the chain's own, whatever the setting
-                    state = (setting, prefix) if prefix else ()
+                    state = ((setting if refitting else unrefit), prefix) if prefix else ()
                     lumping = _remembered_lumping(
                         memo, options, forward is not None, state, weight, partition
                     )
@@ -182,12 +188,25 @@ class Lump(Method):
                 state_values = advance()
             else:
                 prefix = (*prefix, _lumping_digest(lumping))
-                state_values = memo.get(("state", setting, prefix), advance)
-            inputs, held_inputs, weight, bias, layer_notes = state_values
-            notes += layer_notes
+                attempt = refit and self._refits(kept.weight.shape[0], inputs.shape[0])
+                key_setting = setting if refitting or attempt else unrefit
+                state_values = memo.get(("state", key_setting, prefix), advance)
+            if refit and not self._refits(kept.weight.shape[0], inputs.shape[0]):
+                notes.append(
+                    f"layer {index + 1} not refit: {inputs.shape[0]} fitting rows for "
+                    f"{kept.weight.shape[0]} inputs (give more --calib rows, or --force-refit)"
+                )
+            inputs, held_inputs, weight, bias, applied = state_values
+            refitting = refitting or applied
         reduced.append(ReducedLayer(weight, bias))
-        key = None if memo is None or span else (setting, prefix)
+        key = None if memo is None or span else ((setting if refitting else unrefit), prefix)
         return reduced, notes, key
+
+    def _refits(self, n_inputs: int, n_rows: int) -> bool:
+        """Whether a layer with ``n_inputs`` inputs is refit from ``n_rows`` fitting rows:
+        with no more rows than inputs a refit would interpolate the rows, not the
+        function (unless ``force_refit``)."""
+        return n_rows > n_inputs or self.force_refit
 
     def _advance(
         self,
@@ -201,14 +220,13 @@ class Lump(Method):
         inputs: np.ndarray,
         held_inputs: np.ndarray | None,
         refit: bool,
-    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray, list[str]]:
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray, bool]:
         """What enters layer ``index + 1`` once layer ``index`` is reduced to ``kept``:
         its inputs on the fitting and held-out rows (float32), its weights and bias
         (aggregated over the lumping, then refit onto the original pre-activations
-        ``target`` / ``held_target`` where that lowers the held-out residual), and a note
-        when the refit is skipped. The arrays are read-only: they may be cached."""
+        ``target`` / ``held_target`` where that lowers the held-out residual), and whether
+        it was refit. The arrays are read-only: they may be cached."""
         layer = problem.system.hidden[index]
-        notes = []
         inputs = _activations(inputs, kept, layer.activation)
         if held_inputs is not None:
             held_inputs = _activations(held_inputs, kept, layer.activation)
@@ -217,12 +235,8 @@ class Lump(Method):
             weight, bias = selection.fold(following.coefficients, following.bias)
         else:
             weight, bias = aggregate(following, rebased)
-        if refit and inputs.shape[0] <= inputs.shape[1] and not self.force_refit:
-            notes.append(
-                f"layer {index + 1} not refit: {inputs.shape[0]} fitting rows for "
-                f"{inputs.shape[1]} inputs (give more --calib rows, or --force-refit)"
-            )
-        elif refit:
+        applied = False
+        if refit and self._refits(inputs.shape[1], inputs.shape[0]):
             fitted, _ = refit_layer(inputs, target, self.ridge, held_inputs, held_target)
             judge_inputs, judge_target = (
                 (inputs, target) if held_inputs is None else (held_inputs, held_target)
@@ -231,8 +245,8 @@ class Lump(Method):
             if residual(fitted, judge_inputs, judge_target) < residual(
                 naive, judge_inputs, judge_target
             ):
-                weight, bias = fitted.weight, fitted.bias
-        return (*(_frozen(a) for a in (inputs, held_inputs, weight, bias)), notes)
+                weight, bias, applied = fitted.weight, fitted.bias, True
+        return (*(_frozen(a) for a in (inputs, held_inputs, weight, bias)), applied)
 
 
 # Weight-row L1 norms this close (relative to the largest) to an eps already seen may
