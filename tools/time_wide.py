@@ -18,7 +18,11 @@ With ``--chain-memory`` it also reads the peak RSS of the data-free pass on one 
 two width x width layers with external data (the case the tests bound by three layers plus
 300 MB).
 
-    python tools/time_wide.py [--width 4096] [--repeats 5] [--workdir /tmp] [--out FILE]
+    python tools/time_wide.py [--width 4096] [--repeats 5] [--workdir /tmp] [--out DIR]
+
+Each part goes to its section file under ``tools/results/speed/`` (``datafree.md``,
+``chain_memory.md``, ``memory.md``) and ``tools/results/speed.md`` is rebuilt
+(``tools/speed_report.py``); ``--out /tmp/x`` keeps a smoke run out of ``tools/results``.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ from onnx import TensorProto, helper, numpy_helper
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import itertools
+
+from speed_report import RESULTS, command_line, write_sections
 
 from onnx_lump import lump
 
@@ -268,7 +274,13 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
-    parser.add_argument("--out", type=Path, help="also write the markdown table here")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS,
+        help="results folder: writes OUT/speed/<section>.md and rebuilds OUT/speed.md "
+        "(default tools/results); a FILE.md gets the markdown alone",
+    )
     parser.add_argument(
         "--memory", type=int, nargs="*", default=[], help="calibration row counts to measure"
     )
@@ -279,10 +291,12 @@ def main() -> None:
         help="also measure the data-free peak RSS on one chain of two width x width layers",
     )
     args = parser.parse_args()
-    text = "" if args.skip_timing else markdown(measure(args.width, args.repeats, args.workdir))
+    sections = {}  # speed_report section name -> its markdown
+    if not args.skip_timing:
+        sections["datafree"] = markdown(measure(args.width, args.repeats, args.workdir))
     if args.chain_memory:
         m = chain_memory(args.width, args.workdir)
-        text += (
+        text = (
             f"\nData-free peak RSS, one chain of two {args.width} x {args.width} float32 layers "
             "with external data (Exact, load + compress + save, subprocess, VmHWM)\n\n"
             "| layer MiB | peak RSS MiB | bound (3 x layer + 300) MiB | peak / bound |\n"
@@ -295,8 +309,9 @@ def main() -> None:
                 f"| {m['layer_mib']:.0f} | {m['peak_mib']:.0f} | {m['bound_mib']:.0f} | "
                 f"{m['peak_mib'] / m['bound_mib']:.2f} |\n"
             )
+        sections["chain_memory"] = text
     if args.memory:
-        text += (
+        text = (
             "\nData path peak RSS (lump eps 0.05 with calibration, refit on, 4 x "
             f"{args.width}; subprocess per row count)\n\n"
             "| calibration rows | RSS before lump MiB | peak RSS MiB | seconds |\n"
@@ -312,9 +327,9 @@ def main() -> None:
                     f"{m['seconds']:.1f} |\n"
                 )
             print(m, flush=True)
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+        sections["memory"] = text
+    print("".join(sections.values()))
+    write_sections(args.out, sections, command_line("time_wide.py"))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,10 @@ Each search step is logged with the time it ended (``onnx_lump.search``), and wi
 ``--profile DIR`` every run is profiled with cProfile into ``DIR/<run>.prof``.
 
     python tools/time_wide_data.py [--width 4096] [--rows 2048] [--repeats 3]
-        [--runs norefine,refine] [--workdir /tmp] [--out FILE] [--profile DIR]
+        [--runs norefine,refine] [--workdir /tmp] [--out DIR] [--profile DIR]
+
+The markdown goes to ``tools/results/speed/search.md`` and ``tools/results/speed.md`` is
+rebuilt (``tools/speed_report.py``); ``--out /tmp/x`` keeps a smoke run out of it.
 """
 
 from __future__ import annotations
@@ -177,7 +180,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="load+save repeats per round")
     parser.add_argument("--runs", default="norefine,refine", help="comma list of: norefine,refine")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
-    parser.add_argument("--out", type=Path, help="also write the markdown here")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "tools" / "results",
+        help="results folder: writes OUT/speed/search.md and rebuilds OUT/speed.md "
+        "(default tools/results); a FILE.md gets the markdown alone",
+    )
     parser.add_argument("--profile", type=Path, help="write a cProfile file per run here")
     parser.add_argument(
         "--root", type=Path, default=ROOT, help="import onnx_lump from here (before/after runs)"
@@ -191,12 +200,11 @@ def main() -> None:
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
     runs = tuple(r.strip() for r in args.runs.split(",") if r.strip())
-    text = markdown(
-        measure(args.width, args.rows, args.repeats, runs, args.workdir, args.profile)
-    )
+    text = markdown(measure(args.width, args.rows, args.repeats, runs, args.workdir, args.profile))
     print(text)
-    if args.out:
-        args.out.write_text(text)
+    from speed_report import command_line, write_sections
+
+    write_sections(args.out, {"search": text}, command_line("time_wide_data.py"))
 
 
 if __name__ == "__main__":

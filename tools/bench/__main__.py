@@ -13,6 +13,7 @@ if __package__ in (None, ""):  # run as ``python tools/bench``: make the package
 
 import onnx
 from benchdata import TASKS, load_task
+from speed_report import command_line, write_sections
 
 import bench
 from bench.common import ACTIVATIONS, ARCHITECTURES, Point, log, point_from_dict
@@ -47,7 +48,8 @@ def _example(net: Network, points: list[Point]):
 
 
 def _speed_and_search(args, tasks: list[str], points: list[Point]) -> None:
-    """speed.md (latency examples on the first 3 x 128 networks) and search.json."""
+    """The latency section of speed.md (OUT/speed/latency.md: latency examples on the first
+    3 x 128 networks, refine + search), OUT/speed.md rebuilt, and search.json."""
     examples, searches = [], []
     hidden = ARCHITECTURES[-1] if not args.quick else ARCHITECTURES[0]
     for task in tasks:
@@ -65,7 +67,8 @@ def _speed_and_search(args, tasks: list[str], points: list[Point]) -> None:
                 searches.append(search_time(net.ref, net.calibration, SEARCH_MAX_ERROR))
     worst = max(searches, key=lambda r: r["seconds"]) if searches else None
     (args.out / "search.json").write_text(json.dumps(worst, indent=1) + "\n")
-    (args.out / "speed.md").write_text(speed(args.quick, examples) + "\n" + search_text(searches))
+    text = speed(args.quick, examples) + "\n" + search_text(searches)
+    write_sections(args.out, {"latency": text}, command_line("bench.py", args.argv))
 
 
 def _write_task(out: Path, task: str, task_points: list[Point]) -> None:
@@ -117,6 +120,7 @@ def main(argv: list[str] | None = None) -> None:
         help="rebuild tables, plots and summary from OUT/points.json without rerunning",
     )
     args = parser.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
     if args.from_points or args.speed_only:
         points = [point_from_dict(r) for r in json.loads((args.out / "points.json").read_text())]
         tasks = [t for t in TASKS if any(p.task == t for p in points)]

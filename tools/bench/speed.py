@@ -60,7 +60,7 @@ def speed(quick: bool, examples: list[tuple[str, onnx.ModelProto, onnx.ModelProt
     from time_wide import build
 
     width = 1024 if quick else 4096
-    lines = [f"## Speed\n\n### Compression time, 4 hidden Tanh layers of {width}\n"]
+    lines = [f"### Compression time, 4 hidden Tanh layers of {width}\n"]
     io_times, lump_times = [], []
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "wide.onnx"

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from speed_report import read_section
 
 from bench.common import METHOD_ORDER, Point
 from bench.metrics import best_grp, fmt
@@ -201,7 +202,8 @@ def write_summary(
     points: list[Point], tasks: list[str], out: Path, previous: str
 ) -> list[tuple[str, str, str]]:
     run = (out / "run.txt").read_text().strip() if (out / "run.txt").exists() else "run"
-    speed_text = (out / "speed.md").read_text() if (out / "speed.md").exists() else ""
+    latency = out / "speed" / "latency.md"  # bench's own section of speed.md
+    speed_text = "## Speed\n\n" + read_section(latency)[1] + "\n" if latency.is_file() else ""
     search_file = out / "search.json"
     search = json.loads(search_file.read_text()) if search_file.exists() else None
     (out / "summary.md").write_text(
