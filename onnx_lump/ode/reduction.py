@@ -11,7 +11,6 @@ merges with nothing keeps its original weights bit for bit.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -27,15 +26,9 @@ if TYPE_CHECKING:
 __all__ = [
     "ReducedLayer",
     "block_anchors",
-    "centred_moments",
-    "chunked_residual",
-    "layer_targets",
     "reduce_layer",
     "reduce_system",
 ]
-
-# The data-path helpers below read calibration rows this many entries at a time.
-_ROW_CHUNK_ENTRIES = 1 << 22
 
 
 @dataclass(frozen=True, eq=False)
@@ -159,81 +152,3 @@ def _rebase(lumping: Lumping, first: np.ndarray) -> Lumping:
     offset = lumping.offset.copy()
     offset[kept] -= ratio[kept] * offset_f[lumping.block[kept]]
     return Lumping(lumping.block, ratio, offset, lumping.n_blocks)
-
-
-# -- the data path, in chunks of calibration rows -------------------------------------------
-# Calibration activations of a wide layer are the largest arrays of the data path
-# (100,000 rows of 4096 float64 are 3.3 GB). These helpers hold one layer's at a time, in
-# the storage dtype asked for, and accumulate everything else in float64 chunk by chunk.
-
-
-def _row_step(width: int) -> int:
-    return max(1, _ROW_CHUNK_ENTRIES // max(width, 1))
-
-
-def layer_targets(
-    layers: Sequence[tuple[np.ndarray, np.ndarray]],
-    system: OdeSystem,
-    inputs: np.ndarray,
-    dtype: np.dtype | type = np.float32,
-) -> Iterator[np.ndarray]:
-    """The pre-activations of every layer of the chain ``layers`` (each ``(weight, bias)``)
-    on ``inputs``, one layer at a time, front to back, stored in ``dtype``: only the
-    current layer's activations are held (computed in float64, a chunk of rows at a
-    time), so the memory is two layers' worth of rows, not the whole network's."""
-    current = inputs
-    for index, (weight, bias) in enumerate(layers):
-        weight64 = np.asarray(weight, dtype=np.float64)
-        pre = np.empty((current.shape[0], weight.shape[0]), dtype=dtype)
-        step = _row_step(max(weight.shape))
-        for start in range(0, current.shape[0], step):
-            rows = np.asarray(current[start : start + step], dtype=np.float64)
-            pre[start : start + step] = rows @ weight64.T + bias
-        yield pre
-        if index + 1 < len(layers):
-            activation = system.layers[index].activation
-            following = np.empty_like(pre)
-            for start in range(0, pre.shape[0], step):
-                following[start : start + step] = activation(
-                    np.asarray(pre[start : start + step], dtype=np.float64)
-                )
-            current = following
-            del pre
-
-
-def centred_moments(
-    inputs: np.ndarray, targets: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``(mean_x, mean_t, gram, cross)`` with ``gram = Xc.T @ Xc`` and ``cross = Xc.T @ Tc``
-    for the centred inputs Xc and targets Tc, accumulated in float64 a chunk of rows at a
-    time (no centred copy of either; shifted by the first chunk's means so that the
-    centring does not cancel)."""
-    n, k = inputs.shape
-    step = _row_step(k + targets.shape[1])
-    first = slice(0, min(step, n))
-    shift_x = np.asarray(inputs[first], dtype=np.float64).mean(axis=0)
-    shift_t = np.asarray(targets[first], dtype=np.float64).mean(axis=0)
-    sum_x, sum_t = np.zeros(k), np.zeros(targets.shape[1])
-    gram, cross = np.zeros((k, k)), np.zeros((k, targets.shape[1]))
-    for start in range(0, n, step):
-        x = np.asarray(inputs[start : start + step], dtype=np.float64) - shift_x
-        t = np.asarray(targets[start : start + step], dtype=np.float64) - shift_t
-        sum_x += x.sum(axis=0)
-        sum_t += t.sum(axis=0)
-        gram += x.T @ x
-        cross += x.T @ t
-    dx, dt = sum_x / max(n, 1), sum_t / max(n, 1)
-    gram -= n * np.outer(dx, dx)
-    cross -= n * np.outer(dx, dt)
-    return shift_x + dx, shift_t + dt, gram, cross
-
-
-def chunked_residual(layer: ReducedLayer, inputs: np.ndarray, targets: np.ndarray) -> float:
-    """Mean squared error of ``inputs @ layer.weight.T + layer.bias`` against ``targets``,
-    a chunk of rows at a time."""
-    total, step = 0.0, _row_step(inputs.shape[1] + targets.shape[1])
-    for start in range(0, inputs.shape[0], step):
-        x = np.asarray(inputs[start : start + step], dtype=np.float64)
-        error = x @ layer.weight.T + layer.bias - targets[start : start + step]
-        total += float(np.square(error).sum())
-    return total / max(targets.size, 1)
