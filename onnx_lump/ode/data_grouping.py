@@ -10,6 +10,11 @@ terms, so the sum over some of the columns is a lower bound: the columns are rea
 a seeded random order, a share at a time, all pairs of a tile at once (``cdist``, no
 gathered copies), and a pair leaves as soon as its partial sum passes epsilon or its two
 rows are already joined. Only pairs that really link, or nearly do, are read in full.
+
+At the larger epsilons most pairs link, and a spanning forest is all that single linkage
+needs: links are first sought between each row and its nearest rows (in a random
+projection), then the components this leaves are compared as balls (representative and
+radius, the triangle inequality), and members only where the balls leave it open.
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ _TILE_ENTRIES = 1 << 20  # pairs of one tile (its float64 partial sums: 8 MiB)
 _SHARES = (16, 4, 1)  # read 1/16 of the columns, then 1/4, then all
 _SMALL_BLOCK = 64  # blocks up to this size: every pair at once
 _WHOLE_TILE = 0.25  # sum a share of the columns for the whole tile above this open share
+_PAIR_BATCH = 1 << 16  # entries of the gathered rows of one batch of pairs
+_NEIGHBOURS = 16  # nearest rows in the sketch each row is first compared with
+_SKETCH = 32  # dimensions of the random projection the nearest rows are found in
 
 
 def group_data_rows(rows: RowSource, eps: float, linkage: Linkage = Linkage.SINGLE) -> np.ndarray:
@@ -79,37 +87,161 @@ def group_data_rows(rows: RowSource, eps: float, linkage: Linkage = Linkage.SING
 
 
 def _components(points: np.ndarray, eps: float) -> np.ndarray:
-    """For each row of ``points``, the index of a row of its component (the graph with
-    an edge wherever the L1 distance is at most eps).
+    """For each row of ``points``, the smallest row of its component (the graph with an
+    edge wherever the L1 distance is at most eps).
 
-    A tile of pairs at a time: bounds from one matrix product decide some pairs
-    (``|d|_2 <= |d|_1 <= sqrt(dim) |d|_2``, ``|d|_1 >= |d|_2^2 / |d|_inf``,
-    ``|d|_1 <= |x|_1 + |y|_1``), then partial sums over growing shares of the columns
-    drop the pairs that pass eps; a share is summed for the whole tile while most of
-    its pairs are open, else for the open pairs only."""
+    A spanning forest is enough, so links are looked for where they are likeliest first
+    (:func:`_seed`: each row against its nearest rows in a random projection). The
+    components this leaves are then told apart by their smallest rows (representatives)
+    and radii: by the triangle inequality no pair of members of two components is within
+    eps when their representatives are more than eps plus both radii apart, and the two
+    are joined when the representatives are within eps. Only the members of the pairs
+    of components left open are compared, skipping those joined by then."""
     m, dim = points.shape
     points = points[:, np.random.default_rng(0).permutation(dim)]
-    cuts = [0, *sorted({max(1, dim // share) for share in _SHARES} | {dim})]
-    sq = np.einsum("ij,ij->i", points, points)
-    l1 = np.abs(points).sum(axis=1)
-    linf = np.abs(points).max(axis=1)
-    roots = np.arange(m)
+    norms = _Norms(points)
+    seed = _seed(points, eps, np.arange(m))
+    reps = np.flatnonzero(seed == np.arange(m))
+    radius = np.zeros(m)
+    np.maximum.at(radius, seed, _pair_l1(points, np.arange(m), seed, 0, dim))
+    # The radii and the distances are sums of dim terms, rounded in another order than a
+    # member pair's distance: a margin far above that rounding keeps the exclusion safe.
+    extra = radius * (1.0 + 1e-9) + 1e-9 * norms.l1
+    roots, left, right = _scan(points, norms, reps, reps, eps, seed, extra, extra, upper=True)
+    by_root = np.argsort(seed, kind="stable")
+    first = np.searchsorted(seed[by_root], np.arange(m + 1))  # seed component r's members
+
+    def members(of: np.ndarray) -> np.ndarray:
+        return np.concatenate([by_root[first[r] : first[r + 1]] for r in of])
+
+    # Pairs of components left open: each member of the wider one against the narrower
+    # one as a ball (no member of it is within eps of a row more than eps plus its
+    # radius from its representative), then against the members of the balls it nears.
+    narrow = radius[left] < radius[right]
+    wide, ball = np.where(narrow, right, left), np.where(narrow, left, right)
+    near_rows, near_balls = [], []
+    for whole, balls in _runs(wide, ball):
+        balls = balls[roots[balls] != roots[whole]]
+        if balls.size:
+            rows = members([whole])
+            roots, x, b = _scan(points, norms, rows, balls, eps, roots, None, extra)
+            near_rows.append(x)
+            near_balls.append(b)
+    if near_rows:
+        for b, rows in _runs(np.concatenate(near_balls), np.concatenate(near_rows)):
+            rows = rows[roots[rows] != roots[b]]
+            if rows.size:
+                roots = _scan(points, norms, members([b]), rows, eps, roots)[0]
+    return roots
+
+
+def _runs(keys: np.ndarray, values: np.ndarray):
+    """(key, its values) for each distinct key."""
+    order = np.argsort(keys, kind="stable")
+    keys, values = keys[order], values[order]
+    heads = np.flatnonzero(np.diff(keys, prepend=-1))
+    for head, stop in zip(heads, [*heads[1:], keys.size][: heads.size], strict=True):
+        yield keys[head], values[head:stop]
+
+
+def _seed(points: np.ndarray, eps: float, roots: np.ndarray) -> np.ndarray:
+    """``roots`` after the links between each row and its nearest rows by L2 distance in
+    a random projection to a few dimensions (near in L2 is likely near in L1), nearest
+    first, skipping rows joined by then."""
+    m, dim = points.shape
+    k = min(_NEIGHBOURS, m - 1)
+    if k < 1:
+        return roots
+    # Only an order of candidates: float32 is plenty (and halves the cost of ranking).
+    sketch = (points @ np.random.default_rng(1).standard_normal((dim, _SKETCH))).astype(np.float32)
+    sq = np.einsum("ij,ij->i", sketch, sketch)
+    nearest = np.empty((m, k), dtype=np.int64)
     step = max(1, _TILE_ENTRIES // m)
     for start in range(0, m, step):
         tile = np.arange(start, min(start + step, m))
-        others = np.arange(start, m)
-        sq_sum = sq[tile, None] + sq[None, others]
-        d2 = sq_sum - 2.0 * (points[tile] @ points[others].T)
+        d2 = sketch[tile] @ sketch.T  # a row's own norm leaves its ranking as it is
+        d2 *= -2.0
+        d2 += sq[None, :]
+        d2[np.arange(tile.size), tile] = np.inf  # not its own neighbour
+        part = np.argpartition(d2, k - 1, axis=1)[:, :k]
+        rank = np.argsort(np.take_along_axis(d2, part, axis=1), axis=1, kind="stable")
+        nearest[tile] = np.take_along_axis(part, rank, axis=1)
+    cuts = [0, *sorted({max(1, dim // share) for share in _SHARES} | {dim})]
+    everyone = np.arange(m)
+    for column in nearest.T:
+        open_ = roots[everyone] != roots[column]
+        i, j = everyone[open_], column[open_]
+        partial = np.zeros(i.size)
+        for low, high in itertools.pairwise(cuts):  # most far pairs leave on a share
+            partial += _pair_l1(points, i, j, low, high)
+            near = partial <= eps
+            i, j, partial = i[near], j[near], partial[near]
+        roots = _merge(roots, i, j)
+    return roots
+
+
+class _Norms:
+    """Bounds on L1 distances from one matrix product (BLAS): ``|d|_2 <= |d|_1 <=
+    sqrt(dim) |d|_2``, ``|d|_1 >= |d|_2^2 / |d|_inf``, ``|d|_1 <= |x|_1 + |y|_1``."""
+
+    def __init__(self, points: np.ndarray) -> None:
+        self.points = points
+        self.sq = np.einsum("ij,ij->i", points, points)
+        self.l1 = np.abs(points).sum(axis=1)
+        self.linf = np.abs(points).max(axis=1)
+
+    def between(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        sq_sum = self.sq[rows, None] + self.sq[None, cols]
+        d2 = sq_sum - 2.0 * (self.points[rows] @ self.points[cols].T)
         slack = 1e-9 * sq_sum + 1e-300  # rounding of the expansion
         d2_low, d2_high = np.maximum(d2 - slack, 0.0), np.maximum(d2, 0.0) + slack
-        lower = np.maximum(
-            np.sqrt(d2_low), d2_low / np.maximum(linf[tile, None] + linf[None, others], 1e-300)
-        )
-        upper = np.minimum(np.sqrt(dim * d2_high), l1[tile, None] + l1[None, others])
-        pair = others[None, :] > tile[:, None]
-        sure = pair & (upper <= eps)
+        linf = np.maximum(self.linf[rows, None] + self.linf[None, cols], 1e-300)
+        lower = np.maximum(np.sqrt(d2_low), d2_low / linf)
+        dim = self.points.shape[1]
+        upper = np.minimum(np.sqrt(dim * d2_high), self.l1[rows, None] + self.l1[None, cols])
+        return lower, upper
+
+
+def _scan(
+    points: np.ndarray,
+    norms: _Norms,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    eps: float,
+    roots: np.ndarray,
+    extra_rows: np.ndarray | None = None,
+    extra_cols: np.ndarray | None = None,
+    upper: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Join the pairs of rows x cols within eps (only col > row with ``upper``, where
+    rows are cols), skipping pairs joined by then; also return the pairs not joined
+    that lie within ``eps + extra_rows[row] + extra_cols[col]`` (indexed by row; None:
+    zero).
+
+    A tile of pairs at a time: the bounds of :class:`_Norms` decide some pairs, then
+    partial sums over growing shares of the columns drop the pairs that pass their
+    threshold; a share is summed for the whole tile while most of its pairs are open,
+    else for the open pairs only; the last share goes likeliest links first."""
+    dim = points.shape[1]
+    cuts = [0, *sorted({max(1, dim // share) for share in _SHARES} | {dim})]
+    kept_left, kept_right = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    step = max(1, _TILE_ENTRIES // max(cols.size, 1))
+    for start in range(0, rows.size, step):
+        tile = rows[start : start + step]
+        at = slice(start, None) if upper else slice(None)
+        others = cols[at]
+        far = np.full((tile.size, others.size), float(eps))
+        if extra_rows is not None:
+            far += extra_rows[tile, None]
+        if extra_cols is not None:
+            far += extra_cols[None, others]
+        lower, high_bound = norms.between(tile, others)
+        alive = roots[tile, None] != roots[None, others]
+        if upper:
+            alive &= others[None, :] > tile[:, None]
+        sure = alive & (high_bound <= eps)
         roots = _merge(roots, tile[np.nonzero(sure)[0]], others[np.nonzero(sure)[1]])
-        alive = pair & (lower <= eps) & ~sure
+        alive &= (lower <= far) & ~sure
         partial = np.zeros(alive.shape)
         for low, high in itertools.pairwise(cuts):
             alive &= roots[tile, None] != roots[None, others]  # joined: no distance needed
@@ -117,28 +249,35 @@ def _components(points: np.ndarray, eps: float) -> np.ndarray:
                 break
             if alive.mean() > _WHOLE_TILE:
                 partial += cdist(points[tile, low:high], points[others, low:high], "cityblock")
-                alive &= partial <= eps
+                alive &= partial <= far
                 if high == dim:
-                    a, b = np.nonzero(alive)
+                    a, b = np.nonzero(alive & (partial <= eps))
                     roots = _merge(roots, tile[a], others[b])
+                    a, b = np.nonzero(alive & (partial > eps))
+                    kept_left.append(tile[a])
+                    kept_right.append(others[b])
                 continue
             a, b = np.nonzero(alive)
             if high < dim:
                 partial[a, b] += _pair_l1(points, tile[a], others[b], low, high)
-                alive &= partial <= eps
+                alive &= partial <= far
                 continue
             order = np.argsort(partial[a, b], kind="stable")  # likeliest links first
             a, b = a[order], b[order]
-            batch, at = 1024, 0
-            while at < a.size:
-                ba, bb = a[at : at + batch], b[at : at + batch]
+            batch, at_pair = 1024, 0
+            while at_pair < a.size:
+                ba, bb = a[at_pair : at_pair + batch], b[at_pair : at_pair + batch]
                 open_ = roots[tile[ba]] != roots[others[bb]]
                 ba, bb = ba[open_], bb[open_]
-                near = partial[ba, bb] + _pair_l1(points, tile[ba], others[bb], low, high) <= eps
+                total = partial[ba, bb] + _pair_l1(points, tile[ba], others[bb], low, high)
+                near = total <= eps
                 roots = _merge(roots, tile[ba[near]], others[bb[near]])
-                at += batch
+                mid = ~near & (total <= far[ba, bb])
+                kept_left.append(tile[ba[mid]])
+                kept_right.append(others[bb[mid]])
+                at_pair += batch
                 batch = min(2 * batch, 1 << 16)
-    return roots
+    return roots, np.concatenate(kept_left), np.concatenate(kept_right)
 
 
 def _merge(roots: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
@@ -154,7 +293,7 @@ def _merge(roots: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
 def _pair_l1(points: np.ndarray, i: np.ndarray, j: np.ndarray, low: int, high: int):
     """L1 distances of the pairs (i[k], j[k]) over columns low:high, in batches."""
     out = np.empty(i.size)
-    batch = max(1, _TILE_ENTRIES // max(high - low, 1))
+    batch = max(1, _PAIR_BATCH // max(high - low, 1))  # gathered rows that stay in cache
     for start in range(0, i.size, batch):
         part = slice(start, start + batch)
         out[part] = np.abs(points[i[part], low:high] - points[j[part], low:high]).sum(axis=1)
