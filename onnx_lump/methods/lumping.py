@@ -350,12 +350,13 @@ class _Rows:
         weights, system = problem.weights, problem.system
         widths = sum(weight.shape[0] for weight, _ in weights)
         keep = inputs.shape[0] * widths * 4 <= STORED_TARGET_BYTES
-        stored = [np.empty((inputs.shape[0], w.shape[0]), np.float32) for w, _ in weights[1:]]
-        output = np.empty((inputs.shape[0], weights[-1][0].shape[0]))
+        rows = inputs.shape[0]
+        stored = [np.empty((rows, w.shape[0]), np.float32) for w, _ in weights[1:]] if keep else []
+        output = np.empty((rows, weights[-1][0].shape[0]))
         # in float64 through the whole chain, a chunk of rows at a time: the output is
         # the exact reference eps 0 is judged by
         step = _row_step(max(max(w.shape) for w, _ in weights))
-        for start in range(0, inputs.shape[0], step):
+        for start in range(0, rows, step):
             part = slice(start, start + step)
             values = np.asarray(inputs[part], dtype=np.float64)
             layers = zip(weights, system.layers, strict=True)
