@@ -191,12 +191,11 @@ def build_deep_model(path: Path, width: int, chains: int) -> int:
     return width * width * 4
 
 
-def test_data_free_pass_memory_is_bounded_by_the_largest_layer(tmp_path):
-    source = tmp_path / "deep.onnx"
-    largest = build_deep_model(source, width=1024, chains=24)  # 4 MB layers, 200 MB model
-    model_bytes = (tmp_path / "deep.onnx.data").stat().st_size
+def measure_pass(source: Path, out: Path) -> dict:
+    """Run the data-free pass on ``source`` in a fresh subprocess (_MEASURE); its peak
+    RSS and parameter counts."""
     result = subprocess.run(
-        [sys.executable, "-c", _MEASURE, str(source), str(tmp_path / "out.onnx")],
+        [sys.executable, "-c", _MEASURE, str(source), str(out)],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -204,7 +203,14 @@ def test_data_free_pass_memory_is_bounded_by_the_largest_layer(tmp_path):
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_data_free_pass_memory_is_bounded_by_the_largest_layer(tmp_path):
+    source = tmp_path / "deep.onnx"
+    largest = build_deep_model(source, width=1024, chains=24)  # 4 MB layers, 200 MB model
+    model_bytes = (tmp_path / "deep.onnx.data").stat().st_size
+    measured = measure_pass(source, tmp_path / "out.onnx")
     assert measured["after"] < measured["before"]  # the planted duplicates merged
     bound = 3 * largest + 300 * 2**20
     assert measured["peak"] < bound, (
@@ -294,8 +300,9 @@ def test_a_model_on_disk_is_compressed_bit_for_bit_like_one_in_memory(
         assert memory_report.weight_ranges == weight_ranges(original, in_memory)
     save_model(on_disk, tmp_path / "disk.onnx", external_data=True)
     save_model(in_memory, tmp_path / "memory.onnx", external_data=True)
-    disk_arrays, memory_arrays = _initializers(tmp_path / "disk.onnx"), _initializers(
-        tmp_path / "memory.onnx"
+    disk_arrays, memory_arrays = (
+        _initializers(tmp_path / "disk.onnx"),
+        _initializers(tmp_path / "memory.onnx"),
     )
     assert disk_arrays.keys() == memory_arrays.keys()
     for key, value in memory_arrays.items():

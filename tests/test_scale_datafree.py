@@ -9,16 +9,13 @@ bound. Timings live in tools/time_wide.py, not here.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from test_large import _MEASURE, build_deep_model
+from test_large import build_deep_model, measure_pass
 
 import onnx_lump.graph.saving as saving
 from onnx_lump import lump
@@ -239,16 +236,7 @@ def test_one_chain_of_two_4096_layers_fits_three_layers_plus_300mb(tmp_path):
     read as stored (float32, memory-mapped), and no float64 copy of either is made."""
     source = tmp_path / "deep.onnx"
     largest = build_deep_model(source, width=4096, chains=1)
-    result = subprocess.run(
-        [sys.executable, "-c", _MEASURE, str(source), str(tmp_path / "out.onnx")],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    measured = measure_pass(source, tmp_path / "out.onnx")
     assert measured["after"] < measured["before"]  # the planted duplicate merged
     bound = 3 * largest + 300 * 2**20
     assert measured["peak"] < bound, f"peak {measured['peak'] / 2**20:.0f} MB"
