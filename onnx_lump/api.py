@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -260,8 +261,11 @@ def compress(
     widths_before, widths_after, shortcut_params, changed = [], [], 0, False
     spill, ranges = Spill.for_model(model), []
     for index, chain in enumerate(scan.chains):
-        system = encode_chain(chain, name=f"chain{index}")
         memo = None if cache is None else cache.chain(index)
+        encode = functools.partial(encode_chain, chain, name=f"chain{index}")
+        # the steps of a search share one encoding: its float64 weights are made once
+        shared = memo is not None and spill is None
+        system = memo.get("system", encode, pin=True) if shared else encode()
         problem = ChainProblem(system, fit_inputs[index], held_inputs[index], memo)
         result = warm_start[index] if warm_start is not None else method.compress(problem)
         if refine_options is not None and _differs(problem, result):
