@@ -181,12 +181,15 @@ def test_data_similarity_in_sample_chunks_matches_one_chunk(monkeypatch):
     weight = np.repeat(base, 3, axis=0) + 1e-3 * rng.standard_normal((120, 12))
     bias = 0.1 * rng.standard_normal(120)
     weight[5] = 0.0  # a constant neuron
+    weight[7], bias[7] = 1e-2, 6.0  # saturated on the data: removed at its mean there
     x = rng.standard_normal((500, 12))
-    options = PartitionOptions(0.05, similarity=equivalence.Similarity.DATA)
+    # weights similarity: the data statistics (constant neurons, their values) are then
+    # read in chunks of samples (data similarity forms them from one array)
+    options = PartitionOptions(0.2, similarity=equivalence.Similarity.WEIGHTS)
     tanh = Activation(ActivationKind.TANH)
     whole = equivalence.backward_lumping(weight, bias, tanh, options, 1e-7, x)
     monkeypatch.setattr(data_similarity, "_SAMPLE_CHUNK_ENTRIES", 1000)  # 8 samples a chunk
     chunked = equivalence.backward_lumping(weight, bias, tanh, options, 1e-7, x)
     np.testing.assert_array_equal(whole.block, chunked.block)
     np.testing.assert_allclose(whole.offset, chunked.offset, rtol=1e-9, atol=1e-12)
-    assert whole.n_blocks < 60  # most planted triples merge on the data: a real comparison
+    assert whole.n_blocks < 60 and set(np.flatnonzero(whole.block < 0)) == {5, 7}
