@@ -29,6 +29,7 @@ from scipy.spatial.distance import cdist
 from onnx_lump.ode.grouping import (
     Linkage,
     RowSource,
+    _L1Bounds,
     group_rows,
     number_by_first_row,
     split_by_projections,
@@ -99,7 +100,7 @@ def _components(points: np.ndarray, eps: float) -> np.ndarray:
     of components left open are compared, skipping those joined by then."""
     m, dim = points.shape
     points = points[:, np.random.default_rng(0).permutation(dim)]
-    norms = _Norms(points)
+    norms = _L1Bounds(points)
     seed = _seed(points, eps, np.arange(m))
     reps = np.flatnonzero(seed == np.arange(m))
     radius = np.zeros(m)
@@ -180,31 +181,9 @@ def _seed(points: np.ndarray, eps: float, roots: np.ndarray) -> np.ndarray:
     return roots
 
 
-class _Norms:
-    """Bounds on L1 distances from one matrix product (BLAS): ``|d|_2 <= |d|_1 <=
-    sqrt(dim) |d|_2``, ``|d|_1 >= |d|_2^2 / |d|_inf``, ``|d|_1 <= |x|_1 + |y|_1``."""
-
-    def __init__(self, points: np.ndarray) -> None:
-        self.points = points
-        self.sq = np.einsum("ij,ij->i", points, points)
-        self.l1 = np.abs(points).sum(axis=1)
-        self.linf = np.abs(points).max(axis=1)
-
-    def between(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        sq_sum = self.sq[rows, None] + self.sq[None, cols]
-        d2 = sq_sum - 2.0 * (self.points[rows] @ self.points[cols].T)
-        slack = 1e-9 * sq_sum + 1e-300  # rounding of the expansion
-        d2_low, d2_high = np.maximum(d2 - slack, 0.0), np.maximum(d2, 0.0) + slack
-        linf = np.maximum(self.linf[rows, None] + self.linf[None, cols], 1e-300)
-        lower = np.maximum(np.sqrt(d2_low), d2_low / linf)
-        dim = self.points.shape[1]
-        upper = np.minimum(np.sqrt(dim * d2_high), self.l1[rows, None] + self.l1[None, cols])
-        return lower, upper
-
-
 def _scan(
     points: np.ndarray,
-    norms: _Norms,
+    norms: _L1Bounds,
     rows: np.ndarray,
     cols: np.ndarray,
     eps: float,
@@ -218,7 +197,7 @@ def _scan(
     that lie within ``eps + extra_rows[row] + extra_cols[col]`` (indexed by row; None:
     zero).
 
-    A tile of pairs at a time: the bounds of :class:`_Norms` decide some pairs, then
+    A tile of pairs at a time: the bounds of `_L1Bounds` (grouping.py) decide some pairs, then
     partial sums over growing shares of the columns drop the pairs that pass their
     threshold; a share is summed for the whole tile while most of its pairs are open,
     else for the open pairs only; the last share goes likeliest links first."""
