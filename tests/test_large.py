@@ -3,11 +3,9 @@ pass on a model with external data, read from a child process's peak RSS."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,10 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.external_data_helper import uses_external_data
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+
+from time_wide import build_deep_model, measure_pass  # noqa: E402  (the tool measures the same)
+
 BIG_ROWS = 69_000_000  # x 8 float32 = 2.2 GB: past protobuf's 2 GiB limit
 BIG_BYTES = BIG_ROWS * 8 * 4
 
@@ -129,81 +131,6 @@ def test_model_over_2gb_round_trips_through_the_cli(tmp_path):
         assert data.read(32) == bytes(32)
     leftovers = sorted(p.name for p in tmp_path.iterdir())
     assert leftovers == ["big.onnx", "big.onnx.data", "small.onnx", "small.onnx.data"]
-
-
-_MEASURE = textwrap.dedent(
-    """
-    import json, resource, sys
-    from onnx_lump import compress
-    from onnx_lump.methods import Exact
-    from onnx_lump.graph.modelio import load_model, save_model
-
-    def peak_bytes():
-        # Linux carries ru_maxrss over fork + exec, so a child started by a large parent
-        # (this test, which built the model) would report the parent's peak: VmHWM is
-        # this process's own.
-        try:
-            with open("/proc/self/status") as status:
-                for line in status:
-                    if line.startswith("VmHWM:"):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            pass
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-    loaded = load_model(sys.argv[1])
-    reduced, report = compress(loaded.model, Exact(), verify=False)
-    save_model(reduced, sys.argv[2], external_data=loaded.external_data)
-    peak = peak_bytes()
-    print(json.dumps({"peak": peak, "before": report.params_before, "after": report.params_after}))
-    """
-)
-
-
-def build_deep_model(path: Path, width: int, chains: int) -> int:
-    """``chains`` chains Gemm -> Relu -> Gemm of width x width float32 layers (one planted
-    duplicate each), separated by Sin; external data. Returns the largest layer's bytes."""
-    rng = np.random.default_rng(0)
-    inits, nodes, current = [], [], "x"
-    for k in range(chains):
-        for j in range(2):
-            weight = rng.standard_normal((width, width), dtype=np.float32)
-            weight *= np.float32(1 / np.sqrt(width))
-            if j == 0:
-                weight[-1] = weight[0]
-            inits.append(numpy_helper.from_array(weight, f"W{k}_{j}"))
-            nodes.append(helper.make_node("Gemm", [current, f"W{k}_{j}"], [f"h{k}_{j}"], transB=1))
-            current = f"h{k}_{j}"
-            if j == 0:
-                nodes.append(helper.make_node("Relu", [current], [f"r{k}"]))
-                current = f"r{k}"
-        nodes.append(helper.make_node("Sin", [current], [f"s{k}"]))
-        current = f"s{k}"
-    graph = helper.make_graph(
-        nodes,
-        "deep",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])],
-        [helper.make_tensor_value_info(current, TensorProto.FLOAT, ["N", width])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    onnx.save_model(model, str(path), save_as_external_data=True, location=f"{path.name}.data")
-    return width * width * 4
-
-
-def measure_pass(source: Path, out: Path) -> dict:
-    """Run the data-free pass on ``source`` in a fresh subprocess (_MEASURE); its peak
-    RSS and parameter counts."""
-    result = subprocess.run(
-        [sys.executable, "-c", _MEASURE, str(source), str(out)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def test_data_free_pass_memory_is_bounded_by_the_largest_layer(tmp_path):

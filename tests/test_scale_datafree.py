@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from test_large import build_deep_model, measure_pass
+from test_large import build_deep_model, measure_pass  # tools/time_wide.py's
 
 import onnx_lump.graph.saving as saving
 from onnx_lump import lump

@@ -204,61 +204,93 @@ def data_path_memory(rows: int, width: int = 4096, depth: int = 4) -> dict:
     }
 
 
-_CHAIN_CHILD = """
-import json, sys
+_PASS_CHILD = """
+import json, resource, sys
 sys.path.insert(0, {root!r})
 from onnx_lump import compress
 from onnx_lump.graph.modelio import load_model, save_model
 from onnx_lump.methods import Exact
+
+def peak_bytes():
+    # Linux carries ru_maxrss over fork + exec, so a child started by a large parent
+    # (one that built the model) would report the parent's peak: VmHWM is this process's.
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
 loaded = load_model(sys.argv[1])
 reduced, report = compress(loaded.model, Exact(), verify=False)
 save_model(reduced, sys.argv[2], external_data=loaded.external_data)
-with open("/proc/self/status") as status:  # VmHWM: this process's own peak, not its parent's
-    peak = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
-print(json.dumps({{"peak": peak, "after": report.params_after, "before": report.params_before}}))
+print(json.dumps({{"peak": peak_bytes(), "before": report.params_before,
+                  "after": report.params_after}}))
 """
 
 
-def chain_memory(width: int = 4096, workdir: Path | None = None) -> dict:
-    """Peak RSS (VmHWM) of the data-free pass (Exact, load + compress + save) in a fresh
-    subprocess, on one chain Gemm -> Relu -> Gemm of two width x width float32 layers with
-    external data (one planted duplicate neuron), and the bound the tests hold it to:
-    three times the largest layer plus 300 MB."""
+def build_deep_model(path: Path, width: int, chains: int) -> int:
+    """``chains`` chains Gemm -> Relu -> Gemm of width x width float32 layers (one planted
+    duplicate each), separated by Sin; external data. Returns the largest layer's bytes."""
     rng = np.random.default_rng(0)
     inits, nodes, current = [], [], "x"
-    for j in range(2):
-        weight = rng.standard_normal((width, width), dtype=np.float32)
-        weight *= np.float32(1 / np.sqrt(width))
-        if j == 0:
-            weight[-1] = weight[0]
-        inits.append(numpy_helper.from_array(weight, f"W{j}"))
-        nodes.append(helper.make_node("Gemm", [current, f"W{j}"], [f"h{j}"], transB=1))
-        current = f"h{j}"
-        if j == 0:
-            nodes.append(helper.make_node("Relu", [current], ["r"]))
-            current = "r"
+    for k in range(chains):
+        for j in range(2):
+            weight = rng.standard_normal((width, width), dtype=np.float32)
+            weight *= np.float32(1 / np.sqrt(width))
+            if j == 0:
+                weight[-1] = weight[0]
+            inits.append(numpy_helper.from_array(weight, f"W{k}_{j}"))
+            nodes.append(helper.make_node("Gemm", [current, f"W{k}_{j}"], [f"h{k}_{j}"], transB=1))
+            current = f"h{k}_{j}"
+            if j == 0:
+                nodes.append(helper.make_node("Relu", [current], [f"r{k}"]))
+                current = f"r{k}"
+        nodes.append(helper.make_node("Sin", [current], [f"s{k}"]))
+        current = f"s{k}"
     graph = helper.make_graph(
         nodes,
-        "chain",
+        "deep",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])],
         [helper.make_tensor_value_info(current, TensorProto.FLOAT, ["N", width])],
         inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    with tempfile.TemporaryDirectory(dir=workdir) as folder:
-        source, out = Path(folder) / "chain.onnx", Path(folder) / "out.onnx"
-        onnx.save_model(model, str(source), save_as_external_data=True, location="chain.data")
-        del model, graph, inits
-        root = str(Path(__file__).resolve().parent.parent)
-        done = subprocess.run(
-            [sys.executable, "-c", _CHAIN_CHILD.format(root=root), str(source), str(out)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+    onnx.save_model(model, str(path), save_as_external_data=True, location=f"{path.name}.data")
+    return width * width * 4
+
+
+def measure_pass(source: Path, out: Path) -> dict:
+    """The data-free pass (Exact: load, compress, save) on ``source`` in a fresh
+    subprocess: its peak RSS (VmHWM, bytes) and the parameters before and after.
+    RuntimeError with the child's last error line if it fails."""
+    root = str(Path(__file__).resolve().parent.parent)
+    done = subprocess.run(
+        [sys.executable, "-c", _PASS_CHILD.format(root=root), str(source), str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
     if done.returncode != 0:
-        return {"width": width, "error": done.stderr.strip().splitlines()[-1:]}
-    measured = json.loads(done.stdout.strip().splitlines()[-1])
+        raise RuntimeError(done.stderr.strip() or f"exit {done.returncode}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def chain_memory(width: int = 4096, workdir: Path | None = None) -> dict:
+    """Peak RSS of the data-free pass (:func:`measure_pass`) on one chain Gemm -> Relu ->
+    Gemm of two width x width float32 layers with external data (one planted duplicate
+    neuron), and the bound the tests hold it to: three times the largest layer plus
+    300 MB."""
+    with tempfile.TemporaryDirectory(dir=workdir) as folder:
+        source = Path(folder) / "chain.onnx"
+        build_deep_model(source, width, chains=1)
+        try:
+            measured = measure_pass(source, Path(folder) / "out.onnx")
+        except RuntimeError as exc:
+            return {"width": width, "error": str(exc).splitlines()[-1:]}
     layer = width * width * 4
     return {
         "width": width,
