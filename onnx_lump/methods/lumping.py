@@ -171,6 +171,12 @@ class Lump(Method):
                     )
                 kept, rebased = reduce_layer(weight, bias, lumping, layer.activation)
             reduced.append(kept)
+            attempt = refit and self._refits(kept.weight.shape[0], inputs.shape[0])
+            if refit and not attempt:
+                notes.append(
+                    f"layer {index + 1} not refit: {inputs.shape[0]} fitting rows for "
+                    f"{kept.weight.shape[0]} inputs (give more --calib rows, or --force-refit)"
+                )
             advance = functools.partial(
                 self._advance,
                 problem,
@@ -182,20 +188,14 @@ class Lump(Method):
                 rebased,
                 inputs,
                 held_inputs,
-                refit,
+                attempt,
             )
             if memo is None or span:
                 state_values = advance()
             else:
                 prefix = (*prefix, _lumping_digest(lumping))
-                attempt = refit and self._refits(kept.weight.shape[0], inputs.shape[0])
                 key_setting = setting if refitting or attempt else unrefit
                 state_values = memo.get(("state", key_setting, prefix), advance)
-            if refit and not self._refits(kept.weight.shape[0], inputs.shape[0]):
-                notes.append(
-                    f"layer {index + 1} not refit: {inputs.shape[0]} fitting rows for "
-                    f"{kept.weight.shape[0]} inputs (give more --calib rows, or --force-refit)"
-                )
             inputs, held_inputs, weight, bias, applied = state_values
             refitting = refitting or applied
         reduced.append(ReducedLayer(weight, bias))
@@ -223,9 +223,9 @@ class Lump(Method):
     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray, bool]:
         """What enters layer ``index + 1`` once layer ``index`` is reduced to ``kept``:
         its inputs on the fitting and held-out rows (float32), its weights and bias
-        (aggregated over the lumping, then refit onto the original pre-activations
-        ``target`` / ``held_target`` where that lowers the held-out residual), and whether
-        it was refit. The arrays are read-only: they may be cached."""
+        (aggregated over the lumping, then, with ``refit``, refit onto the original
+        pre-activations ``target`` / ``held_target`` where that lowers the held-out
+        residual), and whether it was refit. The arrays are read-only: they may be cached."""
         layer = problem.system.hidden[index]
         inputs = _activations(inputs, kept, layer.activation)
         if held_inputs is not None:
@@ -236,7 +236,7 @@ class Lump(Method):
         else:
             weight, bias = aggregate(following, rebased)
         applied = False
-        if refit and self._refits(inputs.shape[1], inputs.shape[0]):
+        if refit:
             fitted, _ = refit_layer(inputs, target, self.ridge, held_inputs, held_target)
             judge_inputs, judge_target = (
                 (inputs, target) if held_inputs is None else (held_inputs, held_target)
