@@ -4,9 +4,15 @@ resolution that matters instead of spending its whole step budget."""
 
 from __future__ import annotations
 
+import numpy as np
+import onnx
 import pytest
+from conftest import MODELS
 
-from onnx_lump.api import LayerStats, Report
+from onnx_lump.api import LayerStats, Report, compress
+from onnx_lump.data.cache import SearchCache
+from onnx_lump.methods import Lump
+from onnx_lump.ode.equivalence import PartitionOptions
 from onnx_lump.search import SweepPoint, bisect
 
 N_IN, N_OUT, WIDTH = 20, 3, 1000
@@ -73,3 +79,30 @@ def test_unreachable_size_target_returns_the_smallest_network():
     evaluate = FakeEvaluator(1e-3)
     _, point, met = bisect(evaluate, None, target_params=1e-6)
     assert not met and point.params_after == min(p[2].params_after for p in evaluate.cache.values())
+
+
+def test_the_not_refit_note_survives_the_search_caches():
+    """A layer with fewer fitting rows than inputs is not refit, and says so, also when a
+    search step takes that layer's state from the cache (the merge-only path made it)."""
+
+    model = onnx.load(MODELS / "rn_tanh_2x64.onnx")
+    calibration = {k: v[:60] for k, v in np.load(MODELS / "rn_calib.npz").items()}  # 48 fit
+    cache = SearchCache()
+    for eps in (0.0, 0.01, 0.01):  # the repeat is served from the cache
+        _, report = compress(
+            model,
+            Lump(PartitionOptions(eps)),
+            calibration=calibration,
+            refine=False,
+            verify=False,
+            cache=cache,
+        )
+        assert any("not refit: 48 fitting rows for" in note for note in report.notes), eps
+    _, forced = compress(
+        model,
+        Lump(PartitionOptions(0.01), force_refit=True),
+        calibration=calibration,
+        refine=False,
+        verify=False,
+    )
+    assert not any("not refit" in note for note in forced.notes)
