@@ -27,7 +27,12 @@ from onnx_lump.graph.modelio import check_model
 from onnx_lump.graph.modelsource import to_model_proto
 from onnx_lump.graph.rewrite import export_model, import_graph, release_chain, rewrite_chain
 from onnx_lump.graph.spill import Spill
-from onnx_lump.graph.weightstats import WeightRange, chain_weight_ranges, weight_range_warnings
+from onnx_lump.graph.weightstats import (
+    WeightRange,
+    chain_maxima,
+    chain_weight_ranges,
+    weight_range_warnings,
+)
 from onnx_lump.methods import ChainProblem, ChainResult, Lump, Method
 from onnx_lump.methods.lumping import DEFAULT_RIDGE, DEFAULT_SIMILARITY_WITH_DATA, original_output
 from onnx_lump.ode.encoding import OdeSystem, encode_chain
@@ -202,6 +207,7 @@ def compress(
     warm_start: Sequence[ChainResult] | None = None,
     cache: SearchCache | None = None,
     verify: bool = True,
+    measure_holdout: bool = True,
     inputs: Mapping[str, np.ndarray] | None = None,
     n_check: int = 64,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
@@ -214,15 +220,16 @@ def compress(
     With ``calibration``, a seeded ``holdout`` share of its rows (or ``validation``,
     with optional reference ``validation_targets``) is set aside: the method and the
     refinement fit on the rest, and ``report.holdout_error`` is measured on the held-out
-    rows. ``refine`` is None for the default (refine after every structured method that
-    is not lossless, when calibration is given), False for never, or the options to
-    refine with. ``warm_start`` (one ChainResult per chain, e.g. ``report.results`` of
-    an earlier call with the same method) replaces the method's own result as the
-    starting point. ``cache`` keeps what does not depend on the method's knob between
-    calls on the same model and calibration (see :mod:`onnx_lump.data.cache`). With
-    ``verify``, both models run in onnxruntime on ``inputs`` (else
-    the held-out rows, else ``n_check`` seeded random inputs) and
-    ``report.verification`` holds the output errors, judged against ``atol``/``rtol``.
+    rows by onnxruntime (unless ``measure_holdout`` is False: it then stays None).
+    ``refine`` is None for the default (refine after every structured method that is not
+    lossless, when calibration is given), False for never, or the options to refine
+    with. ``warm_start`` (one ChainResult per chain, e.g. ``report.results`` of an
+    earlier call with the same method) replaces the method's own result as the starting
+    point. ``cache`` keeps what does not depend on the method's knob between calls on
+    the same model and calibration (see :mod:`onnx_lump.data.cache`). With ``verify``,
+    both models run in onnxruntime on ``inputs`` (else the held-out rows, else
+    ``n_check`` seeded random inputs) and ``report.verification`` holds the output
+    errors, judged against ``atol``/``rtol``.
     """
     model = to_model_proto(model)
     if method.needs_data and calibration is None:
@@ -254,7 +261,12 @@ def compress(
         held_inputs = cache.get(
             ("held", str(run_on)), lambda: chain_inputs(model, scan.chains, split.holdout, run_on)
         )
-        scan.notes.extend(_small_calibration_notes(scan.chains, fit_inputs))
+        # once per search (the cache's lifetime): its steps all have the same rows
+        scan.notes.extend(
+            cache.get(
+                "small calibration", lambda: _small_calibration_notes(scan.chains, fit_inputs)
+            )
+        )
     refine_options = _refine_options(refine, method, split)
     refine_started = time.perf_counter()
     stats, systems, results, refined = [], [], [], []
@@ -277,7 +289,10 @@ def compress(
         scan.notes.extend(f"chain {index}: {note}" for note in result.notes)
         stats += _layer_stats(index, chain, result, method.structured)
         shortcut_params += sum(_count(s.weight, method.structured) for s in result.shortcuts)
-        ranges += chain_weight_ranges(chain, result.layers)
+        maxima = (
+            None if memo is None else memo.get("maxima", functools.partial(chain_maxima, chain))
+        )
+        ranges += chain_weight_ranges(chain, result.layers, maxima)
         # One chain in memory at a time when the model lives on disk: what the report
         # keeps and what the rewrite writes go to disk, and the chain's arrays are dropped.
         kept = (system, result) if spill is None else spill.keep(chain, system, result)
@@ -325,7 +340,8 @@ def compress(
     if split is not None:
         report.holdout = split.description
         report.holdout_rows = split.n_holdout
-        report.holdout_error = cache.holdout_error(model, reduced_model, split, run_on)
+        if measure_holdout:
+            report.holdout_error = cache.holdout_error(model, reduced_model, split, run_on)
     if verify:
         feeds = inputs if inputs is not None else (split.holdout if split else None)
         if feeds is None:

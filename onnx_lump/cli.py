@@ -20,6 +20,7 @@ examples:
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import sys
 import traceback
@@ -318,10 +319,7 @@ def _search_progress(args: argparse.Namespace):
 
     def show(point) -> None:
         bar.update(1)
-        bar.set_postfix_str(
-            f"knob {point.knob:.4g}: {100 * point.retained:.1f}% kept, "
-            f"error {100 * point.error:.3g}%"
-        )
+        bar.set_postfix_str(f"knob {point.knob:.4g}: {point.summary()}")
 
     return show
 
@@ -333,9 +331,11 @@ def _target_line(knob_name: str, point, met: bool, args) -> str:
     if args.max_error is not None:
         wanted.append(f"error <= {100 * args.max_error:g}%")
     status = "met" if met else "NOT met"
+    # a size search does not measure its steps: the error comes with the written file
+    error = "" if math.isnan(point.error) else f" at error {100 * point.error:.3g}%"
     return (
         f"search: {knob_name}={point.knob:.6g} keeps {100 * point.retained:.1f}% of the "
-        f"parameters at error {100 * point.error:.3g}% ({' and '.join(wanted)}: {status})"
+        f"parameters{error} ({' and '.join(wanted)}: {status})"
     )
 
 

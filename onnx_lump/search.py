@@ -51,8 +51,13 @@ class SweepPoint:
     params_before: int
     params_after: int
     retained: float
-    error: float
+    error: float  # NaN where not measured (the steps of a size search)
     seconds: float
+
+    def summary(self) -> str:
+        """``12.3% kept, error 0.0456`` (the error only where it was measured)."""
+        kept = f"{100 * self.retained:.1f}% kept"
+        return kept if np.isnan(self.error) else f"{kept}, error {100 * self.error:.3g}%"
 
 
 class Evaluator:
@@ -112,9 +117,10 @@ class Evaluator:
 
     @contextlib.contextmanager
     def unrefined_steps(self, active: bool = True):
-        """Within this block, search steps are not refined: for a size target, where the
-        error does not steer the search, the chosen point is then refined once, with the
-        whole budget, by :meth:`finish`."""
+        """Within this block, search steps are not refined and their error is not measured
+        (``point.error`` is NaN): for a size target, where the error does not steer the
+        search, the chosen point is then refined once, with the whole budget, and
+        measured, by :meth:`finish`."""
         before, self._refine_steps = self._refine_steps, not active and self._refine_steps
         try:
             yield self
@@ -142,6 +148,8 @@ class Evaluator:
         return RefineOptions() if refine is True else refine
 
     def _error(self, model: onnx.ModelProto, report: Report) -> float:
+        if not self._refine_steps:
+            return float("nan")  # a size step: steered by its size, not measured
         if self.calibration is not None:
             return float(report.holdout_error)
         # data-free method judged on --val: nothing was fitted on it
@@ -163,6 +171,7 @@ class Evaluator:
             refine=self._search_refine(method),
             verify=False,
             cache=self.data_cache,
+            measure_holdout=self._refine_steps,
             **self.options,
         )
         point = SweepPoint(
@@ -173,7 +182,7 @@ class Evaluator:
             self._error(reduced, report),
             time.perf_counter() - started,
         )
-        logger.info("knob %.6g: %.1f%% kept, error %.4g", knob, 100 * point.retained, point.error)
+        logger.info("knob %.6g: %s", knob, point.summary())
         if self.progress is not None:
             self.progress(point)
         self.cache[knob] = (reduced, report, point)

@@ -114,6 +114,29 @@ def test_sweep_points_shrink_with_eps():
     assert points[0].params_after >= points[1].params_after >= points[2].params_after
 
 
+def test_size_search_steps_are_not_measured_and_the_result_is(monkeypatch):
+    """A size target steers by sizes: its steps run no held-out model (onnxruntime
+    sessions are most of a wide step's cost); the network handed over is measured."""
+    model = onnx.load(DEMO)
+    evaluate = lump_evaluator(model)
+    runs = []
+    original = evaluate.data_cache.holdout_error
+    monkeypatch.setattr(
+        evaluate.data_cache, "holdout_error", lambda *a: runs.append(1) or original(*a)
+    )
+    knob, point, met = bisect(evaluate, None, target_params=0.5)
+    assert met and np.isnan(point.error) and not runs
+    assert all(np.isnan(p.error) for *_, p in evaluate._steps[False].values())
+    reduced, report = evaluate.finish(knob, verify=False)
+    assert runs and report.holdout_error > 0
+    assert onnxruntime_error(model, reduced, held_out_rows()) == pytest.approx(
+        report.holdout_error
+    )
+    # an error target measures every step
+    _, point, _ = bisect(lump_evaluator(model), None, max_error=0.05)
+    assert np.isfinite(point.error)
+
+
 def test_cli_target_params(tmp_path, capsys):
     out = tmp_path / "small.onnx"
     code = main(
@@ -122,6 +145,7 @@ def test_cli_target_params(tmp_path, capsys):
     text = capsys.readouterr().out
     assert code == 0 and out.exists()
     assert "search: eps=" in text and "met" in text
+    assert "nan" not in text.lower() and "held-out error" in text  # the written file's
     reduced = onnx.load(out)
     weights = sum(int(np.prod(t.dims)) for t in reduced.graph.initializer)
     assert weights <= 0.5 * 4998
@@ -199,3 +223,16 @@ def test_cli_rejects_bad_settings(tmp_path, capsys, extra, expected):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and expected in err and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_a_search_warns_about_few_calibration_rows_once(caplog):
+    """Every step of a search has the same rows: the warning that they are too few for
+    the widest layer comes once, not once a step (it came 12 times on the wide model)."""
+    few = {name: rows[:40] for name, rows in CALIB.items()}
+    evaluate = Evaluator(onnx.load(DEMO), lambda eps: Lump(PartitionOptions(eps)), few)
+    with caplog.at_level("WARNING", logger="onnx_lump.api"):
+        bisect(evaluate, None, target_params=0.5)
+    warned = [r for r in caplog.records if "fitting rows for layers" in r.getMessage()]
+    assert len(evaluate.cache) + len(evaluate._steps[False]) > 2 and len(warned) == 1
+    _, report = evaluate.finish(bisect(evaluate, None, target_params=0.5)[0], verify=False)
+    assert any("fitting rows for layers" in note for note in report.notes)  # still noted

@@ -21,6 +21,7 @@ from onnx_lump.ode.reduction import ReducedLayer
 __all__ = [
     "DEFAULT_GROWTH_LIMIT",
     "WeightRange",
+    "chain_maxima",
     "chain_weight_ranges",
     "weight_range_warnings",
     "weight_ranges",
@@ -67,14 +68,24 @@ def weight_ranges(original: onnx.ModelProto, reduced: onnx.ModelProto) -> list[W
     return ranges
 
 
-def chain_weight_ranges(chain: DenseChain, reduced: list[ReducedLayer]) -> list[WeightRange]:
+def chain_maxima(chain: DenseChain) -> list[tuple[float, float]]:
+    """Largest |weight| and |bias| of each layer of a chain as stored (the "before" of
+    :func:`chain_weight_ranges`, which a search computes once)."""
+    return [(_before_max(layer), _max_abs(layer.bias)) for layer in chain.layers]
+
+
+def chain_weight_ranges(
+    chain: DenseChain,
+    reduced: list[ReducedLayer],
+    before: list[tuple[float, float]] | None = None,
+) -> list[WeightRange]:
     """What :func:`weight_ranges` reports for the layers of one chain, from the chain's
     own arrays: ``reduced`` as the rewrite will store them (cast to the model's dtype,
     Gemm's ``alpha``/``beta`` factored out and back in), so no model is read again. Call
-    before the chain is rewritten."""
+    before the chain is rewritten; ``before`` is :func:`chain_maxima`, if known."""
     ranges = []
-    for layer, new in zip(chain.layers, reduced, strict=True):
-        before_w, before_b = _before_max(layer), _max_abs(layer.bias)
+    before = chain_maxima(chain) if before is None else before
+    for layer, new, (before_w, before_b) in zip(chain.layers, reduced, before, strict=True):
         if layer.holds(new.weight, new.bias):  # the rewrite leaves the layer as it is
             ranges.append(WeightRange(layer.name, before_w, before_w, before_b, before_b))
             continue

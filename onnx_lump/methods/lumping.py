@@ -159,13 +159,23 @@ class Lump(Method):
                 selection = select_span(layer.activation(inputs @ weight.T + bias), options.eps)
                 kept = ReducedLayer(weight[selection.kept], bias[selection.kept])
             else:
+                # the first layer's state is the chain's own, whatever the setting
+                state = ((setting if refitting else unrefit), prefix) if prefix else ()
                 partition = functools.partial(
-                    _partition, problem, index, weight, bias, inputs, held_inputs, options, forward
+                    _partition,
+                    problem,
+                    index,
+                    weight,
+                    bias,
+                    inputs,
+                    held_inputs,
+                    options,
+                    forward,
+                    None if memo is None else _data_memo(memo, options, state),
                 )
                 if memo is None:
                     lumping = partition()
-                else:  # the first layer's state is the chain's own, whatever the setting
-                    state = ((setting if refitting else unrefit), prefix) if prefix else ()
+                else:
                     lumping = _remembered_lumping(
                         memo, options, forward is not None, state, weight, partition
                     )
@@ -296,6 +306,25 @@ def _remembered_lumping(
     return lumping
 
 
+def _data_memo(memo: ChainCache, options: PartitionOptions, state: tuple):
+    """``remember`` for :func:`backward_lumping`: a layer state's comparison on the data,
+    kept under the state, the options but eps, and the rows constant at eps."""
+    without_eps = dataclasses.replace(options, eps=0.0)
+
+    def remember(constant: np.ndarray, compute: Callable):
+        key = ("data rows", without_eps, state, digest(constant))
+        return memo.get(key, lambda: _frozen_data(*compute()))
+
+    return remember
+
+
+def _frozen_data(rows, *statistics: np.ndarray) -> tuple:
+    """A comparison on the data, read-only: it is cached."""
+    if rows is not None:
+        _frozen(rows.rows)
+    return (rows, *(_frozen(a) for a in statistics))
+
+
 def _lumping_digest(lumping: Lumping) -> bytes:
     return digest(lumping.block, lumping.scale, lumping.offset, lumping.representative)
 
@@ -309,13 +338,21 @@ def _partition(
     held_inputs: np.ndarray | None,
     options: PartitionOptions,
     forward: tuple[Lumping, ...] | None,
+    remember: Callable | None = None,
 ) -> Lumping:
     """The lumping of hidden layer ``index`` from its (aggregated or refit) weights and
     its inputs on the data."""
     layer = problem.system.hidden[index]
     if forward is None:
         return backward_lumping(
-            weight, bias, layer.activation, options, problem.system.precision, inputs, held_inputs
+            weight,
+            bias,
+            layer.activation,
+            options,
+            problem.system.precision,
+            inputs,
+            held_inputs,
+            remember=remember,
         )
     return _with_data_constants(forward[index], weight, bias, layer, inputs)
 

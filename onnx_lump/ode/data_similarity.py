@@ -195,12 +195,19 @@ def _data_rows(
 
 
 def _neuron_rows(rows: _CanonicalRows, samples: np.ndarray) -> np.ndarray:
-    """(neurons x samples) canonical pre-activations in float64, formed in that layout
-    (one product, no transposed copy)."""
+    """(neurons x samples) canonical pre-activations, float64, formed in that layout (one
+    product, no transposed copy).
+
+    The product is float32 (twice as fast on wide layers, the largest cost of a data-aware
+    search step): the samples are float32 already (calibration inputs, and the data
+    path's layer inputs), whose rounding puts errors of the same order into a float64
+    product; distances at eps > 0 only are taken from these rows."""
     weights = rows.coefficients
     if rows.column_scale is not None:
         weights = weights * rows.column_scale
-    out = np.asarray(weights, dtype=np.float64) @ np.asarray(samples, dtype=np.float64).T
+    product = np.asarray(weights, dtype=np.float32) @ np.asarray(samples, dtype=np.float32).T
+    out = product.astype(np.float64)
+    del product
     out += rows.bias[:, None]
     out /= rows.divisor[:, None]
     return out

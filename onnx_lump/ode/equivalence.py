@@ -20,7 +20,10 @@ rescaled to the layer's median norm, so epsilon keeps the units of the weights.
 from __future__ import annotations
 
 import enum
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -131,6 +134,7 @@ def backward_lumping(
     holdout: np.ndarray | None = None,
     *,
     units: tuple[np.ndarray, np.ndarray] | None = None,
+    remember: Callable[[np.ndarray, Callable[[], Any]], Any] | None = None,
 ) -> Lumping:
     """The backward lumping of one layer whose rows are already aggregated over upstream
     blocks. Given calibration ``inputs`` (N samples x upstream blocks) and eps > 0,
@@ -142,6 +146,11 @@ def backward_lumping(
     ``units`` (column scale, column offset), data-free only, says that the rows to
     compare are ``coefficients * scale`` with bias ``bias + coefficients @ offset``;
     they are formed a few rows at a time instead of as a second copy of the layer.
+
+    ``remember(constant, compute)``, when given, serves the comparison on the data (its
+    rows and statistics) for a layer state whose inputs do not change (a search's
+    steps): at eps > 0 they depend on eps only through ``constant``, the rows within eps
+    of a constant row, so steps at other eps with the same ones reuse them.
     """
     if options.similarity is not Similarity.WEIGHTS and inputs is None:
         raise LumpError(f"{options.similarity.value} similarity needs calibration inputs (--calib)")
@@ -166,9 +175,11 @@ def backward_lumping(
     # at eps 0 the data decides nothing (constant on the data is not constant everywhere)
     if inputs is not None and options.eps > 0:
         compare_on_data = options.similarity is Similarity.DATA
-        data_rows, data_l1, data_constant, mean = _data_rows(
-            rows, inputs, activation, constant, options, holdout, keep_rows=compare_on_data
+        compare = functools.partial(
+            _data_rows, rows, inputs, activation, constant, options, holdout, compare_on_data
         )
+        found = compare() if remember is None else remember(constant, compare)
+        data_rows, data_l1, data_constant, mean = found
         value = np.where(constant, value, scale * mean + offset)
         if compare_on_data:
             # agreement on the data is not agreement everywhere: eps 0 uses weights
