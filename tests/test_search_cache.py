@@ -136,3 +136,20 @@ def test_a_layer_states_comparison_on_the_data_is_formed_once(monkeypatch):
     assert len(calls) - formed >= 2 * len(knobs)  # both layers, every step
     # the first layer's rows once (its state never changes), and nothing twice
     assert formed <= len(calls) - formed - len(knobs) + 1
+
+
+def test_the_cache_bound_counts_what_an_entry_holds():
+    """A read-only view of arrays held elsewhere (a layer's pinned weights, passed on
+    unmerged) adds nothing; owned arrays count in full, and the oldest go first."""
+    from onnx_lump.data.cache import ChainCache
+
+    held = np.zeros((64, 64))
+    view = held.view()
+    view.setflags(write=False)
+    cache = ChainCache(max_bytes=2 * held.nbytes)
+    for key in range(10):  # ten views: no eviction
+        cache.get(("view", key), lambda: (view, np.zeros(4)))
+    assert all(("view", key) in cache._entries for key in range(10))
+    for key in range(3):  # owned copies: only two fit, with the small rest
+        cache.get(("copy", key), lambda: held.copy())
+    assert ("copy", 0) not in cache._entries and ("copy", 2) in cache._entries
