@@ -129,9 +129,7 @@ def test_size_search_steps_are_not_measured_and_the_result_is(monkeypatch):
     assert all(np.isnan(p.error) for *_, p in evaluate._steps[False].values())
     reduced, report = evaluate.finish(knob, verify=False)
     assert runs and report.holdout_error > 0
-    assert onnxruntime_error(model, reduced, held_out_rows()) == pytest.approx(
-        report.holdout_error
-    )
+    assert onnxruntime_error(model, reduced, held_out_rows()) == pytest.approx(report.holdout_error)
     # an error target measures every step
     _, point, _ = bisect(lump_evaluator(model), None, max_error=0.05)
     assert np.isfinite(point.error)
