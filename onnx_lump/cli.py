@@ -46,7 +46,7 @@ from onnx_lump.cli_console import (
 )
 from onnx_lump.cli_parser import _explicit_options, make_parser
 from onnx_lump.data.calibration import load_inputs, random_inputs
-from onnx_lump.data.holdout import holdout_error, split_calibration
+from onnx_lump.data.holdout import output_error, split_calibration, stack_outputs
 from onnx_lump.data.refine import RefineOptions
 from onnx_lump.errors import (
     EXIT_BAD_INPUT,
@@ -74,9 +74,9 @@ from onnx_lump.methods.lumping import DEFAULT_SIMILARITY_WITH_DATA
 from onnx_lump.ode.equivalence import Equivalence, PartitionOptions, Similarity
 from onnx_lump.ode.grouping import Linkage
 from onnx_lump.plotting import plot_sweep
-from onnx_lump.runtime import resolve_providers
+from onnx_lump.runtime import resolve_providers, run_model
 from onnx_lump.search import Evaluator, bisect, parse_knobs, sweep, write_table
-from onnx_lump.verify import compare_files
+from onnx_lump.verify import compare_outputs
 
 __all__ = ["build_method", "build_parser", "main"]
 
@@ -182,10 +182,12 @@ def _run(args: argparse.Namespace) -> int:
     validation, targets = None, None
     if args.val is not None:
         validation, targets = load_inputs(args.val, loaded.model, with_targets=True)
+    shapes = _parse_shapes(args.input_shape)
     verify_options = {
         "verify": False,  # the written file is verified below, not the model in memory
+        "measure_holdout": False,  # and its held-out error measured there
         "n_check": args.check,
-        "input_shapes": _parse_shapes(args.input_shape),
+        "input_shapes": shapes,
         "atol": args.atol,
         "rtol": args.rtol,
     }
@@ -221,27 +223,17 @@ def _run(args: argparse.Namespace) -> int:
             providers=providers,
             **verify_options,
         )
+    split = None
+    if calibration is not None:
+        split = split_calibration(calibration, args.holdout, args.seed, validation, targets)
     feeds = None
-    if not args.no_verify:
-        feeds = _verification_feeds(args, loaded.model, calibration, validation, targets)
+    if not args.no_verify:  # the held-out rows, else --check seeded random inputs
+        feeds = split.holdout if split else random_inputs(loaded.model, args.check, shapes)
     # Stage beside OUT, check and run the staged file itself, and only then move it into
     # place: a file that fails is never written, and what passed is what the user gets.
     with stage_model(reduced, args.output, external_data=loaded.external_data) as staged:
         check_model_file(staged.path)
-        if calibration is not None:  # the error printed is the written file's
-            split = split_calibration(calibration, args.holdout, args.seed, validation, targets)
-            report.holdout_error = holdout_error(
-                args.input, staged.path, split, resolve_providers(providers)
-            )
-        if feeds is not None:
-            report.verification = compare_files(
-                args.input,
-                staged.path,
-                feeds,
-                resolve_providers(providers),
-                atol=args.atol,
-                rtol=args.rtol,
-            )
+        _measure_written(args, staged.path, split, feeds, resolve_providers(providers), report)
         if not args.quiet:
             print(report.summary())
         if args.dump_ode is not None:
@@ -259,13 +251,30 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _verification_feeds(args, model, calibration, validation, targets) -> dict:
-    """The inputs compress would verify on: the held-out rows of --calib (or --val),
-    else --check seeded random inputs."""
-    if calibration is not None:
-        split = split_calibration(calibration, args.holdout, args.seed, validation, targets)
-        return split.holdout
-    return random_inputs(model, args.check, _parse_shapes(args.input_shape))
+def _measure_written(args, path: Path, split, feeds, providers, report: Report) -> None:
+    """The written file's held-out error (with --calib) and its verification on ``feeds``
+    (unless --no-verify), both by onnxruntime on the file at ``path`` against the input
+    file; each model runs once on rows both use (the held-out rows), one at a time."""
+    outputs = {}
+
+    def run(rows) -> tuple[dict, dict]:
+        if id(rows) not in outputs:
+            outputs[id(rows)] = (
+                run_model(args.input, rows, providers),
+                run_model(path, rows, providers),
+            )
+        return outputs[id(rows)]
+
+    if split is not None:  # the error printed is the written file's
+        expected, actual = run(split.holdout)
+        report.holdout_error = output_error(
+            stack_outputs(expected), stack_outputs(actual), split.targets
+        )
+    if feeds is not None:
+        expected, actual = run(feeds)
+        report.verification = compare_outputs(
+            expected, actual, feeds, providers, atol=args.atol, rtol=args.rtol
+        )
 
 
 def _refine_option(args: argparse.Namespace) -> RefineOptions | bool | None:

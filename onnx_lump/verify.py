@@ -20,7 +20,13 @@ import onnx
 from onnx_lump.errors import LumpError
 from onnx_lump.runtime import run_model
 
-__all__ = ["OutputError", "VerificationResult", "compare_files", "compare_models"]
+__all__ = [
+    "OutputError",
+    "VerificationResult",
+    "compare_files",
+    "compare_models",
+    "compare_outputs",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +102,18 @@ def compare_files(
     (loaded by onnxruntime from disk, never from bytes) on ``feeds`` and compare."""
     expected = run_model(reference, feeds, providers)  # its session is gone before the next
     actual = run_model(Path(candidate_path), feeds, providers)
+    return compare_outputs(expected, actual, feeds, providers, atol, rtol)
+
+
+def compare_outputs(
+    expected: Mapping[str, np.ndarray],
+    actual: Mapping[str, np.ndarray],
+    feeds: Mapping[str, np.ndarray],
+    providers: Sequence = ("CPUExecutionProvider",),
+    atol: float | None = None,
+    rtol: float | None = None,
+) -> VerificationResult:
+    """:func:`compare_files` on outputs already run (by name) on ``feeds``."""
     missing = [name for name in expected if name not in actual]
     if missing:
         raise LumpError(f"the written model lacks the output(s) {', '.join(missing)}")

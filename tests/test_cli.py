@@ -231,3 +231,43 @@ def test_table_counts_what_is_stored(tmp_path, capsys):
     found = re.search(r"^stored parameters\s+(\d+)\s+(\d+)", capsys.readouterr().out, re.M)
     before, after = stored_parameters(onnx.load(source)), stored_parameters(onnx.load(out))
     assert found is not None and found.groups() == (str(before), str(after))
+
+
+def test_the_written_file_is_measured_and_verified_with_one_run_of_each_model(
+    tmp_path, capsys, monkeypatch
+):
+    """The held-out error and the verification use the same rows: the input and the
+    written file each run once on them (a second session of a 200 MB input cost ~1 s),
+    and the numbers printed are onnxruntime's on the file written."""
+    import onnx_lump.cli as cli
+    from onnx_lump.data.holdout import output_error, split_calibration
+
+    runs = []
+    original = cli.run_model
+    monkeypatch.setattr(cli, "run_model", lambda m, *a: runs.append(str(m)) or original(m, *a))
+    out = tmp_path / "out.onnx"
+    calib = MODELS / "rn_calib.npz"
+    code = main(
+        [
+            str(MODELS / "rn_tanh_2x64.onnx"),
+            str(out),
+            "--calib",
+            str(calib),
+            "--eps",
+            "0.3",
+            "--report-json",
+            str(tmp_path / "r.json"),
+            "-q",
+        ]
+    )
+    assert code == 0 and len(runs) == 2 and runs[0].endswith("rn_tanh_2x64.onnx")
+    report = json.loads((tmp_path / "r.json").read_text())
+    held = split_calibration(dict(np.load(calib))).holdout
+    (expected,), (actual,) = (
+        run_ort(onnx.load(MODELS / "rn_tanh_2x64.onnx"), held),
+        run_ort(onnx.load(out), held),
+    )
+    assert report["holdout_error"] == pytest.approx(output_error(expected, actual), rel=1e-9)
+    assert report["verification"]["passed"] and report["verification"]["n_samples"] == len(
+        next(iter(held.values()))
+    )  # verified on the held-out rows

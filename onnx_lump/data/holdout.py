@@ -25,6 +25,7 @@ __all__ = [
     "holdout_error",
     "output_error",
     "split_calibration",
+    "stack_outputs",
     "stacked_outputs",
 ]
 
@@ -119,7 +120,12 @@ def output_error(
 def stacked_outputs(model, feeds: Mapping[str, np.ndarray], providers: Sequence) -> np.ndarray:
     """Every output of ``model`` on ``feeds`` from onnxruntime, as one (rows x values)
     float64 array."""
-    values = run_model(model, feeds, providers)
+    return stack_outputs(run_model(model, feeds, providers))
+
+
+def stack_outputs(values: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Outputs by name (as :func:`onnx_lump.runtime.run_model` returns them) as one
+    (rows x values) float64 array."""
     return np.concatenate(
         [np.asarray(v, np.float64).reshape(len(v), -1) for v in values.values()], axis=1
     )
