@@ -9,13 +9,15 @@ normal rows of its 64 inputs. In one run, interleaved, this measures:
   machine);
 * the CLI ``python -m onnx_lump MODEL OUT --calib CALIB --target-params 0.05 --no-refine``
   end to end (search, final network, written file checked and verified);
-* the same with refinement on at the default budget (``--target-params 0.05``).
+* the same with refinement on at the default budget (``--target-params 0.05``), and at
+  20 seconds (``--refine-seconds 20``); the held-out error of each written file and its
+  refinement's iterations, seconds and held-out error before and after are reported.
 
 Each search step is logged with the time it ended (``onnx_lump.search``), and with
 ``--profile DIR`` every run is profiled with cProfile into ``DIR/<run>.prof``.
 
     python tools/time_wide_data.py [--width 4096] [--rows 2048] [--repeats 3]
-        [--runs norefine,refine] [--workdir /tmp] [--out DIR] [--profile DIR]
+        [--runs norefine,refine,refine20] [--workdir /tmp] [--out DIR] [--profile DIR]
 
 The markdown goes to ``tools/results/speed/search.md`` and ``tools/results/speed.md`` is
 rebuilt (``tools/speed_report.py``); ``--out /tmp/x`` keeps a smoke run out of it.
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import gc
+import json
 import logging
 import os
 import sys
@@ -42,6 +45,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 RUNS = {
     "norefine": ("--target-params 0.05 --no-refine", ["--target-params", "0.05", "--no-refine"]),
     "refine": ("--target-params 0.05", ["--target-params", "0.05"]),
+    "refine20": (
+        "--target-params 0.05 --refine-seconds 20",
+        ["--target-params", "0.05", "--refine-seconds", "20"],
+    ),
 }
 
 
@@ -73,7 +80,9 @@ def _cli(flags: list[str], model: Path, calib: Path, out: Path, profile: Path | 
     search_log.addHandler(steps)
     level = search_log.level
     search_log.setLevel(logging.INFO)
-    argv = [str(model), str(out), "--calib", str(calib), *flags, "-q"]
+    summary = out.with_suffix(".json")
+    argv = [str(model), str(out), "--calib", str(calib), *flags, "--report-json", str(summary)]
+    argv.append("-q")
     gc.collect()
     profiler = cProfile.Profile() if profile is not None else None
     started, cpu = time.perf_counter(), time.process_time()
@@ -88,11 +97,26 @@ def _cli(flags: list[str], model: Path, calib: Path, out: Path, profile: Path | 
     search_log.setLevel(level)
     if profiler is not None:
         profiler.dump_stats(profile)
-    kept = None
+    kept = error = None
+    refined = []
     if code == 0 and out.exists():
         reduced = onnx.load(out, load_external_data=False)
         kept = sum(int(np.prod(t.dims)) for t in reduced.graph.initializer)
-    return {"code": code, "wall": wall, "cpu": cpu, "steps": steps.lines, "params_after": kept}
+        report = json.loads(summary.read_text())
+        error, refined = report["holdout_error"], report.get("refine") or []
+    summary.unlink(missing_ok=True)
+    return {
+        "code": code,
+        "wall": wall,
+        "cpu": cpu,
+        "steps": steps.lines,
+        "params_after": kept,
+        "error": error,  # onnxruntime's, on the written file, held-out rows
+        "refine": [
+            {k: r[k] for k in ("iterations", "seconds", "holdout_before", "holdout_after")}
+            for r in refined
+        ],
+    }
 
 
 def measure(
@@ -155,17 +179,23 @@ def markdown(result: dict) -> str:
         f"to end in one process; `onnx.load` + `onnx.save` median of {result['io_n']} "
         f"interleaved repeats: {io_wall:.2f} s wall, {io_cpu:.2f} s CPU. Load average "
         f"during the run: {', '.join(f'{v:.1f}' for v in result['load'])} (shared machine).\n",
-        "| run | exit | steps | params kept | wall s | CPU s | wall / load+save | "
-        "CPU / load+save |",
-        "|---|---|---|---|---|---|---|---|",
+        "| run | exit | steps | params kept | held-out error | refinement | wall s | CPU s "
+        "| wall / load+save | CPU / load+save |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, run in result["runs"].items():
         kept = run["params_after"]
         share = "-" if kept is None else f"{100 * kept / result['params']:.2f}%"
+        error = "-" if run["error"] is None else f"{100 * run['error']:.4g}%"
+        refined = "; ".join(
+            f"{r['iterations']} it, {r['seconds']:.0f} s, {100 * r['holdout_before']:.3g}% -> "
+            f"{100 * r['holdout_after']:.3g}%"
+            for r in run["refine"]
+        )
         lines.append(
-            f"| `{RUNS[name][0]}` | {run['code']} | {len(run['steps'])} | {share} | "
-            f"{run['wall']:.1f} | {run['cpu']:.1f} | {run['wall'] / io_wall:.1f}x | "
-            f"{run['cpu'] / io_cpu:.1f}x |"
+            f"| `{RUNS[name][0]}` | {run['code']} | {len(run['steps'])} | {share} | {error} | "
+            f"{refined or '-'} | {run['wall']:.1f} | {run['cpu']:.1f} | "
+            f"{run['wall'] / io_wall:.1f}x | {run['cpu'] / io_cpu:.1f}x |"
         )
     for name, run in result["runs"].items():
         lines += ["", f"Search steps of `{RUNS[name][0]}` (time since start, knob, size, error):"]
@@ -178,7 +208,9 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=4096)
     parser.add_argument("--rows", type=int, default=2048)
     parser.add_argument("--repeats", type=int, default=3, help="load+save repeats per round")
-    parser.add_argument("--runs", default="norefine,refine", help="comma list of: norefine,refine")
+    parser.add_argument(
+        "--runs", default="norefine,refine,refine20", help="comma list of: " + ",".join(RUNS)
+    )
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
     parser.add_argument(
         "--out",
