@@ -37,21 +37,32 @@ def refit_layer(
     ``lam`` is the relative strength times the mean squared centred input; the bias is
     not penalised. With ``ridge`` None the strength is the one of :data:`RIDGE_GRID`
     with the lowest residual on the held-out rows (:data:`FALLBACK_RIDGE` without them).
-    Rows are read a chunk at a time (float64 sums): no centred copy of the inputs or
-    targets is made, whatever their number.
+    Rows are read a chunk at a time (float64 sums; the inputs twice when the targets
+    are wider than the rows are many): no centred copy of the inputs or targets is made,
+    whatever their number.
     """
-    mean_x, mean_t, gram, cross = centred_moments(inputs, targets)
+    # P = V.T @ Xc.T @ Tc as (Xc V).T @ Tc or as V.T @ (Xc.T @ Tc): both take a rows x k
+    # x outputs product, then rows x k x k or k x k x outputs; so with more outputs than
+    # rows the rows are projected (and the cross moments never formed).
+    by_rows = targets.shape[1] > inputs.shape[0]
+    if by_rows:
+        mean_x, _, gram, _ = _moments(inputs, None)
+    else:
+        mean_x, mean_t, gram, cross = centred_moments(inputs, targets)
     scale = float(np.mean(np.diag(gram))) if gram.size else 0.0
     scale = scale if scale > 0 else 1.0
     choose = ridge is None and holdout_inputs is not None and len(holdout_inputs) > 0
     strengths = RIDGE_GRID if choose else (FALLBACK_RIDGE if ridge is None else ridge,)
     try:
-        with _one_blas_thread():
-            values, vectors = scipy.linalg.eigh(gram)
+        with _one_blas_thread():  # divide and conquer: ~10% faster than evr, k 500-900
+            values, vectors = scipy.linalg.eigh(gram, overwrite_a=True, driver="evd")
     except (np.linalg.LinAlgError, scipy.linalg.LinAlgError, ValueError):
         values, vectors = np.zeros(gram.shape[0]), np.eye(gram.shape[0])
     values = np.maximum(values, 0.0)
-    projected = vectors.T @ cross
+    if by_rows:
+        mean_t, projected = _projected_rows(inputs, targets, mean_x, vectors)
+    else:
+        projected = vectors.T @ cross
     shrink = [1.0 / (values + max(s * scale, 1e-12 * scale)) for s in strengths]
     if len(strengths) > 1:
         scores = _held_out_residuals(
@@ -60,9 +71,32 @@ def refit_layer(
         best = int(np.argmin(scores))  # the first (weakest) on ties
     else:
         best = 0
-    weight_t = vectors @ (projected * shrink[best][:, None])
-    layer = ReducedLayer(np.ascontiguousarray(weight_t.T), mean_t - mean_x @ weight_t)
-    return layer, strengths[best]
+    # Shrunk in place (not needed again) and multiplied out as W, not W.T: no full-size
+    # temporary and no transposed copy.
+    projected *= shrink[best][:, None]
+    weight = projected.T @ vectors.T
+    return ReducedLayer(weight, mean_t - weight @ mean_x), strengths[best]
+
+
+def _projected_rows(inputs, targets, mean_x, vectors) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean_t, V.T @ Xc.T @ Tc)`` for the eigenvectors ``V``, as ``(Xc V).T @ Tc`` a
+    chunk of rows at a time, so the cross moments are never formed. The targets are
+    shifted by the first chunk's mean (so that the centring does not cancel); the shift's
+    error times the rows' sum, zero but for rounding, is taken off."""
+    n, k = inputs.shape
+    step = _row_step(k + targets.shape[1])
+    shift = np.asarray(targets[: min(step, n)], dtype=np.float64).mean(axis=0)
+    sum_z, sum_t = np.zeros(k), np.zeros(targets.shape[1])
+    projected = np.zeros((k, targets.shape[1]))
+    for start in range(0, n, step):
+        z = np.subtract(inputs[start : start + step], mean_x, dtype=np.float64) @ vectors
+        t = np.subtract(targets[start : start + step], shift, dtype=np.float64)
+        sum_z += z.sum(axis=0)
+        sum_t += t.sum(axis=0)
+        projected += z.T @ t
+    dt = sum_t / max(n, 1)
+    projected -= np.outer(sum_z, dt)
+    return shift + dt, projected
 
 
 def _held_out_residuals(vectors, projected, mean_x, mean_t, shrink, inputs, targets):
@@ -79,12 +113,12 @@ def _held_out_residuals(vectors, projected, mean_x, mean_t, shrink, inputs, targ
     qq, qe, ee = np.zeros((k, k)), np.zeros((k, projected.shape[1])), 0.0
     step = _row_step(k + targets.shape[1])
     for start in range(0, inputs.shape[0], step):
-        q = (np.asarray(inputs[start : start + step], dtype=np.float64) - mean_x) @ vectors
-        e = np.asarray(targets[start : start + step], dtype=np.float64) - mean_t
+        q = np.subtract(inputs[start : start + step], mean_x, dtype=np.float64) @ vectors
+        e = np.subtract(targets[start : start + step], mean_t, dtype=np.float64)
         qq += q.T @ q
         qe += q.T @ e
-        ee += float(np.square(e).sum())
-    quadratic = qq * (projected @ projected.T)
+        ee += float(np.vdot(e, e))
+    quadratic = qq * (projected @ projected.T)  # P @ P.T: numpy takes the symmetric syrk
     linear = np.einsum("ij,ij->i", qe, projected)
     size = max(targets.size, 1)
     return [(d @ quadratic @ d - 2.0 * d @ linear + ee) / size for d in shrink]
@@ -96,8 +130,10 @@ def residual(layer: ReducedLayer, inputs: np.ndarray, targets: np.ndarray) -> fl
     total, step = 0.0, _row_step(inputs.shape[1] + targets.shape[1])
     for start in range(0, inputs.shape[0], step):
         x = np.asarray(inputs[start : start + step], dtype=np.float64)
-        error = x @ layer.weight.T + layer.bias - targets[start : start + step]
-        total += float(np.square(error).sum())
+        error = x @ layer.weight.T  # then in place: one temporary of the chunk's size
+        error += layer.bias
+        error -= targets[start : start + step]
+        total += float(np.square(error, out=error).sum())
     return total / max(targets.size, 1)
 
 
@@ -108,22 +144,34 @@ def centred_moments(
     for the centred inputs Xc and targets Tc, accumulated in float64 a chunk of rows at a
     time (no centred copy of either; shifted by the first chunk's means so that the
     centring does not cancel)."""
+    return _moments(inputs, targets)
+
+
+def _moments(inputs, targets):
+    """:func:`centred_moments`, or with ``targets`` None only ``mean_x`` and ``gram``
+    (None for the others)."""
     n, k = inputs.shape
-    step = _row_step(k + targets.shape[1])
+    m = 0 if targets is None else targets.shape[1]
+    step = _row_step(k + m)
     first = slice(0, min(step, n))
     shift_x = np.asarray(inputs[first], dtype=np.float64).mean(axis=0)
-    shift_t = np.asarray(targets[first], dtype=np.float64).mean(axis=0)
-    sum_x, sum_t = np.zeros(k), np.zeros(targets.shape[1])
-    gram, cross = np.zeros((k, k)), np.zeros((k, targets.shape[1]))
+    sum_x, gram = np.zeros(k), np.zeros((k, k))
+    if targets is not None:
+        shift_t = np.asarray(targets[first], dtype=np.float64).mean(axis=0)
+        sum_t, cross = np.zeros(m), np.zeros((k, m))
     for start in range(0, n, step):
-        x = np.asarray(inputs[start : start + step], dtype=np.float64) - shift_x
-        t = np.asarray(targets[start : start + step], dtype=np.float64) - shift_t
+        x = np.subtract(inputs[start : start + step], shift_x, dtype=np.float64)
         sum_x += x.sum(axis=0)
-        sum_t += t.sum(axis=0)
         gram += x.T @ x
-        cross += x.T @ t
-    dx, dt = sum_x / max(n, 1), sum_t / max(n, 1)
+        if targets is not None:
+            t = np.subtract(targets[start : start + step], shift_t, dtype=np.float64)
+            sum_t += t.sum(axis=0)
+            cross += x.T @ t
+    dx = sum_x / max(n, 1)
     gram -= n * np.outer(dx, dx)
+    if targets is None:
+        return shift_x + dx, None, gram, None
+    dt = sum_t / max(n, 1)
     cross -= n * np.outer(dx, dt)
     return shift_x + dx, shift_t + dt, gram, cross
 
@@ -137,7 +185,8 @@ def _row_step(width: int) -> int:
 
 
 def _one_blas_thread():
-    """One BLAS thread for the eigendecomposition: LAPACK's symmetric solvers gain
-    little from a second thread at these sizes, and on busy cores waking BLAS threads
-    made a 512 x 512 one take 8 s instead of 0.14 s."""
+    """One BLAS thread for the eigendecomposition: a second thread saves a fifth to a
+    third on idle cores (900 x 900: 0.09 s against 0.075 s), but on busy cores waking
+    BLAS threads made a 512 x 512 one take 8 s instead of 0.14 s (and a 1400 x 1400 one
+    2-10 s instead of 0.3-1.3 s, re-measured)."""
     return threadpoolctl.threadpool_limits(limits=1, user_api="blas")
