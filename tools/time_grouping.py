@@ -8,6 +8,9 @@ the unreduced layers before it. Each epsilon is timed for both versions (best of
 ``--repeats``, since other processes share the machine) and the groups must be identical.
 
     python tools/time_grouping.py [--layer 0] [--repeats 1] [--eps 1 0.0625 ...]
+
+``--rows a.npy b.npy ...`` times saved rows (float64, rows x columns) instead, each at
+``--eps`` or else at the epsilon that is the first field of the ``.txt`` beside it.
 """
 
 from __future__ import annotations
@@ -84,19 +87,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layer", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--eps", type=float, nargs="+", default=EPS)
+    parser.add_argument("--eps", type=float, nargs="+")
+    parser.add_argument("--rows", type=Path, nargs="+", help="saved rows (.npy) to time")
     args = parser.parse_args()
-    rows, old = data_rows(args.layer), old_version()
-    print(f"rows {rows.shape}, layer {args.layer}\n| eps | groups | old s | new s | speed-up |")
-    print("|---|---|---|---|---|")
-    for eps in args.eps:
-        before, expected = best_time(old, rows, eps, args.repeats)
-        after, labels = best_time(group_data_rows, rows, eps, args.repeats)
-        if not np.array_equal(labels, expected):
-            raise SystemExit(f"eps {eps}: groups differ from git HEAD's")
-        print(
-            f"| {eps:g} | {labels.max() + 1} | {before:.3f} | {after:.3f} | {before / after:.1f}x |"
-        )
+    old = old_version()
+    if args.rows:
+        cases = [
+            (
+                path.name,
+                np.load(path),
+                args.eps or [float(path.with_suffix(".txt").read_text().split()[0])],
+            )
+            for path in args.rows
+        ]
+    else:
+        cases = [(f"layer {args.layer}", data_rows(args.layer), args.eps or EPS)]
+    print("| rows | eps | groups | old s | new s | speed-up |\n|---|---|---|---|---|---|")
+    for name, rows, epsilons in cases:
+        for eps in epsilons:
+            before, expected = best_time(old, rows, eps, args.repeats)
+            after, labels = best_time(group_data_rows, rows, eps, args.repeats)
+            if not np.array_equal(labels, expected):
+                raise SystemExit(f"{name}, eps {eps}: groups differ from git HEAD's")
+            print(
+                f"| {name} {rows.shape} | {eps:g} | {labels.max() + 1} | {before:.3f} "
+                f"| {after:.3f} | {before / after:.1f}x |"
+            )
 
 
 if __name__ == "__main__":

@@ -12,9 +12,16 @@ gathered copies), and a pair leaves as soon as its partial sum passes epsilon or
 rows are already joined. Only pairs that really link, or nearly do, are read in full.
 
 At the larger epsilons most pairs link, and a spanning forest is all that single linkage
-needs: links are first sought between each row and its nearest rows (in a random
-projection), then the components this leaves are compared as balls (representative and
-radius, the triangle inequality), and members only where the balls leave it open.
+needs: every row within epsilon of a pivot row (the one nearest the mean) joins it, in
+one pass over the rows; links are then sought between each other row and its nearest
+rows (in a random projection, among the rows whose distance to the pivot is within
+epsilon of its own, as no other can link), then the components this leaves are compared
+as balls (centre and radius, the triangle inequality), and members only where the balls
+leave it open. Distances to the pivots (the triangle inequality again) rule out pairs
+before any of their columns are read.
+
+Pairs whose distance is within rounding of epsilon (a tie, which the summation order
+decides) are decided by the sums group_rows takes, over the rows in their own order.
 """
 
 from __future__ import annotations
@@ -22,14 +29,26 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
-import scipy.sparse as sp
-from scipy.sparse.csgraph import connected_components
 from scipy.spatial.distance import cdist
 
+from onnx_lump.ode.data_scan import (
+    _SHARES,
+    _TIE,
+    _TILE_ENTRIES,
+    _connected,
+    _cuts,
+    _LazyBounds,
+    _merge,
+    _pair_l1,
+    _pairs_within,
+    _reference_within,
+    _scan,
+    _window,
+)
 from onnx_lump.ode.grouping import (
     Linkage,
     RowSource,
-    _L1Bounds,
+    _StoredRows,
     group_rows,
     number_by_first_row,
     split_by_projections,
@@ -37,13 +56,17 @@ from onnx_lump.ode.grouping import (
 
 __all__ = ["group_data_rows"]
 
-_TILE_ENTRIES = 1 << 20  # pairs of one tile (its float64 partial sums: 8 MiB)
-_SHARES = (16, 4, 1)  # read 1/16 of the columns, then 1/4, then all
 _SMALL_BLOCK = 64  # blocks up to this size: every pair at once
-_WHOLE_TILE = 0.25  # sum a share of the columns for the whole tile above this open share
-_PAIR_BATCH = 1 << 16  # entries of the gathered rows of one batch of pairs
-_NEIGHBOURS = 16  # nearest rows in the sketch each row is first compared with
-_SKETCH = 32  # dimensions of the random projection the nearest rows are found in
+_NEIGHBOURS = 8  # nearest rows each row (or component) is compared with in seeding
+_MISSES = 2  # candidates beyond eps after which a row's seeding stops
+_LATER = 4  # later seeding rounds (few rows) compare this many times more candidates
+_NEAR_MISS = 1.5  # seeding goes on from components that missed by less (times eps)
+_SAMPLE = 512  # rows of the largest component that later seeding rounds look among
+_SKETCH = 16  # dimensions of the random projection the nearest rows are found in
+_SKETCH_SHARE = 4  # the projection is of the first 1/4 of the (shuffled) columns
+_BLOCK = 16  # sketch distances are ranked from the minima of this many columns
+_TIGHT = 0.25  # a component's links bound its radius where their sum is below this x eps
+_DROP = 1.25  # seeding drops a candidate whose distance estimated from a share is above
 
 
 def group_data_rows(rows: RowSource, eps: float, linkage: Linkage = Linkage.SINGLE) -> np.ndarray:
@@ -74,50 +97,87 @@ def group_data_rows(rows: RowSource, eps: float, linkage: Linkage = Linkage.SING
         at = 0
         for size in small_sizes[first:last]:
             block = np.arange(at, at + size)
-            i, j = _pairs_within(points, block, block, eps)
+            i, j = _pairs_within(points, block, eps)
             left.append(members[i])
             right.append(members[j])
             at += size
         first = last
+    # Columns in a seeded random order, so that a share of them is a fair sample.
+    columns = np.random.default_rng(0).permutation(rows.shape[1])
     for start, size in zip(starts[sizes > _SMALL_BLOCK], sizes[sizes > _SMALL_BLOCK], strict=True):
         members = order[start : start + size]
-        local = _components(rows.take(members), eps)
+        local = _components(_block(rows, members), columns, eps)
         left.append(members)
         right.append(members[local])
     return number_by_first_row(_connected(n, np.concatenate(left), np.concatenate(right)))
 
 
-def _components(points: np.ndarray, eps: float) -> np.ndarray:
-    """For each row of ``points``, the smallest row of its component (the graph with an
-    edge wherever the L1 distance is at most eps).
+def _block(rows: RowSource, members: np.ndarray) -> np.ndarray:
+    """Rows ``members``, read only: the stored rows themselves, not a copy, where the
+    block is all of them (as at the larger epsilons)."""
+    stored = isinstance(rows, _StoredRows) and members.size == rows.shape[0]
+    if stored and rows.rows.dtype == np.float64:  # members is then 0, 1, ..., n - 1
+        return rows.rows
+    return rows.take(members)
 
-    A spanning forest is enough, so links are looked for where they are likeliest first
-    (:func:`_seed`: each row against its nearest rows in a random projection). The
-    components this leaves are then told apart by their smallest rows (representatives)
-    and radii: by the triangle inequality no pair of members of two components is within
-    eps when their representatives are more than eps plus both radii apart, and the two
-    are joined when the representatives are within eps. Only the members of the pairs
-    of components left open are compared, skipping those joined by then."""
+
+def _components(points: np.ndarray, columns: np.ndarray, eps: float) -> np.ndarray:
+    """For each row of ``points`` (read only), the smallest row of its component (the
+    graph with an edge wherever the L1 distance is at most eps); ``columns``: the order
+    in which partial sums read the columns.
+
+    A spanning forest is enough, so links are looked for where they are likeliest first:
+    every row within eps of a pivot row joins it (:func:`_pivot`: one pass over the rows,
+    which at large epsilons settles most of them), then each other row is compared with
+    its nearest rows (:func:`_seed`). The components this leaves are then told apart by
+    their centres (the pivot, else their smallest row) and radii: by the triangle
+    inequality no pair of members of two components is within eps when their centres
+    are more than eps plus both radii apart, and the two are joined when the centres are
+    within eps. Only the members of the pairs of components left open are compared,
+    skipping those joined by then."""
     m, dim = points.shape
-    points = points[:, np.random.default_rng(0).permutation(dim)]
-    norms = _L1Bounds(points)
-    seed = _seed(points, eps, np.arange(m))
-    reps = np.flatnonzero(seed == np.arange(m))
+    pivot, reach, joined = _pivot(points, eps)
+    if joined.all():
+        return np.zeros(m, dtype=np.int64)
+    reach = reach[:, None]
+    if 2 * eps < reach.max():  # else the distances to a second pivot rule out little
+        reach = np.column_stack([reach, _reach(points, int(np.argmax(reach)))])
+    original, points = points, np.take(points, columns, axis=1)
+    ties: list[tuple[np.ndarray, np.ndarray]] = []  # pairs at eps, to decide at the end
+    seed = np.arange(m)
+    seed[joined] = np.flatnonzero(joined)[0]
+    seed, (link_i, link_d) = _seed(points, eps, seed, np.flatnonzero(~joined), reach, ties)
+    with_pivot = seed == seed[pivot]
+    centre = np.where(with_pivot, pivot, seed)
+    reps = np.flatnonzero(centre == np.arange(m))
+    # Radii: the pivot pass gives the pivot's; a path of links joins every other member
+    # to its centre, so the sum of a component's links bounds its radius; members are
+    # read only where that sum is loose.
     radius = np.zeros(m)
-    np.maximum.at(radius, seed, _pair_l1(points, np.arange(m), seed, 0, dim))
+    np.add.at(radius, seed[link_i], link_d)
+    radius[seed[pivot]] = 0.0
+    radius[pivot] = reach[with_pivot, 0].max()
+    loose = np.flatnonzero(~with_pivot & (radius[seed] > _TIGHT * eps))
+    if loose.size:
+        radius[seed[loose]] = 0.0
+        np.maximum.at(radius, seed[loose], _pair_l1(points, loose, seed[loose], 0, dim))
+    norms = _LazyBounds(points)
     # The radii and the distances are sums of dim terms, rounded in another order than a
     # member pair's distance: a margin far above that rounding keeps the exclusion safe.
-    extra = radius * (1.0 + 1e-9) + 1e-9 * norms.l1
-    roots, left, right = _scan(points, norms, reps, reps, eps, seed, extra, extra, upper=True)
+    extra = np.zeros(m)
+    extra[reps] = radius[reps] * (1.0 + 1e-9) + 1e-9 * norms.l1_of(reps)
+    roots, left, right = _scan(
+        points, norms, reps, reps, eps, seed, ties, extra, extra, True, reach
+    )
     by_root = np.argsort(seed, kind="stable")
     first = np.searchsorted(seed[by_root], np.arange(m + 1))  # seed component r's members
 
     def members(of: np.ndarray) -> np.ndarray:
-        return np.concatenate([by_root[first[r] : first[r + 1]] for r in of])
+        return np.concatenate([by_root[first[seed[c]] : first[seed[c] + 1]] for c in of])
 
     # Pairs of components left open: each member of the wider one against the narrower
     # one as a ball (no member of it is within eps of a row more than eps plus its
-    # radius from its representative), then against the members of the balls it nears.
+    # radius from its centre), then against the members of the balls it nears.
     narrow = radius[left] < radius[right]
     wide, ball = np.where(narrow, right, left), np.where(narrow, left, right)
     near_rows, near_balls = [], []
@@ -125,15 +185,40 @@ def _components(points: np.ndarray, eps: float) -> np.ndarray:
         balls = balls[roots[balls] != roots[whole]]
         if balls.size:
             rows = members([whole])
-            roots, x, b = _scan(points, norms, rows, balls, eps, roots, None, extra)
+            roots, x, b = _scan(
+                points, norms, rows, balls, eps, roots, ties, None, extra, False, reach
+            )
             near_rows.append(x)
             near_balls.append(b)
     if near_rows:
         for b, rows in _runs(np.concatenate(near_balls), np.concatenate(near_rows)):
             rows = rows[roots[rows] != roots[b]]
             if rows.size:
-                roots = _scan(points, norms, members([b]), rows, eps, roots)[0]
-    return roots
+                roots = _scan(points, norms, members([b]), rows, eps, roots, ties, reach=reach)[0]
+    # Ties were left out of the graph (a spanning forest of the rest): those that link
+    # by group_rows's sums join their components now.
+    i, j = (np.concatenate(x) for x in zip(*ties, strict=True)) if ties else (seed[:0], seed[:0])
+    i, j = i[roots[i] != roots[j]], j[roots[i] != roots[j]]
+    within = _reference_within(original, i, j, eps)
+    return _merge(roots, i[within], j[within])
+
+
+def _pivot(points: np.ndarray, eps: float) -> tuple[int, np.ndarray, np.ndarray]:
+    """A pivot row (the one nearest the mean row), its L1 distance to every row, and
+    which rows are within eps of it by more than the rounding of any summation order (a
+    relative 1e-9, far above dim ulps): one pass over the rows links them all, which at
+    large epsilons is most rows."""
+    pivot = int(np.argmin(cdist(points.mean(axis=0)[None], points, "cityblock")[0]))
+    reach = _reach(points, pivot)
+    return pivot, reach, reach * (1.0 + _TIE) <= eps
+
+
+def _reach(points: np.ndarray, pivot: int) -> np.ndarray:
+    """L1 distance of every row to row ``pivot``. By the triangle inequality two rows
+    are at least as far apart as their distances to any one row differ: the distances
+    to two pivots (the second the row farthest from the first) rule out most pairs at
+    the smaller epsilons, and narrow each row's candidates to a window of rows."""
+    return cdist(points[pivot : pivot + 1], points, "cityblock")[0]
 
 
 def _runs(keys: np.ndarray, values: np.ndarray):
@@ -145,146 +230,177 @@ def _runs(keys: np.ndarray, values: np.ndarray):
         yield keys[head], values[head:stop]
 
 
-def _seed(points: np.ndarray, eps: float, roots: np.ndarray) -> np.ndarray:
-    """``roots`` after the links between each row and its nearest rows by L2 distance in
-    a random projection to a few dimensions (near in L2 is likely near in L1), nearest
-    first, skipping rows joined by then."""
-    m, dim = points.shape
-    k = min(_NEIGHBOURS, m - 1)
-    if k < 1:
-        return roots
-    # Only an order of candidates: float32 is plenty (and halves the cost of ranking).
-    sketch = (points @ np.random.default_rng(1).standard_normal((dim, _SKETCH))).astype(np.float32)
-    sq = np.einsum("ij,ij->i", sketch, sketch)
-    nearest = np.empty((m, k), dtype=np.int64)
-    step = max(1, _TILE_ENTRIES // m)
-    for start in range(0, m, step):
-        tile = np.arange(start, min(start + step, m))
-        d2 = sketch[tile] @ sketch.T  # a row's own norm leaves its ranking as it is
-        d2 *= -2.0
-        d2 += sq[None, :]
-        d2[np.arange(tile.size), tile] = np.inf  # not its own neighbour
-        part = np.argpartition(d2, k - 1, axis=1)[:, :k]
-        rank = np.argsort(np.take_along_axis(d2, part, axis=1), axis=1, kind="stable")
-        nearest[tile] = np.take_along_axis(part, rank, axis=1)
-    cuts = [0, *sorted({max(1, dim // share) for share in _SHARES} | {dim})]
-    everyone = np.arange(m)
-    for column in nearest.T:
-        open_ = roots[everyone] != roots[column]
-        i, j = everyone[open_], column[open_]
-        partial = np.zeros(i.size)
-        for low, high in itertools.pairwise(cuts):  # most far pairs leave on a share
-            partial += _pair_l1(points, i, j, low, high)
-            near = partial <= eps
-            i, j, partial = i[near], j[near], partial[near]
-        roots = _merge(roots, i, j)
-    return roots
-
-
-def _scan(
+def _seed(
     points: np.ndarray,
-    norms: _L1Bounds,
-    rows: np.ndarray,
-    cols: np.ndarray,
     eps: float,
     roots: np.ndarray,
-    extra_rows: np.ndarray | None = None,
-    extra_cols: np.ndarray | None = None,
-    upper: bool = False,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Join the pairs of rows x cols within eps (only col > row with ``upper``, where
-    rows are cols), skipping pairs joined by then; also return the pairs not joined
-    that lie within ``eps + extra_rows[row] + extra_cols[col]`` (indexed by row; None:
-    zero).
+    which: np.ndarray,
+    reach: np.ndarray,
+    ties: list,
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """``roots`` after the links between each row of ``which`` and its nearest rows by L2
+    distance in a random projection to a few dimensions (near in L2 is likely near in
+    L1), nearest first, skipping rows joined by then; also the links made (a row of
+    each, their distances); pairs at eps go to ``ties``.
 
-    A tile of pairs at a time: the bounds of `_L1Bounds` (grouping.py) decide some pairs, then
-    partial sums over growing shares of the columns drop the pairs that pass their
-    threshold; a share is summed for the whole tile while most of its pairs are open,
-    else for the open pairs only; the last share goes likeliest links first."""
+    Near-copies fill each other's lists of nearest rows, so rounds follow (as in
+    Boruvka's algorithm) from each component but the largest that came close to linking
+    (and, after the second round, grew): from its smallest row, among a sample of the
+    largest component's rows and the other components' smallest rows (one row standing
+    for the near-copies of each), by the L1 distance over a share of the columns."""
+    m = points.shape[0]
+    k = min(_NEIGHBOURS, m - 1)
+    if k < 1 or not which.size:
+        return roots, (np.zeros(0, np.int64), np.zeros(0))
+    # Candidates: the rows to seed and a sample of the others (already joined: one link
+    # to them will do).
+    others = np.setdiff1d(np.arange(m), which)
+    if others.size > _SAMPLE:
+        others = np.random.default_rng(3).choice(others, _SAMPLE, replace=False)
+    which, nearest = _nearest(points, which, np.union1d(which, others), k, reach, eps)
+    linked, lengths = [np.zeros(0, np.int64)], [np.zeros(0)]
+    for round_ in itertools.count():
+        before = roots
+        misses = _MISSES if round_ == 0 else _LATER * _MISSES
+        roots, i, d, near_miss = _link(points, eps, roots, which, nearest, ties, misses)
+        linked.append(i)
+        lengths.append(d)
+        go_on = np.zeros(m, dtype=bool)
+        go_on[roots[which[near_miss <= _NEAR_MISS * eps]]] = True
+        if round_ > 0:  # the same rows would find the same candidates
+            go_on[np.setdiff1d(roots, roots[roots != before])] = False
+        largest = np.argmax(np.bincount(roots, minlength=m))
+        go_on[largest] = False
+        which = np.flatnonzero(go_on)
+        if not which.size:
+            return roots, (np.concatenate(linked), np.concatenate(lengths))
+        # A sample of the largest component will do: one link joins it.
+        inside = np.flatnonzero(roots == largest)
+        if inside.size > _SAMPLE:
+            inside = np.sort(np.random.default_rng(2).choice(inside, _SAMPLE, replace=False))
+        allowed = np.union1d(np.flatnonzero(roots == np.arange(m)), inside)
+        nearest = _nearest_l1(points, roots, which, _LATER * k, allowed)
+
+
+def _nearest(
+    points: np.ndarray,
+    which: np.ndarray,
+    pool: np.ndarray,
+    k: int,
+    reach: np.ndarray,
+    eps: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The rows ``which`` (rows alone in their components) in the order of their distance
+    to the pivot, and for each its k nearest rows of ``pool`` (which holds them) in the
+    sketch, among those whose distance to the pivot is within eps of its own (no other
+    can link), nearest first; the row itself where there are fewer."""
+    pool = pool[np.argsort(reach[pool, 0], kind="stable")]
+    key = reach[pool, 0]
+    position = np.empty(points.shape[0], dtype=np.int64)
+    position[pool] = np.arange(pool.size)
+    # Only an order of candidates: float32 is plenty (and halves the cost of ranking). A
+    # column of ones and one of the squared norms fold the distance into the product
+    # (a row's own norm leaves its ranking as it is).
+    head = points[pool, : max(1, points.shape[1] // _SKETCH_SHARE)]
+    sketch = head @ np.random.default_rng(1).standard_normal((head.shape[1], _SKETCH))
+    sketch = sketch.astype(np.float32)
+    left = np.hstack([-2.0 * sketch, np.ones((pool.size, 1), dtype=np.float32)])
+    right = np.hstack([sketch, np.einsum("ij,ij->i", sketch, sketch)[:, None]])
+    which = which[np.argsort(position[which], kind="stable")]  # tiles of near rows
+    nearest = np.repeat(which[:, None], k, axis=1)
+    step = max(1, _TILE_ENTRIES // pool.size)
+    for start in range(0, which.size, step):
+        tile = which[start : start + step]
+        low, high = _window(key, key[position[tile[0]]], key[position[tile[-1]]], eps)
+        window = pool[low:high]
+        d2 = left[position[tile]] @ right[low:high].T
+        d2[np.arange(tile.size), position[tile] - low] = np.inf  # not its own neighbour
+        size = window.size
+        blocks = size // _BLOCK
+        if blocks > k:
+            # The k nearest lie in the k blocks of columns (b, b + blocks, ...) with the
+            # smallest minima (a block holding one of them has its minimum below the k-th).
+            minima = d2[:, : blocks * _BLOCK].reshape(tile.size, _BLOCK, blocks).min(axis=1)
+            best = np.argpartition(minima, k - 1, axis=1)[:, :k]
+            candidates = (best[:, :, None] + np.arange(_BLOCK) * blocks).reshape(tile.size, -1)
+            tail = np.arange(blocks * _BLOCK, size)
+            candidates = np.hstack([candidates, np.broadcast_to(tail, (tile.size, tail.size))])
+        else:
+            candidates = np.broadcast_to(np.arange(size), (tile.size, size))
+        picked, values = _k_smallest(np.take_along_axis(d2, candidates, axis=1), candidates, k)
+        found = np.where(np.isfinite(values), window[picked], tile[:, None])
+        nearest[start : start + tile.size, : found.shape[1]] = found
+    return which, nearest
+
+
+def _nearest_l1(
+    points: np.ndarray, roots: np.ndarray, which: np.ndarray, k: int, allowed: np.ndarray
+) -> np.ndarray:
+    """For each row of ``which``, its k nearest rows of ``allowed`` in other components
+    by the L1 distance over the first share of the (shuffled) columns, nearest first."""
+    width = max(1, points.shape[1] // _SHARES[0])
+    k = min(k, allowed.size)
+    nearest = np.empty((which.size, k), dtype=np.int64)
+    targets = points[allowed, :width]
+    step = max(1, _TILE_ENTRIES // allowed.size)
+    for start in range(0, which.size, step):
+        tile = which[start : start + step]
+        d = cdist(points[tile, :width], targets, "cityblock")
+        d[roots[tile, None] == roots[None, allowed]] = np.inf
+        nearest[start : start + tile.size] = _k_smallest(d, np.broadcast_to(allowed, d.shape), k)[0]
+    return nearest
+
+
+def _k_smallest(values: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the labels of its k smallest values (all where fewer), smallest first,
+    and those values."""
+    if k < values.shape[1]:
+        part = np.argpartition(values, k - 1, axis=1)[:, :k]
+    else:
+        part = np.broadcast_to(np.arange(values.shape[1]), values.shape)
+    values = np.take_along_axis(values, part, axis=1)
+    rank = np.argsort(values, axis=1, kind="stable")
+    labels = np.take_along_axis(labels, np.take_along_axis(part, rank, axis=1), axis=1)
+    return labels, np.take_along_axis(values, rank, axis=1)
+
+
+def _link(
+    points: np.ndarray,
+    eps: float,
+    roots: np.ndarray,
+    which: np.ndarray,
+    nearest: np.ndarray,
+    ties: list,
+    misses: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``roots`` after joining each row of ``which`` to its candidates (``nearest``, a
+    column at a time) within eps, skipping pairs joined by then and rows past ``misses``
+    candidates beyond eps; also a row of each link, its distance, and each row's nearest
+    miss (its distance estimated from the share read); pairs at eps go to ``ties``."""
     dim = points.shape[1]
-    cuts = [0, *sorted({max(1, dim // share) for share in _SHARES} | {dim})]
-    kept_left, kept_right = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
-    step = max(1, _TILE_ENTRIES // max(cols.size, 1))
-    for start in range(0, rows.size, step):
-        tile = rows[start : start + step]
-        at = slice(start, None) if upper else slice(None)
-        others = cols[at]
-        far = np.full((tile.size, others.size), float(eps))
-        if extra_rows is not None:
-            far += extra_rows[tile, None]
-        if extra_cols is not None:
-            far += extra_cols[None, others]
-        lower, high_bound = norms.between(tile, others)
-        alive = roots[tile, None] != roots[None, others]
-        if upper:
-            alive &= others[None, :] > tile[:, None]
-        sure = alive & (high_bound <= eps)
-        roots = _merge(roots, tile[np.nonzero(sure)[0]], others[np.nonzero(sure)[1]])
-        alive &= (lower <= far) & ~sure
-        partial = np.zeros(alive.shape)
-        for low, high in itertools.pairwise(cuts):
-            alive &= roots[tile, None] != roots[None, others]  # joined: no distance needed
-            if not alive.any():
-                break
-            if alive.mean() > _WHOLE_TILE:
-                partial += cdist(points[tile, low:high], points[others, low:high], "cityblock")
-                alive &= partial <= far
-                if high == dim:
-                    a, b = np.nonzero(alive & (partial <= eps))
-                    roots = _merge(roots, tile[a], others[b])
-                    a, b = np.nonzero(alive & (partial > eps))
-                    kept_left.append(tile[a])
-                    kept_right.append(others[b])
-                continue
-            a, b = np.nonzero(alive)
-            if high < dim:
-                partial[a, b] += _pair_l1(points, tile[a], others[b], low, high)
-                alive &= partial <= far
-                continue
-            order = np.argsort(partial[a, b], kind="stable")  # likeliest links first
-            a, b = a[order], b[order]
-            batch, at_pair = 1024, 0
-            while at_pair < a.size:
-                ba, bb = a[at_pair : at_pair + batch], b[at_pair : at_pair + batch]
-                open_ = roots[tile[ba]] != roots[others[bb]]
-                ba, bb = ba[open_], bb[open_]
-                total = partial[ba, bb] + _pair_l1(points, tile[ba], others[bb], low, high)
-                near = total <= eps
-                roots = _merge(roots, tile[ba[near]], others[bb[near]])
-                mid = ~near & (total <= far[ba, bb])
-                kept_left.append(tile[ba[mid]])
-                kept_right.append(others[bb[mid]])
-                at_pair += batch
-                batch = min(2 * batch, 1 << 16)
-    return roots, np.concatenate(kept_left), np.concatenate(kept_right)
-
-
-def _merge(roots: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-    """Component roots (each component's smallest row) after adding edges (i, j)."""
-    if not i.size:
-        return roots
-    m = roots.size
-    labels = _connected(m, np.concatenate([np.arange(m), i]), np.concatenate([roots, j]))
-    _, first = np.unique(labels, return_index=True)
-    return first[labels]
-
-
-def _pair_l1(points: np.ndarray, i: np.ndarray, j: np.ndarray, low: int, high: int):
-    """L1 distances of the pairs (i[k], j[k]) over columns low:high, in batches."""
-    out = np.empty(i.size)
-    batch = max(1, _PAIR_BATCH // max(high - low, 1))  # gathered rows that stay in cache
-    for start in range(0, i.size, batch):
-        part = slice(start, start + batch)
-        out[part] = np.abs(points[i[part], low:high] - points[j[part], low:high]).sum(axis=1)
-    return out
-
-
-def _pairs_within(points, rows, cols, eps):
-    distance = cdist(points[rows], points[cols], "cityblock")
-    i, j = np.nonzero((distance <= eps) & (cols[None, :] > rows[:, None]))
-    return rows[i], cols[j]
-
-
-def _connected(n: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
-    graph = sp.coo_matrix((np.ones(left.size), (left, right)), shape=(n, n))
-    return connected_components(graph, directed=False)[1].astype(np.int64)
+    missed = np.zeros(which.size, dtype=np.int64)
+    near_miss = np.full(which.size, np.inf)
+    linked, lengths = [np.zeros(0, np.int64)], [np.zeros(0)]
+    for column in nearest.T:
+        at = np.flatnonzero((missed < misses) & (roots[which] != roots[column]))
+        i, j = which[at], column[at]
+        # Mutual nearest rows (i, j) and (j, i) are read once.
+        pair = np.minimum(i, j) * roots.size + np.maximum(i, j)
+        once = np.unique(pair, return_index=True)[1]
+        at, i, j = at[once], i[once], j[once]
+        partial = np.zeros(i.size)
+        for low, high in itertools.pairwise(_cuts(dim)):  # most far pairs leave on a share
+            partial += _pair_l1(points, i, j, low, high)
+            # Only likely links are worth reading on (the exact stages find any other).
+            near = partial <= eps * (1.0 + _TIE if high == dim else _DROP * high / dim)
+            miss = at[~near]
+            missed[miss] += 1
+            near_miss[miss] = np.minimum(near_miss[miss], partial[~near] * (dim / high))
+            i, j, partial, at = i[near], j[near], partial[near], at[near]
+        tie = partial > eps * (1.0 - _TIE)
+        ties.append((i[tie], j[tie]))
+        i, j, partial = i[~tie], j[~tie], partial[~tie]
+        roots = _merge(roots, i, j)
+        linked.append(i)
+        lengths.append(partial)
+    return roots, np.concatenate(linked), np.concatenate(lengths), near_miss
