@@ -55,7 +55,7 @@ class SweepPoint:
     seconds: float
 
     def summary(self) -> str:
-        """``12.3% kept, error 0.0456`` (the error only where it was measured)."""
+        """``12.3% kept, error 4.56%`` (the error only where it was measured)."""
         kept = f"{100 * self.retained:.1f}% kept"
         return kept if np.isnan(self.error) else f"{kept}, error {100 * self.error:.3g}%"
 
