@@ -249,7 +249,7 @@ def compress(
     fit_inputs = held_inputs = [None] * len(scan.chains)
     if calibration is not None:
         if cache is None:
-            cache = SearchCache()  # one call: nothing is kept beyond it
+            cache = SearchCache(across_calls=False)  # one call: nothing is kept beyond it
         cache.bind(model, calibration, holdout, seed, id(validation), id(validation_targets))
         split = cache.get(
             "split",

@@ -153,3 +153,22 @@ def test_the_cache_bound_counts_what_an_entry_holds():
     for key in range(3):  # owned copies: only two fit, with the small rest
         cache.get(("copy", key), lambda: held.copy())
     assert ("copy", 0) not in cache._entries and ("copy", 2) in cache._entries
+
+
+def test_one_compress_call_keeps_no_comparison_only_another_eps_could_reuse():
+    """The data comparison of a layer state is reused across eps only: a single call's
+    cache does not hold it (it held up to the 1 GiB bound on the 4 x 4096 benchmark),
+    a search's does, and both give the same network."""
+    from onnx_lump.api import compress
+    from onnx_lump.data.cache import SearchCache
+
+    model = onnx.load(DEMO)
+    method = Lump(PartitionOptions(0.05, similarity=Similarity.DATA))
+    results = []
+    for across_calls in (False, True):
+        cache = SearchCache(across_calls=across_calls)
+        reduced, _ = compress(model, method, calibration=CALIB, refine=False, cache=cache)
+        kept = [key for key in cache.chain(0)._entries if key[0] == "data rows"]
+        assert bool(kept) == across_calls
+        results.append(reduced)
+    assert_same_model(*results)

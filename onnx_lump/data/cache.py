@@ -65,10 +65,13 @@ def _nbytes(value: Any) -> int:
 
 class ChainCache:
     """Memo of one chain's knob-independent results, least recently used out first once
-    the entries pass ``max_bytes`` (entries asked for with ``pin`` are never dropped)."""
+    the entries pass ``max_bytes`` (entries asked for with ``pin`` are never dropped).
+    ``across_calls`` says whether it serves several compress calls (a search) or one:
+    what only another knob could reuse is kept in the first case only."""
 
-    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES, across_calls: bool = True) -> None:
         self.max_bytes = max_bytes
+        self.across_calls = across_calls
         self._entries: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
         self._pinned: dict[Hashable, Any] = {}
         self._bytes = 0
@@ -101,8 +104,11 @@ class SearchCache:
     """Results shared by every compress call of one search on one model and calibration
     split (see the module's docstring)."""
 
-    def __init__(self, max_bytes_per_chain: int = DEFAULT_CACHE_BYTES) -> None:
+    def __init__(
+        self, max_bytes_per_chain: int = DEFAULT_CACHE_BYTES, across_calls: bool = True
+    ) -> None:
         self.max_bytes_per_chain = max_bytes_per_chain
+        self.across_calls = across_calls
         self._bound: tuple | None = None
         self._keep: tuple = ()
         self._memo: dict[Hashable, Any] = {}
@@ -129,7 +135,7 @@ class SearchCache:
 
     def chain(self, index: int) -> ChainCache:
         if index not in self._chains:
-            self._chains[index] = ChainCache(self.max_bytes_per_chain)
+            self._chains[index] = ChainCache(self.max_bytes_per_chain, self.across_calls)
         return self._chains[index]
 
     def holdout_error(

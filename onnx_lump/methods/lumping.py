@@ -171,7 +171,10 @@ class Lump(Method):
                     held_inputs,
                     options,
                     forward,
-                    None if memo is None else _data_memo(memo, options, state),
+                    # only another eps reuses a comparison: within one call it is not kept
+                    _data_memo(memo, options, state)
+                    if memo is not None and memo.across_calls
+                    else None,
                 )
                 if memo is None:
                     lumping = partition()
