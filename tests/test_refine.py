@@ -261,3 +261,32 @@ def test_refinement_keeps_every_blas_thread_only_for_wide_networks():
     wide = SimpleNamespace(shapes=[(900, 64), (900,)] + [(900, 900), (900,)] * 3)
     with refine._blas_threads(wide, 1638):
         assert blas_threads() == before
+
+
+def test_refinement_stops_once_its_held_out_error_stalls(monkeypatch):
+    """A refinement whose held-out error has not dropped by stall_gain for stall_share of
+    its time budget stops (a wide network went on 44 s after its last 0.5% gain), and
+    still returns the best weights it saw. A clock that advances per call makes it exact."""
+    import onnx_lump.data.refine as refine
+
+    rng = np.random.default_rng(3)
+    teacher, activations = small_chain(Activation(ActivationKind.TANH), seed=13)
+    inputs = rng.normal(size=(120, 3))
+    network = _Network(teacher, activations, None)
+    fit = ChainData(inputs[:90], network.output(network.theta0, inputs[:90]))
+    held = ChainData(inputs[90:], network.output(network.theta0, inputs[90:]))
+    start, _ = small_chain(Activation(ActivationKind.TANH), seed=23)
+
+    def run(gain: float):
+        ticks = itertools.count()
+        monkeypatch.setattr(refine.time, "perf_counter", lambda: 0.01 * next(ticks))
+        options = RefineOptions(
+            max_iters=5000, max_seconds=1e6, patience=10**9, stall_gain=gain, stall_share=1e-6
+        )
+        return refine_chain(start, activations, fit, held, options)  # stall: 100 ticks
+
+    refined, stalled = run(0.05)  # a 5% gain every 100 iterations, or stop
+    _, patient = run(0.0)  # any gain resets the window
+    assert stalled.iterations < patient.iterations <= 5000
+    assert stalled.holdout_after <= stalled.holdout_before
+    assert chain_loss(refined, activations, held) == pytest.approx(stalled.holdout_after)
