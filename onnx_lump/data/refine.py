@@ -8,9 +8,9 @@ float64. No labels are used: the target is the original network itself.
 
 The held-out share decides when to stop (no improvement for ``patience`` iterations, no
 gain of ``stall_gain`` for ``stall_share`` of the time budget, or the iteration or time
-budget spent) and which weights to return: those with the lowest
-held-out error seen, and the unrefined ones unless refinement lowered it. Weights that a
-method set to zero (the unstructured ones) stay zero.
+budget spent) and which weights to return: those with the lowest held-out error seen,
+and the unrefined ones unless refinement lowered it. Weights that a method set to zero
+(the unstructured ones) stay zero.
 """
 
 from __future__ import annotations
