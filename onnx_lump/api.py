@@ -18,7 +18,9 @@ from onnx_lump.data.calibration import chain_inputs, random_inputs
 from onnx_lump.data.holdout import (
     DEFAULT_HOLDOUT,
     CalibrationSplit,
+    output_error,
     split_calibration,
+    stack_outputs,
 )
 from onnx_lump.data.refine import ChainData, RefineOptions, RefineStats, refine_chain
 from onnx_lump.errors import LumpError
@@ -38,8 +40,8 @@ from onnx_lump.methods.lumping import DEFAULT_RIDGE, DEFAULT_SIMILARITY_WITH_DAT
 from onnx_lump.ode.encoding import OdeSystem, encode_chain
 from onnx_lump.ode.equivalence import Equivalence, PartitionOptions, Similarity
 from onnx_lump.ode.grouping import Linkage
-from onnx_lump.runtime import resolve_providers
-from onnx_lump.verify import VerificationResult, compare_models
+from onnx_lump.runtime import resolve_providers, run_model
+from onnx_lump.verify import VerificationResult, compare_outputs
 
 __all__ = ["LayerStats", "Report", "compress", "lump", "refines_by_default"]
 
@@ -340,13 +342,26 @@ def compress(
     if split is not None:
         report.holdout = split.description
         report.holdout_rows = split.n_holdout
-        if measure_holdout:
-            report.holdout_error = cache.holdout_error(model, reduced_model, split, run_on)
+    # Each model runs once on the held-out rows, for the error and the verification both
+    # (the original once per search).
+    held_out = {}
+    if split is not None and (measure_holdout or (verify and inputs is None)):
+        held_out["expected"] = cache.held_out_reference(model, split, run_on)
+        held_out["actual"] = run_model(reduced_model, split.holdout, run_on)
+    if split is not None and measure_holdout:
+        report.holdout_error = output_error(
+            stack_outputs(held_out["expected"]), stack_outputs(held_out["actual"]), split.targets
+        )
     if verify:
         feeds = inputs if inputs is not None else (split.holdout if split else None)
         if feeds is None:
             feeds = random_inputs(model, n_check, input_shapes)
-        report.verification = compare_models(model, reduced_model, feeds, run_on, atol, rtol)
+        if held_out and feeds is split.holdout:
+            expected, actual = held_out["expected"], held_out["actual"]
+        else:
+            expected = run_model(model, feeds, run_on)
+            actual = run_model(reduced_model, feeds, run_on)
+        report.verification = compare_outputs(expected, actual, feeds, run_on, atol, rtol)
     return reduced_model, report
 
 

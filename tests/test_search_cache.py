@@ -172,3 +172,25 @@ def test_one_compress_call_keeps_no_comparison_only_another_eps_could_reuse():
         assert bool(kept) == across_calls
         results.append(reduced)
     assert_same_model(*results)
+
+
+def test_compress_runs_each_model_once_on_the_held_out_rows(monkeypatch):
+    """The held-out error and the verification use the same rows: the original and the
+    reduced model each get one onnxruntime session there (each got two), and the
+    numbers are onnxruntime's."""
+    import onnx_lump.runtime as runtime
+    from onnx_lump.api import compress
+    from onnx_lump.data.holdout import output_error, split_calibration
+
+    sessions = []
+    original = runtime.session
+    monkeypatch.setattr(runtime, "session", lambda m, *a: sessions.append(1) or original(m, *a))
+    model = onnx.load(DEMO)
+    method = Lump(PartitionOptions(0.3, similarity=Similarity.DATA))
+    reduced, report = compress(model, method, calibration=CALIB, refine=False)
+    assert len(sessions) == 2  # the chain starts at the graph input: no session for it
+    held = split_calibration(CALIB).holdout
+    (expected,), (actual,) = run_ort(model, held), run_ort(reduced, held)
+    assert report.holdout_error == pytest.approx(output_error(expected, actual), rel=1e-12)
+    assert report.verification.n_samples == len(next(iter(held.values())))
+    assert report.verification.outputs[0].max_abs == pytest.approx(np.abs(expected - actual).max())

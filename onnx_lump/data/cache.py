@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnx_lump.data.holdout import CalibrationSplit, output_error, stacked_outputs
+from onnx_lump.data.holdout import CalibrationSplit
+from onnx_lump.runtime import run_model
 
 __all__ = ["DEFAULT_CACHE_BYTES", "ChainCache", "SearchCache", "digest"]
 
@@ -138,17 +139,9 @@ class SearchCache:
             self._chains[index] = ChainCache(self.max_bytes_per_chain, self.across_calls)
         return self._chains[index]
 
-    def holdout_error(
-        self,
-        original: onnx.ModelProto,
-        reduced: onnx.ModelProto,
-        split: CalibrationSplit,
-        providers: Sequence,
-    ) -> float:
-        """:func:`onnx_lump.data.holdout.holdout_error` with the original's outputs run once."""
-        reference = self.get(
-            "reference outputs", lambda: stacked_outputs(original, split.holdout, providers)
-        )
-        return output_error(
-            reference, stacked_outputs(reduced, split.holdout, providers), split.targets
-        )
+    def held_out_reference(
+        self, original: onnx.ModelProto, split: CalibrationSplit, providers: Sequence
+    ) -> dict[str, np.ndarray]:
+        """The original's outputs on the held-out rows (by name, as onnxruntime gives
+        them), run once for every step's error and the final verification."""
+        return self.get("reference outputs", lambda: run_model(original, split.holdout, providers))
