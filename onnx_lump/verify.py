@@ -1,8 +1,10 @@
 """Stage 6: run the original and the reduced model with onnxruntime and compare outputs.
 
-:func:`compare_files` is the check the CLI trusts: it runs onnxruntime on the path of the
-file that was written (so what is verified is what the user gets, external data and
-all), one session at a time so that memory holds one model, not two.
+What the CLI trusts is onnxruntime run on the path of the file that was written (so what
+is verified is what the user gets, external data and all), one session at a time so that
+memory holds one model, not two: :func:`compare_files` does that for one set of inputs,
+and :func:`compare_outputs` compares outputs already run (the CLI runs each model once on
+the held-out rows, for the error and the verification both).
 """
 
 from __future__ import annotations
