@@ -344,21 +344,19 @@ def compress(
         report.holdout_rows = split.n_holdout
     # Each model runs once on the held-out rows, for the error and the verification both
     # (the original once per search).
-    held_out = {}
+    expected = actual = None
     if split is not None and (measure_holdout or (verify and inputs is None)):
-        held_out["expected"] = cache.held_out_reference(model, split, run_on)
-        held_out["actual"] = run_model(reduced_model, split.holdout, run_on)
+        expected = cache.held_out_reference(model, split, run_on)
+        actual = run_model(reduced_model, split.holdout, run_on)
     if split is not None and measure_holdout:
         report.holdout_error = output_error(
-            stack_outputs(held_out["expected"]), stack_outputs(held_out["actual"]), split.targets
+            stack_outputs(expected), stack_outputs(actual), split.targets
         )
     if verify:
         feeds = inputs if inputs is not None else (split.holdout if split else None)
         if feeds is None:
             feeds = random_inputs(model, n_check, input_shapes)
-        if held_out and feeds is split.holdout:
-            expected, actual = held_out["expected"], held_out["actual"]
-        else:
+        if expected is None or feeds is not split.holdout:
             expected = run_model(model, feeds, run_on)
             actual = run_model(reduced_model, feeds, run_on)
         report.verification = compare_outputs(expected, actual, feeds, run_on, atol, rtol)
