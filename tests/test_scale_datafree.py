@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from builders import mlp
+from onnx import TensorProto, numpy_helper
 from test_large import build_deep_model, measure_pass  # tools/time_wide.py's
 
 import onnx_lump.graph.saving as saving
@@ -39,7 +40,7 @@ def clustered(
     of each are moved apart."""
     rng = np.random.default_rng(seed)
     widths = [16, *[width] * depth, 4]
-    nodes, inits, current = [], [], "x"
+    layers = []
     for index in range(len(widths) - 1):
         fan_in, fan_out = widths[index], widths[index + 1]
         if index < depth:
@@ -48,29 +49,15 @@ def clustered(
             rows *= np.where(np.arange(fan_out) % 3 == 0, -1.0, 1.0)[:, None]
             rows += 1e-4 * rng.standard_normal(rows.shape) / np.sqrt(fan_in)
             rows[fan_out - distinct :] += rng.standard_normal((distinct, fan_in + 1))
-            weight, bias = rows[:, :-1], rows[:, -1]
+            layers.append((rows[:, :-1], rows[:, -1]))
         else:
-            weight = rng.standard_normal((fan_out, fan_in)) / np.sqrt(fan_in)
-            bias = 0.1 * rng.standard_normal(fan_out)
-        inits += [
-            numpy_helper.from_array(weight.astype(np.float32), f"W{index}"),
-            numpy_helper.from_array(bias.astype(np.float32), f"b{index}"),
-        ]
-        nodes.append(
-            helper.make_node("Gemm", [current, f"W{index}", f"b{index}"], [f"g{index}"], transB=1)
-        )
-        current = f"g{index}"
-        if index < depth:
-            nodes.append(helper.make_node("Tanh", [current], [f"t{index}"]))
-            current = f"t{index}"
-    graph = helper.make_graph(
-        nodes,
-        "clustered",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", widths[0]])],
-        [helper.make_tensor_value_info(current, TensorProto.FLOAT, ["N", widths[-1]])],
-        inits,
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+            layers.append(
+                (
+                    rng.standard_normal((fan_out, fan_in)) / np.sqrt(fan_in),
+                    0.1 * rng.standard_normal(fan_out),
+                )
+            )
+    return mlp(layers, ["Tanh"] * depth)
 
 
 def _inline_fixtures() -> list[Path]:

@@ -9,7 +9,8 @@ import onnx
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from builders import mlp
+from onnx import numpy_helper
 
 from onnx_lump import lump
 from onnx_lump.graph.chains import scan_graph
@@ -42,28 +43,7 @@ def wide_model() -> tuple[onnx.ModelProto, int]:
     w1, b1 = w1[order], b1[order]
     w2 = rng.standard_normal((N_OUT, WIDTH)) / np.sqrt(WIDTH)
     b2 = np.zeros(N_OUT)
-    inits, nodes, current = [], [], "x"
-    for index, (w, b, act) in enumerate([(w0, b0, "Relu"), (w1, b1, "Tanh"), (w2, b2, None)]):
-        inits += [
-            numpy_helper.from_array(w.astype(np.float32), f"W{index}"),
-            numpy_helper.from_array(b.astype(np.float32), f"b{index}"),
-        ]
-        nodes.append(
-            helper.make_node("Gemm", [current, f"W{index}", f"b{index}"], [f"g{index}"], transB=1)
-        )
-        current = f"g{index}"
-        if act:
-            nodes.append(helper.make_node(act, [current], [f"a{index}"]))
-            current = f"a{index}"
-    graph = helper.make_graph(
-        nodes,
-        "wide_exact",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", N_IN])],
-        [helper.make_tensor_value_info(current, TensorProto.FLOAT, ["N", N_OUT])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
-    return model, distinct
+    return mlp([(w0, b0), (w1, b1), (w2, b2)], ["Relu", "Tanh"]), distinct
 
 
 @pytest.fixture(scope="module")
