@@ -7,7 +7,6 @@ import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -22,6 +21,7 @@ from onnx_lump.data.holdout import (
     split_calibration,
     stack_outputs,
 )
+from onnx_lump.data.reference import original_output
 from onnx_lump.data.refine import ChainData, RefineOptions, RefineStats, refine_chain
 from onnx_lump.errors import LumpError
 from onnx_lump.graph.chains import DenseChain, scan_graph
@@ -30,135 +30,30 @@ from onnx_lump.graph.modelsource import to_model_proto
 from onnx_lump.graph.rewrite import export_model, import_graph, release_chain, rewrite_chain
 from onnx_lump.graph.spill import Spill
 from onnx_lump.graph.weightstats import (
-    WeightRange,
     chain_maxima,
     chain_weight_ranges,
     weight_range_warnings,
 )
 from onnx_lump.methods import ChainProblem, ChainResult, Lump, Method
-from onnx_lump.methods.lumping import DEFAULT_RIDGE, DEFAULT_SIMILARITY_WITH_DATA, original_output
+from onnx_lump.methods.lumping import DEFAULT_RIDGE, DEFAULT_SIMILARITY_WITH_DATA
 from onnx_lump.ode.encoding import OdeSystem, encode_chain
 from onnx_lump.ode.equivalence import Equivalence, PartitionOptions, Similarity
 from onnx_lump.ode.grouping import Linkage
+from onnx_lump.report import LayerStats, Report
 from onnx_lump.runtime import resolve_providers, run_model
-from onnx_lump.verify import VerificationResult, compare_outputs
+from onnx_lump.verify import compare_outputs
 
-__all__ = ["LayerStats", "Report", "compress", "lump", "refines_by_default"]
+__all__ = [
+    "LayerStats",
+    "Report",
+    "compress",
+    "knob_hint",
+    "lump",
+    "refines_by_default",
+    "uniform_width_share",
+]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class LayerStats:
-    """Width and parameter count (weights + biases) of one dense layer, before and after;
-    for unstructured methods ``params_after`` counts non-zero weights."""
-
-    chain: int
-    layer: str
-    activation: str
-    width_before: int
-    width_after: int
-    params_before: int
-    params_after: int
-
-
-@dataclass
-class Report:
-    """What the pass did; ``verification`` is truthy when the outputs matched."""
-
-    method: str
-    structured: bool
-    layers: list[LayerStats]
-    notes: list[str]
-    seconds: float
-    shortcut_params: int = 0
-    verification: VerificationResult | None = None
-    systems: list[OdeSystem] = field(default_factory=list, repr=False)
-    results: list[ChainResult] = field(default_factory=list, repr=False)
-    refine: list[RefineStats] = field(default_factory=list)
-    widths_after: list[list[int]] = field(default_factory=list)
-    holdout: str | None = None  # which inputs holdout_error was measured on
-    holdout_rows: int = 0
-    holdout_error: float | None = None
-    weight_ranges: list[WeightRange] = field(default_factory=list)
-
-    @property
-    def params_before(self) -> int:
-        return sum(s.params_before for s in self.layers)
-
-    @property
-    def params_after(self) -> int:
-        return sum(s.params_after for s in self.layers) + self.shortcut_params
-
-    @property
-    def retained(self) -> float:
-        return self.params_after / self.params_before if self.params_before else 1.0
-
-    def to_dict(self) -> dict:
-        return {
-            "method": self.method,
-            "structured": self.structured,
-            "shortcut_params": self.shortcut_params,
-            "params_before": self.params_before,
-            "params_after": self.params_after,
-            "retained": self.retained,
-            "seconds": self.seconds,
-            "layers": [vars(s) for s in self.layers],
-            "notes": self.notes,
-            "verification": None if self.verification is None else self.verification.to_dict(),
-            "widths_after": self.widths_after,
-            "refine": [vars(r) for r in self.refine],
-            "holdout": self.holdout,
-            "holdout_rows": self.holdout_rows,
-            "holdout_error": self.holdout_error,
-            "weight_ranges": [vars(w) for w in self.weight_ranges],
-        }
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-    def summary(self) -> str:
-        """A table of widths and parameters per layer, then the error and the notes."""
-        kind = "" if self.structured else "  (unstructured: non-zero weights; graph not smaller)"
-        lines = [
-            f"method: {self.method}  time={self.seconds:.3f}s{kind}",
-            f"{'chain':>5}  {'layer':<28} {'activation':<18} {'width':>13} {'params':>19}",
-        ]
-        for s in self.layers:
-            lines.append(
-                f"{s.chain:>5}  {s.layer[:28]:<28} {s.activation:<18} "
-                f"{s.width_before:>6}->{s.width_after:<6} {s.params_before:>9}->{s.params_after:<9}"
-            )
-        if self.shortcut_params:
-            label = "linear shortcuts"
-            lines.append(f"{'':>5}  {label:<28} {'':<18} {'':>13} {'':>9}+{self.shortcut_params}")
-        lines.append(
-            f"{'total':>5}  {'':<28} {'':<18} {'':>13} "
-            f"{self.params_before:>9}->{self.params_after:<9} ({100 * self.retained:.1f}% kept)"
-        )
-        for index, r in enumerate(self.refine):
-            lines.append(
-                f"refine: {r.iterations} L-BFGS iterations in {r.seconds:.2f}s, held-out error "
-                f"{100 * r.holdout_before:.3g}% -> {100 * r.holdout_after:.3g}%"
-                + ("" if r.improved else " (no gain: kept the unrefined weights)")
-                + (f" [chain {index}]" if len(self.refine) > 1 else "")
-            )
-        if self.weight_ranges:
-            before = max(w.weight_before for w in self.weight_ranges)
-            after = max(w.weight_after for w in self.weight_ranges)
-            lines.append(f"max |weight|: {before:.3g} -> {after:.3g}")
-        if self.holdout_error is not None:
-            lines.append(f"error {100 * self.holdout_error:.3g}% on {self.holdout}")
-        if self.verification is not None:
-            v = self.verification
-            for out in v.outputs:
-                lines.append(
-                    f"output '{out.name}': max abs {out.max_abs:.3g}, max rel {out.max_rel:.3g}, "
-                    f"rmse {out.rmse:.3g} (reference rms {out.reference_rms:.3g}; "
-                    f"{v.n_samples} samples, {', '.join(v.providers)})"
-                )
-        lines += [f"note: {n}" for n in self.notes]
-        return "\n".join(lines)
 
 
 def lump(
@@ -252,17 +147,10 @@ def compress(
     if calibration is not None:
         if cache is None:
             cache = SearchCache(across_calls=False)  # one call: nothing is kept beyond it
-        cache.bind(model, calibration, holdout, seed, id(validation), id(validation_targets))
-        split = cache.get(
-            "split",
-            lambda: split_calibration(calibration, holdout, seed, validation, validation_targets),
-        )
-        fit_inputs = cache.get(
-            ("fit", str(run_on)), lambda: chain_inputs(model, scan.chains, split.fit, run_on)
-        )
-        held_inputs = cache.get(
-            ("held", str(run_on)), lambda: chain_inputs(model, scan.chains, split.holdout, run_on)
-        )
+        split, fit_inputs, held_inputs = _chain_rows(
+            model, scan.chains, calibration, holdout, seed, validation, validation_targets,
+            cache, run_on,
+        )  # fmt: skip
         # once per search (the cache's lifetime): its steps all have the same rows
         scan.notes.extend(
             cache.get(
@@ -276,10 +164,8 @@ def compress(
     spill, ranges = Spill.for_model(model), []
     for index, chain in enumerate(scan.chains):
         memo = None if cache is None else cache.chain(index)
-        encode = functools.partial(encode_chain, chain, name=f"chain{index}")
         # the steps of a search share one encoding: its float64 weights are made once
-        shared = memo is not None and spill is None
-        system = memo.get("system", encode, pin=True) if shared else encode()
+        system = _encoding(chain, index, memo if spill is None else None)
         problem = ChainProblem(system, fit_inputs[index], held_inputs[index], memo)
         result = warm_start[index] if warm_start is not None else method.compress(problem)
         if refine_options is not None and _differs(problem, result):
@@ -361,6 +247,107 @@ def compress(
             actual = run_model(reduced_model, feeds, run_on)
         report.verification = compare_outputs(expected, actual, feeds, run_on, atol, rtol)
     return reduced_model, report
+
+
+def knob_hint(
+    model: onnx.ModelProto,
+    method: Method,
+    target_params: float,
+    calibration: Mapping[str, np.ndarray],
+    cache: SearchCache,
+    *,
+    holdout: float = DEFAULT_HOLDOUT,
+    seed: int = 0,
+    validation: Mapping[str, np.ndarray] | None = None,
+    validation_targets: np.ndarray | None = None,
+    providers: Sequence[str] = ("cpu",),
+) -> float | None:
+    """A knob of ``method`` near the one keeping ``target_params`` (a fraction) of the
+    dense chains' parameters, for a size search to start from (None when the method has
+    no cheap estimate): the knob at which each chain's first hidden layer keeps the
+    share of its neurons that every hidden layer would keep, all alike, to meet the
+    target (:func:`uniform_width_share`), averaged over chains in log space, weighted by
+    their parameters. It reads the chains and calibration rows through ``cache`` (the
+    search's own), as :func:`compress` does, so the steps reuse them. Not for models
+    kept on disk (one chain in memory at a time there)."""
+    model = to_model_proto(model)
+    if Spill.for_model(model) is not None:
+        return None
+    run_on = resolve_providers(providers)
+    scan = scan_graph(import_graph(model))
+    if not scan.chains:
+        return None
+    _, fit_inputs, held_inputs = _chain_rows(
+        model, scan.chains, calibration, holdout, seed, validation, validation_targets,
+        cache, run_on,
+    )  # fmt: skip
+    share = uniform_width_share(scan.chains, target_params)
+    logs, weights = [], []
+    for index, chain in enumerate(scan.chains):
+        memo = cache.chain(index)
+        problem = ChainProblem(
+            _encoding(chain, index, memo), fit_inputs[index], held_inputs[index], memo
+        )
+        hint = method.knob_hint(problem, share)
+        if hint is None or hint <= 0:
+            return None
+        logs.append(np.log(hint))
+        weights.append(sum(layer.n_params for layer in chain.layers))
+    return float(np.exp(np.average(logs, weights=weights)))
+
+
+def uniform_width_share(chains: Sequence[DenseChain], target_params: float) -> float:
+    """The share f of its neurons every hidden layer would keep for the chains to keep
+    ``target_params`` of their parameters: the positive root of B f^2 + A f + C = target
+    x total, where B counts the weights between two hidden layers, A those between a
+    hidden layer and a chain's input or output plus the hidden biases, and C the output
+    biases (a hidden layer's bias keeps f of itself)."""
+    quadratic = linear = constant = total = 0
+    for chain in chains:
+        for position, layer in enumerate(chain.layers):
+            total += layer.n_params
+            bias = layer.n_params - layer.in_features * layer.out_features
+            inner, outer = position > 0, position < len(chain.layers) - 1
+            weights = layer.in_features * layer.out_features
+            if inner and outer:
+                quadratic += weights
+            else:
+                linear += weights
+            if outer:
+                linear += bias
+            else:
+                constant += bias
+    goal = target_params * total - constant
+    if goal <= 0 or quadratic + linear == 0:
+        return 0.0
+    if quadratic == 0:
+        return min(1.0, goal / linear)
+    root = (-linear + np.sqrt(linear * linear + 4.0 * quadratic * goal)) / (2.0 * quadratic)
+    return float(min(1.0, root))
+
+
+def _chain_rows(
+    model, chains, calibration, holdout, seed, validation, validation_targets, cache, run_on
+) -> tuple[CalibrationSplit, list[np.ndarray], list[np.ndarray]]:
+    """The calibration split and every chain's input on its fitting and held-out rows,
+    computed once per ``cache``."""
+    cache.bind(model, calibration, holdout, seed, id(validation), id(validation_targets))
+    split = cache.get(
+        "split",
+        lambda: split_calibration(calibration, holdout, seed, validation, validation_targets),
+    )
+    fit = cache.get(("fit", str(run_on)), lambda: chain_inputs(model, chains, split.fit, run_on))
+    held = cache.get(
+        ("held", str(run_on)), lambda: chain_inputs(model, chains, split.holdout, run_on)
+    )
+    return split, fit, held
+
+
+def _encoding(chain: DenseChain, index: int, memo) -> OdeSystem:
+    """The chain's ODE encoding, made once per ``memo`` (a search's chain cache) when
+    there is one."""
+    encode = functools.partial(encode_chain, chain, name=f"chain{index}")
+    return encode() if memo is None else memo.get("system", encode, pin=True)
 
 
 def _small_calibration_notes(chains, fit_inputs) -> list[str]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import itertools
 import json
 import logging
 import time
@@ -28,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnx_lump.api import Report, compress, refines_by_default
+from onnx_lump.api import Report, compress, knob_hint, refines_by_default
+from onnx_lump.bisection import bisect
 from onnx_lump.data.cache import SearchCache
 from onnx_lump.data.holdout import DEFAULT_HOLDOUT, output_error, stacked_outputs
 from onnx_lump.data.refine import RefineOptions
@@ -40,7 +40,6 @@ __all__ = ["Evaluator", "SweepPoint", "bisect", "parse_knobs", "sweep", "write_t
 
 logger = logging.getLogger(__name__)
 
-_MAX_DOUBLINGS = 40
 # The share of the refinement budget each search step spends; the chosen point gets the rest.
 SEARCH_REFINE_SHARE = 0.2
 
@@ -188,6 +187,34 @@ class Evaluator:
         self.cache[knob] = (reduced, report, point)
         return self.cache[knob]
 
+    def hint(self, target_params: float) -> float | None:
+        """A knob near the one keeping ``target_params`` of the parameters, from the
+        method's cheap estimate (:func:`onnx_lump.api.knob_hint`; None when it has none,
+        or without calibration data). Without caches it reads the chains afresh: the
+        same hint, slower."""
+        if self.calibration is None:
+            return None
+        started = time.perf_counter()
+        options = {k: v for k, v in self.options.items() if k != "validation_targets"}
+        cache = self.data_cache if self.data_cache is not None else SearchCache(across_calls=False)
+        knob = knob_hint(
+            self.model,
+            self.make_method(0.0),
+            target_params,
+            self.calibration,
+            cache,
+            validation_targets=self.options.get("validation_targets"),
+            **options,
+        )
+        if knob is not None:
+            logger.info(
+                "hint for %.3g%% kept: knob %.6g (%.1f s)",
+                100 * target_params,
+                knob,
+                time.perf_counter() - started,
+            )
+        return knob
+
     def finish(self, knob: float, **verify_options) -> tuple[onnx.ModelProto, Report]:
         """The network to hand to the user at ``knob``: the search step's network,
         refined for the rest of the budget (warm start), and verified with
@@ -268,179 +295,6 @@ def parse_knobs(spec: str) -> list[float]:
 
 def sweep(evaluate: Evaluator, knobs: Sequence[float]) -> list[SweepPoint]:
     return [evaluate(k)[2] for k in knobs]
-
-
-def _close(low: Report, high: Report) -> bool:
-    """True when finer knob values cannot matter: no layer's width differs by more than
-    one neuron between two points (structured methods), or their sizes by less than
-    0.1% of the original (unstructured ones)."""
-    if not low.structured:
-        return abs(low.params_after - high.params_after) <= 1e-3 * low.params_before
-    for lows, highs in zip(low.widths_after, high.widths_after, strict=True):
-        if any(abs(a - b) > 1 for a, b in zip(lows, highs, strict=True)):
-            return False
-    return True
-
-
-def bisect(
-    evaluate: Evaluator,
-    upper_limit: float | None,
-    target_params: float | None = None,
-    max_error: float | None = None,
-    steps: int = 24,
-) -> tuple[float, SweepPoint, bool]:
-    """The knob meeting the targets: with ``max_error``, the largest knob whose error is
-    within it; else with ``target_params`` (a fraction), the smallest knob keeping at
-    most that share of the parameters. Returns the knob, its point, and whether every
-    target given is met; when not met, the point is the closest one reached (the
-    smallest network for a size target, the most accurate for an error target)."""
-    if target_params is None and max_error is None:
-        raise LumpError("give --target-params or --max-error")
-
-    def good(point: SweepPoint) -> bool:
-        if max_error is not None:
-            return point.error <= max_error
-        return point.retained > target_params  # still too big: go further
-
-    # A size target is steered by sizes only: its steps need no refinement.
-    with evaluate.unrefined_steps(max_error is None):
-        return _bisect(evaluate, upper_limit, target_params, max_error, steps, good)
-
-
-def _bisect(evaluate, upper_limit, target_params, max_error, steps, good):
-    low = evaluate(0.0)
-    if not good(low[2]):  # knob 0 already fails the error target, or meets the size target
-        result = low
-    else:
-        high = _bracket(evaluate, good, upper_limit)
-        if high is None:  # nothing up to the limit fails: the largest knob tried is best
-            result = evaluate(max(evaluate.cache))
-        else:
-            # An unbounded knob (epsilon) matters by its order of magnitude: look down from
-            # the bracket a factor at a time, then split the interval in log space.
-            geometric = upper_limit is None
-            lo, hi = _descend(evaluate, good, low, high) if geometric else (low, high)
-            interpolate = target_params is not None
-            for _ in range(steps):
-                if _resolved(lo, hi, target_params, max_error):
-                    break
-                width = _width(lo[2], hi[2], geometric)
-                mid = evaluate(_midpoint(lo[2], hi[2], geometric, target_params, interpolate))
-                if good(mid[2]):
-                    lo = mid
-                else:
-                    hi = mid
-                # interpolation on the size while it at least halves the interval, else
-                # a bisection: never more than twice the steps of bisection alone
-                interpolate = target_params is not None and not (
-                    interpolate and _width(lo[2], hi[2], geometric) > 0.5 * width
-                )
-            result = lo if max_error is not None else hi
-    point = result[2]
-    met = (max_error is None or point.error <= max_error) and (
-        target_params is None or point.retained <= target_params
-    )
-    return point.knob, point, met
-
-
-# Looking down from the bracket, each step divides the knob by this; a knob this many
-# times smaller than the bracket is as good as 0 (linear bisection from there).
-_DESCENT_FACTOR = 16.0
-_DESCENT_FLOOR = 1e-12
-# An interpolated knob stays this share of the (log) interval away from either end.
-_INTERPOLATION_MARGIN = 0.05
-# Knob values closer than this (relative) are not told apart.
-_KNOB_RESOLUTION = 1e-4
-# A size target is met closely enough within this share of it (or one neuron a layer):
-# where a merge changes several layers at once no knob may land closer.
-_SIZE_TOLERANCE = 0.005
-
-
-def _descend(evaluate, good, low, high):
-    """The bracket (good, bad) with a good knob above 0 when one is found by dividing
-    the bad knob by _DESCENT_FACTOR: the size or error of a lumping changes over orders
-    of magnitude of epsilon, most of them far below the first bad knob (doubling
-    from 1), where halving from [0, 1] would spend a step an octave."""
-    floor = high[2].knob * _DESCENT_FLOOR
-    while high[2].knob / _DESCENT_FACTOR > floor:
-        point = evaluate(high[2].knob / _DESCENT_FACTOR)
-        if good(point[2]):
-            return point, high
-        high = point
-    return low, high
-
-
-def _width(lo: SweepPoint, hi: SweepPoint, geometric: bool) -> float:
-    if geometric and lo.knob > 0:
-        return float(np.log(hi.knob / lo.knob))
-    return hi.knob - lo.knob
-
-
-def _midpoint(
-    lo: SweepPoint, hi: SweepPoint, geometric: bool, target: float | None, interpolate: bool
-) -> float:
-    """The next knob inside (lo, hi): where the logarithm of the size, linear in the
-    knob's logarithm (or in the knob), would reach ``target`` when ``interpolate``,
-    else the middle."""
-    log = geometric and lo.knob > 0
-    a, b = (np.log(lo.knob), np.log(hi.knob)) if log else (lo.knob, hi.knob)
-    share = 0.5
-    if interpolate and lo.retained > hi.retained > 0 and target > 0:
-        share = np.log(lo.retained / target) / np.log(lo.retained / hi.retained)
-        share = min(max(share, _INTERPOLATION_MARGIN), 1.0 - _INTERPOLATION_MARGIN)
-    mid = a + share * (b - a)
-    return float(np.exp(mid)) if log else float(mid)
-
-
-def _resolved(lo, hi, target_params: float | None, max_error: float | None) -> bool:
-    """True when finer knob values cannot matter: the two points' widths are within one
-    neuron, their knobs within :data:`_KNOB_RESOLUTION`, or a size target is met
-    closely enough (within one neuron a layer or :data:`_SIZE_TOLERANCE` of it)."""
-    if _close(lo[1], hi[1]) or hi[2].knob - lo[2].knob <= _KNOB_RESOLUTION * hi[2].knob:
-        return True
-    report = hi[1]
-    if target_params is None or max_error is not None or not report.structured:
-        return False
-    slack = target_params * report.params_before - report.params_after
-    tolerance = max(
-        _one_neuron_each(report), _SIZE_TOLERANCE * target_params * report.params_before
-    )
-    return 0 <= slack <= tolerance
-
-
-def _one_neuron_each(report: Report) -> int:
-    """Parameters one more neuron in every hidden layer would add: its row (weights and
-    bias) and its column in the next layer of the chain."""
-    total = 0
-    for layer, following in itertools.pairwise(report.layers):
-        if layer.chain == following.chain and layer.width_after > 0:
-            row = layer.params_after / layer.width_after
-            total += round(row) + following.width_after
-    return total
-
-
-def _bracket(evaluate: Evaluator, good, upper_limit: float | None):
-    """A point where ``good`` fails: the limit, or doubling from 1 when unbounded."""
-    if upper_limit is not None:
-        top = evaluate(upper_limit)
-        return None if good(top[2]) else top
-    knob = 1.0
-    for _ in range(_MAX_DOUBLINGS):
-        point = evaluate(knob)
-        if not good(point[2]):
-            return point
-        if point[2].params_after <= _floor(point[1]):  # one neuron a layer: nothing smaller
-            return None
-        knob *= 2.0
-    return None
-
-
-def _floor(report: Report) -> int:
-    """Parameters of the network reduced to its output layers and one neuron a layer
-    (what a point whose widths are all 1 keeps)."""
-    if any(w != 1 for widths in report.widths_after for w in widths):
-        return -1
-    return report.params_after
 
 
 def write_table(points: Sequence[SweepPoint], path: Path, knob_name: str) -> None:

@@ -58,19 +58,25 @@ class FakeEvaluator:
         return self.cache[knob]
 
 
-@pytest.mark.parametrize("cliff", [1e-5, 1.1e-4, 3e-2])
-@pytest.mark.parametrize("target", [0.5, 0.05])
-def test_size_search_finds_the_cliff_in_few_steps(cliff, target):
-    evaluate = FakeEvaluator(cliff)
+def _assert_closely_met(evaluate: FakeEvaluator, target: float) -> SweepPoint:
+    """Search for ``target``: met, and closely (within 0.5% of the target or one neuron a
+    layer of it), at the smallest knob that meets it; returns the point."""
     knob, point, met = bisect(evaluate, None, target_params=target)
     assert met and point.retained <= target
-    # met closely: within 0.5% of the target or one neuron a layer of it
     assert point.retained >= target * (1 - 0.005) - 2 * (2 * WIDTH + N_IN + N_OUT) / (
         point.params_before
     )
     # a knob a little smaller keeps more than the target: the smallest such knob
     below = evaluate(knob * (1 - 1e-3))[2]
     assert below.retained > target or below.retained == point.retained
+    return point
+
+
+@pytest.mark.parametrize("cliff", [1e-5, 1.1e-4, 3e-2])
+@pytest.mark.parametrize("target", [0.5, 0.05])
+def test_size_search_finds_the_cliff_in_few_steps(cliff, target):
+    evaluate = FakeEvaluator(cliff)
+    _assert_closely_met(evaluate, target)
     # halving from [0, 1] would need about 17 steps to reach 1e-5 before resolving anything
     assert len(evaluate.calls) <= 20, evaluate.calls
 
@@ -106,3 +112,52 @@ def test_the_not_refit_note_survives_the_search_caches():
         verify=False,
     )
     assert not any("not refit" in note for note in forced.notes)
+
+
+class HintedFakeEvaluator(FakeEvaluator):
+    """FakeEvaluator with ``hint``: the knob at which the first layer keeps the width share
+    a target implies, off by the factor ``miss`` (1: exact), or None (``miss`` None)."""
+
+    def __init__(self, cliff: float, miss: float | None) -> None:
+        super().__init__(cliff)
+        self.miss = miss
+        self.hints: list[float] = []
+
+    def hint(self, target: float) -> float | None:
+        self.hints.append(target)
+        if self.miss is None:
+            return None
+        # the width w keeping the target: (N_IN + 1) w + (w + 1) w + (w + 1) N_OUT of total
+        total = (N_IN + 1) * WIDTH + (WIDTH + 1) * WIDTH + (WIDTH + 1) * N_OUT
+        w = np.roots([1.0, N_IN + 2 + N_OUT, N_OUT - target * total]).real.max()
+        w = min(float(WIDTH), max(w, 1.0))
+        return self.miss * self.cliff * np.sqrt(WIDTH / w)
+
+
+@pytest.mark.parametrize("miss", [1.0, 0.3, 3.0, 100.0, 1e-3])
+@pytest.mark.parametrize("cliff", [1e-5, 1.1e-4, 3e-2])
+@pytest.mark.parametrize("target", [0.5, 0.05])
+def test_a_hinted_size_search_meets_the_target_as_closely(miss, cliff, target):
+    """Whatever the hint's error, the hinted search lands where the hint-free one does (the
+    smallest knob meeting the target, as closely); with a good hint in few steps."""
+    plain = FakeEvaluator(cliff)
+    _, plain_point, _ = bisect(plain, None, target_params=target)
+    evaluate = HintedFakeEvaluator(cliff, miss)
+    point = _assert_closely_met(evaluate, target)
+    assert abs(point.retained - plain_point.retained) <= 0.005 * target
+    # an exact hint in a few steps; one off by 3x in a few more than the hint-free search;
+    # one off by orders of magnitude within the hint-free search's own bound
+    limit = 5 if miss == 1.0 else len(plain.calls) + 6 if 0.1 <= miss <= 10 else 20
+    assert len(evaluate.calls) <= limit, (evaluate.calls, plain.calls)
+
+
+def test_without_a_hint_the_search_brackets_as_before():
+    plain, hinted = FakeEvaluator(1.1e-4), HintedFakeEvaluator(1.1e-4, None)
+    assert bisect(plain, None, target_params=0.05)[0] == bisect(hinted, None, target_params=0.05)[0]
+    assert plain.calls == hinted.calls and hinted.hints == [0.05]
+
+
+def test_a_hinted_search_reaches_knob_0_when_it_already_meets_the_target():
+    evaluate = HintedFakeEvaluator(1e-3, 1.0)
+    knob, point, met = bisect(evaluate, None, target_params=1.0)
+    assert (knob, met) == (0.0, True) and point.retained == 1.0

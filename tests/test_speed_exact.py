@@ -115,29 +115,36 @@ def test_identity_aggregation_does_not_copy_the_layer(system):
 
 def test_row_chunked_data_helpers_match_whole_arrays(system, monkeypatch):
     import onnx_lump.data.compensation as compensation
-    import onnx_lump.methods.lumping as lumping
+    import onnx_lump.data.reference as reference
     from onnx_lump.data.calibration import forward_chain
     from onnx_lump.methods.base import ChainProblem
+    from onnx_lump.ode.reduction import ReducedLayer
 
     monkeypatch.setattr(compensation, "_ROW_CHUNK_ENTRIES", 1 << 14)  # several chunks
-    monkeypatch.setattr(lumping, "_ROW_CHUNK_ENTRIES", 1 << 14)
+    monkeypatch.setattr(reference, "_ROW_CHUNK_ENTRIES", 1 << 14)
     rng = np.random.default_rng(5)
     x = rng.standard_normal((300, N_IN))
     weights = [(layer.coefficients, layer.bias) for layer in system.layers]
     values = forward_chain(weights, system, x)
     problem = ChainProblem(system, x)
-    stored = lumping._Rows(problem, x)
-    monkeypatch.setattr(lumping, "STORED_TARGET_BYTES", 0)  # recomputed a layer at a time
-    recomputed = lumping._Rows(problem, x)
+    stored = reference.ReferenceRows(problem, x)
+    monkeypatch.setattr(reference, "STORED_TARGET_BYTES", 0)  # recomputed a layer at a time
+    recomputed = reference.ReferenceRows(problem, x)
+    monkeypatch.setattr(reference, "STORED_TARGET_BYTES", 1 << 30)
+    # the fitting rows: float32 targets now, the float64 output on first use
+    lazy = reference.ReferenceRows(problem, x, output_first=False)
+    assert lazy._output is None
     np.testing.assert_array_equal(stored.output, recomputed.output)
+    np.testing.assert_array_equal(lazy.output, stored.output)
     np.testing.assert_allclose(stored.output, values[-1], rtol=1e-12, atol=1e-12)
-    pairs = zip(stored.targets(), recomputed.targets(), strict=True)
-    for index, (kept, again) in enumerate(pairs, start=1):
+    pairs = zip(stored.targets(), recomputed.targets(), lazy.targets(), strict=True)
+    for index, (kept, again, fast) in enumerate(pairs, start=1):
         w, b = weights[index]
         expected = values[index] @ w.T + b
-        assert kept.dtype == again.dtype == np.float32
+        assert kept.dtype == again.dtype == fast.dtype == np.float32
         np.testing.assert_allclose(kept, expected, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(again, expected, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(fast, expected, rtol=1e-5, atol=1e-5)
     target = stored._stored[0][:, :40].astype(np.float64)
     inputs = values[1] + 5.0  # offset: centring must not cancel
     mean_x, mean_t, gram, cross = compensation.centred_moments(inputs, target)
@@ -146,7 +153,7 @@ def test_row_chunked_data_helpers_match_whole_arrays(system, monkeypatch):
     np.testing.assert_allclose(mean_t, target.mean(axis=0), rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(gram, centred.T @ centred, rtol=1e-8, atol=1e-8)
     np.testing.assert_allclose(cross, centred.T @ (target - target.mean(axis=0)), atol=1e-8)
-    layer = lumping.ReducedLayer(rng.standard_normal((40, WIDTH)) / 64, np.zeros(40))
+    layer = ReducedLayer(rng.standard_normal((40, WIDTH)) / 64, np.zeros(40))
     expected = float(np.mean((inputs @ layer.weight.T - target) ** 2))
     assert compensation.residual(layer, inputs, target) == pytest.approx(expected, rel=1e-10)
 

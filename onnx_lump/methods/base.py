@@ -65,5 +65,11 @@ class Method(abc.ABC):
     def compress(self, problem: ChainProblem) -> ChainResult:
         """Compress one chain."""
 
+    def knob_hint(self, problem: ChainProblem, width_share: float) -> float | None:
+        """A knob at which the chain's first hidden layer keeps about ``width_share`` of
+        its neurons, where a size search may start; None (the default) when the method
+        has no cheaper way to tell than compressing."""
+        return None
+
     def describe(self) -> str:
         return self.name

@@ -5,14 +5,21 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from onnx_lump.data.cache import ChainCache, digest
-from onnx_lump.data.calibration import forward_chain
 from onnx_lump.data.compensation import refit_layer, residual
+from onnx_lump.data.reference import (
+    ReferenceRows,
+    frozen,
+    layer_inputs,
+    original_output,
+    original_rows,
+    reference_error,
+)
 from onnx_lump.methods.base import ChainProblem, ChainResult, Method
 from onnx_lump.ode.encoding import Lumping, aggregate
 from onnx_lump.ode.equivalence import (
@@ -105,15 +112,39 @@ class Lump(Method):
         judge = held if held is not None else fit
 
         def error(layers: list[ReducedLayer], key) -> float:
+            measure = functools.partial(reference_error, problem.system, layers, judge)
             if key is None or problem.cache is None:
-                return _output_error(problem, layers, judge)
-            return problem.cache.get(("error", key), lambda: _output_error(problem, layers, judge))
+                return measure()
+            return problem.cache.get(("error", key), measure)
 
         # the refit path first on ties, as min() did before
         best = min(((refitted, refitted_key), (merged, merged_key)), key=lambda pair: error(*pair))[
             0
         ]
         return ChainResult(best, notes=notes)
+
+    def knob_hint(self, problem: ChainProblem, width_share: float) -> float | None:
+        """The eps at which the chain's first hidden layer, whose inputs no other layer's
+        merges change, keeps about ``width_share`` of its neurons: bisection on that layer
+        alone, through the search's cache (a step at that eps reuses the lumping). Only
+        for backward partitions on data; None otherwise."""
+        if (
+            problem.calibration is None
+            or self.reduction is Reduction.SPAN
+            or self.options.equivalence is not Equivalence.BACKWARD
+        ):
+            return None
+        weight, bias = problem.weights[0]
+        want = max(1, round(width_share * weight.shape[0]))
+
+        def width(eps: float) -> int:
+            options = dataclasses.replace(self.options, eps=eps)
+            lumping = _layer_lumping(
+                problem, 0, weight, bias, problem.calibration, problem.holdout, options, None, ()
+            )
+            return lumping.n_blocks
+
+        return eps_for_width(width, want)
 
     def _setting(self, refit: bool) -> tuple:
         """Everything but the lumpings that a layer's inputs and refit weights depend on."""
@@ -123,8 +154,8 @@ class Lump(Method):
     def _with_data(
         self,
         problem: ChainProblem,
-        fit: _Rows,
-        held: _Rows | None,
+        fit: ReferenceRows,
+        held: ReferenceRows | None,
         forward: tuple[Lumping, ...] | None,
         refit: bool,
     ) -> tuple[list[ReducedLayer], list[str], tuple | None]:
@@ -161,27 +192,9 @@ class Lump(Method):
             else:
                 # the first layer's state is the chain's own, whatever the setting
                 state = ((setting if refitting else unrefit), prefix) if prefix else ()
-                partition = functools.partial(
-                    _partition,
-                    problem,
-                    index,
-                    weight,
-                    bias,
-                    inputs,
-                    held_inputs,
-                    options,
-                    forward,
-                    # only another eps reuses a comparison: within one call it is not kept
-                    _data_memo(memo, options, state)
-                    if memo is not None and memo.across_calls
-                    else None,
+                lumping = _layer_lumping(
+                    problem, index, weight, bias, inputs, held_inputs, options, forward, state
                 )
-                if memo is None:
-                    lumping = partition()
-                else:
-                    lumping = _remembered_lumping(
-                        memo, options, forward is not None, state, weight, partition
-                    )
                 kept, rebased = reduce_layer(weight, bias, lumping, layer.activation)
             reduced.append(kept)
             attempt = refit and self._refits(kept.weight.shape[0], inputs.shape[0])
@@ -240,9 +253,9 @@ class Lump(Method):
         pre-activations ``target`` / ``held_target`` where that lowers the held-out
         residual), and whether it was refit. The arrays are read-only: they may be cached."""
         layer = problem.system.hidden[index]
-        inputs = _activations(inputs, kept, layer.activation)
+        inputs = layer_inputs(inputs, kept, layer.activation)
         if held_inputs is not None:
-            held_inputs = _activations(held_inputs, kept, layer.activation)
+            held_inputs = layer_inputs(held_inputs, kept, layer.activation)
         following = problem.system.layers[index + 1]
         if selection is not None:
             weight, bias = selection.fold(following.coefficients, following.bias)
@@ -259,12 +272,50 @@ class Lump(Method):
                 naive, judge_inputs, judge_target
             ):
                 weight, bias, applied = fitted.weight, fitted.bias, True
-        return (*(_frozen(a) for a in (inputs, held_inputs, weight, bias)), applied)
+        return (*(frozen(a) for a in (inputs, held_inputs, weight, bias)), applied)
 
 
 # Weight-row L1 norms this close (relative to the largest) to an eps already seen may
 # sit on either side of the constant-row test, whatever its rounding allowance.
 _CONSTANT_SLACK = 1e-4
+
+
+def _layer_lumping(
+    problem: ChainProblem,
+    index: int,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    inputs: np.ndarray,
+    held_inputs: np.ndarray | None,
+    options: PartitionOptions,
+    forward: tuple[Lumping, ...] | None,
+    state: tuple,
+) -> Lumping:
+    """The lumping of hidden layer ``index`` from its (aggregated or refit) weights and
+    its inputs on the data, in layer state ``state`` (the setting and the lumpings before
+    it; ``()`` for the first layer), through the cache when there is one."""
+    memo = problem.cache
+    layer = problem.system.hidden[index]
+    # only another eps reuses a comparison: within one call it is not kept
+    remember = _data_memo(memo, options, state) if memo is not None and memo.across_calls else None
+
+    def partition() -> Lumping:
+        if forward is not None:
+            return _with_data_constants(forward[index], weight, bias, layer, inputs)
+        return backward_lumping(
+            weight,
+            bias,
+            layer.activation,
+            options,
+            problem.system.precision,
+            inputs,
+            held_inputs,
+            remember=remember,
+        )
+
+    if memo is None:
+        return partition()
+    return _remembered_lumping(memo, options, forward is not None, state, weight, partition)
 
 
 def _remembered_lumping(
@@ -324,150 +375,47 @@ def _data_memo(memo: ChainCache, options: PartitionOptions, state: tuple):
 def _frozen_data(rows, *statistics: np.ndarray) -> tuple:
     """A comparison on the data, read-only: it is cached."""
     if rows is not None:
-        _frozen(rows.rows)
-    return (rows, *(_frozen(a) for a in statistics))
+        frozen(rows.rows)
+    return (rows, *(frozen(a) for a in statistics))
 
 
 def _lumping_digest(lumping: Lumping) -> bytes:
     return digest(lumping.block, lumping.scale, lumping.offset, lumping.representative)
 
 
-def _partition(
-    problem: ChainProblem,
-    index: int,
-    weight: np.ndarray,
-    bias: np.ndarray,
-    inputs: np.ndarray,
-    held_inputs: np.ndarray | None,
-    options: PartitionOptions,
-    forward: tuple[Lumping, ...] | None,
-    remember: Callable | None = None,
-) -> Lumping:
-    """The lumping of hidden layer ``index`` from its (aggregated or refit) weights and
-    its inputs on the data."""
-    layer = problem.system.hidden[index]
-    if forward is None:
-        return backward_lumping(
-            weight,
-            bias,
-            layer.activation,
-            options,
-            problem.system.precision,
-            inputs,
-            held_inputs,
-            remember=remember,
-        )
-    return _with_data_constants(forward[index], weight, bias, layer, inputs)
+# eps_for_width looks up and down from 1 by this factor, then bisects (in log eps) to
+# this relative resolution (the search's own); below _HINT_FLOOR eps is as good as 0.
+_HINT_FACTOR = 16.0
+_HINT_RESOLUTION = 1e-4
+_HINT_WIDTH_SLACK = 0.002
+_HINT_FLOOR = 1e-12
+_HINT_CEILING = 1e6
 
 
-def _frozen(array: np.ndarray | None) -> np.ndarray | None:
-    if isinstance(array, np.ndarray) and array.flags.writeable and array.flags.owndata:
-        array.setflags(write=False)
-    return array
-
-
-# The original network's pre-activations on the calibration rows (the refit targets) are
-# kept, in float32, while all of them take at most this much (2,048 rows of the 4 x 4096
-# benchmark: 134 MB); beyond, each compress call recomputes them a layer at a time.
-STORED_TARGET_BYTES = 1 << 30
-# Rows of the data path are computed this many entries (rows x neurons) at a time.
-_ROW_CHUNK_ENTRIES = 1 << 22
-
-
-def _row_step(width: int) -> int:
-    return max(1, _ROW_CHUNK_ENTRIES // max(width, 1))
-
-
-class _Rows:
-    """Inputs of a chain on some rows, the original chain's output on them (float64),
-    and every layer's original pre-activations (the refit targets, float32): stored
-    when they fit :data:`STORED_TARGET_BYTES`, else recomputed by :meth:`targets`, so
-    that the data path holds one layer's worth of rows, not the whole network's."""
-
-    def __init__(self, problem: ChainProblem, inputs: np.ndarray) -> None:
-        self.inputs = inputs
-        self._problem = problem
-        weights, system = problem.weights, problem.system
-        widths = sum(weight.shape[0] for weight, _ in weights)
-        keep = inputs.shape[0] * widths * 4 <= STORED_TARGET_BYTES
-        rows = inputs.shape[0]
-        stored = [np.empty((rows, w.shape[0]), np.float32) for w, _ in weights[1:]] if keep else []
-        output = np.empty((rows, weights[-1][0].shape[0]))
-        # in float64 through the whole chain, a chunk of rows at a time: the output is
-        # the exact reference eps 0 is judged by
-        step = _row_step(max(max(w.shape) for w, _ in weights))
-        for start in range(0, rows, step):
-            part = slice(start, start + step)
-            values = np.asarray(inputs[part], dtype=np.float64)
-            layers = zip(weights, system.layers, strict=True)
-            for index, ((weight, bias), layer) in enumerate(layers):
-                pre = values @ weight.T + bias
-                if keep and index:
-                    stored[index - 1][part] = pre
-                values = layer.activation(pre)
-            output[part] = values
-        self._stored = [_frozen(t) for t in stored] if keep else None
-        self.output = _frozen(output)
-
-    def targets(self) -> Iterator[np.ndarray]:
-        """The original pre-activations of layers 1, 2, ... (those refits aim at), front
-        to back, float32."""
-        if self._stored is not None:
-            return iter(self._stored)
-        return self._recomputed()
-
-    def _recomputed(self) -> Iterator[np.ndarray]:
-        """:meth:`targets` a layer at a time (computed in float64 a chunk of rows at a
-        time, the activations between layers held in float32): only the current
-        layer's rows are held."""
-        system, weights = self._problem.system, self._problem.weights
-        current = self.inputs
-        for index, (weight, bias) in enumerate(weights):
-            pre = np.empty((current.shape[0], weight.shape[0]), np.float32)
-            step = _row_step(max(weight.shape))
-            for start in range(0, current.shape[0], step):
-                rows = np.asarray(current[start : start + step], dtype=np.float64)
-                pre[start : start + step] = rows @ weight.T + bias
-            if index:
-                yield pre
-            if index + 1 < len(weights):
-                activation = system.layers[index].activation
-                # in place: whoever took this layer's targets is done with them once
-                # it asks for the next layer's
-                for start in range(0, pre.shape[0], step):
-                    chunk = pre[start : start + step]
-                    chunk[...] = activation(chunk.astype(np.float64))
-                current = pre
-
-
-def _activations(inputs: np.ndarray, layer: ReducedLayer, activation) -> np.ndarray:
-    """``activation(inputs @ layer.weight.T + layer.bias)`` in float32, a chunk of rows at
-    a time: the data path's layer inputs, which feed fits and comparisons on data, not
-    the exact reference (the output, float64), so float32 products (twice as fast as
-    float64 on wide layers) are accurate enough."""
-    out = np.empty((inputs.shape[0], layer.weight.shape[0]), dtype=np.float32)
-    weight_t = np.asarray(layer.weight, dtype=np.float32).T
-    step = _row_step(max(layer.weight.shape))
-    for start in range(0, inputs.shape[0], step):
-        rows = np.asarray(inputs[start : start + step], dtype=np.float32)
-        pre = (rows @ weight_t).astype(np.float64)
-        pre += layer.bias
-        out[start : start + step] = activation(pre)
-    return out
-
-
-def original_rows(problem: ChainProblem, which: str) -> _Rows:
-    """The original chain on the fitting (``which`` "fit") or held-out ("held") rows,
-    computed once per cache (``problem.cache``)."""
-    inputs = problem.calibration if which == "fit" else problem.holdout
-    if problem.cache is None:
-        return _Rows(problem, inputs)
-    return problem.cache.get(("original rows", which), lambda: _Rows(problem, inputs), pin=True)
-
-
-def original_output(problem: ChainProblem, which: str) -> np.ndarray:
-    """The original chain's output on the fitting or held-out rows (see original_rows)."""
-    return original_rows(problem, which).output
+def eps_for_width(width: Callable[[float], int], want: int) -> float | None:
+    """The smallest eps (to :data:`_HINT_RESOLUTION`, or where the width is within
+    :data:`_HINT_WIDTH_SLACK` of ``want``) at which ``width(eps)``, the non-increasing
+    width of a layer, is at most ``want``: 0 when eps down to :data:`_HINT_FLOOR` do,
+    None when no eps up to :data:`_HINT_CEILING` does."""
+    high = 1.0
+    while width(high) > want:
+        high *= _HINT_FACTOR
+        if high > _HINT_CEILING:
+            return None
+    low = high / _HINT_FACTOR
+    while width(low) <= want:
+        high, low = low, low / _HINT_FACTOR
+        if low < _HINT_FLOOR:
+            return 0.0
+    # a width within _HINT_WIDTH_SLACK of ``want`` is close enough, whatever the eps interval
+    close = want - max(1, round(_HINT_WIDTH_SLACK * want))
+    while high > low * (1.0 + _HINT_RESOLUTION) and width(high) < close:
+        middle = float(np.sqrt(low * high))
+        if width(middle) > want:
+            low = middle
+        else:
+            high = middle
+    return high
 
 
 def _with_data_constants(lumping: Lumping, weight, bias, layer, inputs) -> Lumping:
@@ -480,19 +428,6 @@ def _with_data_constants(lumping: Lumping, weight, bias, layer, inputs) -> Lumpi
     return Lumping(
         lumping.block, lumping.scale, np.where(removed, mean, lumping.offset), lumping.n_blocks
     )
-
-
-def _output_error(problem: ChainProblem, layers: list[ReducedLayer], rows: _Rows) -> float:
-    """Mean squared difference of the reduced chain's output from the original's on
-    ``rows``, a chunk of rows at a time."""
-    weights = [(layer.weight, layer.bias) for layer in layers]
-    total, n = 0.0, rows.inputs.shape[0]
-    step = _row_step(max(max(w.shape) for w, _ in weights))
-    for start in range(0, n, step):
-        part = slice(start, start + step)
-        output = forward_chain(weights, problem.system, rows.inputs[part])[-1]
-        total += float(np.square(output - rows.output[part]).sum())
-    return total / max(rows.output.size, 1)
 
 
 @dataclass

@@ -222,7 +222,7 @@ def _chunked_support(rows: _CanonicalRows, inputs: np.ndarray, activation) -> _S
     for start in range(0, inputs.shape[0], step):
         pre = rows.pre_activations(inputs[start : start + step])
         pre_moments.add(pre)
-        post_moments.add(activation(pre))
+        post_moments.add(activation.float32(pre).astype(np.float64))
         np.minimum(low, pre.min(axis=0), out=low)
         np.maximum(high, pre.max(axis=0), out=high)
     return _Support(pre_moments.std, post_moments.std, post_moments.mean, low, high)
@@ -263,8 +263,9 @@ class _Support:
 
     @classmethod
     def of(cls, pre: np.ndarray, activation: Activation) -> _Support:
-        """From pre-activations as (neurons x rows)."""
-        post = activation(pre)
+        """From pre-activations as (neurons x rows); the activations in float32 (their
+        moments accumulate in float64)."""
+        post = activation.float32(pre)
         _, pre_std = _row_moments(pre)
         post_mean, post_std = _row_moments(post)
         return cls(pre_std, post_std, post_mean, pre.min(1), pre.max(1))
@@ -276,8 +277,8 @@ def _row_moments(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     neurons x samples). The variance loses about 1e-16 (mean / std)^2 of itself, which
     matters only for rows far below the constant-neuron tolerance, where it still is."""
     n = max(values.shape[1], 1)
-    mean = values.sum(axis=1) / n
-    square_mean = np.einsum("ij,ij->i", values, values) / n
+    mean = values.sum(axis=1, dtype=np.float64) / n
+    square_mean = np.einsum("ij,ij->i", values, values, dtype=np.float64) / n
     return mean, np.sqrt(np.maximum(square_mean - mean * mean, 0.0))
 
 

@@ -1,0 +1,188 @@
+"""The original chain on the calibration rows, and the data path's layer inputs.
+
+:class:`ReferenceRows` holds what every step of a data-aware search compares with: the
+original chain's output (float64, the exact reference eps 0 is judged by) and every
+layer's original pre-activations (the refit targets, float32). :func:`layer_inputs` are
+a reduced layer's activations on the rows, in float32: what the next layer is grouped
+and refit on.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from onnx_lump.data.calibration import forward_chain
+from onnx_lump.ode.encoding import OdeSystem
+from onnx_lump.ode.reduction import ReducedLayer
+
+if TYPE_CHECKING:
+    from onnx_lump.methods.base import ChainProblem
+
+__all__ = [
+    "STORED_TARGET_BYTES",
+    "ReferenceRows",
+    "frozen",
+    "layer_inputs",
+    "original_output",
+    "original_rows",
+    "reference_error",
+]
+
+
+def frozen(array: np.ndarray | None) -> np.ndarray | None:
+    if isinstance(array, np.ndarray) and array.flags.writeable and array.flags.owndata:
+        array.setflags(write=False)
+    return array
+
+
+# The original network's pre-activations on the calibration rows (the refit targets) are
+# kept, in float32, while all of them take at most this much (2,048 rows of the 4 x 4096
+# benchmark: 134 MB); beyond, each compress call recomputes them a layer at a time.
+STORED_TARGET_BYTES = 1 << 30
+# Rows of the data path are computed this many entries (rows x neurons) at a time.
+_ROW_CHUNK_ENTRIES = 1 << 22
+
+
+def _row_step(width: int) -> int:
+    return max(1, _ROW_CHUNK_ENTRIES // max(width, 1))
+
+
+class ReferenceRows:
+    """Inputs of a chain on some rows, the original chain's output on them (float64),
+    and every layer's original pre-activations (the refit targets, float32): stored
+    when they fit :data:`STORED_TARGET_BYTES`, else recomputed by :meth:`targets`, so
+    that the data path holds one layer's worth of rows, not the whole network's.
+
+    With ``output_first`` (the held-out rows, whose output every step's error is
+    measured against) one float64 pass makes the output and the stored targets; else
+    (the fitting rows, whose output only refinement reads) the stored targets come
+    from float32 products, twice as fast, and the output from a float64 pass on first
+    use."""
+
+    def __init__(self, problem: ChainProblem, inputs: np.ndarray, output_first: bool = True):
+        self.inputs = inputs
+        self._problem = problem
+        weights = problem.weights
+        widths = sum(weight.shape[0] for weight, _ in weights)
+        keep = inputs.shape[0] * widths * 4 <= STORED_TARGET_BYTES
+        self._output: np.ndarray | None = None
+        self._stored: list[np.ndarray] | None = None
+        if output_first:
+            self._forward(np.float64, keep, True)
+        elif keep:
+            self._forward(np.float32, True, False)
+
+    def _forward(self, dtype, store: bool, output: bool) -> None:
+        """One pass through the chain in ``dtype``, a chunk of rows at a time, storing the
+        targets (float32) and the output (float64: the exact reference eps 0 is judged
+        by) as asked."""
+        weights, system, inputs = self._problem.weights, self._problem.system, self.inputs
+        rows = inputs.shape[0]
+        stored = [np.empty((rows, w.shape[0]), np.float32) for w, _ in weights[1:]] if store else []
+        result = np.empty((rows, weights[-1][0].shape[0])) if output else None
+        if dtype is np.float32:
+            weights = [(np.asarray(w, np.float32), np.asarray(b, np.float32)) for w, b in weights]
+        step = _row_step(max(max(w.shape) for w, _ in weights))
+        for start in range(0, rows, step):
+            part = slice(start, start + step)
+            values = np.asarray(inputs[part], dtype=dtype)
+            layers = zip(weights, system.layers, strict=True)
+            for index, ((weight, bias), layer) in enumerate(layers):
+                pre = values @ weight.T + bias
+                if store and index:
+                    stored[index - 1][part] = pre
+                if output or index + 1 < len(weights):
+                    exact = dtype is np.float64
+                    values = layer.activation(pre) if exact else layer.activation.float32(pre)
+            if output:
+                result[part] = values
+        if store:
+            self._stored = [frozen(t) for t in stored]
+        if output:
+            self._output = frozen(result)
+
+    @property
+    def output(self) -> np.ndarray:
+        """The original chain's output on these rows, float64."""
+        if self._output is None:
+            self._forward(np.float64, False, True)
+        return self._output
+
+    def targets(self) -> Iterator[np.ndarray]:
+        """The original pre-activations of layers 1, 2, ... (those refits aim at), front
+        to back, float32."""
+        if self._stored is not None:
+            return iter(self._stored)
+        return self._recomputed()
+
+    def _recomputed(self) -> Iterator[np.ndarray]:
+        """:meth:`targets` a layer at a time (computed in float64 a chunk of rows at a
+        time, the activations between layers held in float32): only the current
+        layer's rows are held."""
+        system, weights = self._problem.system, self._problem.weights
+        current = self.inputs
+        for index, (weight, bias) in enumerate(weights):
+            pre = np.empty((current.shape[0], weight.shape[0]), np.float32)
+            step = _row_step(max(weight.shape))
+            for start in range(0, current.shape[0], step):
+                rows = np.asarray(current[start : start + step], dtype=np.float64)
+                pre[start : start + step] = rows @ weight.T + bias
+            if index:
+                yield pre
+            if index + 1 < len(weights):
+                activation = system.layers[index].activation
+                # in place: whoever took this layer's targets is done with them once
+                # it asks for the next layer's
+                for start in range(0, pre.shape[0], step):
+                    chunk = pre[start : start + step]
+                    chunk[...] = activation.float32(chunk)
+                current = pre
+
+
+def layer_inputs(inputs: np.ndarray, layer: ReducedLayer, activation) -> np.ndarray:
+    """``activation(inputs @ layer.weight.T + layer.bias)`` in float32, a chunk of rows at
+    a time: the data path's layer inputs, which feed fits and comparisons on data, not
+    the exact reference (the output, float64), so float32 products (twice as fast as
+    float64 on wide layers) are accurate enough."""
+    out = np.empty((inputs.shape[0], layer.weight.shape[0]), dtype=np.float32)
+    weight_t = np.asarray(layer.weight, dtype=np.float32).T
+    bias = np.asarray(layer.bias, dtype=np.float32)
+    step = _row_step(max(layer.weight.shape))
+    for start in range(0, inputs.shape[0], step):
+        rows = np.asarray(inputs[start : start + step], dtype=np.float32)
+        pre = rows @ weight_t
+        pre += bias
+        out[start : start + step] = activation.float32(pre)
+    return out
+
+
+def original_rows(problem: ChainProblem, which: str) -> ReferenceRows:
+    """The original chain on the fitting (``which`` "fit") or held-out ("held") rows,
+    computed once per cache (``problem.cache``)."""
+    inputs = problem.calibration if which == "fit" else problem.holdout
+    make = functools.partial(ReferenceRows, problem, inputs, output_first=which != "fit")
+    if problem.cache is None:
+        return make()
+    return problem.cache.get(("original rows", which), make, pin=True)
+
+
+def original_output(problem: ChainProblem, which: str) -> np.ndarray:
+    """The original chain's output on the fitting or held-out rows (see original_rows)."""
+    return original_rows(problem, which).output
+
+
+def reference_error(system: OdeSystem, layers: list[ReducedLayer], rows: ReferenceRows) -> float:
+    """Mean squared difference of the reduced chain's output from the original's on
+    ``rows``, a chunk of rows at a time."""
+    weights = [(layer.weight, layer.bias) for layer in layers]
+    total, n = 0.0, rows.inputs.shape[0]
+    step = _row_step(max(max(w.shape) for w, _ in weights))
+    for start in range(0, n, step):
+        part = slice(start, start + step)
+        output = forward_chain(weights, system, rows.inputs[part])[-1]
+        total += float(np.square(output - rows.output[part]).sum())
+    return total / max(rows.output.size, 1)

@@ -1,0 +1,128 @@
+"""What a compress call reports: widths and parameters per layer, the held-out error,
+the refinement and verification results, and the notes, as a table or JSON."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from onnx_lump.data.refine import RefineStats
+from onnx_lump.graph.weightstats import WeightRange
+from onnx_lump.methods import ChainResult
+from onnx_lump.ode.encoding import OdeSystem
+from onnx_lump.verify import VerificationResult
+
+__all__ = ["LayerStats", "Report"]
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    """Width and parameter count (weights + biases) of one dense layer, before and after;
+    for unstructured methods ``params_after`` counts non-zero weights."""
+
+    chain: int
+    layer: str
+    activation: str
+    width_before: int
+    width_after: int
+    params_before: int
+    params_after: int
+
+
+@dataclass
+class Report:
+    """What the pass did; ``verification`` is truthy when the outputs matched."""
+
+    method: str
+    structured: bool
+    layers: list[LayerStats]
+    notes: list[str]
+    seconds: float
+    shortcut_params: int = 0
+    verification: VerificationResult | None = None
+    systems: list[OdeSystem] = field(default_factory=list, repr=False)
+    results: list[ChainResult] = field(default_factory=list, repr=False)
+    refine: list[RefineStats] = field(default_factory=list)
+    widths_after: list[list[int]] = field(default_factory=list)
+    holdout: str | None = None  # which inputs holdout_error was measured on
+    holdout_rows: int = 0
+    holdout_error: float | None = None
+    weight_ranges: list[WeightRange] = field(default_factory=list)
+
+    @property
+    def params_before(self) -> int:
+        return sum(s.params_before for s in self.layers)
+
+    @property
+    def params_after(self) -> int:
+        return sum(s.params_after for s in self.layers) + self.shortcut_params
+
+    @property
+    def retained(self) -> float:
+        return self.params_after / self.params_before if self.params_before else 1.0
+
+    def to_dict(self) -> dict:
+        return {
+            "method": self.method,
+            "structured": self.structured,
+            "shortcut_params": self.shortcut_params,
+            "params_before": self.params_before,
+            "params_after": self.params_after,
+            "retained": self.retained,
+            "seconds": self.seconds,
+            "layers": [vars(s) for s in self.layers],
+            "notes": self.notes,
+            "verification": None if self.verification is None else self.verification.to_dict(),
+            "widths_after": self.widths_after,
+            "refine": [vars(r) for r in self.refine],
+            "holdout": self.holdout,
+            "holdout_rows": self.holdout_rows,
+            "holdout_error": self.holdout_error,
+            "weight_ranges": [vars(w) for w in self.weight_ranges],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def summary(self) -> str:
+        """A table of widths and parameters per layer, then the error and the notes."""
+        kind = "" if self.structured else "  (unstructured: non-zero weights; graph not smaller)"
+        lines = [
+            f"method: {self.method}  time={self.seconds:.3f}s{kind}",
+            f"{'chain':>5}  {'layer':<28} {'activation':<18} {'width':>13} {'params':>19}",
+        ]
+        for s in self.layers:
+            lines.append(
+                f"{s.chain:>5}  {s.layer[:28]:<28} {s.activation:<18} "
+                f"{s.width_before:>6}->{s.width_after:<6} {s.params_before:>9}->{s.params_after:<9}"
+            )
+        if self.shortcut_params:
+            label = "linear shortcuts"
+            lines.append(f"{'':>5}  {label:<28} {'':<18} {'':>13} {'':>9}+{self.shortcut_params}")
+        lines.append(
+            f"{'total':>5}  {'':<28} {'':<18} {'':>13} "
+            f"{self.params_before:>9}->{self.params_after:<9} ({100 * self.retained:.1f}% kept)"
+        )
+        for index, r in enumerate(self.refine):
+            lines.append(
+                f"refine: {r.iterations} L-BFGS iterations in {r.seconds:.2f}s, held-out error "
+                f"{100 * r.holdout_before:.3g}% -> {100 * r.holdout_after:.3g}%"
+                + ("" if r.improved else " (no gain: kept the unrefined weights)")
+                + (f" [chain {index}]" if len(self.refine) > 1 else "")
+            )
+        if self.weight_ranges:
+            before = max(w.weight_before for w in self.weight_ranges)
+            after = max(w.weight_after for w in self.weight_ranges)
+            lines.append(f"max |weight|: {before:.3g} -> {after:.3g}")
+        if self.holdout_error is not None:
+            lines.append(f"error {100 * self.holdout_error:.3g}% on {self.holdout}")
+        if self.verification is not None:
+            v = self.verification
+            for out in v.outputs:
+                lines.append(
+                    f"output '{out.name}': max abs {out.max_abs:.3g}, max rel {out.max_rel:.3g}, "
+                    f"rmse {out.rmse:.3g} (reference rms {out.reference_rms:.3g}; "
+                    f"{v.n_samples} samples, {', '.join(v.providers)})"
+                )
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)

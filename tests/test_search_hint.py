@@ -1,0 +1,142 @@
+"""Where a size search starts: the width share a target implies, the knob at which the
+first hidden layer keeps it (``api.knob_hint``), and the float32 pieces of the data path
+that make each step cheaper."""
+
+from __future__ import annotations
+
+import itertools
+from types import SimpleNamespace
+
+import numpy as np
+import onnx
+import pytest
+from conftest import MODELS
+
+from onnx_lump.activations import REGISTRY, Activation
+from onnx_lump.api import compress, knob_hint, uniform_width_share
+from onnx_lump.data.cache import SearchCache
+from onnx_lump.methods import Lump
+from onnx_lump.methods.lumping import eps_for_width
+from onnx_lump.ode.equivalence import Equivalence, PartitionOptions, Similarity
+from onnx_lump.search import Evaluator, bisect
+
+DEMO = MODELS / "rn_tanh_2x64.onnx"
+CALIB = dict(np.load(MODELS / "rn_calib.npz"))
+
+
+def _chain(*dims: int) -> SimpleNamespace:
+    """A chain of dense layers with biases through ``dims`` (input, hidden..., output)."""
+    layers = [
+        SimpleNamespace(in_features=a, out_features=b, n_params=a * b + b)
+        for a, b in itertools.pairwise(dims)
+    ]
+    return SimpleNamespace(layers=layers)
+
+
+def _params(dims: tuple[int, ...]) -> int:
+    return sum(a * b + b for a, b in itertools.pairwise(dims))
+
+
+@pytest.mark.parametrize("dims", [(64, 4096, 4096, 4096, 4096, 1), (20, 300, 7), (5, 40, 30, 3)])
+@pytest.mark.parametrize("target", [0.02, 0.05, 0.3, 0.9])
+def test_the_width_share_keeps_the_target_when_every_layer_keeps_it(dims, target):
+    share = uniform_width_share([_chain(*dims)], target)
+    kept = (dims[0], *(share * w for w in dims[1:-1]), dims[-1])
+    assert _params(kept) == pytest.approx(target * _params(dims), rel=1e-9)
+
+
+def test_the_width_share_is_clamped_to_what_widths_can_do():
+    chains = [_chain(10, 50, 50, 2)]
+    assert uniform_width_share(chains, 1.5) == 1.0
+    assert uniform_width_share(chains, 1e-9) == 0.0  # below the output biases alone
+
+
+def _width(knee: float):
+    calls = []
+
+    def width(eps: float) -> int:
+        calls.append(eps)
+        return max(1, round(1000 / (1.0 + (eps / knee) ** 2)))
+
+    return width, calls
+
+
+@pytest.mark.parametrize("knee", [1e-9, 3e-5, 0.2, 50.0])
+@pytest.mark.parametrize("want", [1, 200, 999])
+def test_eps_for_width_finds_the_smallest_eps_within_its_resolution(knee, want):
+    width, calls = _width(knee)
+    eps = eps_for_width(width, want)
+    # within the resolution, or within the width slack (0.2%, at least one neuron)
+    close = width(eps) >= want - max(1, round(0.002 * want))
+    assert width(eps) <= want and (close or want < width(eps / (1 + 2e-4)))
+    assert len(calls) <= 40  # bracketing by 16x, then a bisection in log eps
+
+
+def test_eps_for_width_says_none_when_no_eps_gets_there():
+    assert eps_for_width(lambda eps: 10, 5) is None
+    assert eps_for_width(lambda eps: 1, 5) == 0.0  # every eps does: knob 0 may too
+
+
+def test_the_hint_is_where_the_first_layer_keeps_the_share():
+    model = onnx.load(DEMO)
+    method = Lump(PartitionOptions(0.0, similarity=Similarity.DATA))
+    cache = SearchCache()
+    hint = knob_hint(model, method, 0.3, CALIB, cache)
+    assert hint is not None and hint > 0
+    want = round(uniform_width_share_for(model, 0.3) * 64)
+
+    def first_width(eps: float) -> int:
+        options = PartitionOptions(eps, similarity=Similarity.DATA)
+        _, report = compress(
+            model, Lump(options), calibration=CALIB, refine=False, verify=False, cache=cache
+        )
+        return report.layers[0].width_after
+
+    width = first_width(hint)
+    assert width <= want and (width >= want - 1 or want < first_width(hint / (1 + 2e-4)))
+
+
+def uniform_width_share_for(model: onnx.ModelProto, target: float) -> float:
+    from onnx_lump.graph.chains import scan_graph
+    from onnx_lump.graph.rewrite import import_graph
+
+    return uniform_width_share(scan_graph(import_graph(model)).chains, target)
+
+
+def test_no_hint_for_methods_without_a_cheap_one():
+    model = onnx.load(DEMO)
+    forward = Lump(PartitionOptions(0.0, Equivalence.FORWARD, similarity=Similarity.DATA))
+    assert knob_hint(model, forward, 0.3, CALIB, SearchCache()) is None
+
+
+def test_a_hinted_search_meets_the_target_without_bracketing_from_1():
+    evaluate = Evaluator(
+        onnx.load(DEMO),
+        lambda eps: Lump(PartitionOptions(eps, similarity=Similarity.DATA)),
+        CALIB,
+        refine=False,
+    )
+    _knob, point, met = bisect(evaluate, None, target_params=0.3)
+    assert met and 0.3 * (1 - 0.05) <= point.retained <= 0.3
+    assert 1.0 not in evaluate.cache  # started from the hint, not from doubling 1
+
+    plain = Evaluator(
+        onnx.load(DEMO),
+        lambda eps: Lump(PartitionOptions(eps, similarity=Similarity.DATA)),
+        CALIB,
+        refine=False,
+    )
+    plain.hint = lambda target: None
+    _, plain_point, plain_met = bisect(plain, None, target_params=0.3)
+    # both stop within one neuron a layer of the target (31 parameters here)
+    assert plain_met and abs(plain_point.retained - point.retained) <= 0.05 * 0.3
+
+
+@pytest.mark.parametrize("kind", sorted(REGISTRY, key=lambda k: k.value))
+def test_float32_activations_agree_with_float64(kind):
+    activation = Activation(kind)
+    z = np.concatenate([np.linspace(-12, 12, 2001), [-200.0, -90.0, 90.0, 200.0]])
+    value = activation.float32(z.astype(np.float32))
+    assert value.dtype == np.float32
+    expected = activation(z.astype(np.float32).astype(np.float64))
+    np.testing.assert_allclose(value, expected, rtol=2e-6, atol=2e-6)
