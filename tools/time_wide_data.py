@@ -171,6 +171,11 @@ def measure(
     }
 
 
+def _step_count(lines: list[str]) -> int:
+    """Search steps (compressions) among the search's log lines, hints not counted."""
+    return sum(1 for line in lines if "  knob " in line)
+
+
 def markdown(result: dict) -> str:
     io_wall, io_cpu = result["io_wall"], result["io_cpu"]
     lines = [
@@ -193,12 +198,17 @@ def markdown(result: dict) -> str:
             for r in run["refine"]
         )
         lines.append(
-            f"| `{RUNS[name][0]}` | {run['code']} | {len(run['steps'])} | {share} | {error} | "
+            f"| `{RUNS[name][0]}` | {run['code']} | {_step_count(run['steps'])} | {share} | "
+            f"{error} | "
             f"{refined or '-'} | {run['wall']:.1f} | {run['cpu']:.1f} | "
             f"{run['wall'] / io_wall:.1f}x | {run['cpu'] / io_cpu:.1f}x |"
         )
     for name, run in result["runs"].items():
-        lines += ["", f"Search steps of `{RUNS[name][0]}` (time since start, knob, size, error):"]
+        lines += [
+            "",
+            f"Search steps of `{RUNS[name][0]}` (time since start, knob, size; the hints are "
+            "the method's estimates of the knob for a size, from the first layer alone):",
+        ]
         lines += ["", "```", *run["steps"], "```"]
     return "\n".join(lines) + "\n"
 
