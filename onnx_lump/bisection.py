@@ -101,10 +101,11 @@ def _initial_bracket(evaluate, good, low, upper_limit):
 
 
 def _narrow(evaluate, good, lo, hi, geometric, target_params, max_error, steps):
-    """Split (lo, hi) until :func:`_resolved`: where the size, interpolated, would meet a
-    size target while that keeps closing in on it (each step at least halves the
-    interval or the nearer end's distance to the target, in log size), else in the
-    middle; never more than twice the steps of bisection alone."""
+    """Split (lo, hi) until :func:`_resolved`, in at most ``steps`` steps: for a size
+    target where the size, interpolated, would meet it, while that keeps closing in (a
+    step halves the interval, or the nearer end's distance to the target in log size),
+    else one step in the middle before interpolating again; for an error target in the
+    middle."""
     interpolate = target_params is not None
     for _ in range(steps):
         if _resolved(lo, hi, target_params, max_error):

@@ -195,17 +195,9 @@ class Evaluator:
         if self.calibration is None:
             return None
         started = time.perf_counter()
-        options = {k: v for k, v in self.options.items() if k != "validation_targets"}
         cache = self.data_cache if self.data_cache is not None else SearchCache(across_calls=False)
-        knob = knob_hint(
-            self.model,
-            self.make_method(0.0),
-            target_params,
-            self.calibration,
-            cache,
-            validation_targets=self.options.get("validation_targets"),
-            **options,
-        )
+        method = self.make_method(0.0)
+        knob = knob_hint(self.model, method, target_params, self.calibration, cache, **self.options)
         if knob is not None:
             logger.info(
                 "hint for %.3g%% kept: knob %.6g (%.1f s)",
