@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -12,7 +13,7 @@ import numpy as np
 import onnx
 
 from onnx_lump import __version__
-from onnx_lump.data.cache import SearchCache
+from onnx_lump.data.cache import SearchCache, digest
 from onnx_lump.data.calibration import chain_inputs, random_inputs
 from onnx_lump.data.holdout import (
     DEFAULT_HOLDOUT,
@@ -170,9 +171,23 @@ def compress(
         result = warm_start[index] if warm_start is not None else method.compress(problem)
         if refine_options is not None and _differs(problem, result):
             left = refine_options.max_seconds - (time.perf_counter() - refine_started)
-            result, refine_stats = _refine(
-                problem, result, method, refine_options, left / (len(scan.chains) - index), index
+            run = functools.partial(
+                _refine,
+                problem,
+                result,
+                method,
+                refine_options,
+                left / (len(scan.chains) - index),
+                index,
             )
+            if memo is None or not memo.across_calls or spill is not None:
+                result, refine_stats = run()
+            else:
+                # a knob that merges as an earlier one did gives the same network: a search
+                # refines it once (the same start and options refine the same way)
+                key = ("refined", _result_digest(result), refine_options, method.structured)
+                refined_result, refine_stats = memo.get(key, run)
+                result = dataclasses.replace(refined_result, notes=result.notes)
             refined.append(refine_stats)
         scan.notes.extend(f"chain {index}: {note}" for note in result.notes)
         stats += _layer_stats(index, chain, result, method.structured)
@@ -417,6 +432,14 @@ def _refine(
     return refine_chain(
         result, activations, fit, held, options, masks, max(seconds, 1e-3), f"refine chain {index}"
     )
+
+
+def _result_digest(result: ChainResult) -> bytes:
+    """A key for a chain result's weights, biases and shortcuts."""
+    arrays = [a for layer in result.layers for a in (layer.weight, layer.bias)]
+    arrays += [s.weight for s in result.shortcuts]
+    shape = [(s.source, s.target) for s in result.shortcuts]
+    return digest(*arrays, np.asarray(shape, dtype=np.int64))
 
 
 def _count(weight: np.ndarray, structured: bool) -> int:

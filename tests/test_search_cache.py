@@ -194,3 +194,29 @@ def test_compress_runs_each_model_once_on_the_held_out_rows(monkeypatch):
     assert report.holdout_error == pytest.approx(output_error(expected, actual), rel=1e-12)
     assert report.verification.n_samples == len(next(iter(held.values())))
     assert report.verification.outputs[0].max_abs == pytest.approx(np.abs(expected - actual).max())
+
+
+def test_a_network_two_knobs_give_alike_is_refined_once(monkeypatch):
+    """Knobs that merge alike give the same network: an error search refines it once, and
+    both steps report what a search without caches measures."""
+    import onnx_lump.api as api
+
+    calls = []
+    original = api._refine
+    monkeypatch.setattr(api, "_refine", lambda *a: calls.append(1) or original(*a))
+    refine = RefineOptions(max_iters=30)
+    cached, plain = evaluator(True, refine=refine), evaluator(False, refine=refine)
+    knobs = (0.2, 0.2 * (1 + 1e-6))
+    steps = [cached(k) for k in knobs]
+    assert steps[0][1].widths_after == steps[1][1].widths_after
+    assert steps[0][1].retained < 1.0 and len(calls) == 1  # merged, and refined once
+    for knob, (model, report, point) in zip(knobs, steps, strict=True):
+        fresh_model, fresh_report, fresh = plain(knob)
+        assert point.error == fresh.error
+        ((stats,), (fresh_stats,)) = report.refine, fresh_report.refine
+        assert (stats.iterations, stats.holdout_after) == (
+            fresh_stats.iterations,
+            fresh_stats.holdout_after,
+        )
+        assert_same_model(model, fresh_model)
+    assert len(calls) == 3  # the plain search refined at both knobs
