@@ -34,6 +34,7 @@ __all__ = [
 
 
 def frozen(array: np.ndarray | None) -> np.ndarray | None:
+    """``array``, made read-only where it owns its data: what a search cache holds."""
     if isinstance(array, np.ndarray) and array.flags.writeable and array.flags.owndata:
         array.setflags(write=False)
     return array
