@@ -283,11 +283,10 @@ def knob_hint(
     share of its neurons that every hidden layer would keep, all alike, to meet the
     target (:func:`uniform_width_share`), averaged over chains in log space, weighted by
     their parameters. It reads the chains and calibration rows through ``cache`` (the
-    search's own), as :func:`compress` does, so the steps reuse them. Not for models
-    kept on disk (one chain in memory at a time there)."""
+    search's own), as :func:`compress` does, so the steps reuse them. A model that keeps
+    its weights on disk is read one chain at a time, as compress reads it."""
     model = to_model_proto(model)
-    if Spill.for_model(model) is not None:
-        return None
+    on_disk = Spill.for_model(model) is not None
     run_on = resolve_providers(providers)
     scan = scan_graph(import_graph(model))
     if not scan.chains:
@@ -300,10 +299,12 @@ def knob_hint(
     logs, weights = [], []
     for index, chain in enumerate(scan.chains):
         memo = cache.chain(index)
-        problem = ChainProblem(
-            _encoding(chain, index, memo), fit_inputs[index], held_inputs[index], memo
+        system = _encoding(chain, index, None if on_disk else memo)
+        hint = method.knob_hint(
+            ChainProblem(system, fit_inputs[index], held_inputs[index], memo), share
         )
-        hint = method.knob_hint(problem, share)
+        del system
+        release_chain(chain)
         if hint is None or hint <= 0:
             return None
         logs.append(np.log(hint))

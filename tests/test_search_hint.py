@@ -140,3 +140,21 @@ def test_float32_activations_agree_with_float64(kind):
     assert value.dtype == np.float32
     expected = activation(z.astype(np.float32).astype(np.float64))
     np.testing.assert_allclose(value, expected, rtol=2e-6, atol=2e-6)
+
+
+def test_a_model_on_disk_gets_the_same_hint(tmp_path):
+    """Weights kept in external data are read a chain at a time for the hint, which is
+    the one the model in memory gets."""
+    from onnx_lump.graph.modelio import load_model
+    from onnx_lump.graph.spill import Spill
+
+    model = onnx.load(DEMO)
+    path = tmp_path / "model.onnx"
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    onnx.save_model(copy, str(path), save_as_external_data=True, size_threshold=0)
+    on_disk = load_model(path).model
+    assert Spill.for_model(on_disk) is not None
+    method = Lump(PartitionOptions(0.0, similarity=Similarity.DATA))
+    in_memory = knob_hint(model, method, 0.3, CALIB, SearchCache())
+    assert knob_hint(on_disk, method, 0.3, CALIB, SearchCache()) == in_memory
