@@ -276,15 +276,18 @@ def knob_hint(
     validation: Mapping[str, np.ndarray] | None = None,
     validation_targets: np.ndarray | None = None,
     providers: Sequence[str] = ("cpu",),
+    after: Report | None = None,
 ) -> float | None:
     """A knob of ``method`` near the one keeping ``target_params`` (a fraction) of the
     dense chains' parameters, for a size search to start from (None when the method has
     no cheap estimate): the knob at which each chain's first hidden layer keeps the
-    share of its neurons that every hidden layer would keep, all alike, to meet the
-    target (:func:`uniform_width_share`), averaged over chains in log space, weighted by
-    their parameters. It reads the chains and calibration rows through ``cache`` (the
-    search's own), as :func:`compress` does, so the steps reuse them. A model that keeps
-    its weights on disk is read one chain at a time, as compress reads it."""
+    share of its neurons that meets the target when every hidden layer keeps as much
+    (or, given the report of a step ``after``, when the later layers follow the first
+    as they did there: :func:`width_ratios`), from :func:`uniform_width_share`, averaged
+    over chains in log space, weighted by their parameters. It reads the chains and
+    calibration rows through ``cache`` (the search's own), as :func:`compress` does, so
+    the steps reuse them. A model that keeps its weights on disk is read one chain at a
+    time, as compress reads it."""
     model = to_model_proto(model)
     on_disk = Spill.for_model(model) is not None
     run_on = resolve_providers(providers)
@@ -295,7 +298,8 @@ def knob_hint(
         model, scan.chains, calibration, holdout, seed, validation, validation_targets,
         cache, run_on,
     )  # fmt: skip
-    share = uniform_width_share(scan.chains, target_params)
+    ratios = None if after is None else width_ratios(after, scan.chains)
+    share = uniform_width_share(scan.chains, target_params, ratios)
     logs, weights = [], []
     for index, chain in enumerate(scan.chains):
         memo = cache.chain(index)
@@ -312,25 +316,35 @@ def knob_hint(
     return float(np.exp(np.average(logs, weights=weights)))
 
 
-def uniform_width_share(chains: Sequence[DenseChain], target_params: float) -> float:
-    """The share f of its neurons every hidden layer would keep for the chains to keep
-    ``target_params`` of their parameters: the positive root of B f^2 + A f + C = target
-    x total, where B counts the weights between two hidden layers, A those between a
-    hidden layer and a chain's input or output plus the hidden biases, and C the output
-    biases (a hidden layer's bias keeps f of itself)."""
-    quadratic = linear = constant = total = 0
-    for chain in chains:
+def uniform_width_share(
+    chains: Sequence[DenseChain],
+    target_params: float,
+    ratios: Sequence[Sequence[float] | None] | None = None,
+) -> float:
+    """The share f of its neurons every chain's first hidden layer would keep for the
+    chains to keep ``target_params`` of their parameters, when each hidden layer keeps
+    f times its ``ratios`` entry (per chain, per hidden layer; 1 for all when None):
+    the positive root of B f^2 + A f + C = target x total, where B counts the weights
+    between two hidden layers, A those between a hidden layer and a chain's input or
+    output plus the hidden biases, and C the output biases (each count weighted by the
+    ratios of the hidden layers it joins)."""
+    quadratic = linear = constant = total = 0.0
+    for index, chain in enumerate(chains):
+        hidden = len(chain.layers) - 1
+        ratio = (ratios[index] if ratios is not None else None) or [1.0] * hidden
         for position, layer in enumerate(chain.layers):
             total += layer.n_params
             bias = layer.n_params - layer.in_features * layer.out_features
-            inner, outer = position > 0, position < len(chain.layers) - 1
+            inner, outer = position > 0, position < hidden
             weights = layer.in_features * layer.out_features
+            into = ratio[position - 1] if inner else 1.0
+            out = ratio[position] if outer else 1.0
             if inner and outer:
-                quadratic += weights
+                quadratic += weights * into * out
             else:
-                linear += weights
+                linear += weights * (into if inner else out)
             if outer:
-                linear += bias
+                linear += bias * out
             else:
                 constant += bias
     goal = target_params * total - constant
@@ -340,6 +354,21 @@ def uniform_width_share(chains: Sequence[DenseChain], target_params: float) -> f
         return min(1.0, goal / linear)
     root = (-linear + np.sqrt(linear * linear + 4.0 * quadratic * goal)) / (2.0 * quadratic)
     return float(min(1.0, root))
+
+
+def width_ratios(report: Report, chains: Sequence[DenseChain]) -> list[list[float] | None]:
+    """Per chain, the share of its neurons each hidden layer kept in ``report`` over the
+    share the first kept (None for a chain the report does not describe, or whose
+    first layer kept nothing): how the later layers followed the first."""
+    ratios: list[list[float] | None] = []
+    for index, chain in enumerate(chains):
+        stats = [s for s in report.layers if s.chain == index]
+        if len(stats) != len(chain.layers) or len(stats) < 2 or stats[0].width_after <= 0:
+            ratios.append(None)
+            continue
+        shares = [s.width_after / max(s.width_before, 1) for s in stats[:-1]]
+        ratios.append([share / shares[0] for share in shares])
+    return ratios
 
 
 def _chain_rows(

@@ -187,21 +187,24 @@ class Evaluator:
         self.cache[knob] = (reduced, report, point)
         return self.cache[knob]
 
-    def hint(self, target_params: float) -> float | None:
+    def hint(self, target_params: float, after: Report | None = None) -> float | None:
         """A knob near the one keeping ``target_params`` of the parameters, from the
-        method's cheap estimate (:func:`onnx_lump.api.knob_hint`; None when it has none,
-        or without calibration data). Without caches it reads the chains afresh: the
-        same hint, slower."""
+        method's cheap estimate (:func:`onnx_lump.api.knob_hint`, with the report of the
+        step ``after`` when there is one; None when it has none, or without calibration
+        data). Without caches it reads the chains afresh: the same hint, slower."""
         if self.calibration is None:
             return None
         started = time.perf_counter()
         cache = self.data_cache if self.data_cache is not None else SearchCache(across_calls=False)
         method = self.make_method(0.0)
-        knob = knob_hint(self.model, method, target_params, self.calibration, cache, **self.options)
+        knob = knob_hint(
+            self.model, method, target_params, self.calibration, cache, after=after, **self.options
+        )
         if knob is not None:
             logger.info(
-                "hint for %.3g%% kept: knob %.6g (%.1f s)",
+                "hint for %.4g%% kept%s: knob %.6g (%.1f s)",
                 100 * target_params,
+                "" if after is None else ", the later layers as in the last step",
                 knob,
                 time.perf_counter() - started,
             )

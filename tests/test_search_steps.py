@@ -127,7 +127,7 @@ class HintedFakeEvaluator(FakeEvaluator):
         self.miss = miss
         self.hints: list[float] = []
 
-    def hint(self, target: float) -> float | None:
+    def hint(self, target: float, after=None) -> float | None:
         self.hints.append(target)
         if self.miss is None:
             return None
@@ -142,12 +142,13 @@ class HintedFakeEvaluator(FakeEvaluator):
 @pytest.mark.parametrize("cliff", [1e-5, 1.1e-4, 3e-2])
 @pytest.mark.parametrize("target", [0.5, 0.05])
 def test_a_hinted_size_search_meets_the_target_as_closely(miss, cliff, target):
-    """Whatever the hint's error, the hinted search lands where the hint-free one does (the
-    smallest knob meeting the target, as closely); with a good hint in few steps."""
+    """Whatever the hint's error, the hinted search lands where the hint-free one does,
+    within the size tolerance (it stops at the first step within it, which need not be
+    the smallest knob meeting the target); with a good hint in few steps."""
     plain = FakeEvaluator(cliff)
     _, plain_point, _ = bisect(plain, None, target_params=target)
     evaluate = HintedFakeEvaluator(cliff, miss)
-    point = _assert_closely_met(evaluate, target)
+    point = _assert_closely_met(evaluate, target, smallest=False)
     assert abs(point.retained - plain_point.retained) <= 0.005 * target
     # an exact hint in a few steps; one off by 3x in a few more than the hint-free search;
     # one off by orders of magnitude within the hint-free search's own bound
