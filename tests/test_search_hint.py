@@ -16,7 +16,7 @@ from onnx_lump.activations import REGISTRY, Activation
 from onnx_lump.api import compress, knob_hint, uniform_width_share
 from onnx_lump.data.cache import SearchCache
 from onnx_lump.methods import Lump
-from onnx_lump.methods.lumping import eps_for_width
+from onnx_lump.methods.layer_lumping import eps_for_width
 from onnx_lump.ode.equivalence import Equivalence, PartitionOptions, Similarity
 from onnx_lump.search import Evaluator, bisect
 
