@@ -1,10 +1,8 @@
-"""The data path's refit of the kept neurons only, and the size search's hint that follows
-the later layers as the last step left them.
+"""The size search's retry hint follows the later layers as the last step left them.
 
-Refitting only the kept neurons onto the targets they stand for must be what refitting
-the whole layer and then merging its rows gives (a ridge refit is linear in its targets,
-column by column), and the search's second hint, told how the later layers followed the
-first, must land on a size target that the first hint (every layer alike) missed.
+The first hint assumes every hidden layer keeps the share of its neurons the first keeps;
+told how the later layers followed the first in the step it gave, the second hint must
+land within the size tolerance of a target the first missed.
 """
 
 from __future__ import annotations
@@ -12,60 +10,10 @@ from __future__ import annotations
 import itertools
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 
-from onnx_lump.activations import Activation, ActivationKind
 from onnx_lump.api import LayerStats, Report, uniform_width_share, width_ratios
-from onnx_lump.data.compensation import refit_layer
-from onnx_lump.methods.lumping import _kept_targets
-from onnx_lump.ode.encoding import Lumping
-from onnx_lump.ode.reduction import reduce_layer
 from onnx_lump.search import SweepPoint, bisect
-
-
-def _lumping(size: int, representative: bool, seed: int) -> Lumping:
-    """Blocks of one to four neurons with scales of either sign and offsets, one neuron
-    removed (constant), with or without named representatives."""
-    rng = np.random.default_rng(seed)
-    block = np.repeat(np.arange(size), rng.integers(1, 5, size))[:size]
-    _, block = np.unique(block, return_inverse=True)
-    n_blocks = int(block.max()) + 1
-    scale = rng.uniform(0.5, 2.0, size) * rng.choice([-1.0, 1.0], size)
-    offset = rng.normal(size=size)
-    block[-1], scale[-1] = -1, 0.0
-    n_blocks = int(block.max()) + 1
-    reps = None
-    if representative:
-        reps = np.array([np.flatnonzero(block == b)[0] for b in range(n_blocks)])
-        scale[reps], offset[reps] = 1.0, 0.0
-    return Lumping(block, scale, offset, n_blocks, reps)
-
-
-@pytest.mark.parametrize("activation", [ActivationKind.IDENTITY, ActivationKind.TANH])
-@pytest.mark.parametrize("representative", [False, True])
-@pytest.mark.parametrize("seed", [0, 1])
-def test_refitting_the_kept_neurons_is_refitting_the_layer_then_merging(
-    activation, representative, seed
-):
-    rng = np.random.default_rng(seed)
-    rows, inputs, width = 300, 12, 40
-    x = rng.normal(size=(rows, inputs)) + 1.0
-    targets = x @ rng.normal(size=(inputs, width)) + rng.normal(size=width)
-    targets += 0.3 * np.tanh(x @ rng.normal(size=(inputs, width)))  # not in the span
-    lumping = _lumping(width, representative, seed)
-    act = Activation(activation)
-    whole, _ = refit_layer(x, targets, ridge=1e-4)
-    merged, _ = reduce_layer(whole.weight, whole.bias, lumping, act)
-    kept, _ = refit_layer(
-        x, _kept_targets(targets, lumping=lumping, selection=None, activation=act), ridge=1e-4
-    )
-    assert kept.weight.shape == (lumping.n_blocks, inputs)
-    scale = np.abs(merged.weight).max()
-    np.testing.assert_allclose(kept.weight, merged.weight, rtol=0, atol=1e-9 * scale)
-    np.testing.assert_allclose(
-        kept.bias, merged.bias, rtol=0, atol=1e-9 * np.abs(merged.bias).max()
-    )
 
 
 def _chain(*dims: int) -> SimpleNamespace:
