@@ -185,8 +185,11 @@ def test_inline_input_gives_inline_output_and_external_input_external(tmp_path):
 
 def test_output_over_the_protobuf_limit_goes_external(tmp_path, monkeypatch):
     import onnx_lump.graph.saving as saving
+    import onnx_lump.graph.serialize as serialize
 
-    monkeypatch.setattr(saving, "PROTO_LIMIT", 10_000)  # a "2 GB" model without 2 GB
+    # a "2 GB" model without 2 GB; stage_model and the writer each read the limit
+    monkeypatch.setattr(saving, "PROTO_LIMIT", 10_000)
+    monkeypatch.setattr(serialize, "PROTO_LIMIT", 10_000)
     model = planted((64, 80, 48, 4))
     save_model(model, tmp_path / "big.onnx", external_data=False)
     assert (tmp_path / "big.onnx.data").is_file()
@@ -208,6 +211,7 @@ _SLOW_SAVE = textwrap.dedent(
     import numpy as np, onnx
     from onnx import helper, numpy_helper, TensorProto
     import onnx_lump.graph.saving as saving
+    import onnx_lump.graph.serialize as serialize
 
     folder = Path(sys.argv[1])
     tensors = [numpy_helper.from_array(np.full((1024, 1024 * 8), i, np.float32), f"W{i}")
@@ -218,7 +222,7 @@ _SLOW_SAVE = textwrap.dedent(
         [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, [1024, 8192])
          for i in range(4)], tensors)
     model = helper.make_model(graph)
-    original = saving._externalize_from
+    original = serialize._externalize_from
     count = [0]
     def slow(*args):
         original(*args)
@@ -226,7 +230,7 @@ _SLOW_SAVE = textwrap.dedent(
         if count[0] == 2:  # half-way: tell the parent, then wait for its signal
             (folder / "halfway").write_text("1")
             time.sleep(30)
-    saving._externalize_from = slow
+    serialize._externalize_from = slow  # looked up where _write lives
     saving.save_model(model, folder / "out.onnx", external_data=True)
     """
 )

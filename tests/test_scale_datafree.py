@@ -19,6 +19,7 @@ from onnx import TensorProto, numpy_helper
 from test_large import build_deep_model, measure_pass  # tools/time_wide.py's
 
 import onnx_lump.graph.saving as saving
+import onnx_lump.graph.serialize as serialize
 from onnx_lump import lump
 from onnx_lump.errors import LumpError
 from onnx_lump.graph.chains import scan_graph
@@ -74,14 +75,14 @@ def _inline_fixtures() -> list[Path]:
 
 @pytest.mark.parametrize("path", _inline_fixtures(), ids=lambda p: p.name)
 def test_streamed_save_writes_the_bytes_protobuf_writes(path, tmp_path, monkeypatch):
-    monkeypatch.setattr(saving, "_STREAM_MIN", 1)  # every raw tensor is streamed
+    monkeypatch.setattr(serialize, "_STREAM_MIN", 1)  # every raw tensor is streamed
     model = onnx.load(str(path))
     save_model(model, tmp_path / "out.onnx")
     assert (tmp_path / "out.onnx").read_bytes() == model.SerializeToString()
 
 
 def test_streamed_save_drops_the_private_key_and_keeps_the_rest(tmp_path, monkeypatch):
-    monkeypatch.setattr(saving, "_STREAM_MIN", 1)
+    monkeypatch.setattr(serialize, "_STREAM_MIN", 1)
     model = clustered()
     model.doc_string = "kept"
     model.metadata_props.add(key="user", value="kept too")
@@ -93,7 +94,7 @@ def test_streamed_save_drops_the_private_key_and_keeps_the_rest(tmp_path, monkey
 
 
 def test_fields_unknown_to_onnx_survive_the_save(tmp_path, monkeypatch):
-    monkeypatch.setattr(saving, "_STREAM_MIN", 1)
+    monkeypatch.setattr(serialize, "_STREAM_MIN", 1)
     model = clustered()
     tensor = model.graph.initializer[0]
     # field 1000, varint 7: a field a newer onnx might define
@@ -105,7 +106,7 @@ def test_fields_unknown_to_onnx_survive_the_save(tmp_path, monkeypatch):
 def test_a_tensor_whose_bytes_disagree_with_its_dims_is_saved_as_protobuf_would(
     tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(saving, "_STREAM_MIN", 1)
+    monkeypatch.setattr(serialize, "_STREAM_MIN", 1)
     model = clustered()
     model.graph.initializer[0].raw_data = model.graph.initializer[0].raw_data[:-4]
     save_model(model, tmp_path / "out.onnx")
@@ -116,7 +117,9 @@ def test_a_graph_past_the_limit_with_small_tensors_goes_external(tmp_path, monke
     model = clustered()
     data = sum(len(t.raw_data) for t in model.graph.initializer)
     # the tensors alone fit: only the serialized size can take it past the limit
+    # (stage_model and the writer each read it)
     monkeypatch.setattr(saving, "PROTO_LIMIT", data + 1)
+    monkeypatch.setattr(serialize, "PROTO_LIMIT", data + 1)
     model.graph.doc_string = "x" * 4096
     save_model(model, tmp_path / "out.onnx")
     assert (tmp_path / "out.onnx.data").is_file()

@@ -18,7 +18,8 @@ import onnx_graphsurgeon as gs
 
 from onnx_lump import activations as act
 from onnx_lump.activations import Activation
-from onnx_lump.graph.dense import ConstantRef, DenseLayer, _DenseReader
+from onnx_lump.graph.dense import ConstantRef, DenseLayer
+from onnx_lump.graph.dense_reader import _DenseReader
 from onnx_lump.graph.elementwise import _HANDLERS, _domain, _NoMatch, _rank
 
 __all__ = ["ActivationRegion", "DenseChain"]

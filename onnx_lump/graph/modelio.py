@@ -4,8 +4,9 @@ Loading keeps external data on disk: tensors stay references into the input's da
 and are read one at a time when the pass needs them (:func:`tensor_array`), so a model of
 any size loads in the memory of its graph. Tensor access lives in
 :mod:`onnx_lump.graph.tensordata`, path checks in :mod:`onnx_lump.graph.paths` and staged
-atomic saving in :mod:`onnx_lump.graph.saving`; their names are re-exported here, where
-callers have always imported them.
+atomic saving in :mod:`onnx_lump.graph.saving` (the bytes it writes in
+:mod:`onnx_lump.graph.serialize`); their names are re-exported here, where callers have
+always imported them.
 """
 
 from __future__ import annotations
@@ -24,14 +25,13 @@ from onnx.external_data_helper import uses_external_data
 from onnx_lump.errors import LumpError
 from onnx_lump.graph.paths import check_output_path, check_paths, data_file_for
 from onnx_lump.graph.saving import (
-    INLINE_LIMIT,
-    PROTO_LIMIT,
     StagedModel,
     check_model,
     check_model_file,
     save_model,
     stage_model,
 )
+from onnx_lump.graph.serialize import INLINE_LIMIT, PROTO_LIMIT
 from onnx_lump.graph.tensordata import (
     EXTERNAL_DIR_KEY,
     _external_info,
