@@ -2,8 +2,9 @@
 
 Each registered activation lists the decomposed forms exporters write for it; the code
 that recognises those forms is long, fiddly and only about expression shapes, so it lives
-here rather than in the registry. A matcher only proposes parameters: the registry
-confirms every match numerically before trusting it.
+here rather than in the registry. A matcher only proposes parameters:
+:func:`onnx_lump.activation_matching.match_expression` confirms every match numerically
+before trusting it.
 """
 
 from __future__ import annotations

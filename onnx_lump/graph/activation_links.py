@@ -17,6 +17,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnx_lump import activations as act
+from onnx_lump.activation_matching import hint_for_ops, match_expression
 from onnx_lump.activations import Activation
 from onnx_lump.graph.dense import ConstantRef, DenseLayer
 from onnx_lump.graph.dense_reader import _DenseReader
@@ -175,13 +176,13 @@ class _Reader(_DenseReader):
         prev = by_output[id(walk.source)]
         if prev.dtype != nxt.dtype or not self._region_is_closed(walk, prev, nxt):
             return None
-        activation = act.match_expression(expression)
+        activation = match_expression(expression)
         region_ops = {n.op for n in walk.nodes.values()}
         if activation is None:
             self.note(
                 f"the element-wise subgraph between {prev.describe()} and {nxt.describe()} "
                 f"computes {act.render(expression)}, which is no registered activation; the "
-                f"chain ends there (nearest patterns: {act.hint_for_ops(region_ops)})"
+                f"chain ends there (nearest patterns: {hint_for_ops(region_ops)})"
             )
             return None
         features = self._feature_constants(walk, prev)
@@ -260,7 +261,7 @@ class _Reader(_DenseReader):
         self.note(
             f"'{node.op}' (node '{node.name}') between {prev.describe()} and {nxt.describe()} "
             f"is not a registered element-wise activation, so the chain ends there; "
-            f"it would need {act.hint_for_ops(ops)}"
+            f"it would need {hint_for_ops(ops)}"
         )
 
     def note_untouched(self, chains: list[DenseChain]) -> None:
