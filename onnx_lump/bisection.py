@@ -107,11 +107,13 @@ def _narrow(evaluate, good, lo, hi, geometric, target_params, max_error, steps):
     else one step in the middle before interpolating again; for an error target in the
     middle."""
     interpolate = target_params is not None
+    plateau = False
     for _ in range(steps):
         if _resolved(lo, hi, target_params, max_error):
             break
         width = _width(lo[2], hi[2], geometric)
         gap = _size_gap(lo[2], hi[2], target_params)
+        ends = (lo[2].params_after, hi[2].params_after)
         mid = evaluate(_midpoint(lo[2], hi[2], geometric, target_params, interpolate))
         if good(mid[2]):
             lo = mid
@@ -120,7 +122,13 @@ def _narrow(evaluate, good, lo, hi, geometric, target_params, max_error, steps):
         closing = _width(lo[2], hi[2], geometric) <= 0.5 * width or (
             _size_gap(lo[2], hi[2], target_params) <= 0.5 * gap
         )
-        interpolate = target_params is not None and not (interpolate and not closing)
+        # an interpolated step whose size did not move landed on a plateau, along which
+        # interpolating on the size creeps by its margin: bisect until a size is new
+        moved = mid[2].params_after not in ends
+        plateau = not moved and (plateau or interpolate)
+        interpolate = (
+            target_params is not None and not plateau and not (interpolate and not closing)
+        )
     return lo, hi
 
 

@@ -181,3 +181,39 @@ def test_any_hint_leaves_the_size_search_correct(cliff, miss, target):
     evaluate = HintedFakeEvaluator(cliff, miss)
     _assert_closely_met(evaluate, target, smallest=False)
     assert len(evaluate.calls) <= 30, evaluate.calls
+
+
+class PlateauEvaluator(FakeEvaluator):
+    """Sizes that stay just above the target over a plateau of knobs, then meet it
+    closely only over a narrow window, then fall far below: interpolating on the size
+    from the plateau creeps along it by the interpolation margin."""
+
+    def __init__(self, target: float) -> None:
+        super().__init__(1.0)
+        total = (N_IN + 1) * WIDTH + (WIDTH + 1) * WIDTH + (WIDTH + 1) * N_OUT
+
+        def width_for(share: float) -> int:
+            roots = np.roots([1.0, N_IN + 2 + N_OUT, N_OUT - share * total]).real
+            return int(roots.max())
+
+        self.plateau, self.window = width_for(target) + 1, width_for(target)
+        self.far = width_for(0.6 * target)
+
+    def width(self, knob: float) -> int:
+        if knob < 1.0:
+            return WIDTH
+        if knob < 1.5:
+            return self.plateau
+        return self.window if knob < 1.55 else self.far
+
+
+@pytest.mark.parametrize("target", [0.3, 0.05])
+def test_a_plateau_above_the_target_is_bisected_not_crept_along(target, monkeypatch):
+    evaluate = PlateauEvaluator(target)
+    monkeypatch.setattr(
+        "test_search_steps._widths", lambda knob, cliff: evaluate.width(knob), raising=True
+    )
+    _, point, met = bisect(evaluate, None, target_params=target)
+    # 13 steps at 30% when each interpolation off the plateau moved by its margin
+    assert len(evaluate.calls) <= 11, evaluate.calls
+    assert met and point.params_after == evaluate(1.52)[2].params_after

@@ -336,14 +336,7 @@ def _externalize(tensor: onnx.TensorProto, data, location: str, source: Path | N
         offset = _pad(data, nbytes)
         data.write(raw)
         del raw
-        for field in (
-            "raw_data",
-            "float_data",
-            "double_data",
-            "int32_data",
-            "int64_data",
-            "uint64_data",
-        ):
+        for field in _DATA_FIELDS:  # (a string tensor returned above)
             tensor.ClearField(field)
     del tensor.external_data[:]
     tensor.data_location = onnx.TensorProto.EXTERNAL
