@@ -66,9 +66,8 @@ def _width(knee: float):
 def test_eps_for_width_finds_the_smallest_eps_within_its_resolution(knee, want):
     width, calls = _width(knee)
     eps = eps_for_width(width, want)
-    # within the resolution, or within the width slack (0.2%, at least one neuron)
-    close = width(eps) >= want - max(1, round(0.002 * want))
-    assert width(eps) <= want and (close or want < width(eps / (1 + 2e-4)))
+    # the width asked for exactly, or the smallest eps to the resolution (1e-6)
+    assert width(eps) <= want and (width(eps) == want or want < width(eps / (1 + 2e-6)))
     assert len(calls) <= 40  # bracketing by 16x, then a bisection in log eps
 
 

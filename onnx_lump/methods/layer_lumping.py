@@ -132,30 +132,26 @@ def lumping_digest(lumping: Lumping) -> bytes:
 
 
 # eps_for_width looks up and down from 1 by this factor, then narrows (in log eps) to
-# this relative resolution (the search's own); below _HINT_FLOOR eps is as good as 0.
+# the exact width or this relative resolution, finer than the search's 1e-4: the retry
+# hint needs the first layer's width to the neuron (on the wide benchmark model one
+# neuron there moves the size by 0.01% of the parameters, a third of the tolerance);
+# below _HINT_FLOOR eps is as good as 0.
 _HINT_FACTOR = 16.0
 _HINT_RESOLUTION = 1e-6
-_HINT_WIDTH_SLACK = 0.0
 _HINT_FLOOR = 1e-12
 _HINT_CEILING = 1e6
 # An interpolated eps stays this share of the (log) interval away from either end.
 _HINT_MARGIN = 0.05
 
 
-def eps_for_width(
-    width: Callable[[float], int], want: int, known: dict[float, int] | None = None
-) -> float | None:
-    """The smallest eps (to :data:`_HINT_RESOLUTION`, or where the width is within
-    :data:`_HINT_WIDTH_SLACK` of ``want``) at which ``width(eps)``, the non-increasing
+def eps_for_width(width: Callable[[float], int], want: int) -> float | None:
+    """The smallest eps (to :data:`_HINT_RESOLUTION`, or where the width is ``want``
+    exactly) at which ``width(eps)``, the non-increasing
     width of a layer, is at most ``want``: 0 when eps down to :data:`_HINT_FLOOR` do,
-    None when no eps up to :data:`_HINT_CEILING` does.
-
-    ``known`` (eps -> width, filled in as widths are measured) keeps the widths across
-    calls: a second hint for another width measures only the eps its own path adds (the
-    path does not depend on ``known``, so a search finds the same hints without its
-    caches). Between the ends the log width is interpolated, linear in log eps, while
-    that halves the interval; else the middle is taken."""
-    known = {} if known is None else known
+    None when no eps up to :data:`_HINT_CEILING` does. Between the ends the log width is
+    interpolated, linear in log eps, while that halves the interval; else the middle is
+    taken."""
+    known: dict[float, int] = {}
 
     def measure(eps: float) -> int:
         if eps not in known:
@@ -172,10 +168,8 @@ def eps_for_width(
         high, low = low, low / _HINT_FACTOR
         if low < _HINT_FLOOR:
             return 0.0
-    # a width within _HINT_WIDTH_SLACK of ``want`` is close enough, whatever the eps interval
-    close = want - round(_HINT_WIDTH_SLACK * want)
     interpolate = True
-    while high > low * (1.0 + _HINT_RESOLUTION) and measure(high) < close:
+    while high > low * (1.0 + _HINT_RESOLUTION) and measure(high) < want:
         span = np.log(high / low)
         share = 0.5
         wide, narrow = known[low], known[high]

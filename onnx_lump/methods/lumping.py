@@ -141,11 +141,7 @@ class Lump(Method):
             )
             return lumping.n_blocks
 
-        known = None  # the widths measured by earlier hints of the search
-        if problem.cache is not None:
-            key = ("first widths", dataclasses.replace(self.options, eps=0.0))
-            known = problem.cache.get(key, dict, pin=True)
-        return eps_for_width(width, want, known)
+        return eps_for_width(width, want)
 
     def _setting(self, refit: bool) -> tuple:
         """Everything but the lumpings that a layer's inputs and refit weights depend on."""
