@@ -13,7 +13,7 @@ import pytest
 from conftest import MODELS
 
 from onnx_lump.activations import REGISTRY, Activation
-from onnx_lump.api import compress, knob_hint, uniform_width_share
+from onnx_lump.api import compress, knob_hint, uniform_width_share, width_ratios
 from onnx_lump.data.cache import SearchCache
 from onnx_lump.methods import Lump
 from onnx_lump.methods.layer_lumping import eps_for_width
@@ -95,11 +95,40 @@ def test_the_hint_is_where_the_first_layer_keeps_the_share():
     assert width <= want and (width >= want - 1 or want < first_width(hint / (1 + 2e-4)))
 
 
-def uniform_width_share_for(model: onnx.ModelProto, target: float) -> float:
+def uniform_width_share_for(model: onnx.ModelProto, target: float, after=None) -> float:
+    chains = _chains(model)
+    ratios = None if after is None else width_ratios(after, chains)
+    return uniform_width_share(chains, target, ratios)
+
+
+def test_the_retry_hint_follows_the_later_layers_of_a_step():
+    """Given a step's report, the hint is where the first layer keeps the share that
+    meets the target when the second keeps, relative to it, what it kept in that step:
+    here the second layer kept relatively more, so the first must keep fewer."""
+    model = onnx.load(DEMO)
+    method = Lump(PartitionOptions(0.0, similarity=Similarity.DATA))
+    cache = SearchCache()
+    first = knob_hint(model, method, 0.3, CALIB, cache)
+
+    def step(eps: float):
+        options = PartitionOptions(eps, similarity=Similarity.DATA)
+        return compress(
+            model, Lump(options), calibration=CALIB, refine=False, verify=False, cache=cache
+        )[1]
+
+    after = step(first)
+    (ratios,) = width_ratios(after, _chains(model))
+    retry = knob_hint(model, method, 0.3, CALIB, cache, after=after)
+    want = round(uniform_width_share_for(model, 0.3, after) * 64)
+    assert ratios[1] > 1.0 and want < round(uniform_width_share_for(model, 0.3) * 64)
+    assert step(retry).layers[0].width_after == want
+
+
+def _chains(model: onnx.ModelProto):
     from onnx_lump.graph.chains import scan_graph
     from onnx_lump.graph.rewrite import import_graph
 
-    return uniform_width_share(scan_graph(import_graph(model)).chains, target)
+    return scan_graph(import_graph(model)).chains
 
 
 def test_no_hint_for_methods_without_a_cheap_one():
