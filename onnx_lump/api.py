@@ -277,13 +277,15 @@ def knob_hint(
     validation_targets: np.ndarray | None = None,
     providers: Sequence[str] = ("cpu",),
     after: Report | None = None,
+    slack: float = 0.0,
 ) -> float | None:
     """A knob of ``method`` near the one keeping ``target_params`` (a fraction) of the
     dense chains' parameters, for a size search to start from (None when the method has
     no cheap estimate): the knob at which each chain's first hidden layer keeps the
     share of its neurons that meets the target when every hidden layer keeps as much
     (or, given the report of a step ``after``, when the later layers follow the first
-    as they did there: :func:`width_ratios`), from :func:`uniform_width_share`, averaged
+    as they did there: :func:`width_ratios`; ``slack``: the share of that width it may
+    fall short by, for a rough hint), from :func:`uniform_width_share`, averaged
     over chains in log space, weighted by their parameters. It reads the chains and
     calibration rows through ``cache`` (the search's own), as :func:`compress` does, so
     the steps reuse them. A model that keeps its weights on disk is read one chain at a
@@ -305,7 +307,7 @@ def knob_hint(
         memo = cache.chain(index)
         system = _encoding(chain, index, None if on_disk else memo)
         hint = method.knob_hint(
-            ChainProblem(system, fit_inputs[index], held_inputs[index], memo), share
+            ChainProblem(system, fit_inputs[index], held_inputs[index], memo), share, slack
         )
         del system
         release_chain(chain)

@@ -187,28 +187,74 @@ class Evaluator:
         self.cache[knob] = (reduced, report, point)
         return self.cache[knob]
 
-    def hint(self, target_params: float, after: Report | None = None) -> float | None:
+    def hint(
+        self, target_params: float, after: Report | None = None, slack: float = 0.0
+    ) -> float | None:
         """A knob near the one keeping ``target_params`` of the parameters, from the
         method's cheap estimate (:func:`onnx_lump.api.knob_hint`, with the report of the
-        step ``after`` when there is one; None when it has none, or without calibration
-        data). Without caches it reads the chains afresh: the same hint, slower."""
+        step ``after`` when there is one, and ``slack``; None when it has none, or
+        without calibration data). Without caches it reads the chains afresh: the same
+        hint, slower."""
         if self.calibration is None:
             return None
         started = time.perf_counter()
         cache = self.data_cache if self.data_cache is not None else SearchCache(across_calls=False)
         method = self.make_method(0.0)
         knob = knob_hint(
-            self.model, method, target_params, self.calibration, cache, after=after, **self.options
+            self.model,
+            method,
+            target_params,
+            self.calibration,
+            cache,
+            after=after,
+            slack=slack,
+            **self.options,
         )
         if knob is not None:
             logger.info(
                 "hint for %.4g%% kept%s: knob %.6g (%.1f s)",
                 100 * target_params,
-                "" if after is None else ", the later layers as in the last step",
+                "" if after is None else ", the later layers as in the last report",
                 knob,
                 time.perf_counter() - started,
             )
         return knob
+
+    @property
+    def probes(self) -> bool:
+        """Whether :meth:`probe` gives reports: the method has a cheaper variant and
+        there is calibration data."""
+        return self.calibration is not None and self.make_method(0.0).probe() is not None
+
+    def probe(self, knob: float) -> Report | None:
+        """The report of the method's cheaper variant at ``knob`` (:meth:`Method.probe`:
+        for lumping, the merge-only path), whose widths tell a size search how the later
+        layers follow the first before it takes a full step; None when the method has no
+        such variant or there is no calibration data. Not a step: it is not cached as
+        one, but it shares the steps' caches (a step at the same knob reuses its layer
+        states)."""
+        if not self.probes:
+            return None
+        method = self.make_method(float(knob)).probe()
+        started = time.perf_counter()
+        _, report = compress(
+            self.model,
+            method,
+            calibration=self.calibration,
+            refine=False,
+            verify=False,
+            cache=self.data_cache,
+            measure_holdout=False,
+            **self.options,
+        )
+        logger.info(
+            "probe at knob %.6g (%s): %.1f%% kept (%.1f s)",
+            knob,
+            method.describe(),
+            100 * report.retained,
+            time.perf_counter() - started,
+        )
+        return report
 
     def finish(self, knob: float, **verify_options) -> tuple[onnx.ModelProto, Report]:
         """The network to hand to the user at ``knob``: the search step's network,

@@ -71,6 +71,16 @@ def test_eps_for_width_finds_the_smallest_eps_within_its_resolution(knee, want):
     assert len(calls) <= 40  # bracketing by 16x, then a bisection in log eps
 
 
+@pytest.mark.parametrize("knee", [3e-5, 0.2])
+def test_a_rough_eps_for_width_stops_within_its_slack(knee):
+    exact_width, exact_calls = _width(knee)
+    exact = eps_for_width(exact_width, 600)
+    width, calls = _width(knee)
+    rough = eps_for_width(width, 600, slack=10)
+    assert 590 <= width(rough) <= 600 and rough >= exact
+    assert len(calls) - 1 <= len(exact_calls)  # never more (less the check above)
+
+
 def test_eps_for_width_says_none_when_no_eps_gets_there():
     assert eps_for_width(lambda eps: 10, 5) is None
     assert eps_for_width(lambda eps: 1, 5) == 0.0  # every eps does: knob 0 may too
@@ -154,7 +164,7 @@ def test_a_hinted_search_meets_the_target_without_bracketing_from_1():
         CALIB,
         refine=False,
     )
-    plain.hint = lambda target: None
+    plain.hint = lambda target, **_: None
     _, plain_point, plain_met = bisect(plain, None, target_params=0.3)
     # both stop within one neuron a layer of the target (31 parameters here)
     assert plain_met and abs(plain_point.retained - point.retained) <= 0.05 * 0.3

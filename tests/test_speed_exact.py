@@ -180,3 +180,22 @@ def test_data_similarity_in_sample_chunks_matches_one_chunk(monkeypatch):
     np.testing.assert_array_equal(whole.block, chunked.block)
     np.testing.assert_allclose(whole.offset, chunked.offset, rtol=1e-9, atol=1e-12)
     assert whole.n_blocks < 60 and set(np.flatnonzero(whole.block < 0)) == {5, 7}
+
+
+def test_the_fitting_rows_pass_reads_float32_weights_as_stored(built):
+    """The fitting rows' float32 pass takes a float32 model's stored weights as they are:
+    no float64 copy of the layers is made (the hint and that pass are the first to read
+    them), and the targets are those of the float64 copy rounded back, bit for bit."""
+    import onnx_lump.data.reference as reference
+    from onnx_lump.methods.base import ChainProblem
+
+    fresh = encode_chain(scan_graph(gs.import_onnx(built[0])).chains[0])
+    x = np.random.default_rng(3).standard_normal((64, N_IN)).astype(np.float32)
+    rows = reference.ReferenceRows(ChainProblem(fresh, x), x, output_first=False)
+    assert all(layer.values.dtype == np.float32 for layer in fresh.layers)
+    converted = encode_chain(scan_graph(gs.import_onnx(built[0])).chains[0])
+    for layer in converted.layers:
+        assert layer.coefficients.dtype == np.float64  # converted before the pass
+    again = reference.ReferenceRows(ChainProblem(converted, x), x, output_first=False)
+    for fast, slow in zip(rows.targets(), again.targets(), strict=True):
+        np.testing.assert_array_equal(fast, slow)

@@ -8,7 +8,9 @@ normal rows of its 64 inputs. In one run, interleaved, this measures:
   repeat, taken before, between and after the searches, since other processes share the
   machine);
 * the CLI ``python -m onnx_lump MODEL OUT --calib CALIB --target-params 0.05 --no-refine``
-  end to end (search, final network, written file checked and verified);
+  end to end (search, final network, written file checked and verified), ``--cli-repeats``
+  times (the median is reported, with every repeat's time: one run on a shared machine
+  varies by 10-20%);
 * the same with refinement on at the default budget (``--target-params 0.05``), and at
   20 seconds (``--refine-seconds 20``); the held-out error of each written file and its
   refinement's iterations, seconds and held-out error before and after are reported.
@@ -17,7 +19,8 @@ Each search step is logged with the time it ended (``onnx_lump.search``), and wi
 ``--profile DIR`` every run is profiled with cProfile into ``DIR/<run>.prof``.
 
     python tools/time_wide_data.py [--width 4096] [--rows 2048] [--repeats 3]
-        [--runs norefine,refine,refine20] [--workdir /tmp] [--out DIR] [--profile DIR]
+        [--cli-repeats 3] [--runs norefine,refine,refine20] [--workdir /tmp] [--out DIR]
+        [--profile DIR]
 
 The markdown goes to ``tools/results/speed/search.md`` and ``tools/results/speed.md`` is
 rebuilt (``tools/speed_report.py``); ``--out /tmp/x`` keeps a smoke run out of it.
@@ -126,8 +129,10 @@ def measure(
     runs: tuple[str, ...] = ("norefine", "refine"),
     workdir: Path | None = None,
     profile: Path | None = None,
+    cli_repeats: int = 3,
 ) -> dict:
-    """Medians of the I/O baseline and one timed CLI run per entry of ``runs``."""
+    """Medians of the I/O baseline and ``cli_repeats`` timed CLI runs per entry of
+    ``runs`` (the runs interleaved with each other and with the I/O rounds)."""
     from time_wide import build
 
     workdir = Path(workdir or tempfile.gettempdir())
@@ -149,14 +154,16 @@ def measure(
             io_cpu.append(cpu)
 
     io_round()
-    results = {}
-    for name in runs:
-        out = workdir / f"wide_data_{width}_{name}.onnx"
-        prof = None if profile is None else profile / f"{name}.prof"
-        results[name] = _cli(RUNS[name][1], path, calib, out, prof)
-        out.unlink(missing_ok=True)
-        io_round()
-        logging.getLogger(__name__).info("%s: %s", name, results[name])
+    repeats_of: dict[str, list[dict]] = {name: [] for name in runs}
+    for repeat in range(max(1, cli_repeats)):
+        for name in runs:
+            out = workdir / f"wide_data_{width}_{name}.onnx"
+            prof = None if profile is None else profile / f"{name}_{repeat}.prof"
+            repeats_of[name].append(_cli(RUNS[name][1], path, calib, out, prof))
+            out.unlink(missing_ok=True)
+            io_round()
+            logging.getLogger(__name__).info("%s: %s", name, repeats_of[name][-1])
+    results = {name: _median_run(done) for name, done in repeats_of.items()}
     for file in (path, copy, calib):
         file.unlink(missing_ok=True)
     return {
@@ -171,6 +178,16 @@ def measure(
     }
 
 
+def _median_run(done: list[dict]) -> dict:
+    """The repeat of median wall time (its steps, size and error), with every repeat's
+    wall time, and whether the repeats agreed on the network (size and error)."""
+    ordered = sorted(done, key=lambda run: run["wall"])
+    median = dict(ordered[(len(ordered) - 1) // 2])
+    median["walls"] = [run["wall"] for run in done]
+    median["same"] = len({(run["params_after"], run["error"]) for run in done}) == 1
+    return median
+
+
 def _step_count(lines: list[str]) -> int:
     """Search steps (compressions) among the search's log lines, hints not counted."""
     return sum(1 for line in lines if "  knob " in line)
@@ -183,10 +200,13 @@ def markdown(result: dict) -> str:
         f"{result['rows']} calibration rows (seeded standard normal; 20% held out), CLI end "
         f"to end in one process; `onnx.load` + `onnx.save` median of {result['io_n']} "
         f"interleaved repeats: {io_wall:.2f} s wall, {io_cpu:.2f} s CPU. Load average "
-        f"during the run: {', '.join(f'{v:.1f}' for v in result['load'])} (shared machine).\n",
-        "| run | exit | steps | params kept | held-out error | refinement | wall s | CPU s "
-        "| wall / load+save | CPU / load+save |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"during the run: {', '.join(f'{v:.1f}' for v in result['load'])} (shared machine). "
+        "Each run was repeated, interleaved with the others and with the I/O rounds: the "
+        "table gives the repeat of median wall time, and the wall time of every repeat "
+        "(the network is the same in every repeat unless the last column says otherwise).\n",
+        "| run | exit | steps | params kept | held-out error | refinement | wall s (median) "
+        "| CPU s | wall / load+save | CPU / load+save | wall s of each repeat |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, run in result["runs"].items():
         kept = run["params_after"]
@@ -201,13 +221,17 @@ def markdown(result: dict) -> str:
             f"| `{RUNS[name][0]}` | {run['code']} | {_step_count(run['steps'])} | {share} | "
             f"{error} | "
             f"{refined or '-'} | {run['wall']:.1f} | {run['cpu']:.1f} | "
-            f"{run['wall'] / io_wall:.1f}x | {run['cpu'] / io_cpu:.1f}x |"
+            f"{run['wall'] / io_wall:.1f}x | {run['cpu'] / io_cpu:.1f}x | "
+            f"{', '.join(f'{w:.1f}' for w in run.get('walls', [run['wall']]))}"
+            f"{'' if run.get('same', True) else ' (networks differ)'} |"
         )
     for name, run in result["runs"].items():
         lines += [
             "",
-            f"Search steps of `{RUNS[name][0]}` (time since start, knob, size; the hints are "
-            "the method's estimates of the knob for a size, from the first layer alone):",
+            f"Search steps of `{RUNS[name][0]}`, median repeat (time since start, knob, size; "
+            "the hints are the method's estimates of the knob for a size, from the first "
+            "layer alone, then with the later layers as a report shows them; a probe is the "
+            "method's cheaper variant, its merge-only path, at a knob):",
         ]
         lines += ["", "```", *run["steps"], "```"]
     return "\n".join(lines) + "\n"
@@ -218,6 +242,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=4096)
     parser.add_argument("--rows", type=int, default=2048)
     parser.add_argument("--repeats", type=int, default=3, help="load+save repeats per round")
+    parser.add_argument("--cli-repeats", type=int, default=3, help="timed runs of each CLI run")
     parser.add_argument(
         "--runs", default="norefine,refine,refine20", help="comma list of: " + ",".join(RUNS)
     )
@@ -242,7 +267,10 @@ def main() -> None:
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
     runs = tuple(r.strip() for r in args.runs.split(",") if r.strip())
-    text = markdown(measure(args.width, args.rows, args.repeats, runs, args.workdir, args.profile))
+    measured = measure(
+        args.width, args.rows, args.repeats, runs, args.workdir, args.profile, args.cli_repeats
+    )
+    text = markdown(measured)
     print(text)
     from speed_report import command_line, write_sections
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from onnx_lump.data.calibration import forward_chain
-from onnx_lump.ode.encoding import OdeSystem
+from onnx_lump.ode.encoding import OdeLayer, OdeSystem
 from onnx_lump.ode.reduction import ReducedLayer
 
 if TYPE_CHECKING:
@@ -67,8 +67,7 @@ class ReferenceRows:
     def __init__(self, problem: ChainProblem, inputs: np.ndarray, output_first: bool = True):
         self.inputs = inputs
         self._problem = problem
-        weights = problem.weights
-        widths = sum(weight.shape[0] for weight, _ in weights)
+        widths = sum(layer.size for layer in problem.system.layers)
         keep = inputs.shape[0] * widths * 4 <= STORED_TARGET_BYTES
         self._output: np.ndarray | None = None
         self._stored: list[np.ndarray] | None = None
@@ -81,12 +80,16 @@ class ReferenceRows:
         """One pass through the chain in ``dtype``, a chunk of rows at a time, storing the
         targets (float32) and the output (float64: the exact reference eps 0 is judged
         by) as asked."""
-        weights, system, inputs = self._problem.weights, self._problem.system, self.inputs
+        system, inputs = self._problem.system, self.inputs
+        if dtype is np.float32:
+            weights = [
+                (_float32(layer), np.asarray(layer.bias, np.float32)) for layer in system.layers
+            ]
+        else:
+            weights = self._problem.weights
         rows = inputs.shape[0]
         stored = [np.empty((rows, w.shape[0]), np.float32) for w, _ in weights[1:]] if store else []
         result = np.empty((rows, weights[-1][0].shape[0])) if output else None
-        if dtype is np.float32:
-            weights = [(np.asarray(w, np.float32), np.asarray(b, np.float32)) for w, b in weights]
         step = _row_step(max(max(w.shape) for w, _ in weights))
         for start in range(0, rows, step):
             part = slice(start, start + step)
@@ -142,6 +145,16 @@ class ReferenceRows:
                     chunk = pre[start : start + step]
                     chunk[...] = activation.float32(chunk)
                 current = pre
+
+
+def _float32(layer: OdeLayer) -> np.ndarray:
+    """The layer's coefficients in float32: the stored values themselves while no float64
+    copy replaced them (a float32 model before the data path needs float64), so that the
+    fitting rows' pass neither makes a float64 copy nor converts one back (exact either
+    way: float32 to float64 and back is lossless)."""
+    if layer.values.dtype == np.float32:
+        return layer.values
+    return np.asarray(layer.coefficients, np.float32)
 
 
 def layer_inputs(inputs: np.ndarray, layer: ReducedLayer, activation) -> np.ndarray:

@@ -12,14 +12,11 @@ always imported them.
 from __future__ import annotations
 
 import logging
-import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
-from google.protobuf.message import DecodeError
-from onnx import serialization
 from onnx.external_data_helper import uses_external_data
 
 from onnx_lump.errors import LumpError
@@ -40,6 +37,7 @@ from onnx_lump.graph.tensordata import (
     external_files,
     file_size,
     is_spilled,
+    parse_model_file,
     stored_parameters,
     tensor_array,
     tensor_nbytes,
@@ -96,7 +94,7 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
     if not path.is_file():
         raise LumpError(f"input model '{path}' does not exist or is not a file")
     try:
-        model = _parse(path)
+        model = parse_model_file(path)
     except Exception as exc:  # protobuf raises several unrelated types for garbage
         raise LumpError(f"'{path}' is not an ONNX model ({type(exc).__name__})") from exc
     if not model.graph.node:
@@ -110,32 +108,6 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
     if external:
         _set_prop(model, EXTERNAL_DIR_KEY, str(base))
     return LoadedModel(model, path, external)
-
-
-def _parse(path: Path) -> onnx.ModelProto:
-    """``onnx.load(path, load_external_data=False)`` without reading the file into a
-    bytes object first: protobuf parses the file's pages in place (a memory map), so a
-    large model is copied once, into the ModelProto, not twice. Text formats, which onnx
-    chooses by extension, go through onnx.load."""
-    if serialization.registry.get_format_from_file_extension(path.suffix) not in (
-        None,
-        "protobuf",
-    ):
-        return onnx.load(str(path), load_external_data=False)
-    model = onnx.ModelProto()
-    with open(path, "rb") as handle:
-        size = os.fstat(handle.fileno()).st_size
-        if size == 0:
-            model.ParseFromString(b"")
-            return model
-        with (
-            mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped,
-            memoryview(mapped) as view,
-        ):
-            decoded = model.ParseFromString(view)
-    if decoded is not None and decoded != size:
-        raise DecodeError(f"protobuf decoding consumed {decoded} of {size} bytes")
-    return model
 
 
 def _check_external(tensor: onnx.TensorProto, base: Path, model_path: Path) -> None:

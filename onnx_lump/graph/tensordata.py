@@ -8,6 +8,7 @@ lives here so loading, saving and counting agree on what a model holds.
 
 from __future__ import annotations
 
+import mmap
 import os
 import weakref
 from collections.abc import Iterator
@@ -15,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from google.protobuf.message import DecodeError
+from onnx import helper, numpy_helper, serialization
 from onnx.external_data_helper import uses_external_data
 
 from onnx_lump.errors import LumpError
@@ -27,6 +29,7 @@ __all__ = [
     "external_files",
     "file_size",
     "is_spilled",
+    "parse_model_file",
     "stored_parameters",
     "tensor_array",
     "tensor_nbytes",
@@ -195,11 +198,38 @@ def file_size(path: str | os.PathLike) -> int:
     return path.stat().st_size + sum(p.stat().st_size for p in external_files(path) if p.exists())
 
 
+def parse_model_file(path: str | os.PathLike) -> onnx.ModelProto:
+    """``onnx.load(path, load_external_data=False)`` without reading the file into a
+    bytes object first: protobuf parses the file's pages in place (a memory map), so a
+    large model is copied once, into the ModelProto, not twice. Text formats, which onnx
+    chooses by extension, go through onnx.load."""
+    path = Path(path)
+    if serialization.registry.get_format_from_file_extension(path.suffix) not in (
+        None,
+        "protobuf",
+    ):
+        return onnx.load(str(path), load_external_data=False)
+    model = onnx.ModelProto()
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size == 0:
+            model.ParseFromString(b"")
+            return model
+        with (
+            mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped,
+            memoryview(mapped) as view,
+        ):
+            decoded = model.ParseFromString(view)
+    if decoded is not None and decoded != size:
+        raise DecodeError(f"protobuf decoding consumed {decoded} of {size} bytes")
+    return model
+
+
 def external_files(path: str | os.PathLike) -> list[Path]:
     """The external-data files an ONNX file refers to (empty when it cannot be read)."""
     path = Path(path)
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        model = parse_model_file(path)
     except Exception:  # not a model: nothing to protect beyond the file itself
         return []
     seen: dict[str, Path] = {}

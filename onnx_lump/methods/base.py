@@ -65,10 +65,19 @@ class Method(abc.ABC):
     def compress(self, problem: ChainProblem) -> ChainResult:
         """Compress one chain."""
 
-    def knob_hint(self, problem: ChainProblem, width_share: float) -> float | None:
+    def knob_hint(
+        self, problem: ChainProblem, width_share: float, slack: float = 0.0
+    ) -> float | None:
         """A knob at which the chain's first hidden layer keeps about ``width_share`` of
-        its neurons, where a size search may start; None (the default) when the method
-        has no cheaper way to tell than compressing."""
+        its neurons (or down to ``slack`` of it fewer: a rough hint, cheaper), where a
+        size search may start; None (the default) when the method has no cheaper way to
+        tell than compressing."""
+        return None
+
+    def probe(self) -> Method | None:
+        """A cheaper method whose layers, at the same knob, keep about as many neurons as
+        this one's, for a size search to learn from before a full step; None (the
+        default) when there is none."""
         return None
 
     def describe(self) -> str:

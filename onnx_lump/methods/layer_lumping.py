@@ -144,13 +144,13 @@ _HINT_CEILING = 1e6
 _HINT_MARGIN = 0.05
 
 
-def eps_for_width(width: Callable[[float], int], want: int) -> float | None:
+def eps_for_width(width: Callable[[float], int], want: int, slack: int = 0) -> float | None:
     """The smallest eps (to :data:`_HINT_RESOLUTION`, or where the width is ``want``
-    exactly) at which ``width(eps)``, the non-increasing
-    width of a layer, is at most ``want``: 0 when eps down to :data:`_HINT_FLOOR` do,
-    None when no eps up to :data:`_HINT_CEILING` does. Between the ends the log width is
-    interpolated, linear in log eps, while that halves the interval; else the middle is
-    taken."""
+    exactly, or within ``slack`` neurons below it) at which ``width(eps)``, the
+    non-increasing width of a layer, is at most ``want``: 0 when eps down to
+    :data:`_HINT_FLOOR` do, None when no eps up to :data:`_HINT_CEILING` does. Between
+    the ends the log width is interpolated, linear in log eps, while that halves the
+    interval; else the middle is taken."""
     known: dict[float, int] = {}
 
     def measure(eps: float) -> int:
@@ -169,7 +169,7 @@ def eps_for_width(width: Callable[[float], int], want: int) -> float | None:
         if low < _HINT_FLOOR:
             return 0.0
     interpolate = True
-    while high > low * (1.0 + _HINT_RESOLUTION) and measure(high) < want:
+    while high > low * (1.0 + _HINT_RESOLUTION) and measure(high) < want - slack:
         span = np.log(high / low)
         share = 0.5
         wide, narrow = known[low], known[high]
