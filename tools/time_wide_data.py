@@ -147,21 +147,29 @@ def measure(
     np.savez(calib, x=x)
     io_wall, io_cpu = [], []
 
-    def io_round() -> None:
+    def io_round() -> float:
+        """One round of I/O repeats; its median wall time."""
+        walls = []
         for _ in range(repeats):
             wall, cpu = _io(path, copy)
+            walls.append(wall)
             io_wall.append(wall)
             io_cpu.append(cpu)
+        return float(np.median(walls))
 
-    io_round()
+    before = io_round()
     repeats_of: dict[str, list[dict]] = {name: [] for name in runs}
     for repeat in range(max(1, cli_repeats)):
         for name in runs:
             out = workdir / f"wide_data_{width}_{name}.onnx"
             prof = None if profile is None else profile / f"{name}_{repeat}.prof"
-            repeats_of[name].append(_cli(RUNS[name][1], path, calib, out, prof))
+            run = _cli(RUNS[name][1], path, calib, out, prof)
             out.unlink(missing_ok=True)
-            io_round()
+            after = io_round()
+            # against the I/O rounds just before and after it: the machine's speed drifts
+            run["paired"] = run["wall"] / (0.5 * (before + after))
+            before = after
+            repeats_of[name].append(run)
             logging.getLogger(__name__).info("%s: %s", name, repeats_of[name][-1])
     results = {name: _median_run(done) for name, done in repeats_of.items()}
     for file in (path, copy, calib):
@@ -184,6 +192,8 @@ def _median_run(done: list[dict]) -> dict:
     ordered = sorted(done, key=lambda run: run["wall"])
     median = dict(ordered[(len(ordered) - 1) // 2])
     median["walls"] = [run["wall"] for run in done]
+    median["paired"] = float(np.median([run["paired"] for run in done]))
+    median["pairs"] = [run["paired"] for run in done]
     median["same"] = len({(run["params_after"], run["error"]) for run in done}) == 1
     return median
 
@@ -203,10 +213,14 @@ def markdown(result: dict) -> str:
         f"during the run: {', '.join(f'{v:.1f}' for v in result['load'])} (shared machine). "
         "Each run was repeated, interleaved with the others and with the I/O rounds: the "
         "table gives the repeat of median wall time, and the wall time of every repeat "
-        "(the network is the same in every repeat unless the last column says otherwise).\n",
+        "(the network is the same in every repeat unless the last column says otherwise). "
+        "The speed of this shared machine drifts, by up to 2x within minutes, so each "
+        "repeat is also divided by the mean of the I/O rounds just before and after it "
+        "(paired ratio; their median is the ratio to go by).\n",
         "| run | exit | steps | params kept | held-out error | refinement | wall s (median) "
-        "| CPU s | wall / load+save | CPU / load+save | wall s of each repeat |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| CPU s | wall / load+save (paired, median) | wall / load+save (medians) "
+        "| CPU / load+save | wall s of each repeat | paired ratio of each repeat |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, run in result["runs"].items():
         kept = run["params_after"]
@@ -221,9 +235,11 @@ def markdown(result: dict) -> str:
             f"| `{RUNS[name][0]}` | {run['code']} | {_step_count(run['steps'])} | {share} | "
             f"{error} | "
             f"{refined or '-'} | {run['wall']:.1f} | {run['cpu']:.1f} | "
+            f"{run.get('paired', float('nan')):.1f}x | "
             f"{run['wall'] / io_wall:.1f}x | {run['cpu'] / io_cpu:.1f}x | "
             f"{', '.join(f'{w:.1f}' for w in run.get('walls', [run['wall']]))}"
-            f"{'' if run.get('same', True) else ' (networks differ)'} |"
+            f"{'' if run.get('same', True) else ' (networks differ)'} | "
+            f"{', '.join(f'{r:.1f}x' for r in run.get('pairs', []))} |"
         )
     for name, run in result["runs"].items():
         lines += [

@@ -206,9 +206,10 @@ def _neuron_rows(rows: _CanonicalRows, samples: np.ndarray) -> np.ndarray:
     if rows.column_scale is not None:
         weights = weights * rows.column_scale
     product = np.asarray(weights, dtype=np.float32) @ np.asarray(samples, dtype=np.float32).T
-    out = product.astype(np.float64)
+    # widened and shifted in one pass (the float32 products are exact in float64, so the
+    # sums are those of a widened copy plus the bias, bit for bit)
+    out = np.add(product, rows.bias[:, None], dtype=np.float64)
     del product
-    out += rows.bias[:, None]
     out /= rows.divisor[:, None]
     return out
 
