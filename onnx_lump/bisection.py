@@ -236,9 +236,9 @@ def _probed(evaluate, hint, knob: float, aim: float) -> float:
     """The knob of the first step: the hint ``knob`` (from the first layer alone, every
     layer keeping its share; rough) redone for ``aim`` with the later layers as the
     method's cheaper variant (``evaluate.probe``) follows the first at ``knob``. On the
-    wide benchmark model the probe's widths are within 3 neurons a layer of the step's,
-    so the first step lands where a second would have, for the cost of the merge-only
-    path (a third of a step there) instead of a step."""
+    wide benchmark model the probe's widths are within a neuron a layer of a step's at
+    the same knob, so the first step lands where a second would have, for the cost of
+    the merge-only path (a quarter of a step there) instead of a step."""
     report = evaluate.probe(knob)
     if report is None:
         return knob

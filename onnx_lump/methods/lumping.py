@@ -151,7 +151,7 @@ class Lump(Method):
         """The same lumping without refits: the merge-only path of :meth:`compress`, whose
         layer states a step at the same knob then takes from the search's cache. Its
         widths follow the refit path's closely where the refits reproduce the original
-        pre-activations (on the 4 x 4096 benchmark model within 3 neurons a layer)."""
+        pre-activations (on the 4 x 4096 benchmark model within a neuron a layer)."""
         if not self.refit or self.reduction is Reduction.SPAN:
             return None
         return dataclasses.replace(self, refit=False)
