@@ -186,15 +186,11 @@ def _hinted(evaluate, good, target_params: float):
     bad)`` when the search comes down to knob 0; None without a hint or a bracket within
     :data:`_HINT_STEPS`."""
     hint = getattr(evaluate, "hint", None)
+    if hint is None:
+        return None
     probing = bool(getattr(evaluate, "probes", False))
     # a hint for the probe only needs to be rough: the hint redone after it is exact
-    first = (
-        None
-        if hint is None
-        else hint(target_params, slack=_PROBE_SLACK)
-        if probing
-        else hint(target_params)
-    )
+    first = hint(target_params, slack=_PROBE_SLACK) if probing else hint(target_params)
     if first is None or first <= 0:  # no hint, or knob 0 may do already
         return None
     middle = target_params * (1.0 - 0.5 * _SIZE_TOLERANCE)

@@ -125,9 +125,9 @@ class Lump(Method):
     ) -> float | None:
         """The eps at which the chain's first hidden layer, whose inputs no other layer's
         merges change, keeps about ``width_share`` of its neurons (or down to ``slack`` of
-        it fewer): bisection on that layer
-        alone, through the search's cache (a step at that eps reuses the lumping). Only
-        for backward partitions on data; None otherwise."""
+        it fewer): bisection on that layer alone, through the search's cache (a step at
+        that eps reuses the lumping). Only for backward partitions on data; None
+        otherwise."""
         if (
             problem.calibration is None
             or self.reduction is Reduction.SPAN
