@@ -11,7 +11,9 @@ normal rows of its 64 inputs. In one run, interleaved, this measures:
   end to end (search, final network, written file checked and verified), ``--cli-repeats``
   times (the median is reported, with every repeat's time: one run on a shared machine
   varies by 10-20%);
-* the same with refinement on at the default budget (``--target-params 0.05``), and at
+* one compression at the knob that search chose (``--eps KNOB --no-refine``, no search:
+  the floor of a search that lands there);
+* the same search with refinement on at the default budget (``--target-params 0.05``), and at
   20 seconds (``--refine-seconds 20``); the held-out error of each written file and its
   refinement's iterations, seconds and held-out error before and after are reported.
 
@@ -19,7 +21,7 @@ Each search step is logged with the time it ended (``onnx_lump.search``), and wi
 ``--profile DIR`` every run is profiled with cProfile into ``DIR/<run>.prof``.
 
     python tools/time_wide_data.py [--width 4096] [--rows 2048] [--repeats 3]
-        [--cli-repeats 3] [--runs norefine,refine,refine20] [--workdir /tmp] [--out DIR]
+        [--cli-repeats 3] [--runs norefine,fixed,refine,refine20] [--workdir /tmp] [--out DIR]
         [--profile DIR]
 
 The markdown goes to ``tools/results/speed/search.md`` and ``tools/results/speed.md`` is
@@ -34,6 +36,7 @@ import gc
 import json
 import logging
 import os
+import re
 import sys
 import tempfile
 import time
@@ -52,6 +55,9 @@ RUNS = {
         "--target-params 0.05 --refine-seconds 20",
         ["--target-params", "0.05", "--refine-seconds", "20"],
     ),
+    # no search: one compression at the knob the norefine run's search chose (the floor a
+    # search at that size can reach)
+    "fixed": ("--eps KNOB --no-refine (KNOB: the search's)", None),
 }
 
 
@@ -100,13 +106,14 @@ def _cli(flags: list[str], model: Path, calib: Path, out: Path, profile: Path | 
     search_log.setLevel(level)
     if profiler is not None:
         profiler.dump_stats(profile)
-    kept = error = None
+    kept = error = chosen = None
     refined = []
     if code == 0 and out.exists():
         reduced = onnx.load(out, load_external_data=False)
         kept = sum(int(np.prod(t.dims)) for t in reduced.graph.initializer)
         report = json.loads(summary.read_text())
         error, refined = report["holdout_error"], report.get("refine") or []
+        chosen = re.search(r"eps=([0-9.e+-]+)", report.get("method", ""))
     summary.unlink(missing_ok=True)
     return {
         "code": code,
@@ -115,6 +122,7 @@ def _cli(flags: list[str], model: Path, calib: Path, out: Path, profile: Path | 
         "steps": steps.lines,
         "params_after": kept,
         "error": error,  # onnxruntime's, on the written file, held-out rows
+        "knob": None if chosen is None else float(chosen.group(1)),  # as the report prints it
         "refine": [
             {k: r[k] for k in ("iterations", "seconds", "holdout_before", "holdout_after")}
             for r in refined
@@ -163,7 +171,13 @@ def measure(
         for name in runs:
             out = workdir / f"wide_data_{width}_{name}.onnx"
             prof = None if profile is None else profile / f"{name}_{repeat}.prof"
-            run = _cli(RUNS[name][1], path, calib, out, prof)
+            flags = RUNS[name][1]
+            if flags is None:  # fixed: the knob the last norefine run chose
+                chosen = repeats_of.get("norefine", [{}])[-1].get("knob")
+                if chosen is None:
+                    raise SystemExit("run 'fixed' needs 'norefine' before it in --runs")
+                flags = ["--eps", repr(chosen), "--no-refine"]
+            run = _cli(flags, path, calib, out, prof)
             out.unlink(missing_ok=True)
             after = io_round()
             # against the I/O rounds just before and after it: the machine's speed drifts
@@ -232,7 +246,8 @@ def markdown(result: dict) -> str:
             for r in run["refine"]
         )
         lines.append(
-            f"| `{RUNS[name][0]}` | {run['code']} | {_step_count(run['steps'])} | {share} | "
+            f"| `{RUNS[name][0]}` | {run['code']} | "
+            f"{_step_count(run['steps']) if RUNS[name][1] else '-'} | {share} | "
             f"{error} | "
             f"{refined or '-'} | {run['wall']:.1f} | {run['cpu']:.1f} | "
             f"{run.get('paired', float('nan')):.1f}x | "
@@ -242,6 +257,8 @@ def markdown(result: dict) -> str:
             f"{', '.join(f'{r:.1f}x' for r in run.get('pairs', []))} |"
         )
     for name, run in result["runs"].items():
+        if not run["steps"]:
+            continue
         lines += [
             "",
             f"Search steps of `{RUNS[name][0]}`, median repeat (time since start, knob, size; "
@@ -260,7 +277,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="load+save repeats per round")
     parser.add_argument("--cli-repeats", type=int, default=3, help="timed runs of each CLI run")
     parser.add_argument(
-        "--runs", default="norefine,refine,refine20", help="comma list of: " + ",".join(RUNS)
+        "--runs",
+        default="norefine,fixed,refine,refine20",
+        help="comma list of: " + ",".join(RUNS),
     )
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
     parser.add_argument(
