@@ -19,6 +19,7 @@ __all__ = [
     "ONNXSIM_FLOOR_SPARSITIES",
     "ONNXSIM_LOW_SPARSITIES",
     "ONNXSIM_SPARSITIES",
+    "ONNXSIM_STACK",
     "PROTOCOL_VERSION",
     "REFINED",
     "REFINE_FLOOR_TARGETS",
@@ -32,6 +33,7 @@ __all__ = [
     "Reference",
     "fidelity",
     "log",
+    "onnxsim_stack",
     "point_from_dict",
 ]
 
@@ -127,6 +129,26 @@ def fidelity(outputs: np.ndarray, original: np.ndarray) -> float:
     spread = float(np.sqrt(np.mean((original - original.mean(axis=0)) ** 2)))
     change = float(np.sqrt(np.mean((outputs - original) ** 2)))
     return change / spread if spread > 0 else change
+
+
+# The public API of onnxsim 0.8's structured stack, which both benchmarks run.
+ONNXSIM_STACK = ("apply_structured_wanda_pruning", "apply_pruning_finetune", "apply_block_finetune")
+
+
+def onnxsim_stack(say=None):
+    """The onnxsim module when it has the 0.8 structured stack (:data:`ONNXSIM_STACK`),
+    else None, with a SKIPPED line through ``say`` (default :func:`log`) saying why."""
+    say = say or log
+    try:
+        import onnxsim
+    except ImportError:
+        say("  SKIPPED onnxsim: not importable (pip install 'onnx_lump[tools]' or 'onnxsim>=0.8')")
+        return None
+    if not all(hasattr(onnxsim, name) for name in ONNXSIM_STACK):
+        version = getattr(onnxsim, "__version__", "?")
+        say(f"  SKIPPED onnxsim {version}: needs >= 0.8 ({ONNXSIM_STACK})")
+        return None
+    return onnxsim
 
 
 def log(message: str) -> None:

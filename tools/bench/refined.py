@@ -10,7 +10,7 @@ from collections.abc import Callable
 import numpy as np
 import onnx
 
-from bench.common import Point, log
+from bench.common import Point, log, onnxsim_stack
 from bench.methods import widths_of
 from bench.metrics import Network, measure, run_compress
 from bench.networks import dense_params
@@ -176,14 +176,8 @@ def onnxsim_points(
     removal, closed-form ridge refit of the surviving layers, then Adam distillation of
     the whole chain (first dense layer's input to the graph output) onto the original's
     output, all on the same calibration inputs."""
-    try:
-        import onnxsim
-    except ImportError:
-        log("  SKIPPED onnxsim: not importable (pip install 'onnx_lump[tools]' or 'onnxsim>=0.8')")
-        return []
-    needed = ("apply_structured_wanda_pruning", "apply_pruning_finetune", "apply_block_finetune")
-    if not all(hasattr(onnxsim, name) for name in needed):
-        log(f"  SKIPPED onnxsim {getattr(onnxsim, '__version__', '?')}: needs >= 0.8 ({needed})")
+    onnxsim = onnxsim_stack()
+    if onnxsim is None:
         return []
     feeds = [net.calibration]
     block_in = next(n.input[0] for n in net.model.graph.node if n.op_type in ("MatMul", "Gemm"))

@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import onnx
+from bench.common import onnxsim_stack
 
 from onnx_lump import compress
 from onnx_lump.data.refine import RefineOptions
@@ -131,14 +132,8 @@ def onnxsim_points(task: Task, sparsities, steps: int) -> list[Point]:
     of each FFN block (LayerNorm output to FFN output) onto the original's; onnxsim 0.8
     cannot differentiate the ``Gelu`` op, so this runs on the TorchScript opset-17 export
     of the same weights (GELU written with ``Erf``, which it can). Same calibration."""
-    try:
-        import onnxsim
-    except ImportError:
-        log("  SKIPPED onnxsim: not importable (pip install 'onnxsim>=0.8')")
-        return []
-    needed = ("apply_structured_wanda_pruning", "apply_pruning_finetune", "apply_block_finetune")
-    if not all(hasattr(onnxsim, name) for name in needed):
-        log(f"  SKIPPED onnxsim {getattr(onnxsim, '__version__', '?')}: needs >= 0.8")
+    onnxsim = onnxsim_stack(log)
+    if onnxsim is None:
         return []
     feeds = [task.calibration]
     points = []
