@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     everything = {"lump", "pruning", "ec", "linear", "onnxsim"}
     only = set(args.only.split(",")) if args.only else everything
     points: list[Point] = []
+    sparsities = QUICK_SPARSITIES if args.quick else SPARSITIES
     if "lump" in only:
         log("lump and lump+refine")
         points += lump_points(
@@ -76,15 +77,15 @@ def main(argv: list[str] | None = None) -> int:
         log("onnxsim")
         points += onnxsim_points(
             task,
-            QUICK_SPARSITIES if args.quick else SPARSITIES,
+            sparsities,
             QUICK_ONNXSIM_STEPS if args.quick else ONNXSIM_STEPS,
         )
     if "pruning" in only:
         log("magnitude, wanda")
-        points += pruning_points(task, QUICK_SPARSITIES if args.quick else SPARSITIES)
+        points += pruning_points(task, sparsities)
     if "ec" in only:  # elimination-compensation: slow on 512-wide layers, a part of its own
         log("ec")
-        points += pruning_points(task, QUICK_SPARSITIES if args.quick else SPARSITIES, ("ec",))
+        points += pruning_points(task, sparsities, ("ec",))
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "transformer_quick" if args.quick else "transformer"
     seconds = time.perf_counter() - started
