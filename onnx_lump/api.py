@@ -14,7 +14,7 @@ import onnx
 
 from onnx_lump import __version__
 from onnx_lump.data.cache import SearchCache, digest
-from onnx_lump.data.calibration import chain_inputs, random_inputs
+from onnx_lump.data.calibration import AUTO_MASK_INPUT, chain_inputs, random_inputs, token_mask
 from onnx_lump.data.holdout import (
     DEFAULT_HOLDOUT,
     CalibrationSplit,
@@ -112,6 +112,8 @@ def compress(
     providers: Sequence[str] = ("cpu",),
     atol: float | None = None,
     rtol: float | None = None,
+    mask_input: str | None = AUTO_MASK_INPUT,
+    sequential: bool = False,
 ) -> tuple[onnx.ModelProto, Report]:
     """Compress every dense chain of ``model`` with ``method``.
 
@@ -128,6 +130,13 @@ def compress(
     both models run in onnxruntime on ``inputs`` (else the held-out rows, else
     ``n_check`` seeded random inputs) and ``report.verification`` holds the output
     errors, judged against ``atol``/``rtol``.
+
+    ``mask_input`` names the calibration input whose zeros mark padding (by default
+    ``attention_mask`` where the model has it; None for none): the chain rows of those
+    positions are left out of every fit. With ``sequential``, each chain after the first
+    is fitted on its inputs in the model whose earlier chains are already compressed,
+    onto the original chain's outputs on the original inputs, so that it corrects what
+    the chains before it changed (GPTQ's sequential mode).
     """
     model = to_model_proto(model)
     if method.needs_data and calibration is None:
@@ -150,7 +159,7 @@ def compress(
             cache = SearchCache(across_calls=False)  # one call: nothing is kept beyond it
         split, fit_inputs, held_inputs = _chain_rows(
             model, scan.chains, calibration, holdout, seed, validation, validation_targets,
-            cache, run_on,
+            cache, run_on, mask_input,
         )  # fmt: skip
         # once per search (the cache's lifetime): its steps all have the same rows
         scan.notes.extend(
@@ -163,11 +172,26 @@ def compress(
     stats, systems, results, refined = [], [], [], []
     widths_before, widths_after, shortcut_params, changed = [], [], 0, False
     spill, ranges = Spill.for_model(model), []
+    follow = sequential and split is not None
+    if sequential and spill is not None:
+        follow = False
+        scan.notes.append("sequential calibration skipped: the model keeps its weights on disk")
     for index, chain in enumerate(scan.chains):
         memo = None if cache is None else cache.chain(index)
         # the steps of a search share one encoding: its float64 weights are made once
         system = _encoding(chain, index, memo if spill is None else None)
-        problem = ChainProblem(system, fit_inputs[index], held_inputs[index], memo)
+        if follow and changed:
+            # its rows depend on how the chains before it were compressed: nothing of
+            # them is kept for another call
+            fit_rows, held_rows = _sequential_rows(
+                export_model(graph, model, {}), chain, split, run_on, mask_input
+            )
+            problem = ChainProblem(
+                system, fit_rows, held_rows, None, fit_inputs[index], held_inputs[index]
+            )
+            memo = None
+        else:
+            problem = ChainProblem(system, fit_inputs[index], held_inputs[index], memo)
         result = warm_start[index] if warm_start is not None else method.compress(problem)
         if refine_options is not None and _differs(problem, result):
             left = refine_options.max_seconds - (time.perf_counter() - refine_started)
@@ -218,6 +242,8 @@ def compress(
         metadata["pkg.onnx_lump.eps"] = repr(method.options.eps)
         metadata["pkg.onnx_lump.ode.equivalence"] = method.options.equivalence.value
         metadata["pkg.onnx_lump.linkage"] = method.options.linkage.value
+    if follow:
+        metadata["pkg.onnx_lump.sequential"] = "1"
     if refined:
         metadata["pkg.onnx_lump.refine_iterations"] = json.dumps([r.iterations for r in refined])
     if spill is not None:
@@ -278,6 +304,7 @@ def knob_hint(
     providers: Sequence[str] = ("cpu",),
     after: Report | None = None,
     slack: float = 0.0,
+    mask_input: str | None = AUTO_MASK_INPUT,
 ) -> float | None:
     """A knob of ``method`` near the one keeping ``target_params`` (a fraction) of the
     dense chains' parameters, for a size search to start from (None when the method has
@@ -298,7 +325,7 @@ def knob_hint(
         return None
     _, fit_inputs, held_inputs = _chain_rows(
         model, scan.chains, calibration, holdout, seed, validation, validation_targets,
-        cache, run_on,
+        cache, run_on, mask_input,
     )  # fmt: skip
     ratios = None if after is None else width_ratios(after, scan.chains)
     share = uniform_width_share(scan.chains, target_params, ratios)
@@ -374,20 +401,52 @@ def width_ratios(report: Report, chains: Sequence[DenseChain]) -> list[list[floa
 
 
 def _chain_rows(
-    model, chains, calibration, holdout, seed, validation, validation_targets, cache, run_on
+    model,
+    chains,
+    calibration,
+    holdout,
+    seed,
+    validation,
+    validation_targets,
+    cache,
+    run_on,
+    mask_input,
 ) -> tuple[CalibrationSplit, list[np.ndarray], list[np.ndarray]]:
-    """The calibration split and every chain's input on its fitting and held-out rows,
-    computed once per ``cache``."""
-    cache.bind(model, calibration, holdout, seed, id(validation), id(validation_targets))
+    """The calibration split and every chain's input on its fitting and held-out rows
+    (padding left out, see :func:`token_mask`), computed once per ``cache``."""
+    cache.bind(
+        model, calibration, holdout, seed, id(validation), id(validation_targets), mask_input
+    )
     split = cache.get(
         "split",
         lambda: split_calibration(calibration, holdout, seed, validation, validation_targets),
     )
-    fit = cache.get(("fit", str(run_on)), lambda: chain_inputs(model, chains, split.fit, run_on))
+    fit = cache.get(
+        ("fit", str(run_on)),
+        lambda: chain_inputs(model, chains, split.fit, run_on, token_mask(split.fit, mask_input)),
+    )
     held = cache.get(
-        ("held", str(run_on)), lambda: chain_inputs(model, chains, split.holdout, run_on)
+        ("held", str(run_on)),
+        lambda: chain_inputs(
+            model, chains, split.holdout, run_on, token_mask(split.holdout, mask_input)
+        ),
     )
     return split, fit, held
+
+
+def _sequential_rows(
+    partial: onnx.ModelProto,
+    chain: DenseChain,
+    split: CalibrationSplit,
+    run_on,
+    mask_input: str | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``chain``'s input on the fitting and held-out rows in ``partial``, the model whose
+    chains before it are compressed already."""
+    return tuple(
+        chain_inputs(partial, [chain], feeds, run_on, token_mask(feeds, mask_input))[0]
+        for feeds in (split.fit, split.holdout)
+    )
 
 
 def _encoding(chain: DenseChain, index: int, memo) -> OdeSystem:

@@ -221,6 +221,7 @@ def _run(args: argparse.Namespace) -> int:
             seed=args.seed,
             refine=_refine_option(args),
             providers=providers,
+            **_data_options(args),
             **verify_options,
         )
     split = None
@@ -314,7 +315,14 @@ def _evaluator(args, model, calibration, validation, targets, providers) -> Eval
         refine=_refine_option(args),
         providers=providers,
         progress=_search_progress(args),
+        **_data_options(args),
     )
+
+
+def _data_options(args: argparse.Namespace) -> dict:
+    """How the calibration rows are read: the padding mask and sequential fitting."""
+    mask = None if args.mask_input.lower() == "none" else args.mask_input
+    return {"mask_input": mask, "sequential": args.sequential}
 
 
 def _search_progress(args: argparse.Namespace):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from onnx_lump import __version__
 from onnx_lump.cli_console import _message
+from onnx_lump.data.calibration import AUTO_MASK_INPUT
 from onnx_lump.data.holdout import DEFAULT_HOLDOUT
 from onnx_lump.data.refine import RefineOptions
 from onnx_lump.errors import EXIT_BAD_INPUT
@@ -209,6 +210,19 @@ def make_parser(doc: str) -> argparse.ArgumentParser:
         f"measure the reported error on (default {DEFAULT_HOLDOUT:g}; --val replaces it)",
     )
     check.add_argument("--seed", type=int, default=0, help="seed of the held-out split (default 0)")
+    check.add_argument(
+        "--mask-input",
+        default=AUTO_MASK_INPUT,
+        metavar="NAME",
+        help=f"--calib input whose zeros mark padding positions, left out of every fit "
+        f"(default {AUTO_MASK_INPUT} where the model has it; 'none' for none)",
+    )
+    check.add_argument(
+        "--sequential",
+        action="store_true",
+        help="fit each chain on its inputs in the model whose earlier chains are already "
+        "compressed, onto the original chain's outputs (corrects what they changed)",
+    )
     check.add_argument(
         "--check",
         type=int,

@@ -30,6 +30,7 @@ import onnx
 from onnx_lump.api import Report, compress, knob_hint, refines_by_default
 from onnx_lump.bisection import bisect
 from onnx_lump.data.cache import SearchCache
+from onnx_lump.data.calibration import AUTO_MASK_INPUT
 from onnx_lump.data.holdout import DEFAULT_HOLDOUT, output_error, stacked_outputs
 from onnx_lump.data.refine import RefineOptions
 from onnx_lump.errors import LumpError
@@ -63,10 +64,10 @@ class Evaluator:
     """Compress with the method a knob value builds, and measure size and held-out error.
 
     ``compress_options`` go to :func:`onnx_lump.api.compress` (``holdout``, ``seed``,
-    ``validation``, ``validation_targets``, ``providers``). ``refine`` is the budget of
-    the network finally returned (None: compress's default; False: off). With
-    ``caches`` (the default) the steps share what does not depend on the knob
-    (:mod:`onnx_lump.data.cache`)."""
+    ``validation``, ``validation_targets``, ``providers``, ``mask_input``,
+    ``sequential``). ``refine`` is the budget of the network finally returned (None:
+    compress's default; False: off). With ``caches`` (the default) the steps share what
+    does not depend on the knob (:mod:`onnx_lump.data.cache`)."""
 
     def __init__(
         self,
@@ -82,6 +83,8 @@ class Evaluator:
         providers: Sequence[str] = ("cpu",),
         progress: Callable[[SweepPoint], None] | None = None,
         caches: bool = True,
+        mask_input: str | None = AUTO_MASK_INPUT,
+        sequential: bool = False,
     ) -> None:
         if calibration is None and validation is None:
             raise LumpError(
@@ -92,7 +95,14 @@ class Evaluator:
         self.calibration = calibration
         self.validation = validation
         self.validation_targets = validation_targets
-        self.options = {"holdout": holdout, "seed": seed, "providers": list(providers)}
+        self.options = {
+            "holdout": holdout,
+            "seed": seed,
+            "providers": list(providers),
+            "mask_input": mask_input,
+        }
+        # compress's only: the hint reads the chains of the original model
+        self.sequential = sequential
         if calibration is not None:
             self.options.update(validation=validation, validation_targets=validation_targets)
         self.final_refine = refine
@@ -171,6 +181,7 @@ class Evaluator:
             verify=False,
             cache=self.data_cache,
             measure_holdout=self._refine_steps,
+            sequential=self.sequential,
             **self.options,
         )
         point = SweepPoint(
@@ -245,6 +256,7 @@ class Evaluator:
             verify=False,
             cache=self.data_cache,
             measure_holdout=False,
+            sequential=self.sequential,
             **self.options,
         )
         logger.info(
@@ -285,6 +297,7 @@ class Evaluator:
             refine=refine,
             warm_start=report.results,
             cache=self.data_cache,
+            sequential=self.sequential,
             **self.options,
             **verify_options,
         )

@@ -21,6 +21,7 @@ from onnx_lump.ode.encoding import OdeSystem
 from onnx_lump.runtime import run_model
 
 __all__ = [
+    "AUTO_MASK_INPUT",
     "MAX_RANDOM_BYTES",
     "TARGET_KEYS",
     "chain_inputs",
@@ -29,6 +30,7 @@ __all__ = [
     "random_input_shapes",
     "random_inputs",
     "random_inputs_bytes",
+    "token_mask",
 ]
 
 # Keys of a .npz that hold reference outputs (targets) rather than model inputs.
@@ -288,37 +290,63 @@ def random_inputs(
     }
 
 
+# The input that marks real tokens in the exports of Hugging Face models: positions where
+# it is 0 are padding, which no fit or error should be about.
+AUTO_MASK_INPUT = "attention_mask"
+
+
+def token_mask(
+    feeds: Mapping[str, np.ndarray], mask_input: str | None = AUTO_MASK_INPUT
+) -> np.ndarray | None:
+    """Which positions of ``feeds`` are real: ``feeds[mask_input] != 0`` as booleans of
+    its shape (rows x positions), or None when there is no such feed (or it is 1-D)."""
+    if not mask_input or mask_input not in feeds:
+        return None
+    mask = np.asarray(feeds[mask_input]) != 0
+    return mask if mask.ndim >= 2 else None
+
+
+def _rows_of(value: np.ndarray, in_features: int, mask: np.ndarray | None) -> np.ndarray:
+    """A chain input as (samples x features) rows, the masked positions left out when
+    its leading dimensions are the mask's (a token-level tensor); else every row."""
+    if mask is not None and value.shape[: mask.ndim] == mask.shape:
+        return value.reshape(mask.size, -1)[mask.reshape(-1)].reshape(-1, in_features)
+    return value.reshape(-1, in_features)
+
+
 def chain_inputs(
     model: onnx.ModelProto,
     chains: Sequence[DenseChain],
     feeds: Mapping[str, np.ndarray],
     providers: Sequence,
+    mask: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """The input of each chain on ``feeds``, as (samples x features) float64 arrays, read
     by onnxruntime from the model with those tensors exposed as outputs (a chain that
-    reads a graph input directly takes the feed as it is, and when all do, nothing runs)."""
+    reads a graph input directly takes the feed as it is, and when all do, nothing runs).
+    With ``mask`` (:func:`token_mask` of ``feeds``), the rows of masked positions are
+    left out of every chain whose input is laid out by position."""
     if all(chain.layers[0].input.name in feeds for chain in chains):
-        return [
-            np.asarray(feeds[chain.layers[0].input.name], dtype=np.float64).reshape(
-                -1, chain.layers[0].in_features
-            )
-            for chain in chains
-        ]
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    outputs = {o.name for o in probe.graph.output}
-    for chain in chains:
-        name = chain.layers[0].input.name
-        if name not in outputs:
-            elem = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(chain.layers[0].dtype))
-            probe.graph.output.append(onnx.helper.make_tensor_value_info(name, elem, None))
-            outputs.add(name)
-    values = run_model(probe, feeds, providers)
-    result = []
-    for chain in chains:
-        value = np.asarray(values[chain.layers[0].input.name], dtype=np.float64)
-        result.append(value.reshape(-1, chain.layers[0].in_features))
-    return result
+        values = {name: feeds[name] for name in (c.layers[0].input.name for c in chains)}
+    else:
+        probe = onnx.ModelProto()
+        probe.CopyFrom(model)
+        outputs = {o.name for o in probe.graph.output}
+        for chain in chains:
+            name = chain.layers[0].input.name
+            if name not in outputs:
+                elem = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(chain.layers[0].dtype))
+                probe.graph.output.append(onnx.helper.make_tensor_value_info(name, elem, None))
+                outputs.add(name)
+        values = run_model(probe, feeds, providers)
+    return [
+        _rows_of(
+            np.asarray(values[chain.layers[0].input.name], dtype=np.float64),
+            chain.layers[0].in_features,
+            mask,
+        )
+        for chain in chains
+    ]
 
 
 def forward_chain(

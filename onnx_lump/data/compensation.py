@@ -147,6 +147,13 @@ def centred_moments(
     return _moments(inputs, targets)
 
 
+def centred_gram(inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean, gram)`` of ``inputs``' columns, ``gram = Xc.T @ Xc`` for the centred
+    inputs, accumulated as :func:`centred_moments` does."""
+    mean, _, gram, _ = _moments(inputs, None)
+    return mean, gram
+
+
 def _moments(inputs, targets):
     """:func:`centred_moments`, or with ``targets`` None only ``mean_x`` and ``gram``
     (None for the others)."""

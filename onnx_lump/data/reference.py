@@ -53,8 +53,10 @@ def _row_step(width: int) -> int:
 
 
 class ReferenceRows:
-    """Inputs of a chain on some rows, the original chain's output on them (float64),
-    and every layer's original pre-activations (the refit targets, float32): stored
+    """Inputs of a chain on some rows, the original chain's output on them (float64;
+    computed from ``source``, the chain's inputs in the original model on the same rows,
+    where sequential calibration gave ``inputs`` from a compressed one), and every
+    layer's original pre-activations (the refit targets, float32): stored
     when they fit :data:`STORED_TARGET_BYTES`, else recomputed by :meth:`targets`, so
     that the data path holds one layer's worth of rows, not the whole network's.
 
@@ -64,8 +66,16 @@ class ReferenceRows:
     from float32 products, twice as fast, and the output from a float64 pass on first
     use."""
 
-    def __init__(self, problem: ChainProblem, inputs: np.ndarray, output_first: bool = True):
+    def __init__(
+        self,
+        problem: ChainProblem,
+        inputs: np.ndarray,
+        output_first: bool = True,
+        source: np.ndarray | None = None,
+    ):
         self.inputs = inputs
+        # the original chain's input on the same rows, which its outputs come from
+        self._source = inputs if source is None else source
         self._problem = problem
         widths = sum(layer.size for layer in problem.system.layers)
         keep = inputs.shape[0] * widths * 4 <= STORED_TARGET_BYTES
@@ -80,7 +90,7 @@ class ReferenceRows:
         """One pass through the chain in ``dtype``, a chunk of rows at a time, storing the
         targets (float32) and the output (float64: the exact reference eps 0 is judged
         by) as asked."""
-        system, inputs = self._problem.system, self.inputs
+        system, inputs = self._problem.system, self._source
         if dtype is np.float32:
             weights = [
                 (_float32(layer), np.asarray(layer.bias, np.float32)) for layer in system.layers
@@ -128,7 +138,7 @@ class ReferenceRows:
         time, the activations between layers held in float32): only the current
         layer's rows are held."""
         system, weights = self._problem.system, self._problem.weights
-        current = self.inputs
+        current = self._source
         for index, (weight, bias) in enumerate(weights):
             pre = np.empty((current.shape[0], weight.shape[0]), np.float32)
             step = _row_step(max(weight.shape))
@@ -177,8 +187,11 @@ def layer_inputs(inputs: np.ndarray, layer: ReducedLayer, activation) -> np.ndar
 def original_rows(problem: ChainProblem, which: str) -> ReferenceRows:
     """The original chain on the fitting (``which`` "fit") or held-out ("held") rows,
     computed once per cache (``problem.cache``)."""
-    inputs = problem.calibration if which == "fit" else problem.holdout
-    make = functools.partial(ReferenceRows, problem, inputs, output_first=which != "fit")
+    if which == "fit":
+        inputs, source = problem.calibration, problem.original_calibration
+    else:
+        inputs, source = problem.holdout, problem.original_holdout
+    make = functools.partial(ReferenceRows, problem, inputs, which != "fit", source)
     if problem.cache is None:
         return make()
     return problem.cache.get(("original rows", which), make, pin=True)

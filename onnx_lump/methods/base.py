@@ -19,13 +19,20 @@ class ChainProblem:
     """A chain to compress: its ODE encoding and, when given, its input on the fitting
     share of the calibration data and on the held-out share (samples x input features,
     float64). Methods fit on ``calibration`` only; ``holdout`` may choose between fits
-    (a ridge strength) or confirm what the fitting rows suggest (a constant neuron)."""
+    (a ridge strength) or confirm what the fitting rows suggest (a constant neuron).
+
+    ``original_calibration`` / ``original_holdout`` are the chain's inputs in the original
+    model on the same rows where they differ from ``calibration`` / ``holdout`` (sequential
+    calibration: the chains before this one are compressed already). The original chain's
+    outputs, which every fit aims at, are computed from them."""
 
     system: OdeSystem
     calibration: np.ndarray | None = None
     holdout: np.ndarray | None = None
     # knob-independent results kept across the calls of one search (onnx_lump.data.cache)
     cache: ChainCache | None = field(default=None, repr=False)
+    original_calibration: np.ndarray | None = field(default=None, repr=False)
+    original_holdout: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def weights(self) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from onnx_lump.data.compensation import refit_layer, residual
+from onnx_lump.data.compensation import centred_gram, refit_layer, residual
 from onnx_lump.data.reference import (
     ReferenceRows,
     frozen,
@@ -28,7 +28,7 @@ from onnx_lump.ode.equivalence import (
     compute_partition,
 )
 from onnx_lump.ode.reduction import ReducedLayer, reduce_layer, reduce_system
-from onnx_lump.ode.span import select_span
+from onnx_lump.ode.span import SpanOrder, span_order
 
 __all__ = [
     "DEFAULT_RIDGE",
@@ -126,17 +126,17 @@ class Lump(Method):
         """The eps at which the chain's first hidden layer, whose inputs no other layer's
         merges change, keeps about ``width_share`` of its neurons (or down to ``slack`` of
         it fewer): bisection on that layer alone, through the search's cache (a step at
-        that eps reuses the lumping). Only for backward partitions on data; None
-        otherwise."""
-        if (
-            problem.calibration is None
-            or self.reduction is Reduction.SPAN
-            or self.options.equivalence is not Equivalence.BACKWARD
-        ):
+        that eps reuses the lumping); for span, the pivot order's share left unexplained
+        at that width. Only for backward partitions and span on data; None otherwise."""
+        if problem.calibration is None:
             return None
         first = problem.system.layers[0]  # not problem.weights: float64 copies of every layer
         weight, bias = first.coefficients, first.bias
         want = max(1, round(width_share * weight.shape[0]))
+        if self.reduction is Reduction.SPAN:  # the pivot order answers it exactly
+            return self._span_order(problem, 0, weight, bias, problem.calibration).eps_for(want)
+        if self.options.equivalence is not Equivalence.BACKWARD:
+            return None
 
         def width(eps: float) -> int:
             options = dataclasses.replace(self.options, eps=eps)
@@ -197,7 +197,8 @@ class Lump(Method):
         for index, layer in enumerate(system.hidden):
             selection = rebased = None
             if span:
-                selection = select_span(layer.activation(inputs @ weight.T + bias), options.eps)
+                order = self._span_order(problem, index, weight, bias, inputs)
+                selection = order.select(options.eps)
                 kept = ReducedLayer(weight[selection.kept], bias[selection.kept])
             else:
                 # the first layer's state is the chain's own, whatever the setting
@@ -237,6 +238,24 @@ class Lump(Method):
         reduced.append(ReducedLayer(weight, bias))
         key = None if memo is None or span else ((setting if refitting else unrefit), prefix)
         return reduced, notes, key
+
+    @staticmethod
+    def _span_order(
+        problem: ChainProblem, index: int, weight: np.ndarray, bias: np.ndarray, inputs
+    ) -> SpanOrder:
+        """Layer ``index``'s pivot order on its activations (float32 rows, float64
+        moments); the first layer's, whose inputs are the chain's own, is made once per
+        search (``problem.cache``): every eps and width reads it."""
+
+        def make() -> SpanOrder:
+            activation = problem.system.hidden[index].activation
+            return span_order(
+                *centred_gram(layer_inputs(inputs, ReducedLayer(weight, bias), activation))
+            )
+
+        if index or problem.cache is None:
+            return make()
+        return problem.cache.get(("span order", 0), make, pin=True)
 
     def _refits(self, n_inputs: int, n_rows: int) -> bool:
         """Whether a layer with ``n_inputs`` inputs is refit from ``n_rows`` fitting rows:

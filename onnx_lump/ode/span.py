@@ -6,6 +6,12 @@ chosen by column-pivoted QR of the layer's centred activations (the interpolativ
 decomposition used by Chee et al., NeurIPS 2022), and every removed neuron becomes the
 least-squares combination of the kept ones plus a constant, which the next layer absorbs.
 
+The pivots come from the activations' centred Gram matrix (neurons x neurons) by
+pivoted Cholesky (LAPACK ``?pstrf``), which picks the same columns as pivoted QR of the
+activations themselves: ``P.T G P = U.T U`` with ``U`` the R factor of that QR. So the
+rows are read once, a chunk at a time, into a matrix that does not grow with them, and
+the ordering, once made, answers every eps and every width (a size search's steps).
+
 ``eps`` is the share of the activations' energy (Frobenius norm, after centring) that
 the kept neurons may leave unexplained: 0 keeps the numerical rank, 1 keeps one neuron.
 """
@@ -17,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
-__all__ = ["SpanSelection", "select_span"]
+__all__ = ["SpanOrder", "SpanSelection", "select_span", "span_order"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -38,29 +44,80 @@ class SpanSelection:
         )
 
 
+@dataclass(frozen=True, eq=False)
+class SpanOrder:
+    """A layer's neurons in pivot order with what each prefix leaves unexplained.
+
+    ``factor`` is the upper-triangular ``U`` of ``P.T G P = U.T U`` (rows past ``rank``
+    zero), ``order`` the permutation ``P`` as indices, ``left[k - 1]`` the share of the
+    centred activations' norm that the first ``k`` pivots leave unexplained."""
+
+    mean: np.ndarray
+    order: np.ndarray
+    factor: np.ndarray
+    left: np.ndarray
+
+    @property
+    def width(self) -> int:
+        return int(self.order.size)
+
+    def width_for(self, eps: float) -> int:
+        """The fewest pivots that leave at most ``eps`` unexplained (at least one)."""
+        return int(np.argmax(self.left <= eps)) + 1
+
+    def eps_for(self, width: int) -> float:
+        """The share left unexplained by the first ``width`` pivots: the largest eps at
+        which :meth:`width_for` keeps ``width`` (ties between equal shares aside)."""
+        return float(self.left[min(max(width, 1), self.width) - 1])
+
+    def select(self, eps: float) -> SpanSelection:
+        return self.keep(self.width_for(eps))
+
+    def keep(self, width: int) -> SpanSelection:
+        """The first ``width`` pivots, and the rest as their least-squares combinations:
+        ``U[:k, :k] C = U[:k, k:]`` (the normal equations of the centred activations in
+        factored form, a triangular solve)."""
+        keep = min(max(int(width), 1), self.width)
+        head = self.factor[:keep, :keep]
+        rank = int(np.count_nonzero(np.abs(np.diag(head)) > 0))
+        coefficients = np.zeros((self.width - keep, keep))
+        if rank and keep < self.width:
+            # pivots past the numerical rank explain nothing: they get no share
+            coefficients[:, :rank] = scipy.linalg.solve_triangular(
+                head[:rank, :rank], self.factor[:rank, keep:], lower=False
+            ).T
+        kept_pivots, removed_pivots = self.order[:keep], self.order[keep:]
+        kept_sort, removed_sort = np.argsort(kept_pivots), np.argsort(removed_pivots)
+        coefficients = coefficients[np.ix_(removed_sort, kept_sort)]
+        kept, removed = kept_pivots[kept_sort], removed_pivots[removed_sort]
+        offset = self.mean[removed] - coefficients @ self.mean[kept]
+        return SpanSelection(kept, removed, coefficients, offset)
+
+
+def span_order(mean: np.ndarray, gram: np.ndarray) -> SpanOrder:
+    """The pivot order of a layer whose activations have column ``mean`` and centred
+    Gram matrix ``gram`` (float64), by pivoted Cholesky."""
+    width = gram.shape[0]
+    total = float(np.trace(gram))
+    if width == 1 or not total > 0:
+        order = np.arange(width)
+        factor = np.zeros((width, width))
+        left = np.zeros(width)
+        return SpanOrder(np.asarray(mean, np.float64), order, factor, left)
+    # tolerance: LAPACK's default (width * machine eps * largest diagonal entry)
+    factor, pivots, rank, _ = scipy.linalg.lapack.dpstrf(np.array(gram, np.float64), lower=0)
+    factor = np.triu(factor)
+    factor[rank:] = 0.0  # the part past the rank is not factored
+    energy = np.einsum("ij,ij->i", factor, factor)
+    tail = np.sqrt(np.maximum(np.cumsum(energy[::-1])[::-1], 0.0) / total)
+    left = np.append(tail[1:], 0.0)  # left[k - 1]: unexplained with k kept
+    return SpanOrder(np.asarray(mean, np.float64), pivots.astype(np.intp) - 1, factor, left)
+
+
 def select_span(activations: np.ndarray, eps: float) -> SpanSelection:
     """The fewest neurons (in pivot order) whose span leaves at most ``eps`` of the
     centred activations' Frobenius norm unexplained; at least one is kept."""
-    width = activations.shape[1]
-    mean = activations.mean(axis=0)
-    centred = activations - mean
-    total = float(np.linalg.norm(centred))
-    if total == 0.0 or width == 1:
-        keep = 1
-        order = np.arange(width)
-    else:
-        r, order = scipy.linalg.qr(centred, mode="r", pivoting=True)
-        r = r[: min(r.shape)]  # mode "r" pads R with zero rows when samples > neurons
-        rows = np.zeros(width)
-        rows[: r.shape[0]] = np.einsum("ij,ij->i", r, r)
-        # ||R[k:, k:]||_F^2 is the energy left after the first k pivots
-        tail = np.sqrt(np.maximum(np.cumsum(rows[::-1])[::-1], 0.0)) / total
-        left = np.append(tail[1:], 0.0)  # left[k - 1]: unexplained with k kept
-        keep = int(np.argmax(left <= eps)) + 1
-    kept, removed = np.sort(order[:keep]), np.sort(order[keep:])
-    if removed.size == 0:
-        return SpanSelection(kept, removed, np.zeros((0, keep)), np.zeros(0))
-    basis = centred[:, kept]
-    coefficients = np.linalg.lstsq(basis, centred[:, removed], rcond=None)[0].T
-    offset = mean[removed] - coefficients @ mean[kept]
-    return SpanSelection(kept, removed, coefficients, offset)
+    values = np.asarray(activations, dtype=np.float64)
+    mean = values.mean(axis=0)
+    centred = values - mean
+    return span_order(mean, centred.T @ centred).select(eps)
