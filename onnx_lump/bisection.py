@@ -66,9 +66,10 @@ def bisect(
 
 def _bisect(evaluate, upper_limit, target_params, max_error, steps, good):
     geometric = upper_limit is None
-    # A size target on an unbounded knob starts from the method's hint when it has one;
-    # knob 0 is then evaluated only if the search comes down to it.
-    bracket = _hinted(evaluate, good, target_params) if geometric and max_error is None else None
+    # A size target starts from the method's hint when it has one (on a bounded knob only
+    # span's share of energy has one); knob 0 is then evaluated only if the search comes
+    # down to it.
+    bracket = _hinted(evaluate, good, target_params) if max_error is None else None
     if bracket is None:
         low = evaluate(0.0)
         bracket = (

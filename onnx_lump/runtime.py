@@ -28,7 +28,7 @@ from onnx_lump.graph.modelio import (
     uses_external,
 )
 
-__all__ = ["resolve_providers", "run_model", "session"]
+__all__ = ["resolve_providers", "run_model", "run_session", "session"]
 
 # onnxruntime's key for the folder of external data when the model comes as bytes.
 _DATA_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
@@ -101,7 +101,11 @@ def run_model(
     providers: Sequence,
 ) -> dict[str, np.ndarray]:
     """Outputs of ``model`` (a ModelProto or a file path) on ``feeds``, by name."""
-    runner = session(model, providers)
+    return run_session(session(model, providers), feeds)
+
+
+def run_session(runner: ort.InferenceSession, feeds: Mapping[str, np.ndarray]) -> dict:
+    """Every output of an open session on ``feeds``, by name."""
     names = [o.name for o in runner.get_outputs()]
     try:
         values = runner.run(names, dict(feeds))
