@@ -11,6 +11,10 @@ any element-wise activation; the symmetries add more exact merges:
   opposite sign merge; ``k = 0`` is an odd activation (``is_odd``), ``k = 1`` the
   Sigmoid flip.
 
+onnxruntime's fused ``BiasGelu(x, b)`` and ``FastGelu(x, b)`` compute the activation of
+``x + b``; the registry lists them as ``bias_ops`` (:data:`BIAS_ACTIVATION_OPS`) and the
+graph reader makes ``b`` the bias of the dense layer before them.
+
 Decomposed forms are matched on a canonical expression of the subgraph (see
 :mod:`onnx_lump.expressions`, :mod:`onnx_lump.activation_patterns` for the matchers and
 :mod:`onnx_lump.activation_matching` for the match against this registry). The graph
@@ -69,6 +73,7 @@ from onnx_lump.activation_patterns import (
 from onnx_lump.expressions import X, add, constant, fn, mul, power, render
 
 __all__ = [
+    "BIAS_ACTIVATION_OPS",
     "IDENTITY",
     "REGISTRY",
     "SUPPORTED_ACTIVATION_OPS",
@@ -201,6 +206,11 @@ class ActivationSpec:
     point_symmetry: Callable[[Activation], float | None] = lambda act: None
     # expression -> parameters, for the decomposed forms (and the single ops' own nodes)
     matchers: tuple[Callable[[tuple], dict | None], ...] = ()
+    # ops computing sigma(x + bias), the bias their input 1: onnxruntime's fusions of a
+    # MatMul's bias Add into the activation. After a bias-free dense layer the reader takes
+    # that constant as the layer's bias (rewritten where it lives); elsewhere the op is
+    # sigma(x + c) and must be one value c repeated to match.
+    bias_ops: tuple[str, ...] = ()
 
 
 _SPECS = [
@@ -273,6 +283,7 @@ _SPECS = [
         lambda z, a: 0.5 * z * (1.0 + special.erf(z * _SQRT_HALF)),
         _gelu_slope,
         matchers=(_gelu_op("none"), _gelu_erf),
+        bias_ops=("com.microsoft:BiasGelu",),
     ),
     ActivationSpec(
         ActivationKind.GELU_TANH,
@@ -282,6 +293,7 @@ _SPECS = [
         _gelu_tanh_slope,
         label=lambda a: "Gelu(approximate='tanh')",
         matchers=(_gelu_op("tanh"), _gelu_tanh),
+        bias_ops=("com.microsoft:FastGelu",),  # FastGelu(x) alone is the single op
     ),
     ActivationSpec(
         ActivationKind.SWISH,
@@ -394,5 +406,11 @@ REGISTRY: dict[ActivationKind, ActivationSpec] = {spec.kind: spec for spec in _S
 SUPPORTED_ACTIVATION_OPS = frozenset(
     op for spec in _SPECS for op in spec.ops if spec.kind is not ActivationKind.IDENTITY
 )
+
+BIAS_ACTIVATION_OPS: dict[str, ActivationKind] = {
+    op: spec.kind for spec in _SPECS for op in spec.bias_ops
+}
+"""Ops that add a bias (input 1) before the activation, e.g. ``com.microsoft:BiasGelu``: the
+reader folds that bias into the dense layer before them (see ``ActivationSpec.bias_ops``)."""
 
 IDENTITY = Activation(ActivationKind.IDENTITY)

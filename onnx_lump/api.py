@@ -148,7 +148,7 @@ def compress(
     if not scan.chains:
         raise LumpError(
             "no dense chain found: need two or more Gemm/MatMul(+Add) layers with constant "
-            "weights joined by element-wise activations or nothing"
+            "weights joined by element-wise activations or nothing" + scan.why_no_chain()
         )
     if warm_start is not None and len(warm_start) != len(scan.chains):
         raise LumpError(f"warm start has {len(warm_start)} chains, the model {len(scan.chains)}")

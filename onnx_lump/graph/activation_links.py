@@ -19,7 +19,7 @@ import onnx_graphsurgeon as gs
 from onnx_lump import activations as act
 from onnx_lump.activation_matching import hint_for_ops, match_expression
 from onnx_lump.activations import Activation
-from onnx_lump.graph.dense import ConstantRef, DenseLayer
+from onnx_lump.graph.dense import ConstantRef, DenseLayer, _qualified
 from onnx_lump.graph.dense_reader import _DenseReader
 from onnx_lump.graph.elementwise import _HANDLERS, _domain, _NoMatch, _rank
 
@@ -113,6 +113,17 @@ class _Walk:
 class _Reader(_DenseReader):
     """The dense reader plus the walk that links each layer to the one before it."""
 
+    def __init__(self, graph: gs.Graph) -> None:
+        super().__init__(graph)
+        self.stops: list[str] = []  # why a link between two dense layers was refused
+
+    def stop(self, reason: str, detail: str = "") -> None:
+        """Note why the chain ends between two dense layers: the note is ``reason`` and
+        ``detail``; ``reason`` alone is kept for :meth:`GraphScan.why_no_chain`."""
+        self.note(reason + detail)
+        if reason not in self.stops:
+            self.stops.append(reason)
+
     def _readers(self, tensor: gs.Tensor) -> list[gs.Node]:
         """The consumers of ``tensor`` that read more than its leading dimensions."""
         return [n for n in tensor.outputs if not self._reads_leading_dims(n, tensor)]
@@ -179,10 +190,10 @@ class _Reader(_DenseReader):
         activation = match_expression(expression)
         region_ops = {n.op for n in walk.nodes.values()}
         if activation is None:
-            self.note(
+            self.stop(
                 f"the element-wise subgraph between {prev.describe()} and {nxt.describe()} "
-                f"computes {act.render(expression)}, which is no registered activation; the "
-                f"chain ends there (nearest patterns: {hint_for_ops(region_ops)})"
+                f"computes {act.render(expression)}, which is no registered activation",
+                f"; the chain ends there (nearest patterns: {hint_for_ops(region_ops)})",
             )
             return None
         features = self._feature_constants(walk, prev)
@@ -223,9 +234,10 @@ class _Reader(_DenseReader):
             if value.size <= 1:
                 continue
             if value.shape[-1] != prev.out_features or value.size != value.shape[-1]:
-                self.note(
+                self.stop(
                     f"constant '{ref.name}' of shape {value.shape} in the activation after "
-                    f"{prev.describe()} does not broadcast along the features; the chain ends"
+                    f"{prev.describe()} does not broadcast along the features",
+                    "; the chain ends",
                 )
                 return None
             resized.append(ref)
@@ -240,9 +252,9 @@ class _Reader(_DenseReader):
             why = f"has {readers} consumers"
         else:
             why = "is read outside the activation"
-        self.note(
-            f"tensor '{tensor.name}' after {layer.describe()} {why}: "
-            "a chain ends there and its neurons are kept"
+        self.stop(
+            f"tensor '{tensor.name}' after {layer.describe()} {why}",
+            ": a chain ends there and its neurons are kept",
         )
 
     def _note_no_match(self, failure: _NoMatch, walk: _Walk, nxt: DenseLayer) -> None:
@@ -252,16 +264,16 @@ class _Reader(_DenseReader):
             if walk.source is not None or walk.nodes:
                 prev = walk.source and walk.by_output.get(id(walk.source))
                 where = f"after {prev.describe()} " if prev else ""
-                self.note(f"activation {where}before {nxt.describe()}: {failure.reason}")
+                self.stop(f"activation {where}before {nxt.describe()}: {failure.reason}")
             return
         prev = self._dense_behind(node, walk.by_output)
         if prev is None:
             return
         ops = {n.op for n in walk.nodes.values()} | {node.op}
-        self.note(
-            f"'{node.op}' (node '{node.name}') between {prev.describe()} and {nxt.describe()} "
-            f"is not a registered element-wise activation, so the chain ends there; "
-            f"it would need {hint_for_ops(ops)}"
+        self.stop(
+            f"'{_qualified(node)}' (node '{node.name}') between {prev.describe()} and "
+            f"{nxt.describe()} is not a registered element-wise activation",
+            f", so the chain ends there; it would need {hint_for_ops(ops)}",
         )
 
     def note_untouched(self, chains: list[DenseChain]) -> None:
@@ -274,7 +286,7 @@ class _Reader(_DenseReader):
                     in_chains.update(id(n) for n in region.nodes)
             in_chains.update(id(n) for n in chain.activation_nodes if n is not None)
         others = collections.Counter(
-            n.op for n in self.graph.nodes if id(n) not in in_chains and n.op != "Constant"
+            _qualified(n) for n in self.graph.nodes if id(n) not in in_chains and n.op != "Constant"
         )
         if others:
             listed = ", ".join(f"{op} x{count}" for op, count in sorted(others.items()))

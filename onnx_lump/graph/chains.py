@@ -13,7 +13,11 @@ recognises these forms exporters emit:
    output shape a constant or a ``Concat`` ending in the constant width (the
    ``Shape -> Slice`` probes that read the leading dims of a hidden tensor are allowed);
 5. a ``BatchNormalization`` with constant statistics right after a rank-2 dense layer
-   (TorchScript's ``Linear -> BatchNorm1d``), folded into the layer's weight and bias.
+   (TorchScript's ``Linear -> BatchNorm1d``), folded into the layer's weight and bias;
+6. a bias-free layer whose bias onnxruntime's transformer optimizer fused into the next
+   node: ``com.microsoft:BiasGelu(x, b)`` and ``FastGelu(x, b)`` (the activation then reads
+   ``Gelu(x)`` of the layer's output with its bias) or ``SkipLayerNormalization``'s 5th
+   input ``b`` after an FFN's down projection; the bias is rewritten where it lives.
 
 A chain is a maximal run ``dense -> activation -> dense -> ...`` where the activation is
 absent or any element-wise subgraph that ``onnx_lump.activations`` recognises (a single
@@ -21,7 +25,9 @@ op or a decomposed form such as the erf Gelu). The reader reads a subgraph as a
 canonical expression in its input and asks the registry which activation it is. An
 intermediate tensor that is a graph output or has a consumer outside the activation
 ends the chain there, so its neurons are never merged. The reader knows nothing of
-epsilon: it only returns numbers in float64 plus handles for the rewrite.
+epsilon: it only returns numbers in float64 plus handles for the rewrite. Why a candidate
+chain ended (an op between two dense layers that is no activation, an observable hidden
+tensor) is noted, and :meth:`GraphScan.why_no_chain` says it in one line.
 """
 
 from __future__ import annotations
@@ -45,10 +51,40 @@ __all__ = [
 
 @dataclass
 class GraphScan:
-    """The chains found in a graph, and notes on what the reader left untouched."""
+    """The chains found in a graph, and notes on what the reader left untouched.
+
+    ``stops`` are the reasons, one line each, why a link between two dense layers was
+    refused (each is also in ``notes``, with detail); ``dense_layers`` counts the layers
+    read, ``layer_notes`` the notes on reading them (a weight that is not 2-D...).
+    """
 
     chains: list[DenseChain]
     notes: list[str] = field(default_factory=list)
+    stops: list[str] = field(default_factory=list)
+    dense_layers: int = 0
+    layer_notes: list[str] = field(default_factory=list)
+
+    def why_no_chain(self, limit: int = 2) -> str:
+        """What kept the graph from having a chain, to append to the "no dense chain
+        found" message: "" when there are chains or nothing more to say, else ". In this
+        graph: " and the first ``limit`` reasons, e.g. ``'com.microsoft:BiasGelu' (node
+        'n') between MatMul 'a' (32->64) and MatMul 'b' (64->32) is not a registered
+        element-wise activation``."""
+        if self.chains:
+            return ""
+        if self.stops:
+            reasons = self.stops
+        elif self.dense_layers < 2:
+            plural = "layer was" if self.dense_layers == 1 else "layers were"
+            reasons = [f"{self.dense_layers} dense {plural} read", *self.layer_notes]
+        else:
+            reasons = [
+                f"none of the {self.dense_layers} dense layers read reads another's output "
+                "through element-wise ops only"
+            ]
+        shown = "; ".join(reasons[:limit])
+        more = len(reasons) - limit
+        return f". In this graph: {shown}" + (f" (and {more} more)" if more > 0 else "")
 
 
 def scan_graph(graph: gs.Graph) -> GraphScan:
@@ -60,6 +96,7 @@ def scan_graph(graph: gs.Graph) -> GraphScan:
             layer = reader.read_dense(node)
             if layer is not None:
                 dense.append(layer)
+    layer_notes = list(reader.notes)
     by_output = {id(layer.output): layer for layer in dense}
     links = {}
     for nxt in dense:
@@ -82,4 +119,4 @@ def scan_graph(graph: gs.Graph) -> GraphScan:
         if len(layers) > 1:
             chains.append(DenseChain(layers, acts, act_nodes, regions))
     reader.note_untouched(chains)
-    return GraphScan(chains, reader.notes)
+    return GraphScan(chains, reader.notes, reader.stops, len(dense), layer_notes)

@@ -98,7 +98,10 @@ class DenseLayer:
     is known without it. ``weight``/``bias`` include a folded ``batch_norm``
     (``row_scale``, one factor per output). ``in_reshape``/``out_reshape`` are onnxsim's
     Reshapes around a Gemm; ``width_refs`` the shape constants whose last entry is the
-    output width (rewritten when the width changes).
+    output width (rewritten when the width changes). ``bias_holder`` is the node after the
+    layer that adds its bias where onnxruntime's optimizer fused the bias Add into the next
+    op (``BiasGelu``, ``FastGelu``, ``SkipLayerNormalization``): ``bias_ref`` is then that
+    node's input and ``output`` holds the product without the bias.
     """
 
     node: gs.Node
@@ -119,6 +122,7 @@ class DenseLayer:
     out_reshape: gs.Node | None = None
     width_refs: tuple[ConstantRef, ...] = ()
     row_scale: np.ndarray | None = None
+    bias_holder: gs.Node | None = None
     _weight: np.ndarray | None = field(default=None, repr=False)
     _stored: np.ndarray | None = field(default=None, repr=False)
 
@@ -257,11 +261,19 @@ class DenseLayer:
 
     def describe(self) -> str:
         op = self.node.op if self.bias_add is None else "MatMul+Add"
+        if self.bias_holder is not None:
+            op += f"(+bias in {self.bias_holder.op})"
         if self.in_reshape is not None or self.out_reshape is not None:
             op = f"Reshape+{op}+Reshape"
         if self.batch_norm is not None:
             op += "+BatchNormalization"
         return f"{op} '{self.name}' ({self.in_features}->{self.out_features})"
+
+
+def _qualified(node: gs.Node) -> str:
+    """The node's op, prefixed by its domain where that is not the standard one."""
+    domain = node.domain or ""
+    return node.op if domain in ("", "ai.onnx") else f"{domain}:{node.op}"
 
 
 def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:

@@ -15,14 +15,29 @@ import math
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnx_lump.activations import BIAS_ACTIVATION_OPS
 from onnx_lump.graph.dense import ConstantRef, DenseLayer
-from onnx_lump.graph.elementwise import _traced_rank
+from onnx_lump.graph.elementwise import _domain, _traced_rank
 
 __all__: list[str] = []
 
 logger = logging.getLogger("onnx_lump.graph.chains")  # the reader's notes keep their name
 
 _FLOAT_DTYPES = (np.float16, np.float32, np.float64)
+
+# onnxruntime's fused ops that add a per-neuron constant bias to the data inputs they sum:
+# (domain, op) -> (index of the bias input, indices of the data inputs). The transformer
+# optimizer fuses a MatMul's bias Add into the next op: ``BiasGelu(x, b)``,
+# ``FastGelu(x, b)`` (the activations of ``activations.BIAS_ACTIVATION_OPS``) and
+# ``SkipLayerNormalization(x, skip, gamma, beta, b)`` = LayerNorm(x + skip + b), whose sum
+# (output 3 too) only ever sees ``x + b``; so ``b`` is the layer's bias, read and rewritten
+# where it lives.
+_BIAS_HOLDERS: dict[tuple[str, str], tuple[int, tuple[int, ...]]] = {
+    **{tuple(op.split(":")): (1, (0,)) for op in BIAS_ACTIVATION_OPS},
+    ("com.microsoft", "SkipLayerNormalization"): (4, (0, 1)),
+    ("com.microsoft", "SkipSimplifiedLayerNormalization"): (3, (0, 1)),
+    ("com.microsoft", "BiasAdd"): (1, (0, 2)),  # X + bias + skip
+}
 
 
 class _DenseReader:
@@ -83,6 +98,7 @@ class _DenseReader:
             return None
         self._fold_batch_norm(layer)
         self._read_reshapes(layer)
+        self._read_held_bias(layer)
         return layer
 
     def _weight(self, node: gs.Node, index: int) -> ConstantRef | None:
@@ -171,6 +187,30 @@ class _DenseReader:
         return DenseLayer(
             node, shape, bias, weight_ref, bias_ref, bias_add, output, weight_ref.dtype
         )
+
+    def _read_held_bias(self, layer: DenseLayer) -> None:
+        """A bias-free layer whose only reader adds a constant bias to it (see
+        :data:`_BIAS_HOLDERS`): that bias is the layer's."""
+        out = layer.output
+        if layer.bias_ref is not None or layer.batch_norm is not None or self.is_observable(out):
+            return
+        holder = out.outputs[0]
+        bias_index, data = _BIAS_HOLDERS.get((_domain(holder), holder.op), (None, ()))
+        if bias_index is None or bias_index >= len(holder.inputs):
+            return
+        if not holder.inputs[bias_index].name or holder.inputs[bias_index] is out:
+            return
+        if not any(i < len(holder.inputs) and holder.inputs[i] is out for i in data):
+            return
+        ref = self.resolve_constant(holder, bias_index)
+        vector = None if ref is None else self._bias(ref, layer.out_features, 1)
+        if vector is None:
+            self.note(
+                f"{holder.op} '{holder.name}' after {layer.describe()}: its bias is not a "
+                "constant per-neuron vector; not read as the layer's bias"
+            )
+            return
+        layer.bias, layer.bias_ref, layer.bias_holder = vector, ref, holder
 
     def _fold_batch_norm(self, layer: DenseLayer) -> None:
         """Fold an inference-mode BatchNormalization on a rank-2 output into the layer."""

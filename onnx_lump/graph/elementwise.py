@@ -158,10 +158,28 @@ def _where(reader: _Reader, node: gs.Node, walk: _Walk) -> tuple:
     return ("where", cond, reader.operand(node, 1, walk), reader.operand(node, 2, walk))
 
 
-def _fast_gelu(reader: _Reader, node: gs.Node, walk: _Walk) -> tuple:
-    if len(node.inputs) > 1 and node.inputs[1].name:
-        raise _NoMatch(f"FastGelu '{node.name}' adds a bias of its own")
-    return act.fn("Gelu", reader.operand(node, 0, walk), approximate="tanh")
+def _biased(op: str, **params: str):
+    """An activation of ``x + bias``, the bias its input 1 (onnxruntime's ``BiasGelu``,
+    ``FastGelu``; see ``ActivationSpec.bias_ops``): ``op(x)`` where the reader took the bias
+    as the dense layer's before it (``DenseLayer.bias_holder``), else ``op(x + c)``, which
+    only a constant ``c`` repeated along the features can give."""
+
+    def handle(reader: _Reader, node: gs.Node, walk: _Walk) -> tuple:
+        arg = reader.operand(node, 0, walk)
+        layer = walk.by_output.get(id(node.inputs[0]))
+        held = layer is not None and layer.bias_holder is node
+        if len(node.inputs) > 1 and node.inputs[1].name and not held:
+            arg = act.add(arg, reader.operand(node, 1, walk))
+        return act.fn(op, arg, **params)
+
+    return handle
+
+
+# The expression of each kind an op of ``activations.BIAS_ACTIVATION_OPS`` computes.
+_BIASED_FORMS = {
+    act.ActivationKind.GELU: ("Gelu", {"approximate": "none"}),
+    act.ActivationKind.GELU_TANH: ("Gelu", {"approximate": "tanh"}),
+}
 
 
 _HANDLERS = {
@@ -190,7 +208,6 @@ _HANDLERS = {
     ("", "HardSigmoid"): _unary("HardSigmoid", alpha=0.2, beta=0.5),
     ("", "Gelu"): _unary("Gelu", approximate="none"),
     ("com.microsoft", "Gelu"): _unary("Gelu", approximate="none"),
-    ("com.microsoft", "FastGelu"): _fast_gelu,
     ("com.microsoft", "QuickGelu"): _unary("QuickGelu", alpha=1.702),
     **{
         ("", op): _unary(op)
@@ -207,5 +224,9 @@ _HANDLERS = {
             "Log",
             "Abs",
         )
+    },
+    **{
+        tuple(op.split(":")): _biased(_BIASED_FORMS[kind][0], **_BIASED_FORMS[kind][1])
+        for op, kind in act.BIAS_ACTIVATION_OPS.items()
     },
 }

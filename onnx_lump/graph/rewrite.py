@@ -7,7 +7,10 @@ Rules, in the order they apply to each constant input of a dense layer:
 2. a constant read only by this layer is rewritten in place and keeps its name;
 3. a constant shared with other nodes is left intact, and the layer gets a new
    initializer named ``<name>_lumped``; Identity/Transpose nodes left without readers go;
-4. a bias that must appear where there was none becomes Gemm's ``C`` or a new ``Add``;
+4. a bias is written where it lives, also where onnxruntime's optimizer fused it into
+   the next node (``BiasGelu``/``FastGelu``'s input 1, ``SkipLayerNormalization``'s 5th
+   input); one that must appear where there was none becomes Gemm's ``C`` or a new
+   ``Add``;
 5. shapes recorded for tensors whose width changed are dropped, so no stale
    ``value_info`` survives.
 
@@ -121,7 +124,8 @@ def _write_weight(
 
 
 def _write_bias(graph: gs.Graph, layer: DenseLayer, bias: np.ndarray, names: _NameSource) -> None:
-    is_gemm = layer.node.op == "Gemm"
+    # a bias held by the next node (BiasGelu, SkipLayerNormalization...) is no Gemm's C
+    is_gemm = layer.node.op == "Gemm" and layer.bias_holder is None
     beta = layer.beta if is_gemm else 1.0
     if is_gemm and beta == 0.0 and bias.any():
         layer.node.attrs["beta"] = beta = 1.0  # C was ignored; now it carries folded constants
