@@ -290,3 +290,47 @@ def test_refinement_stops_once_its_held_out_error_stalls(monkeypatch):
     assert stalled.iterations < patient.iterations <= 5000
     assert stalled.holdout_after <= stalled.holdout_before
     assert chain_loss(refined, activations, held) == pytest.approx(stalled.holdout_after)
+
+
+@pytest.mark.parametrize("kind", [ActivationKind.GELU, ActivationKind.TANH, ActivationKind.RELU])
+def test_float32_gradients_match_float64(kind):
+    """The float32 path (large chains) computes the float64 path's loss and gradient to
+    float32 precision."""
+    result, activations = small_chain(Activation(kind), seed=5)
+    rng = np.random.default_rng(6)
+    data = ChainData(rng.normal(size=(40, 3)), rng.normal(size=(40, 2)))
+    exact = _Network(result, activations, None)
+    single = _Network(result, activations, None, np.float32)
+    loss64, grad64 = exact.loss_and_gradient(exact.theta0, data, 1.0)
+    loss32, grad32 = single.loss_and_gradient(
+        single.theta0, ChainData(*(a.astype(np.float32) for a in (data.inputs, data.targets))), 1.0
+    )
+    assert loss32 == pytest.approx(loss64, rel=1e-5)
+    np.testing.assert_allclose(grad32, grad64, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_large_chains_refine_by_adam_and_never_worsen_the_held_out_error(seed, monkeypatch):
+    """A chain past FLOAT32_PRODUCTS refines by Adam mini-batches: the held-out error it
+    reports is the returned weights' own (float64), never above the start's."""
+    import onnx_lump.data.refine as refine_module
+
+    monkeypatch.setattr(refine_module, "FLOAT32_PRODUCTS", 1.0)
+    rng = np.random.default_rng(seed)
+    teacher = ChainResult(
+        [ReducedLayer(w, b) for w, b in random_layers([6, 40, 3], seed=30 + seed)]
+    )
+    activations = [Activation(ActivationKind.GELU), IDENTITY]
+    theta = _Network(teacher, activations, None).theta0
+    inputs = rng.normal(size=(3000, 6))
+    outputs = _Network(teacher, activations, None).output(theta, inputs)
+    fit, held = ChainData(inputs[:2400], outputs[:2400]), ChainData(inputs[2400:], outputs[2400:])
+    start = ChainResult([ReducedLayer(w, b) for w, b in random_layers([6, 12, 3], seed=seed)])
+    refined, stats = refine_chain(
+        start, activations, fit, held, RefineOptions(max_iters=40, max_seconds=30)
+    )
+    before, after = chain_loss(start, activations, held), chain_loss(refined, activations, held)
+    assert stats.holdout_before == pytest.approx(before, rel=1e-5)
+    assert stats.holdout_after == pytest.approx(after, rel=1e-4)
+    assert stats.improved and after < 0.9 * before
+    assert stats.iterations >= 1

@@ -336,12 +336,12 @@ def refine_chain(
 # loss, summed in float64, stays smooth enough for L-BFGS's line search (a transformer FFN
 # of 384 x 1536 on 10,000 token rows: 6e9). The benchmark's networks (at most 3e7) stay in
 # float64.
-_FLOAT32_PRODUCTS = 1e9
+FLOAT32_PRODUCTS = 1e9
 
 
 def _precision(result: ChainResult, n_samples: int):
     products = n_samples * sum(layer.weight.size for layer in result.layers)
-    return np.float32 if products >= _FLOAT32_PRODUCTS else np.float64
+    return np.float32 if products >= FLOAT32_PRODUCTS else np.float64
 
 
 def _capped(data: ChainData, max_rows: int) -> ChainData:
