@@ -104,11 +104,47 @@ def run_model(
     return run_session(session(model, providers), feeds)
 
 
+# Feeds of more values than this run a share of their rows at a time (each batch about
+# this many values): a transformer's intermediate tensors on all of them at once would
+# take hundreds of MB that onnxruntime then keeps. Smaller feeds (every tabular model's
+# calibration) run whole, as before.
+BATCH_VALUES = 1 << 18
+
+
 def run_session(runner: ort.InferenceSession, feeds: Mapping[str, np.ndarray]) -> dict:
-    """Every output of an open session on ``feeds``, by name."""
+    """Every output of an open session on ``feeds``, by name; large feeds in batches of
+    rows (axis 0) where every output is a tensor with the batch's rows on axis 0 (else
+    whole)."""
     names = [o.name for o in runner.get_outputs()]
+    arrays = {name: np.asarray(value) for name, value in feeds.items()}
+    batched = _batched(runner, names, arrays)
+    if batched is not None:
+        return batched
+    return dict(zip(names, _run(runner, names, arrays), strict=True))
+
+
+def _batched(runner, names: list[str], arrays: dict[str, np.ndarray]) -> dict | None:
+    """:func:`run_session` a batch of rows at a time, or None where it does not apply."""
+    rows = {value.shape[0] if value.ndim else -1 for value in arrays.values()}
+    size = sum(value.size for value in arrays.values())
+    if size <= BATCH_VALUES or len(rows) != 1 or (n := rows.pop()) <= 1:
+        return None
+    step = max(1, n * BATCH_VALUES // size)
+    parts = []
+    for start in range(0, n, step):
+        count = min(step, n - start)
+        try:
+            values = runner.run(names, {k: v[start : start + count] for k, v in arrays.items()})
+        except Exception:  # a batch size fixed at export: run whole
+            return None
+        if not all(isinstance(v, np.ndarray) and v.ndim and len(v) == count for v in values):
+            return None
+        parts.append(values)
+    return {name: np.concatenate([p[j] for p in parts]) for j, name in enumerate(names)}
+
+
+def _run(runner: ort.InferenceSession, names: list[str], feeds: dict) -> list:
     try:
-        values = runner.run(names, dict(feeds))
+        return runner.run(names, feeds)
     except Exception as exc:  # bad shapes or dtypes in user data
         raise LumpError(f"onnxruntime failed to run the model: {_first_line(exc)}") from exc
-    return dict(zip(names, values, strict=True))

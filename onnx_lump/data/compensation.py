@@ -8,6 +8,8 @@ matrix serves every strength of the grid.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import scipy.linalg
 import threadpoolctl
@@ -147,11 +149,26 @@ def centred_moments(
     return _moments(inputs, targets)
 
 
-def centred_gram(inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(mean, gram)`` of ``inputs``' columns, ``gram = Xc.T @ Xc`` for the centred
-    inputs, accumulated as :func:`centred_moments` does."""
-    mean, _, gram, _ = _moments(inputs, None)
-    return mean, gram
+def centred_gram(chunks: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean, gram)`` of the columns of the rows that ``chunks`` hold, ``gram = Xc.T @
+    Xc`` for the centred rows, accumulated in float64 a chunk at a time (shifted by the
+    first chunk's mean so that the centring does not cancel): the rows need never be in
+    memory at once."""
+    shift = sums = gram = None
+    count = 0
+    for chunk in chunks:
+        if shift is None:
+            shift = np.asarray(chunk, dtype=np.float64).mean(axis=0)
+            sums, gram = np.zeros_like(shift), np.zeros((shift.size, shift.size))
+        x = np.subtract(chunk, shift, dtype=np.float64)
+        sums += x.sum(axis=0)
+        gram += x.T @ x
+        count += x.shape[0]
+    if shift is None:
+        raise ValueError("no rows")
+    delta = sums / count
+    gram -= count * np.outer(delta, delta)
+    return shift + delta, gram
 
 
 def _moments(inputs, targets):

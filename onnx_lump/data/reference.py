@@ -26,6 +26,7 @@ __all__ = [
     "STORED_TARGET_BYTES",
     "ReferenceRows",
     "frozen",
+    "layer_input_chunks",
     "layer_inputs",
     "original_output",
     "original_rows",
@@ -173,6 +174,16 @@ def layer_inputs(inputs: np.ndarray, layer: ReducedLayer, activation) -> np.ndar
     the exact reference (the output, float64), so float32 products (twice as fast as
     float64 on wide layers) are accurate enough."""
     out = np.empty((inputs.shape[0], layer.weight.shape[0]), dtype=np.float32)
+    start = 0
+    for chunk in layer_input_chunks(inputs, layer, activation):
+        out[start : start + chunk.shape[0]] = chunk
+        start += chunk.shape[0]
+    return out
+
+
+def layer_input_chunks(inputs: np.ndarray, layer: ReducedLayer, activation) -> Iterator:
+    """:func:`layer_inputs` a chunk of rows at a time, for statistics that need never
+    hold them all (a wide layer's activations on many token rows)."""
     weight_t = np.asarray(layer.weight, dtype=np.float32).T
     bias = np.asarray(layer.bias, dtype=np.float32)
     step = _row_step(max(layer.weight.shape))
@@ -180,8 +191,7 @@ def layer_inputs(inputs: np.ndarray, layer: ReducedLayer, activation) -> np.ndar
         rows = np.asarray(inputs[start : start + step], dtype=np.float32)
         pre = rows @ weight_t
         pre += bias
-        out[start : start + step] = activation.float32(pre)
-    return out
+        yield activation.float32(pre)
 
 
 def original_rows(problem: ChainProblem, which: str) -> ReferenceRows:

@@ -108,6 +108,10 @@ class RefineStats:
         return self.holdout_after < self.holdout_before
 
 
+# Rows a chunk of the loss without gradient (the held-out checks).
+_LOSS_ROWS = 4096
+
+
 class _Network:
     """A reduced chain as a flat parameter vector with a forward pass and its gradient."""
 
@@ -182,10 +186,14 @@ class _Network:
         return self._forward(self.unpack(theta), inputs)[0][-1]
 
     def loss(self, theta: np.ndarray, data: ChainData, scale: float) -> float:
-        """Root mean of ((output - target) / scale)^2 (no gradient)."""
-        residual = self.output(theta, data.inputs) - data.targets
-        squares = float(np.einsum("ij,ij->", residual, residual, dtype=np.float64))
-        return float(np.sqrt(squares / max(residual.size, 1))) / scale
+        """Root mean of ((output - target) / scale)^2 (no gradient), a chunk of
+        :data:`_LOSS_ROWS` rows at a time (no activations of every row at once)."""
+        arrays, squares = self.unpack(theta), 0.0
+        for start in range(0, data.n_samples, _LOSS_ROWS):
+            rows = slice(start, start + _LOSS_ROWS)
+            residual = self._forward(arrays, data.inputs[rows])[0][-1] - data.targets[rows]
+            squares += float(np.einsum("ij,ij->", residual, residual, dtype=np.float64))
+        return float(np.sqrt(squares / max(data.targets.size, 1))) / scale
 
     def loss_and_gradient(
         self, theta: np.ndarray, data: ChainData, scale: float

@@ -13,6 +13,7 @@ from onnx_lump.data.compensation import centred_gram, refit_layer, residual
 from onnx_lump.data.reference import (
     ReferenceRows,
     frozen,
+    layer_input_chunks,
     layer_inputs,
     original_output,
     original_rows,
@@ -249,9 +250,8 @@ class Lump(Method):
 
         def make() -> SpanOrder:
             activation = problem.system.hidden[index].activation
-            return span_order(
-                *centred_gram(layer_inputs(inputs, ReducedLayer(weight, bias), activation))
-            )
+            rows = layer_input_chunks(inputs, ReducedLayer(weight, bias), activation)
+            return span_order(*centred_gram(rows))
 
         if index or problem.cache is None:
             return make()
