@@ -14,7 +14,13 @@ import onnx
 
 from onnx_lump import __version__
 from onnx_lump.data.cache import SearchCache, digest
-from onnx_lump.data.calibration import AUTO_MASK_INPUT, chain_inputs, random_inputs, token_mask
+from onnx_lump.data.calibration import (
+    AUTO_MASK_INPUT,
+    chain_inputs,
+    random_inputs,
+    random_inputs_note,
+    token_mask,
+)
 from onnx_lump.data.holdout import (
     DEFAULT_HOLDOUT,
     CalibrationSplit,
@@ -283,6 +289,9 @@ def compress(
         feeds = inputs if inputs is not None else (split.holdout if split else None)
         if feeds is None:
             feeds = random_inputs(model, n_check, input_shapes)
+            note = random_inputs_note(model, n_check, input_shapes)
+            if note:
+                report.notes.append(note)
         if expected is None or feeds is not split.holdout:
             expected = run_model(model, feeds, run_on)
             actual = run_model(reduced_model, feeds, run_on)

@@ -1,6 +1,7 @@
 """Input checks of the command line, all before any work: option ranges and combinations,
 --sweep values, warnings for options that would have no effect, and the pre-flight checks
-that need the model (onnx.checker, finite weights, --dump-ode syntax, input shapes)."""
+that need the model (onnx.checker, finite weights, --dump-ode syntax, input shapes), and
+the one note saying how the random check fills dynamic dimensions and integer inputs."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import math
 import onnx
 
 from onnx_lump.cli_console import _message
-from onnx_lump.data.calibration import MAX_RANDOM_BYTES, random_inputs_bytes
+from onnx_lump.data.calibration import MAX_RANDOM_BYTES, random_inputs_bytes, random_inputs_note
 from onnx_lump.errors import LumpError
 from onnx_lump.graph.chains import scan_graph
 from onnx_lump.graph.rewrite import import_graph
@@ -176,7 +177,8 @@ def _no_effect(args: argparse.Namespace) -> list[str]:
 def _preflight(args: argparse.Namespace, model: onnx.ModelProto) -> None:
     """Checks that need the model, all before any work: onnx.checker, the chains'
     weights, --dump-ode's syntax, --input-shape names and the size of the random check.
-    Then prints the option warnings, so that a refused run shows only its error."""
+    Then prints the option warnings and the random check's note (unless -q), so that a
+    refused run shows only its error."""
     try:
         onnx.checker.check_model(str(args.input))  # by path: external data and > 2 GB work
     except Exception as exc:  # onnx raises ValidationError, and others for odd files
@@ -209,6 +211,7 @@ def _preflight(args: argparse.Namespace, model: onnx.ModelProto) -> None:
             f"--input-shape {name}: the model has no input '{name}' "
             f"(inputs: {', '.join(sorted(names))}); ignored"
         )
+    note = None
     if args.calib is None and not getattr(args, "no_verify", False):
         needed = random_inputs_bytes(model, args.check, shapes)
         if needed > MAX_RANDOM_BYTES:
@@ -216,8 +219,13 @@ def _preflight(args: argparse.Namespace, model: onnx.ModelProto) -> None:
                 f"--check {args.check} would draw {needed / 2**30:.1f} GiB of random inputs "
                 f"(limit {MAX_RANDOM_BYTES / 2**30:.0f} GiB); lower --check or give --calib"
             )
+        note = random_inputs_note(model, args.check, shapes)
     for text in warnings_:
         _message(f"warning: {text}")
+    # What the random check chose for dynamic dimensions and integer inputs, once; with
+    # -v the draw itself logs the same line.
+    if note and not getattr(args, "quiet", False) and not getattr(args, "verbose", False):
+        _message(f"note: {note}")
 
 
 def _parse_shapes(specs: list[str]) -> dict[str, list[int]]:

@@ -235,7 +235,9 @@ def make_parser(doc: str) -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME:D0,D1,...",
-        help="shape of an input with dynamic dimensions for random inputs (repeatable)",
+        help="shape of an input with dynamic dimensions for random inputs (repeatable; "
+        "by default the batch is --check N, other dynamic dimensions 8, or the width of the "
+        "layer that reads them)",
     )
     check.add_argument(
         "--providers",

@@ -112,15 +112,16 @@ def test_dump_ode_as_text_and_erode(demo, tmp_path):
     assert erode.read_text().startswith("begin model")
 
 
-def test_dynamic_non_batch_dimension_needs_input_shape(tmp_path, capsys):
+def test_dynamic_non_batch_dimension_defaults_and_input_shape_overrides(tmp_path, capsys):
     source = tmp_path / "seq.onnx"
     onnx.save(
         mlp(random_layers([4, 6, 2]), ["Tanh"], op="MatMul", input_dims=("N", "T", None)), source
     )
     out = tmp_path / "o.onnx"
-    assert main([str(source), str(out)]) == 2
-    assert "--input-shape x:" in capsys.readouterr().err
+    assert main([str(source), str(out)]) == 0
+    assert "note: random check inputs: dynamic dimensions x[1] = 8" in capsys.readouterr().err
     assert main([str(source), str(out), "--input-shape", "x:3,5,4"]) == 0
+    assert "note:" not in capsys.readouterr().err
 
 
 def bad_model_without_chain(tmp_path):

@@ -411,13 +411,6 @@ def case_model_without_input_shape(w):
     return w.argv(model=w.save(model))
 
 
-@case("has dynamic dimension 1; give its shape with --input-shape input:")
-def case_model_with_symbolic_input_width(w):
-    model = w.demo()
-    model.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "features"
-    return w.argv(model=w.save(model))
-
-
 @case("random checks need --calib")
 def case_model_integer_input_without_calib(w):
     model = w.demo()

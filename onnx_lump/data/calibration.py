@@ -1,15 +1,21 @@
 """Inputs for checks and data-aware methods, and the activations they produce in a chain.
 
 Calibration inputs come from ``.npz`` (one array per graph input), ``.npy`` or ``.csv``
-(single-input models) or are seeded random normals. The input of each dense chain is read
-from the model itself, by onnxruntime with the chain inputs exposed as extra graph
+(single-input models) or are seeded random draws: normals for float inputs, ids in the
+range of the embedding table that reads an integer input, ones for masks; dynamic
+dimensions other than the batch default to small sizes. The input of each dense chain is
+read from the model itself, by onnxruntime with the chain inputs exposed as extra graph
 outputs; what happens inside a chain is then computed by :func:`forward_chain`, a numpy
 forward pass that the tests hold against onnxruntime.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import csv
+import logging
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,13 +36,25 @@ __all__ = [
     "random_input_shapes",
     "random_inputs",
     "random_inputs_bytes",
+    "random_inputs_note",
     "token_mask",
 ]
+
+logger = logging.getLogger(__name__)
 
 # Keys of a .npz that hold reference outputs (targets) rather than model inputs.
 TARGET_KEYS = ("target", "targets", "y_true")
 # Seeded random check inputs beyond this are refused: the check would swap or be killed.
 MAX_RANDOM_BYTES = 4 * 2**30
+# Size of a dynamic dimension other than the batch in random check inputs, unless the
+# model fixes it (the width its first dense layer reads) or --input-shape gives it.
+DEFAULT_DYNAMIC_DIM = 8
+# Ops an integer input may pass through on its way to the Gather that reads it as ids.
+_ID_PATH_OPS = frozenset({"Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity"})
+# Ops that read an integer input as numbers (features), not as ids.
+_DENSE_OPS = frozenset({"MatMul", "Gemm", "Conv", "ConvTranspose", "MatMulInteger"})
+# How a file that is not calibration data starts: numpy's two formats, and pickle (2+).
+_NPY_MAGIC, _ZIP_MAGIC, _PICKLE_MAGIC = b"\x93NUMPY", b"PK", b"\x80"
 
 
 def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
@@ -44,20 +62,111 @@ def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return [v for v in model.graph.input if v.name not in initializers]
 
 
-def _read_arrays(path: Path, n_inputs: int) -> dict[str, np.ndarray]:
+class _Readers:
+    """Who reads each tensor of a graph, for telling what an input holds: ids (read by a
+    Gather through shape-only ops: the table's first dimension bounds them), numbers read
+    by a dense layer (whose weight fixes the width), or neither. Reads dimensions only,
+    never tensor data."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        graph = model.graph
+        self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+        self.producers: dict[str, onnx.NodeProto] = {}
+        for node in graph.node:
+            for name in node.input:
+                if name:
+                    self.consumers[name].append(node)
+            for name in node.output:
+                self.producers[name] = node
+        self.dims = {t.name: [int(d) for d in t.dims] for t in graph.initializer}
+        for node in graph.node:
+            if node.op_type == "Constant":
+                for attribute in node.attribute:
+                    if attribute.name == "value":
+                        self.dims[node.output[0]] = [int(d) for d in attribute.t.dims]
+
+    def constant_dims(self, name: str) -> list[int] | None:
+        """Dimensions of an initializer or Constant (through Identity nodes), else None."""
+        for _ in range(16):
+            if name in self.dims:
+                return self.dims[name]
+            producer = self.producers.get(name)
+            if producer is None or producer.op_type != "Identity":
+                return None
+            name = producer.input[0]
+        return None
+
+    def reached(self, name: str) -> Iterator[tuple[onnx.NodeProto, str]]:
+        """(node, the tensor it reads) for each node reading ``name`` directly or through
+        shape-only ops and casts (:data:`_ID_PATH_OPS`)."""
+        todo, seen = [name], {name}
+        while todo:
+            tensor = todo.pop()
+            for node in self.consumers.get(tensor, ()):
+                yield node, tensor
+                if node.op_type in _ID_PATH_OPS and node.input[0] == tensor and node.output:
+                    if node.output[0] not in seen:
+                        seen.add(node.output[0])
+                        todo.append(node.output[0])
+
+    def tables(self, name: str) -> list[tuple[str, int]]:
+        """(table, rows) of each Gather whose indices are ``name`` (through
+        :data:`_ID_PATH_OPS`), the table an initializer or Constant."""
+        found = []
+        for node, tensor in self.reached(name):
+            if node.op_type == "EmbedLayerNormalization":  # onnxruntime's fused embedding
+                slot = list(node.input).index(tensor)
+                table = {0: 2, 1: 4, 8: 3}.get(slot, len(node.input))  # ids, segments, positions
+                dims = self.constant_dims(node.input[table]) if table < len(node.input) else None
+                if dims and dims[0] > 0:
+                    found.append((node.input[table], dims[0]))
+                continue
+            if node.op_type != "Gather" or len(node.input) < 2 or node.input[1] != tensor:
+                continue
+            dims = self.constant_dims(node.input[0])
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+            if dims and -len(dims) <= axis < len(dims) and dims[axis] > 0:
+                found.append((node.input[0], dims[axis]))
+        return found
+
+    def dense_reader(self, name: str) -> onnx.NodeProto | None:
+        """A dense layer reading ``name`` as numbers (through :data:`_ID_PATH_OPS`)."""
+        return next((n for n, _ in self.reached(name) if n.op_type in _DENSE_OPS), None)
+
+    def width(self, name: str) -> int | None:
+        """The width a dense layer reads from ``name``'s last axis: the inner dimension of
+        a MatMul or Gemm (not transposed) whose weight is a constant, reading it directly
+        or through Cast/Identity."""
+        tensors, readers = [name], []
+        while tensors:
+            tensor = tensors.pop()
+            for node in self.consumers.get(tensor, ()):
+                if node.op_type in ("Cast", "Identity") and len(tensors) < 64:
+                    tensors.append(node.output[0])
+                elif node.op_type in ("MatMul", "Gemm") and node.input[0] == tensor:
+                    readers.append(node)
+        for node in readers:
+            attributes = {a.name: a.i for a in node.attribute}
+            dims = self.constant_dims(node.input[1]) if len(node.input) > 1 else None
+            if not dims or len(dims) < 2 or attributes.get("transA", 0):
+                continue
+            if node.op_type == "MatMul":
+                return dims[-2]
+            return dims[1] if attributes.get("transB", 0) else dims[0]
+        return None
+
+
+def _read_arrays(
+    path: Path, n_inputs: int, notes: list[str] | None = None
+) -> dict[str, np.ndarray]:
+    """The arrays of a data file by name ('' for a bare array or table); what was left out
+    of a CSV is added to ``notes``."""
     if path.suffix.lower() == ".csv":
-        try:
-            table = np.genfromtxt(path, delimiter=",", dtype=np.float64)
-        except ValueError as exc:
-            raise LumpError(f"cannot read '{path}' as CSV of numbers: {exc}") from exc
-        table = np.atleast_2d(table)
-        if np.isnan(table[0]).all():  # a header row
-            table = table[1:]
-        if table.size == 0 or np.isnan(table).any():
-            raise LumpError(f"'{path}' must hold a numeric table (an optional header row aside)")
+        table = _read_csv(path, notes)
         if n_inputs != 1:
             raise LumpError(f"'{path}' is one table but the model has {n_inputs} inputs; use .npz")
         return {"": table}
+    _refuse_other_formats(path)
     try:
         # Our own handle, so that numpy's failures on damaged files cannot leak it; an .npz
         # reads its members lazily, so corrupt or pickled members fail in items().
@@ -86,6 +195,100 @@ def _read_arrays(path: Path, n_inputs: int) -> dict[str, np.ndarray]:
     return arrays
 
 
+def _refuse_other_formats(path: Path) -> None:
+    """A one-line answer for a file that is neither .npy nor .npz: an ONNX model (given
+    as data by mistake), a pickle, or something else (numpy would take any of them for
+    a pickle, which is never loaded)."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(len(_NPY_MAGIC))
+    except OSError as exc:
+        raise LumpError(f"cannot read '{path}': {exc.strerror or exc}") from exc
+    if head.startswith((_NPY_MAGIC, _ZIP_MAGIC)):
+        return
+    if _is_onnx_model(path):
+        raise LumpError(f"'{path}' is an ONNX model, not calibration data (.npz/.npy/.csv)")
+    if head.startswith(_PICKLE_MAGIC):
+        return  # numpy refuses it below, as pickled data
+    raise LumpError(
+        f"cannot read '{path}' as .npz/.npy/.csv: it is none of them "
+        "(save arrays with numpy.savez, or a table as .csv)"
+    )
+
+
+# A file larger than this is not parsed to tell whether it is an ONNX model.
+_ONNX_PROBE_BYTES = 512 * 2**20
+
+
+def _is_onnx_model(path: Path) -> bool:
+    """Whether ``path`` parses as an ONNX model with a graph (its external data unread)."""
+    try:
+        if path.stat().st_size > _ONNX_PROBE_BYTES and path.suffix.lower() != ".onnx":
+            return False
+        model = onnx.load_model(path, load_external_data=False)
+    except Exception:  # not protobuf, or not a model
+        return False
+    return model.ir_version > 0 and model.HasField("graph")
+
+
+def _read_csv(path: Path, notes: list[str] | None = None) -> np.ndarray:
+    """A numeric table, an optional header row aside. A leading unnamed column of
+    distinct integers, as pandas writes its row index (``DataFrame.to_csv``), is left out
+    (said in ``notes``); a cell that is not a number is named in the error."""
+    try:
+        table = np.genfromtxt(path, delimiter=",", dtype=np.float64)
+    except ValueError as exc:
+        raise LumpError(f"cannot read '{path}' as CSV of numbers: {exc}") from exc
+    table = np.atleast_2d(table)
+    header = bool(table.size) and bool(np.isnan(table[0]).all())
+    if header:
+        table = table[1:]
+    if table.size == 0:
+        raise LumpError(f"'{path}' must hold a numeric table (an optional header row aside)")
+    if np.isnan(table).any():
+        row, column = (int(i) for i in np.argwhere(np.isnan(table))[0])
+        cell = _csv_cell(path, row + header, column)
+        where = f"row {row + 1 + header}, column {column + 1}"
+        what = "is empty" if cell == "" else f"is '{cell}'" if cell is not None else "is missing"
+        raise LumpError(
+            f"'{path}' must hold a numeric table (an optional header row aside): "
+            f"{where} {what}, not a number"
+        )
+    if header and table.shape[1] > 1 and _is_index_column(path, table[:, 0]):
+        if notes is not None:
+            notes.append(
+                f"'{path}': its first column has no name and numbers the rows (a pandas "
+                f"row index); left out, {table.shape[1] - 1} columns read"
+            )
+        table = table[:, 1:]
+    return table
+
+
+def _csv_rows(path: Path) -> Iterator[list[str]]:
+    """The rows of a CSV file as text cells, blank lines left out (as genfromtxt does)."""
+    with path.open(newline="", errors="replace") as handle:
+        for cells in csv.reader(handle):
+            if any(c.strip() for c in cells):
+                yield cells
+
+
+def _csv_cell(path: Path, row: int, column: int) -> str | None:
+    """The text of cell (``row``, ``column``) (0-based, header included), None if absent."""
+    for index, cells in enumerate(_csv_rows(path)):
+        if index == row:
+            return cells[column].strip() if column < len(cells) else None
+    return None
+
+
+def _is_index_column(path: Path, values: np.ndarray) -> bool:
+    """Whether the first column is a pandas row index: no name in a header that names
+    every other column, and distinct integers."""
+    header = next(_csv_rows(path), [])
+    if len(header) < 2 or header[0].strip() or not all(c.strip() for c in header[1:]):
+        return False
+    return bool(np.all(values == np.round(values))) and len(np.unique(values)) == len(values)
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -104,6 +307,45 @@ def _numeric(path: Path, key: str, array: np.ndarray) -> np.ndarray:
             "remove those rows"
         )
     return array
+
+
+def _check_dtype(
+    path: Path, name: str, array: np.ndarray, dtype: np.dtype, readers: _Readers
+) -> None:
+    """Refuse data of the wrong kind for an input: integers (token ids, labels) for a
+    float input, fractions for an integer one, ids outside the table that reads them."""
+    if dtype.kind == "f" and array.dtype.kind in "biu":
+        raise LumpError(
+            f"'{path}' array '{name}' is {array.dtype}, but model input '{name}' is {dtype}: "
+            f"integer data (token ids?) for a float input; if they are features, save them "
+            f"as floats (.astype(numpy.{dtype}))"
+        )
+    if dtype.kind not in "iu":
+        return
+    if array.dtype.kind == "f":
+        fractions = array != np.round(array)
+        if fractions.any():
+            example = array[np.unravel_index(int(np.argmax(fractions)), array.shape)]
+            raise LumpError(
+                f"'{path}' array '{name}' holds fractions (e.g. {example:g}), but model input "
+                f"'{name}' is {dtype}"
+            )
+    if "mask" in name.lower():
+        return
+    tables = readers.tables(name)
+    if tables and array.size:
+        table, rows = min(tables, key=lambda t: t[1])
+        low, high = float(array.min()), float(array.max())
+        if high >= rows or low < -rows:
+            raise LumpError(
+                f"'{path}' array '{name}' holds ids from {low:.0f} to {high:.0f}, but the "
+                f"table '{table}' that reads them has {rows} rows"
+            )
+
+
+def _dim_params(value: onnx.ValueInfoProto) -> list[str]:
+    """The symbolic name of each dimension of a graph input ('' where it has none)."""
+    return [d.dim_param for d in value.type.tensor_type.shape.dim]
 
 
 def _static_dims(value: onnx.ValueInfoProto) -> list[int | None] | None:
@@ -177,11 +419,12 @@ def load_inputs(
     if not path.is_file():
         raise LumpError(f"data file '{path}' does not exist or is not a file")
     inputs = _graph_inputs(model)
-    arrays = _read_arrays(path, len(inputs))
+    notes: list[str] = []
+    arrays = _read_arrays(path, len(inputs), notes)
     targets = next((arrays.pop(k) for k in TARGET_KEYS if k in arrays), None)
     if len(inputs) == 1 and len(arrays) == 1 and inputs[0].name not in arrays:
         arrays = {inputs[0].name: next(iter(arrays.values()))}
-    feeds = {}
+    feeds, readers = {}, None
     for value in inputs:
         if value.name not in arrays:
             found = ", ".join(sorted(arrays)) or "none"
@@ -190,11 +433,21 @@ def load_inputs(
             )
         array = _numeric(path, value.name, arrays[value.name])
         dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+        if readers is None:
+            readers = _Readers(model)
+        _check_dtype(path, value.name, array, np.dtype(dtype), readers)
         with np.errstate(over="ignore", invalid="ignore"):  # overflow is checked just below
             cast = array.astype(dtype, copy=False)
         if cast.dtype.kind == "f" and not np.isfinite(cast).all():
             raise LumpError(f"'{path}' array '{value.name}' has values too large for {cast.dtype}")
-        _check_shape(path, value, cast)
+        try:
+            _check_shape(path, value, cast)
+        except LumpError as exc:
+            if not notes:
+                raise
+            raise LumpError(
+                f"{exc} (its unnamed first column, a pandas row index, was left out)"
+            ) from None
         feeds[value.name] = cast
     rows = {len(v) for v in feeds.values()}
     if len(rows) > 1:
@@ -208,27 +461,53 @@ def load_inputs(
         )
     if with_targets and targets is not None and feeds:
         _check_targets(path, model, targets, len(next(iter(feeds.values()))))
+    for note in notes:  # once the data is known to be good: a refused file shows its error
+        logger.warning(note)
     return (feeds, targets) if with_targets else feeds
 
 
-def random_input_shapes(
-    model: onnx.ModelProto, n: int, shapes: Mapping[str, Sequence[int]] | None = None
-) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-    """Shape and dtype of each seeded random input :func:`random_inputs` would draw."""
-    shapes = dict(shapes or {})
-    result = {}
-    for value in _graph_inputs(model):
+@dataclass(frozen=True)
+class _Draw:
+    """How one seeded random input is drawn: ``kind`` is "normal" (standard normals),
+    "ids" (uniform integers in [0, high)), "ones" or "zeros"."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    kind: str
+    high: int = 0
+
+
+def _random_plan(
+    model: onnx.ModelProto, n: int, shapes: Mapping[str, Sequence[int]] | None
+) -> tuple[dict[str, _Draw], str | None]:
+    """How :func:`random_inputs` draws each input, and one line saying what it chose
+    beyond the obvious (None if nothing): the dynamic dimensions it set and what the
+    integer inputs hold."""
+    shapes = {name: [int(d) for d in dims] for name, dims in (shapes or {}).items()}
+    inputs = _graph_inputs(model)
+    # A symbolic dimension that --input-shape sets for one input holds for all of them.
+    named: dict[str, int] = {}
+    for value in inputs:
+        if value.name in shapes and value.type.HasField("tensor_type"):
+            for param, size in zip(_dim_params(value), shapes[value.name], strict=False):
+                if param:
+                    named.setdefault(param, size)
+    readers = _Readers(model)
+    plan, contents = {}, []
+    # (size, read from a layer's weight) -> the "input[axis]" set to it
+    set_dims: dict[tuple[int, bool], list[str]] = defaultdict(list)
+    chosen: dict[str, bool] = {}  # symbolic dimensions set here (not by --input-shape)
+    for value in inputs:
         tensor_type = value.type.tensor_type
         if not value.type.HasField("tensor_type") or tensor_type.elem_type == 0:
             raise LumpError(f"input '{value.name}' is not a typed tensor; give --calib data")
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
-        if not np.issubdtype(dtype, np.floating):
-            raise LumpError(
-                f"input '{value.name}' is {dtype}; random checks need --calib data for it"
-            )
+        kind, high, what = _content(value.name, dtype, readers)
+        if what:
+            contents.append(f"{value.name}: {what}")
         dims = _static_dims(value)
         if value.name in shapes:
-            shape = [int(d) for d in shapes[value.name]]
+            shape = shapes[value.name]
             if dims is not None and (
                 len(dims) != len(shape)
                 or any(d not in (None, s) for d, s in zip(dims, shape, strict=True))
@@ -244,18 +523,74 @@ def random_input_shapes(
             )
         else:
             shape = []
+            params = _dim_params(value)
             for axis, dim in enumerate(dims):
-                if dim is not None:
-                    shape.append(dim)
-                elif axis == 0:
-                    shape.append(n)
-                else:
-                    raise LumpError(
-                        f"input '{value.name}' has dynamic dimension {axis}; "
-                        f"give its shape with --input-shape {value.name}:d0,d1,..."
-                    )
-        result[value.name] = (tuple(shape), dtype)
-    return result
+                if dim is None and params[axis] in named:
+                    dim = named[params[axis]]
+                    if params[axis] in chosen:
+                        set_dims[dim, chosen[params[axis]]].append(f"{value.name}[{axis}]")
+                elif dim is None and axis == 0:
+                    dim = n
+                elif dim is None:
+                    width = readers.width(value.name) if axis == len(dims) - 1 else None
+                    dim = width or DEFAULT_DYNAMIC_DIM
+                    if params[axis]:
+                        named[params[axis]] = dim
+                        chosen[params[axis]] = width is not None
+                    set_dims[dim, width is not None].append(f"{value.name}[{axis}]")
+                shape.append(dim)
+        plan[value.name] = _Draw(tuple(shape), dtype, kind, high)
+    parts = []
+    if set_dims:
+        sizes = ", ".join(
+            f"{', '.join(where)} = {size}"
+            + (", the width of the layer that reads it" if read else "")
+            for (size, read), where in set_dims.items()
+        )
+        parts.append(f"dynamic dimensions {sizes} (override with --input-shape NAME:D0,D1,...)")
+    parts += contents
+    note = f"random check inputs: {'; '.join(parts)}" if parts else None
+    return plan, note
+
+
+def _content(name: str, dtype: np.dtype, readers: _Readers) -> tuple[str, int, str]:
+    """(kind, high, what the note says) for one random input (see :class:`_Draw`)."""
+    if dtype.kind == "f":
+        return "normal", 0, ""
+    if dtype.kind not in "biu":
+        raise LumpError(f"input '{name}' is {dtype}; random checks need --calib data for it")
+    if "mask" in name.lower():
+        return "ones", 0, "all ones (a mask)"
+    tables = readers.tables(name) if dtype.kind != "b" else []
+    if tables:
+        table, rows = min(tables, key=lambda t: t[1])
+        if dtype.kind in "iu":
+            rows = min(rows, int(np.iinfo(dtype).max) + 1)
+        return "ids", rows, f"ids in [0, {rows}) (the rows of '{table}')"
+    reader = readers.dense_reader(name)
+    if reader is not None:
+        raise LumpError(
+            f"input '{name}' is {dtype} and {reader.op_type} '{reader.name or reader.output[0]}'"
+            " reads it as numbers; random checks need --calib data for it"
+        )
+    return "zeros", 0, "zeros (no embedding table reads it)"
+
+
+def random_input_shapes(
+    model: onnx.ModelProto, n: int, shapes: Mapping[str, Sequence[int]] | None = None
+) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Shape and dtype of each seeded random input :func:`random_inputs` would draw."""
+    plan, _ = _random_plan(model, n, shapes)
+    return {name: (draw.shape, draw.dtype) for name, draw in plan.items()}
+
+
+def random_inputs_note(
+    model: onnx.ModelProto, n: int, shapes: Mapping[str, Sequence[int]] | None = None
+) -> str | None:
+    """One line saying which dynamic dimensions :func:`random_inputs` sets and what it
+    puts in integer inputs; None when every input is a float with only its batch
+    dimension dynamic (it then becomes ``n``)."""
+    return _random_plan(model, n, shapes)[1]
 
 
 def random_inputs_bytes(
@@ -274,20 +609,32 @@ def random_inputs(
     shapes: Mapping[str, Sequence[int]] | None = None,
     seed: int = 0,
 ) -> dict[str, np.ndarray]:
-    """Seeded standard-normal inputs; a dynamic leading (batch) dimension becomes ``n``,
-    other dynamic dimensions must be given in ``shapes``. Refuses to draw more than
-    :data:`MAX_RANDOM_BYTES`."""
-    needed = random_inputs_bytes(model, n, shapes)
+    """Seeded inputs for a check: standard normals for float inputs; for integer inputs,
+    uniform ids in [0, rows) of the embedding table (a Gather) that reads them, ones for
+    a mask (a name with "mask" in it), else zeros. A dynamic leading (batch) dimension
+    becomes ``n``; other dynamic dimensions come from ``shapes`` (a symbolic name given
+    for one input holds for all), else the width the first dense layer reads, else
+    :data:`DEFAULT_DYNAMIC_DIM`; what was chosen is logged in one info line
+    (:func:`random_inputs_note`). Refuses to draw more than :data:`MAX_RANDOM_BYTES`."""
+    plan, note = _random_plan(model, n, shapes)
+    needed = sum(int(np.prod(d.shape, dtype=np.float64)) * d.dtype.itemsize for d in plan.values())
     if needed > MAX_RANDOM_BYTES:
         raise LumpError(
             f"{n} random check inputs would take {needed / 2**30:.1f} GiB (limit "
             f"{MAX_RANDOM_BYTES / 2**30:.0f} GiB); lower --check or give --calib data"
         )
+    if note:
+        logger.info(note)
     rng = np.random.default_rng(seed)
-    return {
-        name: rng.standard_normal(shape).astype(dtype)
-        for name, (shape, dtype) in random_input_shapes(model, n, shapes).items()
-    }
+    feeds = {}
+    for name, draw in plan.items():
+        if draw.kind == "normal":
+            feeds[name] = rng.standard_normal(draw.shape).astype(draw.dtype)
+        elif draw.kind == "ids":
+            feeds[name] = rng.integers(0, draw.high, draw.shape).astype(draw.dtype)
+        else:
+            feeds[name] = (np.ones if draw.kind == "ones" else np.zeros)(draw.shape, draw.dtype)
+    return feeds
 
 
 # The input that marks real tokens in the exports of Hugging Face models: positions where
