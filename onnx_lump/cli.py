@@ -393,7 +393,12 @@ def _headline(report: Report, args: argparse.Namespace | None = None) -> str:
     held_out = getattr(report, "holdout_error", None)
     rows = getattr(report, "holdout_rows", 0)
     if held_out is not None:
-        parts.append(f"held-out error {100 * held_out:.3g}%" + (f" on {rows} rows" if rows else ""))
+        detail = report.holdout_detail()
+        parts.append(
+            f"held-out error {100 * held_out:.3g}%"
+            + (f" on {rows} rows" if rows else "")
+            + (f" ({detail})" if detail else "")
+        )
     v = report.verification
     if v is not None:
         if held_out is not None and v.n_samples == rows:

@@ -4,8 +4,9 @@ the refinement and verification results, and the notes, as a table or JSON."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
+from onnx_lump.data.holdout import FLOAT, LABEL, LEFT_OUT, OutputScore
 from onnx_lump.data.refine import RefineStats
 from onnx_lump.graph.weightstats import WeightRange
 from onnx_lump.methods import ChainResult
@@ -61,6 +62,36 @@ class Report:
     def retained(self) -> float:
         return self.params_after / self.params_before if self.params_before else 1.0
 
+    @property
+    def holdout_outputs(self) -> tuple[OutputScore, ...]:
+        """Each output's part of :attr:`holdout_error` (empty when it was not measured
+        output by output, as for an error given as a plain number)."""
+        return tuple(getattr(self.holdout_error, "outputs", ()))
+
+    @property
+    def label_changed(self) -> float | None:
+        """The largest share of held-out rows whose label output changed (None without a
+        label output): reported beside :attr:`holdout_error`, which is the worst float
+        output's error and what a search is steered by."""
+        return getattr(self.holdout_error, "label_changed", None)
+
+    def holdout_detail(self) -> str | None:
+        """What the one error number leaves out, for the headline: which output it is
+        when there are several, and how many rows changed label (None for one output)."""
+        scores = self.holdout_outputs
+        if len(scores) < 2:
+            return None
+        parts = []
+        if any(s.kind == FLOAT for s in scores):
+            parts.append(f"of output '{self.holdout_error.worst}'")
+        for score in scores:
+            if score.kind == LABEL:
+                parts.append(f"label '{score.name}' changed on {100 * score.error:.3g}% of rows")
+        left_out = [s.name for s in scores if s.kind == LEFT_OUT]
+        if left_out:
+            parts.append("not measured: " + ", ".join(f"'{n}'" for n in left_out))
+        return "; ".join(parts) or None
+
     def to_dict(self) -> dict:
         return {
             "method": self.method,
@@ -77,7 +108,9 @@ class Report:
             "refine": [vars(r) for r in self.refine],
             "holdout": self.holdout,
             "holdout_rows": self.holdout_rows,
-            "holdout_error": self.holdout_error,
+            "holdout_error": None if self.holdout_error is None else float(self.holdout_error),
+            "holdout_outputs": [asdict(o) for o in self.holdout_outputs] or None,
+            "holdout_label_changed": self.label_changed,
             "weight_ranges": [vars(w) for w in self.weight_ranges],
         }
 
@@ -116,9 +149,16 @@ class Report:
             lines.append(f"max |weight|: {before:.3g} -> {after:.3g}")
         if self.holdout_error is not None:
             lines.append(f"error {100 * self.holdout_error:.3g}% on {self.holdout}")
+            lines += self._holdout_lines()
         if self.verification is not None:
             v = self.verification
             for out in v.outputs:
+                if out.kind == LABEL and out.changed is not None:
+                    lines.append(
+                        f"output '{out.name}': label changed on {out.changed} of {out.rows} rows "
+                        f"({v.n_samples} samples, {', '.join(v.providers)})"
+                    )
+                    continue
                 lines.append(
                     f"output '{out.name}': max abs {out.max_abs:.3g}, max rel {out.max_rel:.3g}, "
                     f"rmse {out.rmse:.3g} (reference rms {out.reference_rms:.3g}; "
@@ -126,3 +166,27 @@ class Report:
                 )
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+    def _holdout_lines(self) -> list[str]:
+        """One line per output under the held-out error, when the model has several: a
+        float output's own error (the worst is the one reported), a label output's share
+        of rows whose label changed, and why an output was left out."""
+        scores = self.holdout_outputs
+        if len(scores) < 2:
+            return []
+        lines = []
+        for score in scores:
+            note = f" ({score.note})" if score.note else ""
+            if score.kind == FLOAT:
+                worst = " (the worst: reported)" if score.name == self.holdout_error.worst else ""
+                lines.append(
+                    f"  held-out output '{score.name}': error {100 * score.error:.3g}%{worst}{note}"
+                )
+            elif score.kind == LABEL:
+                lines.append(
+                    f"  held-out output '{score.name}': label changed on {score.changed} of "
+                    f"{score.rows} rows ({100 * score.error:.3g}%){note}"
+                )
+            else:
+                lines.append(f"  held-out output '{score.name}': not measured (it {score.note})")
+        return lines

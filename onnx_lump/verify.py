@@ -35,13 +35,21 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class OutputError:
-    """Differences on one graph output; ``max_rel`` is relative to the largest |reference|."""
+    """Differences on one graph output; ``max_rel`` is relative to the largest |reference|.
+
+    A label output (integer, boolean or text tensor) has ``kind`` "label" and ``changed``,
+    the number of rows whose label changed; its differences (text labels: 1 where a label
+    changed) are kept here but left out of :class:`VerificationResult`'s maxima and
+    tolerances while the model has a float output."""
 
     name: str
     max_abs: float
     max_rel: float
     rmse: float
     reference_rms: float
+    kind: str = "float"
+    changed: int | None = None
+    rows: int | None = None
 
 
 @dataclass(frozen=True)
@@ -55,12 +63,25 @@ class VerificationResult:
     rtol: float | None = None
 
     @property
+    def graded(self) -> tuple[OutputError, ...]:
+        """The outputs the maxima and the tolerances are taken over: the float ones, or
+        every output when the model has none."""
+        floats = tuple(o for o in self.outputs if o.kind != "label")
+        return floats or self.outputs
+
+    @property
     def max_abs(self) -> float:
-        return max((o.max_abs for o in self.outputs), default=0.0)
+        return max((o.max_abs for o in self.graded), default=0.0)
 
     @property
     def max_rel(self) -> float:
-        return max((o.max_rel for o in self.outputs), default=0.0)
+        return max((o.max_rel for o in self.graded), default=0.0)
+
+    @property
+    def label_changed(self) -> float | None:
+        """The largest share of rows whose label changed, over the label outputs."""
+        shares = [o.changed / o.rows for o in self.outputs if o.changed is not None and o.rows]
+        return max(shares) if shares else None
 
     @property
     def passed(self) -> bool:
@@ -132,10 +153,22 @@ def _compare(
 ) -> VerificationResult:
     errors = []
     for name, ref in expected.items():
-        ref64 = _as_float(ref)
-        diff = np.abs(_as_float(actual[name]) - ref64)
+        label = _is_label(ref)
+        if label and np.asarray(ref).dtype.kind not in "biu":  # text: 1 where it changed
+            changed_at = np.asarray(actual[name]) != np.asarray(ref)
+            ref64, diff = np.zeros(changed_at.shape), changed_at.astype(np.float64)
+        else:
+            ref64 = _as_float(ref)
+            actual64 = _as_float(actual[name])
+            changed_at = actual64 != ref64
+            diff = np.abs(actual64 - ref64)
         scale = float(np.abs(ref64).max()) if ref64.size else 0.0
         max_abs = float(diff.max()) if diff.size else 0.0
+        changed = rows = None
+        if label:  # a row changed where any of its labels did
+            by_value = np.atleast_1d(changed_at)
+            rows = len(by_value)
+            changed = int(by_value.reshape(rows, -1).any(axis=1).sum()) if by_value.size else 0
         errors.append(
             OutputError(
                 name=name,
@@ -143,11 +176,19 @@ def _compare(
                 max_rel=max_abs / scale if scale > 0 else max_abs,
                 rmse=float(np.sqrt(np.mean(diff**2))) if diff.size else 0.0,
                 reference_rms=float(np.sqrt(np.mean(ref64**2))) if ref64.size else 0.0,
+                kind="label" if label else "float",
+                changed=changed,
+                rows=rows,
             )
         )
     n_samples = int(next(iter(feeds.values())).shape[0]) if feeds else 0
     names = tuple(p if isinstance(p, str) else p[0] for p in providers)
     return VerificationResult(tuple(errors), n_samples, names, atol, rtol)
+
+
+def _is_label(value) -> bool:
+    """An integer, boolean or text tensor: compared as labels."""
+    return not isinstance(value, (list, dict)) and np.asarray(value).dtype.kind in "biuUSO"
 
 
 def _as_float(value) -> np.ndarray:

@@ -382,22 +382,37 @@ def _varies(feeds: Mapping[str, np.ndarray]) -> bool:
     return any(bool(np.any(v != v[:1])) for v in feeds.values())
 
 
+# Element types of the outputs that targets are given for (label outputs may be left out).
+_FLOAT_TYPES = frozenset(
+    {
+        onnx.TensorProto.FLOAT,
+        onnx.TensorProto.DOUBLE,
+        onnx.TensorProto.FLOAT16,
+        onnx.TensorProto.BFLOAT16,
+    }
+)
+
+
 def _check_targets(path: Path, model: onnx.ModelProto, targets: np.ndarray, rows: int) -> None:
     targets = _numeric(path, "target", targets)
     if len(targets) != rows:
         raise LumpError(
             f"'{path}' has {len(targets)} target rows for {rows} input rows; they must match"
         )
-    per_row = 0
+    per_row = float_per_row = 0
     for output in model.graph.output:
         dims = _static_dims(output)
         if dims is None or any(d is None for d in dims[1:]):
             return  # the output width is only known after a run: the search checks it then
-        per_row += int(np.prod(dims[1:], dtype=np.int64))
-    if targets.size != rows * per_row:
+        width = int(np.prod(dims[1:], dtype=np.int64))
+        per_row += width
+        if output.type.tensor_type.elem_type in _FLOAT_TYPES:
+            float_per_row += width
+    if targets.size not in (rows * per_row, rows * float_per_row):
+        floats = f" (its float outputs {float_per_row})" if float_per_row != per_row else ""
         raise LumpError(
             f"'{path}' target has shape {tuple(targets.shape)}, but the model's outputs "
-            f"hold {per_row} values per row ({rows} rows)"
+            f"hold {per_row} values per row{floats} ({rows} rows)"
         )
 
 

@@ -5,12 +5,18 @@ Every fit the pass makes from data (refit, refine, constant-neuron detection, da
 similarity) sees only ``fit``; every error it prints, searches on or judges a tolerance
 by is measured on ``holdout``, which it never fitted. ``holdout`` is a seeded random
 share of the calibration rows, or the user's own validation inputs (``--val``).
+
+A model with several outputs is measured output by output (:func:`output_error`): each
+float output on its own scale, the worst reported and searched on; an integer, boolean or
+text output is a label, reported as the share of rows whose label changed; skl2onnx's
+ZipMap (a sequence of maps) is read as probabilities by sorted key.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import onnx
@@ -22,8 +28,13 @@ __all__ = [
     "DEFAULT_HOLDOUT",
     "MIN_HOLDOUT_ROWS",
     "CalibrationSplit",
+    "HeldOutError",
+    "OutputColumns",
+    "OutputScore",
+    "StackedOutputs",
     "holdout_error",
     "output_error",
+    "output_errors",
     "split_calibration",
     "stack_outputs",
     "stacked_outputs",
@@ -99,13 +110,142 @@ def split_calibration(
     )
 
 
+FLOAT = "float"
+LABEL = "label"
+LEFT_OUT = "left out"
+ZIPMAP_NOTE = "sequence of maps (ZipMap): probabilities by sorted key"
+
+
+@dataclass(frozen=True)
+class OutputColumns:
+    """Which columns of stacked outputs hold one model output, and its kind: ``float``
+    (measured on its own scale), ``label`` (compared row by row) or ``left out``
+    (no columns; ``note`` says why)."""
+
+    name: str
+    kind: str
+    start: int
+    stop: int
+    note: str = ""
+
+    @property
+    def width(self) -> int:
+        return self.stop - self.start
+
+
+class StackedOutputs(np.ndarray):
+    """A (rows x values) float64 array of every model output, with the ``layout`` of its
+    columns (:func:`stack_outputs`); it is an ordinary array everywhere else."""
+
+    layout: tuple[OutputColumns, ...] | None = None
+
+    def __array_finalize__(self, obj) -> None:
+        self.layout = getattr(obj, "layout", None)
+
+
+@dataclass(frozen=True)
+class OutputScore:
+    """One output's share of the error: a float output's relative error (or dRMSE against
+    targets), or a label output's share of rows whose label changed (``changed`` of
+    ``rows``); ``error`` is None for an output left out."""
+
+    name: str
+    kind: str
+    error: float | None
+    note: str = ""
+    changed: int | None = None
+    rows: int | None = None
+
+
+class HeldOutError(float):
+    """The error :func:`output_error` reports (the worst float output's; the worst label
+    change share when the model has no float output), with each output's score beside it.
+    It is a float everywhere (arithmetic on it gives plain floats)."""
+
+    outputs: tuple[OutputScore, ...]
+    worst: str
+
+    def __new__(cls, value: float, outputs: Sequence[OutputScore] = (), worst: str = ""):
+        self = super().__new__(cls, value)
+        self.outputs, self.worst = tuple(outputs), worst
+        return self
+
+    def __reduce__(self):
+        return (HeldOutError, (float(self), self.outputs, self.worst))
+
+    @property
+    def label_changed(self) -> float | None:
+        """The largest share of rows whose label changed, over the label outputs."""
+        shares = [s.error for s in self.outputs if s.kind == LABEL and s.error is not None]
+        return max(shares) if shares else None
+
+    def to_dict(self) -> dict:
+        return {
+            "error": float(self),
+            "worst": self.worst,
+            "label_changed": self.label_changed,
+            "outputs": [asdict(s) for s in self.outputs],
+        }
+
+
 def output_error(
     reference: np.ndarray, output: np.ndarray, targets: np.ndarray | None = None
 ) -> float:
-    """The error the tool reports: with ``targets``, the relative increase of the RMSE
-    against them (dRMSE); otherwise the RMSE of the output change relative to the
-    standard deviation of the reference outputs (0 = identical, 1 = no better than
-    their mean)."""
+    """The error the tool reports and searches on: with ``targets``, the relative increase
+    of the RMSE against them (dRMSE); otherwise the RMSE of the output change relative to
+    the standard deviation of the reference outputs (0 = identical, 1 = no better than
+    their mean).
+
+    Outputs stacked by :func:`stack_outputs` are measured one at a time (see
+    :func:`output_errors`): each float output on its own scale, and the value is the worst
+    of them; a label output counts as the share of rows whose label changed, which enters
+    the value only when the model has no float output. The value returned is then a
+    :class:`HeldOutError` (a float) that carries that breakdown. A plain array is one
+    output, measured as a whole."""
+    layout = _layout_of(reference, output)
+    if layout is None:
+        return _float_error(reference, output, targets)
+    return output_errors(reference, output, targets)
+
+
+def output_errors(
+    reference: np.ndarray, output: np.ndarray, targets: np.ndarray | None = None
+) -> HeldOutError:
+    """:func:`output_error` output by output (a plain array is one float output)."""
+    reference_layout = _layout_of(reference, output)
+    reference = np.asarray(reference, np.float64).reshape(len(reference), -1)
+    output = np.asarray(output, np.float64).reshape(reference.shape)
+    layout = reference_layout or (OutputColumns("output", FLOAT, 0, reference.shape[1]),)
+    measured = [c for c in layout if c.kind != LEFT_OUT]
+    floats = [c for c in layout if c.kind == FLOAT]
+    split_targets = _split_targets(targets, layout, reference.shape)
+    scores = []
+    for columns in layout:
+        if columns.kind == LEFT_OUT:
+            scores.append(OutputScore(columns.name, LEFT_OUT, None, columns.note))
+            continue
+        whole = len(measured) == 1 and columns.width == reference.shape[1]
+        ref = reference if whole else reference[:, columns.start : columns.stop]
+        out = output if whole else output[:, columns.start : columns.stop]
+        if columns.kind == LABEL:
+            changed = int(np.count_nonzero((ref != out).any(axis=1))) if ref.size else 0
+            share = changed / len(ref) if len(ref) else 0.0
+            scores.append(OutputScore(columns.name, LABEL, share, columns.note, changed, len(ref)))
+        else:
+            error = _float_error(ref, out, split_targets.get(columns.name))
+            scores.append(OutputScore(columns.name, FLOAT, error, columns.note))
+    if not measured:
+        raise LumpError(
+            "no output of the model can be measured: "
+            + "; ".join(f"'{c.name}' {c.note}" for c in layout)
+        )
+    graded = [s for s in scores if s.kind == (FLOAT if floats else LABEL)]
+    worst = max(graded, key=lambda s: s.error)
+    return HeldOutError(worst.error, tuple(scores), worst.name)
+
+
+def _float_error(reference, output, targets) -> float:
+    """The one-output measure (the formula the tool has always used)."""
     reference = np.asarray(reference, np.float64).reshape(len(reference), -1)
     output = np.asarray(output, np.float64).reshape(reference.shape)
     if targets is not None:
@@ -117,18 +257,139 @@ def output_error(
     return float(np.sqrt(np.mean((output - reference) ** 2))) / spread
 
 
+def _layout_of(reference, output) -> tuple[OutputColumns, ...] | None:
+    """The column layout of stacked outputs (None for plain arrays, or where it cannot
+    describe the columns given); the reference's, which the output's must agree with."""
+    layout = getattr(reference, "layout", None) or getattr(output, "layout", None)
+    if not layout:
+        return None
+    width = int(np.prod(np.shape(reference)[1:], dtype=np.int64))
+    if np.ndim(reference) != 2 or sum(c.width for c in layout) != width:
+        return None  # columns sliced or reshaped since stacking
+    other = getattr(output, "layout", None)
+    if other and [(c.name, c.kind) for c in other] != [(c.name, c.kind) for c in layout]:
+        raise LumpError(
+            "the reduced model's outputs differ from the original's: "
+            + ", ".join(f"'{c.name}' ({c.kind})" for c in other)
+            + " against "
+            + ", ".join(f"'{c.name}' ({c.kind})" for c in layout)
+        )
+    return layout
+
+
+def _split_targets(
+    targets, layout: Sequence[OutputColumns], shape: tuple[int, int]
+) -> dict[str, np.ndarray]:
+    """User targets by float output: they hold one value per output value (every output
+    or the float ones, in output order); a label output is always compared with the
+    original's labels."""
+    if targets is None:
+        return {}
+    targets = np.asarray(targets, np.float64)
+    rows = shape[0]
+    floats = [c for c in layout if c.kind == FLOAT]
+    per_row = targets.size // rows if rows and targets.size % rows == 0 else -1
+    if per_row == shape[1]:
+        flat, spans = targets.reshape(shape), [(c, c.start, c.stop) for c in floats]
+    else:
+        offsets = np.cumsum([0] + [c.width for c in floats])
+        if per_row != offsets[-1]:
+            raise LumpError(
+                f"the targets hold {targets.size} values for {rows} rows, but the model's "
+                f"outputs hold {shape[1]} values per row (its float outputs "
+                f"{int(offsets[-1])}: {', '.join(c.name for c in floats) or 'none'})"
+            )
+        flat = targets.reshape(rows, per_row)
+        spans = [
+            (c, int(a), int(b)) for c, a, b in zip(floats, offsets[:-1], offsets[1:], strict=True)
+        ]
+    return {c.name: flat[:, a:b] for c, a, b in spans}
+
+
 def stacked_outputs(model, feeds: Mapping[str, np.ndarray], providers: Sequence) -> np.ndarray:
     """Every output of ``model`` on ``feeds`` from onnxruntime, as one (rows x values)
-    float64 array."""
+    float64 array (see :func:`stack_outputs`)."""
     return stack_outputs(run_model(model, feeds, providers))
 
 
-def stack_outputs(values: Mapping[str, np.ndarray]) -> np.ndarray:
+def stack_outputs(values: Mapping[str, np.ndarray]) -> StackedOutputs:
     """Outputs by name (as :func:`onnx_lump.runtime.run_model` returns them) as one
-    (rows x values) float64 array."""
-    return np.concatenate(
-        [np.asarray(v, np.float64).reshape(len(v), -1) for v in values.values()], axis=1
-    )
+    (rows x values) float64 array whose ``layout`` says which columns are which output
+    and of which kind, for :func:`output_error` to measure them one at a time.
+
+    A float tensor is a float output; an integer, boolean or string tensor is a label
+    output (strings as stable numeric codes); a sequence of maps (skl2onnx's ZipMap) is
+    a float output, one column per key in sorted key order. Anything else (a sequence of
+    tensors, a tensor without the rows on axis 0) is left out (zero columns) with a note.
+    """
+    rows = _row_count(values)
+    blocks, layout, start = [], [], 0
+    for name, value in values.items():
+        kind, block, note = _columns(value, rows)
+        if block is None:
+            layout.append(OutputColumns(name, LEFT_OUT, start, start, note))
+            continue
+        blocks.append(block)
+        layout.append(OutputColumns(name, kind, start, start + block.shape[1], note))
+        start += block.shape[1]
+    stacked = (
+        np.concatenate(blocks, axis=1) if blocks else np.zeros((rows or 0, 0), np.float64)
+    ).view(StackedOutputs)
+    stacked.layout = tuple(layout)
+    return stacked
+
+
+def _row_count(values: Mapping[str, object]) -> int | None:
+    """The rows of the first output that has a leading axis."""
+    for value in values.values():
+        if isinstance(value, list):
+            return len(value)
+        if np.ndim(value) >= 1:
+            return len(value)
+    return None
+
+
+def _columns(value, rows: int | None) -> tuple[str, np.ndarray | None, str]:
+    """(kind, rows x columns float64 block or None when left out, note) of one output."""
+    if isinstance(value, list):
+        if value and all(isinstance(row, Mapping) for row in value):
+            keys = sorted(value[0])
+            if any(sorted(row) != keys for row in value):
+                return LEFT_OUT, None, "is a sequence of maps whose keys differ between rows"
+            block = np.array([[row[k] for k in keys] for row in value], dtype=np.float64)
+            return FLOAT, block.reshape(len(value), len(keys)), ZIPMAP_NOTE
+        if not value:
+            return FLOAT, np.zeros((0, 0), np.float64), ZIPMAP_NOTE
+        return LEFT_OUT, None, "is a sequence, not a tensor"
+    if isinstance(value, Mapping):
+        return LEFT_OUT, None, "is a map, not a tensor"
+    array = np.asarray(value)
+    if array.ndim == 0 or len(array) != rows:
+        return LEFT_OUT, None, f"has no axis of the {rows} rows first (shape {array.shape})"
+    kind = array.dtype.kind
+    if kind == "f":
+        return FLOAT, array.astype(np.float64).reshape(len(array), -1), ""
+    if kind in "biu":
+        return LABEL, array.astype(np.float64).reshape(len(array), -1), ""
+    if kind in "USO":
+        try:
+            codes = [_label_code(v) for v in array.reshape(-1)]
+        except TypeError:
+            return LEFT_OUT, None, f"holds {array.dtype} values that are neither numbers nor text"
+        return LABEL, np.array(codes, np.float64).reshape(len(array), -1), "text labels"
+    return LEFT_OUT, None, f"is a {array.dtype} tensor"
+
+
+def _label_code(value) -> float:
+    """A number that stands for one text label, the same in every run (below 2**53, so
+    that float64 holds it exactly)."""
+    if isinstance(value, bytes):
+        data = value
+    elif isinstance(value, str):
+        data = value.encode()
+    else:
+        raise TypeError(type(value).__name__)
+    return float(int.from_bytes(hashlib.blake2b(data, digest_size=6).digest(), "little"))
 
 
 def holdout_error(
