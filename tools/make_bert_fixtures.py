@@ -51,6 +51,7 @@ import onnx
 import onnxruntime as ort
 import torch
 import transformers
+from make_transformer_fixtures import plant_duplicates
 from onnxruntime.transformers.fusion_options import FusionOptions
 from onnxruntime.transformers.optimizer import optimize_model
 from torch import nn
@@ -88,24 +89,10 @@ class Encoder(nn.Module):
 
 
 def _plant(rng: np.random.Generator, layer: nn.Module, distinct: int) -> None:
-    w1, b1 = layer.intermediate.dense.weight.data, layer.intermediate.dense.bias.data
-    w2 = layer.output.dense.weight.data
-    width = w1.shape[0]
-    sources = np.concatenate([np.arange(distinct), rng.integers(0, distinct, width - distinct)])
-    sources = sources[rng.permutation(width)]  # copies sit anywhere, not only at the end
-    first: dict[int, int] = {}
-    for position, source in enumerate(sources):
-        first.setdefault(int(source), position)
-    narrow_out = w2[:, [first[s] for s in range(distinct)]].clone()
-    for position, source in enumerate(sources):
-        w1[position] = w1[first[int(source)]]
-        b1[position] = b1[first[int(source)]]
-    # Split each distinct neuron's outgoing column over its copies at random fractions.
-    for source in range(distinct):
-        members = np.flatnonzero(sources == source)
-        shares = rng.dirichlet(np.ones(members.size)).astype(np.float32)
-        for member, share in zip(members, shares, strict=True):
-            w2[:, member] = narrow_out[:, source] * float(share)
+    dense = layer.intermediate.dense
+    plant_duplicates(
+        rng, dense.weight.data, dense.bias.data, layer.output.dense.weight.data, distinct
+    )
 
 
 def build_model(seed: int = SEED) -> Encoder:

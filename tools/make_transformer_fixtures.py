@@ -87,8 +87,18 @@ class TinyCharModel(nn.Module):
 
 
 def _plant(rng: np.random.Generator, block: nn.TransformerEncoderLayer, distinct: int) -> None:
-    w1, b1 = block.linear1.weight.data, block.linear1.bias.data
-    w2 = block.linear2.weight.data
+    plant_duplicates(
+        rng, block.linear1.weight.data, block.linear1.bias.data, block.linear2.weight.data, distinct
+    )
+
+
+def plant_duplicates(
+    rng: np.random.Generator, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, distinct: int
+) -> None:
+    """Make the FFN ``w1, b1 -> w2`` (torch ``Linear`` layouts, edited in place) compute
+    what ``distinct`` of its neurons compute: every other neuron copies one of them (its
+    ``w1`` row and ``b1`` entry), and each distinct neuron's ``w2`` column is split over
+    its copies at random fractions."""
     width = w1.shape[0]
     sources = np.concatenate([np.arange(distinct), rng.integers(0, distinct, width - distinct)])
     order = rng.permutation(width)  # copies sit anywhere, not only at the end
