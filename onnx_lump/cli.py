@@ -38,8 +38,11 @@ from onnx_lump.cli_checks import (
     _validate,
 )
 from onnx_lump.cli_console import (
+    SIGPIPE,
+    _graphsurgeon_logging,
     _message,
     _one_line_warnings,
+    _quiet_broken_pipe,
     _signals_raise,
     _stderr_logging,
     _Stopped,
@@ -91,8 +94,19 @@ def main(argv: list[str] | None = None) -> int:
 
     0: written; 1: a target or tolerance not met (nothing written); 2: bad input (options,
     model or data), one ``error:`` line on stderr; 3: internal error (a bug: one line
-    asking for a report, the traceback only with -v); 128+N: stopped by signal N.
+    asking for a report, the traceback only with -v); 128+N: stopped by signal N, 141
+    (SIGPIPE) quietly when the reader of stdout has gone (``| head``).
     """
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
+        return code
+    except BrokenPipeError:
+        _quiet_broken_pipe()
+        return EXIT_SIGNAL_BASE + SIGPIPE
+
+
+def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     parser = build_parser()
     try:
@@ -100,7 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version, or a usage error (already printed)
         return exc.code if isinstance(exc.code, int) else EXIT_BAD_INPUT
     args.given_options = _explicit_options(parser, argv)
-    with _stderr_logging(args.verbose), _one_line_warnings(), _signals_raise():
+    with (
+        _stderr_logging(args.verbose),
+        _graphsurgeon_logging(),
+        _one_line_warnings(),
+        _signals_raise(),
+    ):
         try:
             return _run(args)
         except LumpError as exc:
@@ -115,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         except MemoryError:
             _message("error: out of memory; try fewer --calib rows or a smaller --check")
             return EXIT_BAD_INPUT
+        except BrokenPipeError:  # stdout (or stderr) closed early: main ends it quietly
+            raise
         except Exception as exc:
             if args.verbose:
                 traceback.print_exc(file=sys.stderr)
@@ -237,14 +258,16 @@ def _run(args: argparse.Namespace) -> int:
         _measure_written(args, staged.path, split, feeds, resolve_providers(providers), report)
         if not args.quiet:
             print(report.summary())
-        if args.dump_ode is not None:
-            _write_text(args.dump_ode, _ode_dump(report, erode=args.dump_ode.suffix == ".ode"))
-        if args.report_json is not None:
-            _write_text(args.report_json, report.to_json() + "\n")
         verdict = _headline(report, args)
         if report.verification is not None and not report.verification:
             print(f"FAILED | {verdict} | tolerance exceeded, nothing written")
             return EXIT_NOT_MET
+        # Only a run that writes the model writes its report and ODE dump: "nothing
+        # written" covers them too.
+        if args.dump_ode is not None:
+            _write_text(args.dump_ode, _ode_dump(report, erode=args.dump_ode.suffix == ".ode"))
+        if args.report_json is not None:
+            _write_text(args.report_json, report.to_json() + "\n")
         staged.commit()
     if not args.quiet:
         print(_inventory_table(loaded.model, args.input, reduced, args.output))

@@ -1,7 +1,8 @@
 """Input checks of the command line, all before any work: option ranges and combinations,
 --sweep values, warnings for options that would have no effect, and the pre-flight checks
-that need the model (onnx.checker, finite weights, --dump-ode syntax, input shapes), and
-the one note saying how the random check fills dynamic dimensions and integer inputs."""
+that need the model (onnx.checker, an opset or IR version newer than onnxruntime's, finite
+weights, --dump-ode syntax, input shapes), and the one note saying how the random check
+fills dynamic dimensions and integer inputs."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from onnx_lump.errors import LumpError
 from onnx_lump.graph.chains import scan_graph
 from onnx_lump.graph.rewrite import import_graph
 from onnx_lump.ode.equivalence import Similarity
+from onnx_lump.runtime import session
 from onnx_lump.search import parse_knobs
 
 __all__ = [
@@ -175,14 +177,15 @@ def _no_effect(args: argparse.Namespace) -> list[str]:
 
 
 def _preflight(args: argparse.Namespace, model: onnx.ModelProto) -> None:
-    """Checks that need the model, all before any work: onnx.checker, the chains'
-    weights, --dump-ode's syntax, --input-shape names and the size of the random check.
-    Then prints the option warnings and the random check's note (unless -q), so that a
-    refused run shows only its error."""
+    """Checks that need the model, all before any work: onnx.checker, the opsets and IR
+    version onnxruntime supports, the chains' weights, --dump-ode's syntax, --input-shape
+    names and the size of the random check. Then prints the option warnings and the
+    random check's note (unless -q), so that a refused run shows only its error."""
     try:
         onnx.checker.check_model(str(args.input))  # by path: external data and > 2 GB work
     except Exception as exc:  # onnx raises ValidationError, and others for odd files
         raise LumpError(f"'{args.input}' fails onnx.checker: {exc}") from exc
+    _check_versions(model)
     for index, chain in enumerate(scan_graph(import_graph(model)).chains):
         for layer in chain.layers:
             if layer.in_features == 0 or layer.out_features == 0:
@@ -226,6 +229,31 @@ def _preflight(args: argparse.Namespace, model: onnx.ModelProto) -> None:
     # -v the draw itself logs the same line.
     if note and not getattr(args, "quiet", False) and not getattr(args, "verbose", False):
         _message(f"note: {note}")
+
+
+def _check_versions(model: onnx.ModelProto) -> None:
+    """Refuse a model stamped with an IR version or opset newer than onnxruntime supports
+    before any work, not when the written file is first run: open a one-node model with
+    the same IR version and standard opset imports (a millisecond). onnx.checker accepts
+    any opset, so this is the first place it shows."""
+    imports = {}
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx", "ai.onnx.ml"):
+            imports["" if entry.domain == "ai.onnx" else entry.domain] = entry.version
+    if "" not in imports:  # the probe's Identity needs the default domain
+        return
+    value = onnx.helper.make_tensor_value_info
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["x"], ["y"])],
+        "opset_probe",
+        [value("x", onnx.TensorProto.FLOAT, [1])],
+        [value("y", onnx.TensorProto.FLOAT, [1])],
+    )
+    probe = onnx.helper.make_model(
+        graph, opset_imports=[onnx.helper.make_opsetid(d, v) for d, v in imports.items()]
+    )
+    probe.ir_version = model.ir_version
+    session(probe, ["CPUExecutionProvider"])  # a LumpError in one line where it fails
 
 
 def _parse_shapes(specs: list[str]) -> dict[str, list[int]]:

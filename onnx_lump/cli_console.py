@@ -1,18 +1,33 @@
 """The command line's console: every message as one line on stderr, the package's log
-records and Python warnings routed there for one run, and SIGTERM/SIGHUP turned into an
-exception so that staging files are cleaned up before the exit code is returned."""
+records, onnx-graphsurgeon's messages and Python warnings routed there for one run,
+SIGTERM/SIGHUP turned into an exception so that staging files are cleaned up before the
+exit code is returned, and a closed stdout (``| head``) ended quietly."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import signal
 import sys
 import warnings
 from collections.abc import Iterator
 
-__all__ = ["_Stopped", "_message", "_one_line_warnings", "_signals_raise", "_stderr_logging"]
+__all__ = [
+    "SIGPIPE",
+    "_Stopped",
+    "_graphsurgeon_logging",
+    "_message",
+    "_one_line_warnings",
+    "_quiet_broken_pipe",
+    "_signals_raise",
+    "_stderr_logging",
+]
+
+# The signal a write to a closed pipe raises where there is one (Python ignores it and
+# raises BrokenPipeError instead); exit 128 + SIGPIPE is what a shell reports for it.
+SIGPIPE = int(getattr(signal, "SIGPIPE", 13))
 
 
 def _message(text: str) -> None:
@@ -54,6 +69,46 @@ def _stderr_logging(verbose: bool) -> Iterator[None]:
         logger.removeHandler(handler)
         logger.setLevel(saved[0])
         logger.propagate = saved[1]
+
+
+@contextlib.contextmanager
+def _graphsurgeon_logging() -> Iterator[None]:
+    """onnx-graphsurgeon's messages (it prints ``[W] ...`` to stdout) into the package's
+    log for one run, so that stdout carries only the result: its warnings are about its
+    own representation (a tensor type it keeps as it was), shown with -v; its errors as
+    ``warning:`` lines (a critical one raises an exception that carries it)."""
+    try:
+        from onnx_graphsurgeon.logger import G_LOGGER
+    except ImportError:  # pragma: no cover - a dependency of the pass
+        yield
+        return
+    logger = logging.getLogger("onnx_lump.graphsurgeon")
+    seen: set[str] = set()
+
+    def log(message, severity, mode=None, stack_depth=2) -> None:
+        text = str(message() if callable(message) else message)
+        if getattr(mode, "name", "") == "ONCE":
+            if text in seen:
+                return
+            seen.add(text)
+        if G_LOGGER.ERROR <= severity < G_LOGGER.CRITICAL:
+            level = logging.WARNING
+        elif severity >= G_LOGGER.WARNING:  # a critical one raises, with its message
+            level = logging.INFO
+        else:
+            level = logging.DEBUG
+        logger.log(level, "onnx-graphsurgeon: %s", text.strip())
+
+    had_own = "log" in vars(G_LOGGER)
+    saved = vars(G_LOGGER).get("log")
+    G_LOGGER.log = log  # the instance's methods call self.log
+    try:
+        yield
+    finally:
+        if had_own:
+            G_LOGGER.log = saved
+        else:
+            del G_LOGGER.log
 
 
 @contextlib.contextmanager
@@ -100,3 +155,19 @@ def _signals_raise() -> Iterator[None]:
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
+
+
+def _quiet_broken_pipe() -> None:
+    """After a BrokenPipeError (the reader of stdout, e.g. ``head``, has gone): point the
+    closed stream at /dev/null so that neither this exit nor the interpreter's final flush
+    writes to it again (the recipe of Python's signal module docs). Nothing is printed."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            try:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, stream.fileno())
+                os.close(devnull)
+            except Exception:  # not a real file (captured in tests): nothing to point
+                pass

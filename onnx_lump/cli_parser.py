@@ -4,6 +4,7 @@ errors as one ``error:`` line (exit 2), and which options the user actually gave
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from onnx_lump import __version__
@@ -11,14 +12,20 @@ from onnx_lump.cli_console import _message
 from onnx_lump.data.calibration import AUTO_MASK_INPUT
 from onnx_lump.data.holdout import DEFAULT_HOLDOUT
 from onnx_lump.data.refine import RefineOptions
-from onnx_lump.errors import EXIT_BAD_INPUT
+from onnx_lump.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERNAL,
+    EXIT_NOT_MET,
+    EXIT_OK,
+    EXIT_SIGNAL_BASE,
+)
 from onnx_lump.methods import Reduction, Scope
 from onnx_lump.methods.lumping import DEFAULT_RIDGE, DEFAULT_SIMILARITY_WITH_DATA
 from onnx_lump.ode.equivalence import Equivalence, Similarity
 from onnx_lump.ode.grouping import Linkage
 from onnx_lump.plotting import plot_path
 
-__all__ = ["METHODS", "_explicit_options", "make_parser"]
+__all__ = ["EXIT_CODES", "METHODS", "_explicit_options", "make_parser", "program_name"]
 
 METHODS = ("lump", "exact", "magnitude", "wanda", "ec", "linear", "lump+linear")
 
@@ -31,13 +38,38 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_BAD_INPUT)
 
 
+MODULE_PROG = "python -m onnx_lump"
+SCRIPT_PROG = "onnx-lump"  # the console script (pyproject's [project.scripts])
+
+EXIT_CODES = f"""exit codes:
+  {EXIT_OK}      written (the model, or the table with --sweep)
+  {EXIT_NOT_MET}      a target (--target-params, --max-error) or a tolerance (--atol, --rtol) not
+         met: nothing written (no model, --report-json or --dump-ode)
+  {EXIT_BAD_INPUT}      bad input (an option, the model, the data, an output path): one error: line
+  {EXIT_INTERNAL}      internal error, a bug: one line asking for a report (the traceback with -v)
+  {EXIT_SIGNAL_BASE}+N  stopped by signal N (130 SIGINT, 143 SIGTERM), staging files removed; 141
+         (SIGPIPE) quietly when the reader of stdout goes early (| head)
+stdout carries the result, stderr one line per message (error: ..., warning: ...)."""
+
+
+def program_name(argv0: str | None = None) -> str:
+    """How the user ran the command: ``onnx-lump`` for the console script (``onnx-lump``,
+    ``onnx-lump.exe``, ``onnx-lump-script.py``), else ``python -m onnx_lump``."""
+    if argv0 is None:
+        argv0 = sys.argv[0] if sys.argv else ""
+    return SCRIPT_PROG if Path(argv0).name.lower().startswith(SCRIPT_PROG) else MODULE_PROG
+
+
 def make_parser(doc: str) -> argparse.ArgumentParser:
     """The parser, flag group by flag group; ``doc``'s first paragraph is the
-    description and the rest the epilog."""
+    description and the rest the epilog, followed by the exit codes. Usage and examples
+    name the command as it was run (:func:`program_name`)."""
+    prog = program_name()
+    epilog = doc.split("\n\n", 1)[1].rstrip("\n") + "\n\n" + EXIT_CODES
     parser = _Parser(
-        prog="python -m onnx_lump",
+        prog=prog,
         description=doc.split("\n\n")[0],
-        epilog=doc.split("\n\n", 1)[1],
+        epilog=epilog.replace(MODULE_PROG, prog),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"onnx_lump {__version__}")
@@ -116,7 +148,7 @@ def make_parser(doc: str) -> argparse.ArgumentParser:
         type=Path,
         metavar="FILE",
         help="write the ODE encoding of each chain; a .ode suffix writes ERODE syntax "
-        "(polynomial chains only)",
+        "(polynomial chains only; with the model: not when nothing is written)",
     )
 
     refinement = parser.add_argument_group(
@@ -258,7 +290,10 @@ def make_parser(doc: str) -> argparse.ArgumentParser:
 
     out = parser.add_argument_group("output")
     out.add_argument(
-        "--report-json", type=Path, metavar="FILE", help="also write the report as JSON"
+        "--report-json",
+        type=Path,
+        metavar="FILE",
+        help="also write the report as JSON (with the model: not when nothing is written)",
     )
     verbosity = out.add_mutually_exclusive_group()
     verbosity.add_argument("-q", "--quiet", action="store_true", help="print only the final line")

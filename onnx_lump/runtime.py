@@ -10,6 +10,7 @@ disk (absolute locations, which onnxruntime refuses), is staged as a file first.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -77,7 +78,32 @@ def session(
     except LumpError:
         raise
     except Exception as exc:  # onnxruntime raises its own untyped Fail/InvalidGraph errors
+        too_new = _too_new(str(exc))
+        if too_new is not None:
+            raise LumpError(too_new) from exc
         raise LumpError(f"onnxruntime cannot load the model: {_first_line(exc)}") from exc
+
+
+# onnxruntime's words for a model stamped newer than it supports (a paragraph, with the
+# C++ function that raised it): the opset of a domain, and the IR version.
+_OPSET_TOO_NEW = re.compile(r"Opset (\d+) is under development")
+_OPSET_MAX = re.compile(r"support for domain (\S+?) is till opset (\d+)")
+_IR_TOO_NEW = re.compile(r"Unsupported model IR version: (\d+), max supported IR version: (\d+)")
+
+
+def _too_new(text: str) -> str | None:
+    """One line for onnxruntime's refusal of a model newer than it supports, else None."""
+    if match := _IR_TOO_NEW.search(text):
+        return f"IR version {match[1]} is newer than this onnxruntime supports (max {match[2]})"
+    if not (match := _OPSET_TOO_NEW.search(text)):
+        return None
+    if limit := _OPSET_MAX.search(text):
+        domain = "" if limit[1] in ("ai.onnx", "") else f"{limit[1]} "
+        return f"{domain}opset {match[1]} is newer than this onnxruntime supports (max {limit[2]})"
+    return (
+        f"opset {match[1]} is newer than this onnx/onnxruntime supports "
+        f"(onnx knows up to {onnx.defs.onnx_opset_version()})"
+    )
 
 
 def _session_from_file(model: onnx.ModelProto, options, providers) -> ort.InferenceSession:

@@ -329,7 +329,14 @@ def _merge_refine(search: list, final: list) -> list:
 
 
 def parse_knobs(spec: str) -> list[float]:
-    """``0,0.1,0.5`` or ``start:stop:step`` (stop included) as a list of values."""
+    """``0,0.1,0.5`` or ``start:stop:step`` (stop included) as a list of values; an empty
+    item (``0,,1``, ``,1``, ``1,``) is an error, not a value skipped."""
+    items = spec.split(":" if ":" in spec else ",")
+    if spec.strip() and (empty := [i for i, item in enumerate(items, 1) if not item.strip()]):
+        raise LumpError(
+            f"--sweep '{spec}': item {empty[0]} of {len(items)} is empty; "
+            "give a list 'a,b,c' or a range 'start:stop:step'"
+        )
     try:
         if ":" in spec:
             start, stop, step = (float(v) for v in spec.split(":"))
@@ -337,7 +344,7 @@ def parse_knobs(spec: str) -> list[float]:
                 raise ValueError
             count = int(np.floor((stop - start) / step + 1e-9)) + 1
             return [round(start + i * step, 12) for i in range(count)]
-        knobs = [float(v) for v in spec.split(",") if v.strip()]
+        knobs = [float(v) for v in items]
         if not knobs or not all(np.isfinite(knobs)):
             raise ValueError
         return knobs
