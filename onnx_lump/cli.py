@@ -317,8 +317,8 @@ def _refine_option(args: argparse.Namespace) -> RefineOptions | bool | None:
 
 
 def _knob_limit(args: argparse.Namespace, limit: float | None) -> float | None:
-    """The span reduction's eps is a share of activation energy: at most 1."""
-    if args.method in LUMPING_METHODS and args.reduction == Reduction.SPAN.value:
+    """The span reductions' eps is a share (of activation energy or of neurons): at most 1."""
+    if args.method in LUMPING_METHODS and Reduction(args.reduction).is_span:
         return 1.0
     return limit
 

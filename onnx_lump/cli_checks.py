@@ -131,7 +131,11 @@ def _no_effect(args: argparse.Namespace) -> list[str]:
             unused.append((dest, f"with --method {method} (a lumping option)"))
         elif dest in needs_data and not calib:
             unused.append((dest, "without --calib: the refit needs data"))
-    if method in LUMPING_METHODS and not calib and getattr(args, "reduction", None) == "span":
+    if (
+        method in LUMPING_METHODS
+        and not calib
+        and getattr(args, "reduction", "partition") != "partition"
+    ):
         unused.append(("reduction", "without --calib: span reads the activations"))
     if method not in PRUNING_METHODS:
         unused.append(("sparsity", f"with --method {method} (a pruning option)"))

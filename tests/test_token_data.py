@@ -302,3 +302,23 @@ def test_token_rows_data_path_memory_stays_below_a_dense_copy(tmp_path):
         f"peak {peak / 2**20:.0f} MB, interpreter {base / 2**20:.0f} MB, "
         f"dense copy {dense / 2**20:.0f} MB"
     )
+
+
+def test_uniform_span_keeps_the_same_share_of_every_layer():
+    """span-uniform at eps keeps round((1 - eps) x width) neurons of every FFN, by the
+    same pivot order as span; its hint is exact, so a size search lands in one step."""
+    calibration = _sentences(80, 8, 13)
+    method = Lump(
+        PartitionOptions(0.6, similarity=Similarity.DATA), reduction=Reduction.SPAN_UNIFORM
+    )
+    _, report = compress(MODEL, method, calibration=calibration, refine=False, verify=False)
+    assert report.widths_after == [[26], [26]]  # 64 * 0.4 = 25.6
+    chains = scan_graph(import_graph(MODEL)).chains
+    problem = ChainProblem(chains_system(chains[0]), np.zeros((3, MANIFEST["hidden"])))
+    assert method.knob_hint(problem, 0.25) == pytest.approx(0.75)
+
+
+def chains_system(chain):
+    from onnx_lump.ode.encoding import encode_chain
+
+    return encode_chain(chain)

@@ -53,6 +53,12 @@ class Reduction(enum.Enum):
 
     PARTITION = "partition"  # blocks of equivalent neurons, one neuron a block
     SPAN = "span"  # kept neurons by pivoted QR of the activations, the rest a linear map
+    # the same, keeping the same share of every layer's neurons (eps: the share left out)
+    SPAN_UNIFORM = "span-uniform"
+
+    @property
+    def is_span(self) -> bool:
+        return self is not Reduction.PARTITION
 
 
 @dataclass
@@ -71,7 +77,8 @@ class Lump(Method):
 
     With ``reduction`` SPAN and eps > 0, the kept neurons are chosen by the span of the
     layer's activations instead (see :mod:`onnx_lump.ode.span`); eps is then the share of
-    their energy left unexplained.
+    their energy left unexplained. SPAN_UNIFORM keeps the first pivots of every layer up
+    to the same share of its neurons: eps is the share left out.
     """
 
     options: PartitionOptions = field(default_factory=PartitionOptions)
@@ -86,6 +93,8 @@ class Lump(Method):
         parts = [f"eps={o.eps:g}", o.equivalence.value, o.linkage.value]
         if self.reduction is Reduction.SPAN:
             parts = [f"eps={o.eps:g}", "span reduction"]
+        elif self.reduction is Reduction.SPAN_UNIFORM:
+            parts = [f"eps={o.eps:g}", "span reduction, uniform widths"]
         elif o.similarity.value != "weights":
             parts.append(f"{o.similarity.value} similarity")
         if not o.symmetries:
@@ -134,6 +143,8 @@ class Lump(Method):
         first = problem.system.layers[0]  # not problem.weights: float64 copies of every layer
         weight, bias = first.coefficients, first.bias
         want = max(1, round(width_share * weight.shape[0]))
+        if self.reduction is Reduction.SPAN_UNIFORM:
+            return 1.0 - want / weight.shape[0]
         if self.reduction is Reduction.SPAN:  # the pivot order answers it exactly
             return self._span_order(problem, 0, weight, bias, problem.calibration).eps_for(want)
         if self.options.equivalence is not Equivalence.BACKWARD:
@@ -153,7 +164,7 @@ class Lump(Method):
         layer states a step at the same knob then takes from the search's cache. Its
         widths follow the refit path's closely where the refits reproduce the original
         pre-activations (on the 4 x 4096 benchmark model within a neuron a layer)."""
-        if not self.refit or self.reduction is Reduction.SPAN:
+        if not self.refit or self.reduction.is_span:
             return None
         return dataclasses.replace(self, refit=False)
 
@@ -188,7 +199,7 @@ class Lump(Method):
         held_targets = held.targets() if refit and held is not None else None
         weight, bias = problem.weights[0]
         reduced, notes = [], []
-        span = self.reduction is Reduction.SPAN and options.eps > 0
+        span = self.reduction.is_span and options.eps > 0
         setting = self._setting(refit)
         # Until a layer is refit, the refit path's states are the merge-only path's: they
         # are kept under its setting, so that a search step computes them once.
@@ -199,7 +210,10 @@ class Lump(Method):
             selection = rebased = None
             if span:
                 order = self._span_order(problem, index, weight, bias, inputs)
-                selection = order.select(options.eps)
+                if self.reduction is Reduction.SPAN_UNIFORM:
+                    selection = order.keep(max(1, round((1.0 - options.eps) * order.width)))
+                else:
+                    selection = order.select(options.eps)
                 kept = ReducedLayer(weight[selection.kept], bias[selection.kept])
             else:
                 # the first layer's state is the chain's own, whatever the setting

@@ -64,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
         "(repeatable; run with the default methods, or name LABEL in --methods)",
     )
     parser.add_argument("--timeout", type=float, default=TIMEOUT, help="seconds per compression")
+    parser.add_argument(
+        "--int8-of",
+        default="ours",
+        metavar="LABEL",
+        help="with int8: also quantize this method's 50%% model (default ours)",
+    )
     parser.add_argument("--repeats", type=int, default=None, help="latency repeats (default 5)")
     parser.add_argument("--no-latency", action="store_true", help="skip the latency ratios")
     parser.add_argument(
@@ -201,14 +207,15 @@ def main(argv: list[str] | None = None) -> int:
         for method in methods:
             runs = []
             if method == "int8":
-                ours = run_dir(args.cache, export) / "ours_50.onnx"
+                ours = run_dir(args.cache, export) / f"{args.int8_of}_50.onnx"
+                quantized = f"{args.int8_of}+int8"
                 runs = [("int8", 1.0, source, original.ffn_params)]
                 if ours.is_file():
-                    runs.append(("ours+int8", 0.5, ours, _ffn_of(ours)))
+                    runs.append((quantized, 0.5, ours, _ffn_of(ours)))
                     made_at = time.strftime("%Y-%m-%d %H:%M", time.localtime(ours.stat().st_mtime))
                 else:
-                    skipped = Point(export, "ours+int8", 0.5, status="skipped")
-                    skipped.note = f"no {ours.name}: run ours at 0.5 first"
+                    skipped = Point(export, quantized, 0.5, status="skipped")
+                    skipped.note = f"no {ours.name}: run {args.int8_of} at 0.5 first"
                     points = _merge(points, [skipped])
             else:
                 runs = [(method, share, source, None) for share in shares]
@@ -222,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
                 p.peak_mb, p.exit_code, p.last_line = done.peak_mb, done.exit_code, done.last_line
                 p.report = result
                 p.note = str(result.get("note", ""))
-                if name == "ours+int8":
+                if name == f"{args.int8_of}+int8":
                     p.note += f"; quantizes {ours.name} written {made_at}"
                 log(
                     f"  {done.status} in {done.seconds:.0f} s, peak "

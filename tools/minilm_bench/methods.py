@@ -53,7 +53,7 @@ def parse_extra(values: list[str]) -> dict[str, tuple[str, ...]]:
         label = label.strip()
         if not sep or not label:
             raise SystemExit(f"--ours-extra wants 'label:flags', got {value!r}")
-        if label in ("original", "onnxsim", "topact", "id", "int8", "ours+int8"):
+        if label in ("original", "onnxsim", "topact", "id", "int8") or label.endswith("+int8"):
             raise SystemExit(f"--ours-extra label {label!r} is taken by another method")
         variants[label] = tuple(shlex.split(flags))
     return variants
@@ -95,7 +95,7 @@ def job(
         spec["kind"] = "baseline"
     elif method == "onnxsim":
         spec.update(kind="onnxsim", steps=onnxsim_steps)
-    elif method in ("int8", "ours+int8"):
+    elif method == "int8" or method.endswith("+int8"):
         spec["kind"] = "int8"
     else:
         raise SystemExit(f"unknown method {method!r}")
