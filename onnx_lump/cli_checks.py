@@ -154,6 +154,9 @@ def _no_effect(args: argparse.Namespace) -> list[str]:
             unused.append((dest, "with --sweep, which writes only the table"))
     else:
         unused.append(("plot", "without --sweep (it draws the sweep's curve)"))
+    if not calib:
+        unused.append(("sequential", "without --calib: nothing is fitted on data"))
+        unused.append(("mask_input", "without --calib: no calibration rows to mask"))
     if calib:
         unused.append(("check", "with --calib: the check runs on held-out calibration rows"))
         unused.append(("input_shape", "with --calib: shapes come from the data"))

@@ -322,3 +322,14 @@ def chains_system(chain):
     from onnx_lump.ode.encoding import encode_chain
 
     return encode_chain(chain)
+
+
+def test_sequential_and_mask_input_without_calib_warn_they_do_nothing(tmp_path, capsys):
+    from onnx_lump.cli import main
+
+    out = tmp_path / "out.onnx"
+    source = str(FIXTURES / "bert_torchscript.onnx")
+    assert main([source, str(out), "--sequential", "--mask-input", "m", "-q"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: --sequential has no effect without --calib" in err
+    assert "warning: --mask-input has no effect without --calib" in err
