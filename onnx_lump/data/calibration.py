@@ -691,25 +691,23 @@ def chain_inputs(
     left out of every chain whose input is laid out by position, and the model runs on
     batches of similar length cut to their last real position (:func:`_trimmed_rows`)."""
     if all(chain.layers[0].input.name in feeds for chain in chains):
-        values = {name: feeds[name] for name in (c.layers[0].input.name for c in chains)}
-        return [
-            _rows_of(values[c.layers[0].input.name], c.layers[0].in_features, mask) for c in chains
-        ]
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    outputs = {o.name for o in probe.graph.output}
-    for chain in chains:
-        name = chain.layers[0].input.name
-        if name not in outputs:
-            elem = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(chain.layers[0].dtype))
-            probe.graph.output.append(onnx.helper.make_tensor_value_info(name, elem, None))
-            outputs.add(name)
-    runner = session(probe, providers)
-    if mask is not None and mask.ndim == 2:
-        rows = _trimmed_rows(runner, chains, feeds, mask)
-        if rows is not None:
-            return rows
-    values = run_session(runner, feeds)
+        values: Mapping[str, np.ndarray] = feeds
+    else:
+        probe = onnx.ModelProto()
+        probe.CopyFrom(model)
+        outputs = {o.name for o in probe.graph.output}
+        for chain in chains:
+            name = chain.layers[0].input.name
+            if name not in outputs:
+                elem = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(chain.layers[0].dtype))
+                probe.graph.output.append(onnx.helper.make_tensor_value_info(name, elem, None))
+                outputs.add(name)
+        runner = session(probe, providers)
+        if mask is not None and mask.ndim == 2:
+            rows = _trimmed_rows(runner, chains, feeds, mask)
+            if rows is not None:
+                return rows
+        values = run_session(runner, feeds)
     return [_rows_of(values[c.layers[0].input.name], c.layers[0].in_features, mask) for c in chains]
 
 
