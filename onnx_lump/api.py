@@ -17,6 +17,7 @@ from onnx_lump.data.cache import SearchCache, digest
 from onnx_lump.data.calibration import (
     AUTO_MASK_INPUT,
     chain_inputs,
+    check_feeds,
     random_inputs,
     random_inputs_note,
     token_mask,
@@ -161,6 +162,9 @@ def compress(
     split = None
     fit_inputs = held_inputs = [None] * len(scan.chains)
     if calibration is not None:
+        calibration = check_feeds(calibration, model, "calibration")
+        if validation is not None:
+            validation = check_feeds(validation, model, "validation")
         if cache is None:
             cache = SearchCache(across_calls=False)  # one call: nothing is kept beyond it
         split, fit_inputs, held_inputs = _chain_rows(

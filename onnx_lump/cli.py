@@ -48,8 +48,13 @@ from onnx_lump.cli_console import (
     _Stopped,
 )
 from onnx_lump.cli_parser import _explicit_options, make_parser
-from onnx_lump.data.calibration import load_inputs, random_inputs
-from onnx_lump.data.holdout import output_error, split_calibration, stack_outputs
+from onnx_lump.data.calibration import check_feeds, load_inputs, random_inputs
+from onnx_lump.data.holdout import (
+    carve_audit,
+    output_error,
+    split_calibration,
+    stack_outputs,
+)
 from onnx_lump.data.refine import RefineOptions
 from onnx_lump.errors import (
     EXIT_BAD_INPUT,
@@ -80,6 +85,11 @@ from onnx_lump.plotting import plot_sweep
 from onnx_lump.runtime import resolve_providers, run_model
 from onnx_lump.search import Evaluator, bisect, parse_knobs, sweep, write_table
 from onnx_lump.verify import compare_outputs
+
+# When the audit rows disagree with the rows the search chose on, search again this many
+# times, each within the budget times min(AUDIT_TIGHTEN, budget / audit error).
+AUDIT_RETRIES = 3
+AUDIT_TIGHTEN = 0.8
 
 __all__ = ["build_method", "build_parser", "main"]
 
@@ -195,7 +205,11 @@ def _run(args: argparse.Namespace) -> int:
         models=[] if args.sweep else [args.output],
     )
     loaded = load_model(args.input)
-    calibration = load_inputs(args.calib, loaded.model) if args.calib else None
+    calibration = None
+    if args.calib:  # held to the API's checks too: capped, seeded, where very large
+        calibration = check_feeds(
+            load_inputs(args.calib, loaded.model), loaded.model, str(args.calib)
+        )
     _preflight(args, loaded.model)
     providers = [p.strip() for p in args.providers.split(",") if p.strip()]
     knob_name, limit = _KNOBS.get(args.method, ("", None))
@@ -203,6 +217,13 @@ def _run(args: argparse.Namespace) -> int:
     validation, targets = None, None
     if args.val is not None:
         validation, targets = load_inputs(args.val, loaded.model, with_targets=True)
+    # Half of the held-out share is set aside as audit rows that nothing chooses on: the
+    # error printed and judged is measured there (see data.holdout).
+    audit, holdout_share = None, args.holdout
+    if calibration is not None and validation is None and not args.sweep:
+        audit = carve_audit(calibration, args.holdout, args.seed)
+        if audit is not None:
+            calibration, holdout_share = audit.rest, audit.rest_share
     shapes = _parse_shapes(args.input_shape)
     verify_options = {
         "verify": False,  # the written file is verified below, not the model in memory
@@ -213,7 +234,9 @@ def _run(args: argparse.Namespace) -> int:
         "rtol": args.rtol,
     }
     if _searching(args):
-        evaluate = _evaluator(args, loaded.model, calibration, validation, targets, providers)
+        evaluate = _evaluator(
+            args, loaded.model, calibration, validation, targets, providers, holdout_share
+        )
         if args.sweep:
             points = sweep(evaluate, parse_knobs(args.sweep))
             write_table(points, args.output, knob_name)
@@ -221,16 +244,46 @@ def _run(args: argparse.Namespace) -> int:
                 plot_sweep(points, args.plot, knob_name, f"{args.method} (labels: {knob_name})")
             print(f"DONE | {len(points)} points of {args.method} | wrote {args.output}")
             return EXIT_OK
-        knob, point, met = bisect(
-            evaluate, _knob_limit(args, limit), args.target_params, args.max_error
-        )
-        target_line = _target_line(knob_name, point, met, args)
-        if not args.quiet:
-            print(target_line)
-        if not met:
-            print(f"FAILED | {target_line} | nothing written")
-            return EXIT_NOT_MET
-        reduced, report = evaluate.finish(knob, **verify_options)
+        budget, runtime = args.max_error, resolve_providers(providers)
+        for attempt in range(AUDIT_RETRIES + 1):
+            knob, point, met = bisect(
+                evaluate, _knob_limit(args, limit), args.target_params, budget
+            )
+            target_line = _target_line(knob_name, point, met, args)
+            if not args.quiet:
+                print(target_line)
+            if not met:
+                print(f"FAILED | {target_line} | nothing written")
+                return EXIT_NOT_MET
+            reduced, report = evaluate.finish(knob, **verify_options)
+            if audit is None or args.max_error is None:
+                break
+            audited = output_error(
+                *(
+                    stack_outputs(run_model(m, audit.audit, runtime))
+                    for m in (loaded.model, reduced)
+                )
+            )
+            if audited <= args.max_error:
+                break
+            found = (
+                f"error {100 * audited:.3g}% on the {audit.n_audit} audit rows, over the "
+                f"{100 * args.max_error:g}% asked for, at {100 * point.error:.3g}% on the rows "
+                "the search chose on"
+            )
+            if attempt == AUDIT_RETRIES:
+                rows = audit.n_audit + len(next(iter(audit.rest.values())))
+                print(
+                    f"FAILED | {found}: {rows} calibration rows are too few "
+                    "to support this budget (give more rows, --val, or a larger --max-error) "
+                    "| nothing written"
+                )
+                return EXIT_NOT_MET
+            # The rows that chose flattered the network: choose again within a budget
+            # tightened by how far the audit rows disagree.
+            budget *= min(AUDIT_TIGHTEN, max(args.max_error / audited, 0.25))
+            if not args.quiet:
+                print(f"search: {found}; searching again within {100 * budget:.3g}%")
     else:
         reduced, report = compress(
             loaded.model,
@@ -238,7 +291,7 @@ def _run(args: argparse.Namespace) -> int:
             calibration=calibration,
             validation=validation,
             validation_targets=targets,
-            holdout=args.holdout,
+            holdout=holdout_share,
             seed=args.seed,
             refine=_refine_option(args),
             providers=providers,
@@ -247,15 +300,22 @@ def _run(args: argparse.Namespace) -> int:
         )
     split = None
     if calibration is not None:
-        split = split_calibration(calibration, args.holdout, args.seed, validation, targets)
+        split = split_calibration(calibration, holdout_share, args.seed, validation, targets)
     feeds = None
-    if not args.no_verify:  # the held-out rows, else --check seeded random inputs
-        feeds = split.holdout if split else random_inputs(loaded.model, args.check, shapes)
+    if not args.no_verify:  # the audit or held-out rows, else seeded random inputs
+        if audit is not None:
+            feeds = audit.audit
+        elif split is not None:
+            feeds = split.holdout
+        else:
+            feeds = random_inputs(loaded.model, args.check, shapes)
     # Stage beside OUT, check and run the staged file itself, and only then move it into
     # place: a file that fails is never written, and what passed is what the user gets.
     with stage_model(reduced, args.output, external_data=loaded.external_data) as staged:
         check_model_file(staged.path)
-        _measure_written(args, staged.path, split, feeds, resolve_providers(providers), report)
+        _measure_written(
+            args, staged.path, split, audit, feeds, resolve_providers(providers), report
+        )
         if not args.quiet:
             print(report.summary())
         verdict = _headline(report, args)
@@ -275,10 +335,11 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _measure_written(args, path: Path, split, feeds, providers, report: Report) -> None:
-    """The written file's held-out error (with --calib) and its verification on ``feeds``
+def _measure_written(args, path: Path, split, audit, feeds, providers, report: Report) -> None:
+    """The written file's held-out error (with --calib; on the audit rows when some were
+    set aside, beside the error on the rows that chose) and its verification on ``feeds``
     (unless --no-verify), both by onnxruntime on the file at ``path`` against the input
-    file; each model runs once on rows both use (the held-out rows), one at a time."""
+    file; each model runs once on rows both use, one at a time."""
     outputs = {}
 
     def run(rows) -> tuple[dict, dict]:
@@ -294,6 +355,14 @@ def _measure_written(args, path: Path, split, feeds, providers, report: Report) 
         report.holdout_error = output_error(
             stack_outputs(expected), stack_outputs(actual), split.targets
         )
+    if audit is not None:
+        report.chosen_on, report.chosen_error = (
+            f"the {split.n_holdout} held-out rows refinement and the search chose on",
+            report.holdout_error,
+        )
+        expected, actual = run(audit.audit)
+        report.holdout_error = output_error(stack_outputs(expected), stack_outputs(actual))
+        report.holdout, report.holdout_rows = audit.description, audit.n_audit
     if feeds is not None:
         expected, actual = run(feeds)
         report.verification = compare_outputs(
@@ -323,7 +392,9 @@ def _knob_limit(args: argparse.Namespace, limit: float | None) -> float | None:
     return limit
 
 
-def _evaluator(args, model, calibration, validation, targets, providers) -> Evaluator:
+def _evaluator(
+    args, model, calibration, validation, targets, providers, holdout: float
+) -> Evaluator:
     method = build_method(args.method, 0.0, args)
     if method.needs_data and calibration is None:
         raise LumpError(f"method '{args.method}' needs calibration inputs (--calib)")
@@ -333,7 +404,7 @@ def _evaluator(args, model, calibration, validation, targets, providers) -> Eval
         calibration,
         validation=validation,
         validation_targets=targets,
-        holdout=args.holdout,
+        holdout=holdout,
         seed=args.seed,
         refine=_refine_option(args),
         providers=providers,
@@ -417,9 +488,10 @@ def _headline(report: Report, args: argparse.Namespace | None = None) -> str:
     rows = getattr(report, "holdout_rows", 0)
     if held_out is not None:
         detail = report.holdout_detail()
+        audited = getattr(report, "chosen_error", None) is not None
         parts.append(
             f"held-out error {100 * held_out:.3g}%"
-            + (f" on {rows} rows" if rows else "")
+            + (f" on {rows} {'audit ' if audited else ''}rows" if rows else "")
             + (f" ({detail})" if detail else "")
         )
     v = report.verification

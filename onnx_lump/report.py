@@ -48,6 +48,9 @@ class Report:
     holdout: str | None = None  # which inputs holdout_error was measured on
     holdout_rows: int = 0
     holdout_error: float | None = None
+    # with audit rows: the error on the held-out rows that chose (biased low), beside it
+    chosen_on: str | None = None
+    chosen_error: float | None = None
     weight_ranges: list[WeightRange] = field(default_factory=list)
 
     @property
@@ -111,6 +114,8 @@ class Report:
             "holdout_error": None if self.holdout_error is None else float(self.holdout_error),
             "holdout_outputs": [asdict(o) for o in self.holdout_outputs] or None,
             "holdout_label_changed": self.label_changed,
+            "chosen_on": self.chosen_on,
+            "chosen_error": None if self.chosen_error is None else float(self.chosen_error),
             "weight_ranges": [vars(w) for w in self.weight_ranges],
         }
 
@@ -149,6 +154,8 @@ class Report:
             lines.append(f"max |weight|: {before:.3g} -> {after:.3g}")
         if self.holdout_error is not None:
             lines.append(f"error {100 * self.holdout_error:.3g}% on {self.holdout}")
+            if self.chosen_error is not None:
+                lines.append(f"error {100 * self.chosen_error:.3g}% on {self.chosen_on}")
             lines += self._holdout_lines()
         if self.verification is not None:
             v = self.verification

@@ -30,7 +30,7 @@ import onnx
 from onnx_lump.api import Report, compress, knob_hint, refines_by_default
 from onnx_lump.bisection import bisect
 from onnx_lump.data.cache import SearchCache
-from onnx_lump.data.calibration import AUTO_MASK_INPUT
+from onnx_lump.data.calibration import AUTO_MASK_INPUT, check_feeds
 from onnx_lump.data.holdout import DEFAULT_HOLDOUT, output_error, stacked_outputs
 from onnx_lump.data.refine import RefineOptions
 from onnx_lump.errors import LumpError
@@ -92,6 +92,11 @@ class Evaluator:
             )
         self.model = model
         self.make_method = make_method
+        # checked once: every step's compress then gets the same dict (caches key on it)
+        if calibration is not None:
+            calibration = check_feeds(calibration, model, "calibration")
+        if validation is not None:
+            validation = check_feeds(validation, model, "validation")
         self.calibration = calibration
         self.validation = validation
         self.validation_targets = validation_targets

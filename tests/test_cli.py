@@ -237,11 +237,12 @@ def test_table_counts_what_is_stored(tmp_path, capsys):
 def test_the_written_file_is_measured_and_verified_with_one_run_of_each_model(
     tmp_path, capsys, monkeypatch
 ):
-    """The held-out error and the verification use the same rows: the input and the
-    written file each run once on them (a second session of a 200 MB input cost ~1 s),
-    and the numbers printed are onnxruntime's on the file written."""
+    """The held-out errors and the verification: the input and the written file each run
+    once on the audit rows (the error printed, and verified there) and once on the rows
+    that chose (a second session of a 200 MB input cost ~1 s), and the numbers printed
+    are onnxruntime's on the file written."""
     import onnx_lump.cli as cli
-    from onnx_lump.data.holdout import output_error, split_calibration
+    from onnx_lump.data.holdout import carve_audit, output_error, split_calibration
 
     runs = []
     original = cli.run_model
@@ -261,14 +262,19 @@ def test_the_written_file_is_measured_and_verified_with_one_run_of_each_model(
             "-q",
         ]
     )
-    assert code == 0 and len(runs) == 2 and runs[0].endswith("rn_tanh_2x64.onnx")
+    assert code == 0 and len(runs) == 4 and runs[0].endswith("rn_tanh_2x64.onnx")
     report = json.loads((tmp_path / "r.json").read_text())
-    held = split_calibration(dict(np.load(calib))).holdout
-    (expected,), (actual,) = (
-        run_ort(onnx.load(MODELS / "rn_tanh_2x64.onnx"), held),
-        run_ort(onnx.load(out), held),
-    )
-    assert report["holdout_error"] == pytest.approx(output_error(expected, actual), rel=1e-9)
-    assert report["verification"]["passed"] and report["verification"]["n_samples"] == len(
-        next(iter(held.values()))
-    )  # verified on the held-out rows
+    audit = carve_audit(dict(np.load(calib)))
+    chose = split_calibration(audit.rest, audit.rest_share).holdout
+
+    def error(rows):
+        (expected,), (actual,) = (
+            run_ort(onnx.load(MODELS / "rn_tanh_2x64.onnx"), rows),
+            run_ort(onnx.load(out), rows),
+        )
+        return output_error(expected, actual)
+
+    assert report["holdout_error"] == pytest.approx(error(audit.audit), rel=1e-9)
+    assert report["chosen_error"] == pytest.approx(error(chose), rel=1e-9)
+    assert report["holdout_rows"] == audit.n_audit == 26 and len(chose["input"]) == 25
+    assert report["verification"]["passed"] and report["verification"]["n_samples"] == 26

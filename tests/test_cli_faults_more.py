@@ -328,3 +328,67 @@ def test_console_script_says_onnx_lump():
         [sys.executable, "-m", "onnx_lump", "--help"], capture_output=True, text=True, timeout=60
     )
     assert module.stdout.startswith("usage: python -m onnx_lump ")
+
+
+def test_api_calibration_bare_array_is_read_for_a_one_input_model():
+    import numpy as np
+
+    from onnx_lump import lump
+
+    rows = np.load(CALIB)["input"]
+    model = onnx.load(DEMO)
+    _, bare = lump(model, 0.3, calibration=rows, refine=False, verify=False)
+    _, named = lump(model, 0.3, calibration={"input": rows}, refine=False, verify=False)
+    assert bare.widths_after == named.widths_after and bare.holdout_error == named.holdout_error
+
+
+@pytest.mark.parametrize(
+    ("calibration", "message"),
+    [
+        (lambda rows: {"input": rows[:, :3]}, r"shape \(256, 3\), but the model expects \(N, 6\)"),
+        (lambda rows: {"inputs": rows}, r"arrays for no model input: \['inputs'\]"),
+        (lambda rows: rows.tolist(), "must be a dict of input name -> array"),
+        (lambda rows: {"input": rows.astype("int64")}, "integer data"),
+        (lambda rows: {"input": rows[:1]}, "one row"),
+    ],
+)
+def test_api_calibration_faults_are_one_line_lump_errors(calibration, message):
+    """The API holds its calibration to the checks the CLI makes of a file (a bare array
+    raised numpy's "truth value of an array is ambiguous"; a wrong name, onnxruntime's)."""
+    import numpy as np
+
+    from onnx_lump import lump
+
+    rows = np.load(CALIB)["input"]
+    with pytest.raises(LumpError, match=message) as caught:
+        lump(onnx.load(DEMO), 0.3, calibration=calibration(rows), refine=False, verify=False)
+    assert "\n" not in str(caught.value)
+
+
+def test_api_bare_array_for_a_two_input_model_names_the_inputs():
+    import numpy as np
+
+    from onnx_lump.data.calibration import check_feeds
+
+    model = onnx.load(DEMO)
+    extra = onnx.helper.make_tensor_value_info("mask", onnx.TensorProto.FLOAT, [None, 6])
+    model.graph.input.append(extra)
+    with pytest.raises(LumpError, match="the model has 2 inputs \\('input', 'mask'\\)"):
+        check_feeds(np.zeros((4, 6), np.float32), model, "calibration")
+
+
+def test_very_large_calibration_is_subsampled_with_a_warning(monkeypatch, tmp_path, capsys):
+    """Ten million rows took 15 silent minutes and 8 GB: beyond a cap of chain rows a
+    seeded subsample is used, and a warning says how many of how many."""
+    import json
+
+    import onnx_lump.data.calibration as calibration
+
+    monkeypatch.setattr(calibration, "MAX_CALIBRATION_POSITIONS", 500)
+    out, report = tmp_path / "out.onnx", tmp_path / "r.json"
+    args = [str(DEMO), str(out), "--calib", str(MODELS / "rn_calib_2048.npz"), "--eps", "0.3"]
+    code = cli.main([*args, *NO_REFINE, "--report-json", str(report), "-q"])
+    err = capsys.readouterr().err
+    assert code == 0
+    assert "2048 rows (2048 chain rows); a seeded 500 of them are used" in err
+    assert json.loads(report.read_text())["holdout_rows"] == 50  # 10% of 500: the audit rows

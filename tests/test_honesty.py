@@ -3,6 +3,7 @@ rows, constant neurons folded only with a margin, and "lossless" only where it i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -15,7 +16,12 @@ from conftest import MODELS, run_ort
 from onnx_lump import lump
 from onnx_lump.cli import main
 from onnx_lump.data.compensation import RIDGE_GRID, refit_layer
-from onnx_lump.data.holdout import MIN_HOLDOUT_ROWS, output_error, split_calibration
+from onnx_lump.data.holdout import (
+    MIN_HOLDOUT_ROWS,
+    carve_audit,
+    output_error,
+    split_calibration,
+)
 from onnx_lump.errors import LumpError
 
 CALIB_2048 = MODELS / "rn_calib_2048.npz"
@@ -158,3 +164,45 @@ def test_the_readme_command_meets_its_budget_on_the_demo_test_split(tmp_path):
     (reference,) = run_ort(onnx.load(MODELS.parent / model_path), feeds)
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert output_error(reference, session.run(None, feeds)[0]) <= budget
+
+
+def test_audit_rows_are_seeded_disjoint_and_leave_the_fitting_share_alone():
+    calib = {"input": np.arange(2048 * 2, dtype=np.float32).reshape(2048, 2)}
+    audit = carve_audit(calib, 0.2, seed=5)
+    again, other = carve_audit(calib, 0.2, seed=5), carve_audit(calib, 0.2, seed=6)
+    np.testing.assert_array_equal(audit.audit["input"], again.audit["input"])
+    assert not np.array_equal(audit.audit["input"], other.audit["input"])
+    split = split_calibration(audit.rest, audit.rest_share, seed=5)
+    sets = [set(rows["input"][:, 0]) for rows in (audit.audit, split.holdout, split.fit)]
+    assert sum(map(len, sets)) == len(set.union(*sets)) == 2048  # disjoint, all rows
+    # as many rows fitted as without audit rows; the held-out share halved
+    assert split.n_fit == split_calibration(calib, 0.2, seed=5).n_fit == 1638
+    assert audit.n_audit == split.n_holdout == 205
+    assert "205 audit" in audit.description
+    # too few rows for two halves of at least MIN_HOLDOUT_ROWS: no audit rows
+    assert carve_audit({"x": np.zeros((4 * MIN_HOLDOUT_ROWS, 1))}, 0.2) is None
+
+
+def test_the_search_chooses_again_when_the_audit_rows_disagree(monkeypatch, tmp_path, capsys):
+    """Audit rows far from the rows that chose (here: the same rows scaled by 2.5) show a
+    larger error than the search measured: the CLI searches again within a tighter
+    budget and passes only when the audit rows are within the budget."""
+    import onnx_lump.cli as cli
+
+    def shifted(calibration, share, seed):
+        audit = carve_audit(calibration, share, seed)
+        return dataclasses.replace(audit, audit={"input": 2.5 * audit.audit["input"]})
+
+    monkeypatch.setattr(cli, "carve_audit", shifted)
+    out, report_path = tmp_path / "out.onnx", tmp_path / "r.json"
+    args = [str(MODELS / "rn_tanh_2x64.onnx"), str(out), "--calib", str(CALIB_2048)]
+    args += ["--max-error", "0.05", "--report-json", str(report_path), "--refine-iters", "20"]
+    code = main(args)
+    printed = capsys.readouterr().out
+    assert "searching again within" in printed
+    if code == 0:
+        report = json.loads(report_path.read_text())
+        assert report["holdout_error"] <= 0.05 and report["chosen_error"] < 0.05
+        assert "audit" in report["holdout"]
+    else:  # out of retries: nothing written, and the reason given
+        assert code == 1 and not out.exists() and "too few to support this budget" in printed

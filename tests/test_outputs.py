@@ -22,6 +22,7 @@ from onnx_lump import compress
 from onnx_lump.cli import main
 from onnx_lump.data.holdout import (
     HeldOutError,
+    error_rows,
     output_error,
     split_calibration,
     stack_outputs,
@@ -110,7 +111,7 @@ def test_zipmap_classifier_with_calibration_reports_the_worst_output(
     if code == 1:
         return  # the budget was not met: nothing written, nothing to compare
     report = json.loads(report_path.read_text())
-    held = split_calibration(dict(np.load(CALIB[data]))).holdout
+    held = error_rows(dict(np.load(CALIB[data])))
     measured = per_output(run_file(CLASSIFIERS[data], held), run_file(out, held))
     assert measured["output_label"][0] == "label"
     probability_error = measured["output_probability"][1]
@@ -130,7 +131,7 @@ def test_tensor_label_and_probabilities_are_not_mixed(tmp_path):
     code = run_cli(DIGITS_TENSOR, CALIB["digits"], out, report_path, "--target-params", "0.6")
     assert code == 0
     report = json.loads(report_path.read_text())
-    held = split_calibration(dict(np.load(CALIB["digits"]))).holdout
+    held = error_rows(dict(np.load(CALIB["digits"])))
     reference, output = run_file(DIGITS_TENSOR, held), run_file(out, held)
     measured = per_output(reference, output)
     assert report["holdout_error"] == pytest.approx(measured["probabilities"][1], rel=1e-9)
@@ -183,7 +184,7 @@ def test_one_float_output_cli_error_is_unchanged(tmp_path):
     out, report_path = tmp_path / "out.onnx", tmp_path / "report.json"
     assert run_cli(model, calib, out, report_path, "--eps", "0.3") == 0
     report = json.loads(report_path.read_text())
-    held = split_calibration(dict(np.load(calib))).holdout
+    held = error_rows(dict(np.load(calib)))
     reference, output = run_file(model, held), run_file(out, held)
     assert report["holdout_error"] == old_formula(list(reference.values()), list(output.values()))
     assert report["holdout_label_changed"] is None

@@ -15,7 +15,7 @@ from conftest import MODELS, run_ort
 from onnx_lump import compress, lump
 from onnx_lump.activations import IDENTITY, REGISTRY, Activation, ActivationKind
 from onnx_lump.cli import main
-from onnx_lump.data.holdout import output_error, split_calibration
+from onnx_lump.data.holdout import error_rows, output_error, split_calibration
 from onnx_lump.data.refine import ChainData, RefineOptions, _Network, chain_loss, refine_chain
 from onnx_lump.methods import Magnitude, RandomInit
 from onnx_lump.methods.base import ChainResult, Shortcut
@@ -194,7 +194,7 @@ def test_searched_error_is_what_onnxruntime_measures_on_the_written_file(tmp_pat
         str(report_path),
     )
     report = json.loads(report_path.read_text())
-    feeds = split_calibration(CALIB).holdout
+    feeds = error_rows(CALIB)  # the audit rows: nothing fitted or chose on them
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     (reference,) = run_ort(onnx.load(DEMO), feeds)
     measured = output_error(reference, session.run(None, feeds)[0])

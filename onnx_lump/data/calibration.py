@@ -28,9 +28,11 @@ from onnx_lump.runtime import run_session, session
 
 __all__ = [
     "AUTO_MASK_INPUT",
+    "MAX_CALIBRATION_POSITIONS",
     "MAX_RANDOM_BYTES",
     "TARGET_KEYS",
     "chain_inputs",
+    "check_feeds",
     "forward_chain",
     "load_inputs",
     "random_input_shapes",
@@ -44,6 +46,8 @@ logger = logging.getLogger(__name__)
 
 # Keys of a .npz that hold reference outputs (targets) rather than model inputs.
 TARGET_KEYS = ("target", "targets", "y_true")
+# Calibration rows beyond this many chain rows (positions) are subsampled, seeded.
+MAX_CALIBRATION_POSITIONS = 200_000
 # Seeded random check inputs beyond this are refused: the check would swap or be killed.
 MAX_RANDOM_BYTES = 4 * 2**30
 # Size of a dynamic dimension other than the batch in random check inputs, unless the
@@ -294,7 +298,7 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _numeric(path: Path, key: str, array: np.ndarray) -> np.ndarray:
+def _numeric(path: Path | str, key: str, array: np.ndarray) -> np.ndarray:
     array = np.asarray(array)
     if array.dtype.kind not in "biuf":
         raise LumpError(f"'{path}' array '{key}' is {array.dtype}, not numbers")
@@ -310,7 +314,7 @@ def _numeric(path: Path, key: str, array: np.ndarray) -> np.ndarray:
 
 
 def _check_dtype(
-    path: Path, name: str, array: np.ndarray, dtype: np.dtype, readers: _Readers
+    path: Path | str, name: str, array: np.ndarray, dtype: np.dtype, readers: _Readers
 ) -> None:
     """Refuse data of the wrong kind for an input: integers (token ids, labels) for a
     float input, fractions for an integer one, ids outside the table that reads them."""
@@ -359,7 +363,7 @@ def _static_dims(value: onnx.ValueInfoProto) -> list[int | None] | None:
     ]
 
 
-def _check_shape(path: Path, value: onnx.ValueInfoProto, array: np.ndarray) -> None:
+def _check_shape(path: Path | str, value: onnx.ValueInfoProto, array: np.ndarray) -> None:
     dims = _static_dims(value)
     if dims is None:
         return
@@ -437,6 +441,80 @@ def load_inputs(
     notes: list[str] = []
     arrays = _read_arrays(path, len(inputs), notes)
     targets = next((arrays.pop(k) for k in TARGET_KEYS if k in arrays), None)
+    feeds = _checked_feeds(arrays, model, str(path), notes)
+    if with_targets and targets is not None and feeds:
+        _check_targets(path, model, targets, len(next(iter(feeds.values()))))
+    for note in notes:  # once the data is known to be good: a refused file shows its error
+        logger.warning(note)
+    return (feeds, targets) if with_targets else feeds
+
+
+def check_feeds(
+    feeds: Mapping[str, np.ndarray] | np.ndarray, model: onnx.ModelProto, what: str
+) -> dict[str, np.ndarray]:
+    """The API's inputs (``what``: "calibration", "validation") held to the checks
+    :func:`load_inputs` makes of a file, as a feed per graph input; a bare array is taken
+    for a one-input model. Returns ``feeds`` itself when it is already that dict (a
+    search's caches know the data by identity)."""
+    inputs = _graph_inputs(model)
+    if isinstance(feeds, np.ndarray):
+        if len(inputs) != 1:
+            names = ", ".join(f"'{v.name}'" for v in inputs)
+            raise LumpError(
+                f"{what} is one array, but the model has {len(inputs)} inputs ({names}): "
+                "give a dict of input name -> array"
+            )
+        feeds = {inputs[0].name: feeds}
+    elif not isinstance(feeds, Mapping):
+        raise LumpError(
+            f"{what} must be a dict of input name -> array (or one array for a one-input "
+            f"model), not {type(feeds).__name__}"
+        )
+    unknown = sorted(set(feeds) - {v.name for v in inputs})
+    if unknown:
+        names = ", ".join(f"'{v.name}'" for v in inputs)
+        raise LumpError(f"{what} has arrays for no model input: {unknown} (inputs: {names})")
+    checked = _checked_feeds(dict(feeds), model, what, [])
+    checked = _capped(checked, what)
+    same = isinstance(feeds, dict) and all(checked[k] is feeds[k] for k in checked)
+    return feeds if same else checked  # type: ignore[return-value]
+
+
+def _positions(feeds: Mapping[str, np.ndarray]) -> int:
+    """Chain rows the feeds make at most: rows times every non-feature dimension (a float
+    input's last axis is its features; an integer input's ids are all positions)."""
+    most = 0
+    for array in feeds.values():
+        axes = array.shape[1:] if array.dtype.kind in "biu" else array.shape[1:-1]
+        most = max(most, len(array) * int(np.prod(axes, dtype=np.int64)))
+    return most
+
+
+def _capped(feeds: dict[str, np.ndarray], what: str) -> dict[str, np.ndarray]:
+    """A seeded subsample of the rows where they would make more than
+    ``MAX_CALIBRATION_POSITIONS`` chain rows (10 million rows took 15 silent minutes and
+    8 GB before; the fits gain little beyond a few hundred thousand rows), said in a
+    warning."""
+    positions = _positions(feeds)
+    if positions <= MAX_CALIBRATION_POSITIONS:
+        return feeds
+    rows = len(next(iter(feeds.values())))
+    keep = max(2, rows * MAX_CALIBRATION_POSITIONS // positions)
+    chosen = np.sort(np.random.default_rng(0).choice(rows, keep, replace=False))
+    logger.warning(
+        "%s: %d rows (%d chain rows); a seeded %d of them are used (at most %d chain rows)",
+        what, rows, positions, keep, MAX_CALIBRATION_POSITIONS,
+    )  # fmt: skip
+    return {name: array[chosen] for name, array in feeds.items()}
+
+
+def _checked_feeds(
+    arrays: dict[str, np.ndarray], model: onnx.ModelProto, source: str, notes: list[str]
+) -> dict[str, np.ndarray]:
+    """One feed per graph input from ``arrays`` (named by input; one unnamed array for a
+    one-input model), cast to the input's dtype and refused, with a one-line
+    :class:`LumpError` naming ``source``, where the numbers would be meaningless."""
+    inputs = _graph_inputs(model)
     if len(inputs) == 1 and len(arrays) == 1 and inputs[0].name not in arrays:
         arrays = {inputs[0].name: next(iter(arrays.values()))}
     feeds, readers = {}, None
@@ -444,19 +522,21 @@ def load_inputs(
         if value.name not in arrays:
             found = ", ".join(sorted(arrays)) or "none"
             raise LumpError(
-                f"'{path}' has no array for model input '{value.name}' (arrays: {found})"
+                f"'{source}' has no array for model input '{value.name}' (arrays: {found})"
             )
-        array = _numeric(path, value.name, arrays[value.name])
+        array = _numeric(source, value.name, arrays[value.name])
         dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
         if readers is None:
             readers = _Readers(model)
-        _check_dtype(path, value.name, array, np.dtype(dtype), readers)
+        _check_dtype(source, value.name, array, np.dtype(dtype), readers)
         with np.errstate(over="ignore", invalid="ignore"):  # overflow is checked just below
             cast = array.astype(dtype, copy=False)
         if cast.dtype.kind == "f" and not np.isfinite(cast).all():
-            raise LumpError(f"'{path}' array '{value.name}' has values too large for {cast.dtype}")
+            raise LumpError(
+                f"'{source}' array '{value.name}' has values too large for {cast.dtype}"
+            )
         try:
-            _check_shape(path, value, cast)
+            _check_shape(source, value, cast)
         except LumpError as exc:
             if not notes:
                 raise
@@ -466,19 +546,15 @@ def load_inputs(
         feeds[value.name] = cast
     rows = {len(v) for v in feeds.values()}
     if len(rows) > 1:
-        raise LumpError(f"'{path}' arrays have different numbers of rows: {sorted(rows)}")
+        raise LumpError(f"'{source}' arrays have different numbers of rows: {sorted(rows)}")
     if feeds and not _varies(feeds):
         n = len(next(iter(feeds.values())))
         what = "one row" if n == 1 else f"{n} identical rows"
         raise LumpError(
-            f"'{path}' holds {what}: too little information to tell neurons apart or to "
+            f"'{source}' holds {what}: too little information to tell neurons apart or to "
             "measure an error; give at least two different rows (ideally hundreds)"
         )
-    if with_targets and targets is not None and feeds:
-        _check_targets(path, model, targets, len(next(iter(feeds.values()))))
-    for note in notes:  # once the data is known to be good: a refused file shows its error
-        logger.warning(note)
-    return (feeds, targets) if with_targets else feeds
+    return feeds
 
 
 @dataclass(frozen=True)
