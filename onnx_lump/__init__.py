@@ -9,8 +9,7 @@ compression methods, ``api.compress`` strings the stages together, ``search`` ch
 knob, ``cli`` is ``python -m onnx_lump`` and ``passes`` the onnx-ir pass.
 """
 
-__version__ = "0.1.0"
-
+from onnx_lump._version import __version__
 from onnx_lump.api import LayerStats, Report, compress, lump
 from onnx_lump.errors import LumpError
 from onnx_lump.graph.chains import DenseChain, DenseLayer, scan_graph

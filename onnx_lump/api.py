@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx
 
-from onnx_lump import __version__
+from onnx_lump._version import __version__
 from onnx_lump.data.cache import SearchCache, digest
 from onnx_lump.data.calibration import (
     AUTO_MASK_INPUT,

@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from onnx_lump import __version__
+from onnx_lump._version import __version__
 from onnx_lump.cli_console import _message
 from onnx_lump.data.calibration import AUTO_MASK_INPUT
 from onnx_lump.data.holdout import DEFAULT_HOLDOUT
