@@ -21,7 +21,8 @@ from onnx_lump.ode.equivalence import (
     compute_partition,
 )
 from onnx_lump.ode.grouping import Linkage
-from onnx_lump.ode.reduction import ReducedLayer, reduce_system
+from onnx_lump.ode.reduction import reduce_system
+from onnx_lump.types import ReducedLayer
 from onnx_lump.verify import VerificationResult, compare_models
 
 __all__ = [

@@ -41,13 +41,14 @@ from onnx_lump.graph.weightstats import (
     chain_weight_ranges,
     weight_range_warnings,
 )
-from onnx_lump.methods import ChainProblem, ChainResult, Lump, Method
+from onnx_lump.methods import ChainProblem, Lump, Method
 from onnx_lump.methods.lumping import DEFAULT_RIDGE, DEFAULT_SIMILARITY_WITH_DATA
 from onnx_lump.ode.encoding import OdeSystem, encode_chain
 from onnx_lump.ode.equivalence import Equivalence, PartitionOptions, Similarity
 from onnx_lump.ode.grouping import Linkage
 from onnx_lump.report import LayerStats, Report
 from onnx_lump.runtime import resolve_providers, run_model
+from onnx_lump.types import ChainResult
 from onnx_lump.verify import compare_outputs
 
 __all__ = [

@@ -18,8 +18,7 @@ from onnx_lump.cli import main
 from onnx_lump.data.holdout import output_error, split_calibration
 from onnx_lump.data.refine import ChainData, RefineOptions, _Network, chain_loss, refine_chain
 from onnx_lump.methods import Magnitude, RandomInit
-from onnx_lump.methods.base import ChainResult, Shortcut
-from onnx_lump.ode.reduction import ReducedLayer
+from onnx_lump.types import ChainResult, ReducedLayer, Shortcut
 
 DEMO = MODELS / "rn_tanh_2x64.onnx"
 CALIB_PATH = MODELS / "rn_calib.npz"

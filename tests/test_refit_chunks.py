@@ -7,7 +7,7 @@ import pytest
 
 import onnx_lump.data.compensation as compensation
 from onnx_lump.data.compensation import RIDGE_GRID, centred_moments, refit_layer, residual
-from onnx_lump.ode.reduction import ReducedLayer
+from onnx_lump.types import ReducedLayer
 
 
 def _problem(seed: int = 0, rows: int = 300, width: int = 12, outputs: int = 7):

@@ -118,7 +118,7 @@ def test_row_chunked_data_helpers_match_whole_arrays(system, monkeypatch):
     import onnx_lump.data.reference as reference
     from onnx_lump.data.calibration import forward_chain
     from onnx_lump.methods.base import ChainProblem
-    from onnx_lump.ode.reduction import ReducedLayer
+    from onnx_lump.types import ReducedLayer
 
     monkeypatch.setattr(compensation, "_ROW_CHUNK_ENTRIES", 1 << 14)  # several chunks
     monkeypatch.setattr(reference, "_ROW_CHUNK_ENTRIES", 1 << 14)

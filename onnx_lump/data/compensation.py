@@ -14,7 +14,7 @@ import numpy as np
 import scipy.linalg
 import threadpoolctl
 
-from onnx_lump.ode.reduction import ReducedLayer
+from onnx_lump.types import ReducedLayer
 
 __all__ = ["FALLBACK_RIDGE", "RIDGE_GRID", "centred_moments", "refit_layer", "residual"]
 

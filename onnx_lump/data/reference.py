@@ -17,7 +17,7 @@ import numpy as np
 
 from onnx_lump.data.calibration import forward_chain
 from onnx_lump.ode.encoding import OdeLayer, OdeSystem
-from onnx_lump.ode.reduction import ReducedLayer
+from onnx_lump.types import ReducedLayer
 
 if TYPE_CHECKING:
     from onnx_lump.methods.base import ChainProblem

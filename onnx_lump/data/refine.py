@@ -32,8 +32,7 @@ import threadpoolctl
 
 from onnx_lump.activations import Activation
 from onnx_lump.errors import LumpError
-from onnx_lump.methods.base import ChainResult, Shortcut
-from onnx_lump.ode.reduction import ReducedLayer
+from onnx_lump.types import ChainResult, ReducedLayer, Shortcut
 
 __all__ = [
     "ChainData",

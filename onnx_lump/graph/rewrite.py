@@ -37,8 +37,7 @@ from onnx_lump.graph.importer import (
     import_graph,
     release_chain,
 )
-from onnx_lump.methods.base import Shortcut
-from onnx_lump.ode.reduction import ReducedLayer
+from onnx_lump.types import ReducedLayer, Shortcut
 
 if TYPE_CHECKING:
     from onnx_lump.graph.spill import Spill

@@ -35,9 +35,8 @@ from onnx import helper
 
 from onnx_lump.graph.chains import DenseChain
 from onnx_lump.graph.modelio import INLINE_LIMIT, external_data_dir, is_spilled, uses_external
-from onnx_lump.methods.base import ChainResult
 from onnx_lump.ode.encoding import OdeSystem
-from onnx_lump.ode.reduction import ReducedLayer
+from onnx_lump.types import ChainResult, ReducedLayer
 
 __all__ = ["Spill", "is_spilled"]
 

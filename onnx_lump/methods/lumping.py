@@ -19,7 +19,7 @@ from onnx_lump.data.reference import (
     original_rows,
     reference_error,
 )
-from onnx_lump.methods.base import ChainProblem, ChainResult, Method
+from onnx_lump.methods.base import ChainProblem, Method
 from onnx_lump.methods.layer_lumping import eps_for_width, layer_lumping, lumping_digest
 from onnx_lump.ode.encoding import Lumping, aggregate
 from onnx_lump.ode.equivalence import (
@@ -28,8 +28,9 @@ from onnx_lump.ode.equivalence import (
     Similarity,
     compute_partition,
 )
-from onnx_lump.ode.reduction import ReducedLayer, reduce_layer, reduce_system
+from onnx_lump.ode.reduction import reduce_layer, reduce_system
 from onnx_lump.ode.span import SpanOrder, span_order
+from onnx_lump.types import ChainResult, ReducedLayer
 
 __all__ = [
     "DEFAULT_RIDGE",

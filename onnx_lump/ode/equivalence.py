@@ -34,7 +34,8 @@ from onnx_lump.ode.data_similarity import _affine_lumping, _data_rows, _DataRows
 from onnx_lump.ode.encoding import Lumping, OdeSystem, aggregate, row_step
 from onnx_lump.ode.grouping import Linkage, group_rows, number_by_first_row, projection_directions
 from onnx_lump.ode.numerics import matmul64, matvec64, median_or_one
-from onnx_lump.ode.reduction import ReducedLayer, block_anchors, reduce_layer
+from onnx_lump.ode.reduction import block_anchors, reduce_layer
+from onnx_lump.types import ReducedLayer
 
 __all__ = ["Equivalence", "Partition", "PartitionOptions", "compute_partition"]
 
