@@ -15,7 +15,8 @@ from onnx_lump.api import LayerStats, Report, compress
 from onnx_lump.data.cache import SearchCache
 from onnx_lump.methods import Lump
 from onnx_lump.ode.equivalence import PartitionOptions
-from onnx_lump.search import SweepPoint, bisect
+from onnx_lump.search import bisect
+from onnx_lump.types import SweepPoint
 
 N_IN, N_OUT, WIDTH = 20, 3, 1000
 
