@@ -230,7 +230,7 @@ _SLOW_SAVE = textwrap.dedent(
         if count[0] == 2:  # half-way: tell the parent, then wait for its signal
             (folder / "halfway").write_text("1")
             time.sleep(30)
-    serialize._externalize_from = slow  # looked up where _write lives
+    serialize._externalize_from = slow  # looked up where write_model lives
     saving.save_model(model, folder / "out.onnx", external_data=True)
     """
 )

@@ -23,7 +23,7 @@ from onnx.external_data_helper import uses_external_data
 
 from onnx_lump.errors import LumpError
 from onnx_lump.graph.paths import _check_writable, data_file_for
-from onnx_lump.graph.serialize import _ALIGN_THRESHOLD, PROTO_LIMIT, _write
+from onnx_lump.graph.serialize import _ALIGN_THRESHOLD, PROTO_LIMIT, write_model
 from onnx_lump.graph.tensordata import _copy_fields, all_tensors, tensor_nbytes, uses_external
 
 __all__ = [
@@ -121,7 +121,12 @@ def stage_model(
                 raise LumpError(f"cannot write '{output}': {exc.strerror or exc}") from None
             staged = StagedModel(output, staging, external)
             try:
-                _write(model, staged)
+                staged.data_path = write_model(
+                    model,
+                    staged.path,
+                    staged.data_path,
+                    staging / data_file_for(output).name,
+                )
             except OSError as exc:
                 raise LumpError(f"cannot write '{output}': {exc.strerror or exc}") from exc
             yield staged

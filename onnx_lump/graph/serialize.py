@@ -13,7 +13,6 @@ import os
 import queue
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import onnx
 from google.protobuf.message import EncodeError
@@ -21,7 +20,6 @@ from onnx import numpy_helper
 from onnx.external_data_helper import uses_external_data
 
 from onnx_lump.errors import LumpError
-from onnx_lump.graph.paths import data_file_for
 from onnx_lump.graph.tensordata import (
     EXTERNAL_DIR_KEY,
     _copy_fields,
@@ -34,15 +32,12 @@ from onnx_lump.graph.tensordata import (
     uses_external,
 )
 
-if TYPE_CHECKING:  # annotations only; saving imports this module
-    from onnx_lump.graph.saving import StagedModel
-
 try:
     from google.protobuf.unknown_fields import UnknownFieldSet as _UnknownFieldSet
 except ImportError:  # protobuf < 4.22: every model is serialized whole
     _UnknownFieldSet = None
 
-__all__ = ["INLINE_LIMIT", "PROTO_LIMIT"]
+__all__ = ["INLINE_LIMIT", "PROTO_LIMIT", "write_model"]
 
 # Tensors smaller than this stay inside the .onnx file, as onnx.save_model's default does:
 # shape tensors of a dynamo export must stay inline for onnxruntime to load the model.
@@ -217,14 +212,19 @@ def _strip_private(model: onnx.ModelProto) -> None:
         model.metadata_props.extend(kept)
 
 
-def _write(model: onnx.ModelProto, staged: StagedModel) -> None:
+def write_model(
+    model: onnx.ModelProto, path: Path, data_path: Path | None, overflow_data_path: Path
+) -> Path | None:
+    """Write ``model`` to ``path``, its large tensors into ``data_path`` when one is given;
+    when none is and the graph's own size passes the limit, into ``overflow_data_path``.
+    Returns the data file written, or None (every tensor inline)."""
     source = external_data_dir(model)
-    if staged.data_path is None:
+    if data_path is None:
         if uses_external(model):  # unreachable by stage_model's rule; kept as a guard
             raise LumpError("a model with external data must be written with external data")
         pieces = _inline_pieces(model)
         if pieces is not None:
-            with open(staged.path, "wb") as handle:
+            with open(path, "wb") as handle:
                 try:
                     _write_pieces(handle, pieces)
                 except _Replan:  # a malformed tensor: let protobuf write what it holds
@@ -234,14 +234,14 @@ def _write(model: onnx.ModelProto, staged: StagedModel) -> None:
                     if pieces is not None:
                         _write_pieces(handle, pieces)
             if pieces is not None:
-                return
+                return None
         # The graph's own size took it past the limit: its tensors go external after all.
-        staged.data_path = staged.staging / data_file_for(staged.output).name
+        data_path = overflow_data_path
     # Copy the model tensor by tensor: large inline tensors are moved into the data file
     # as they are copied, external ones are streamed from the input's data file.
-    location = staged.data_path.name
+    location = data_path.name
     out = onnx.ModelProto()
-    with open(staged.data_path, "wb", buffering=0) as data:
+    with open(data_path, "wb", buffering=0) as data:
         _copy_fields(model, out, skip=("graph",))
         _copy_fields(model.graph, out.graph, skip=("initializer", "node"))
         for tensor in model.graph.initializer:  # one tensor at a time: memory stays flat
@@ -260,11 +260,12 @@ def _write(model: onnx.ModelProto, staged: StagedModel) -> None:
     _strip_private(out)
     for tensor in _sparse_parts(out):
         _inline(tensor, source)  # sparse tensors stay inline, where every reader looks
-    if staged.data_path.stat().st_size == 0:
-        staged.data_path.unlink()
-        staged.data_path = None
-    with open(staged.path, "wb") as handle:
+    if data_path.stat().st_size == 0:
+        data_path.unlink()
+        data_path = None
+    with open(path, "wb") as handle:
         handle.write(out.SerializeToString())
+    return data_path
 
 
 def _inline(tensor: onnx.TensorProto, source: Path | None) -> None:
