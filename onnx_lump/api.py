@@ -44,8 +44,8 @@ from onnx_lump.graph.weightstats import (
 from onnx_lump.methods import ChainProblem, Lump, Method
 from onnx_lump.methods.lumping import DEFAULT_RIDGE, DEFAULT_SIMILARITY_WITH_DATA
 from onnx_lump.ode.encoding import OdeSystem, encode_chain
-from onnx_lump.ode.equivalence import Equivalence, PartitionOptions, Similarity
 from onnx_lump.ode.grouping import Linkage
+from onnx_lump.ode.partition import Equivalence, PartitionOptions, Similarity
 from onnx_lump.report import LayerStats, Report
 from onnx_lump.runtime import resolve_providers, run_model
 from onnx_lump.types import ChainResult

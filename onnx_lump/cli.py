@@ -74,8 +74,8 @@ from onnx_lump.methods import (
     Wanda,
 )
 from onnx_lump.methods.lumping import DEFAULT_SIMILARITY_WITH_DATA
-from onnx_lump.ode.equivalence import Equivalence, PartitionOptions, Similarity
 from onnx_lump.ode.grouping import Linkage
+from onnx_lump.ode.partition import Equivalence, PartitionOptions, Similarity
 from onnx_lump.plotting import plot_sweep
 from onnx_lump.runtime import resolve_providers, run_model
 from onnx_lump.search import Evaluator, bisect, parse_knobs, sweep, write_table

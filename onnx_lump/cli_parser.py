@@ -21,8 +21,8 @@ from onnx_lump.errors import (
 )
 from onnx_lump.methods import Reduction, Scope
 from onnx_lump.methods.lumping import DEFAULT_RIDGE, DEFAULT_SIMILARITY_WITH_DATA
-from onnx_lump.ode.equivalence import Equivalence, Similarity
 from onnx_lump.ode.grouping import Linkage
+from onnx_lump.ode.partition import Equivalence, Similarity
 from onnx_lump.plotting import plot_path
 
 __all__ = ["EXIT_CODES", "METHODS", "_explicit_options", "make_parser", "program_name"]

@@ -31,8 +31,8 @@ from onnx_lump.errors import LumpError
 from onnx_lump.graph.modelsource import ir_to_proto
 from onnx_lump.methods import Method
 from onnx_lump.methods.lumping import DEFAULT_RIDGE
-from onnx_lump.ode.equivalence import Equivalence, Similarity
 from onnx_lump.ode.grouping import Linkage
+from onnx_lump.ode.partition import Equivalence, Similarity
 
 __all__ = ["LumpPass"]
 

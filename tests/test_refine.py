@@ -225,7 +225,7 @@ def test_span_selection_keeps_a_basis_and_folds_the_rest_exactly(samples):
 
 def test_span_reduction_runs_through_onnxruntime():
     from onnx_lump.methods import Lump, Reduction
-    from onnx_lump.ode.equivalence import PartitionOptions, Similarity
+    from onnx_lump.ode.partition import PartitionOptions, Similarity
 
     model = onnx.load(DEMO)
     method = Lump(PartitionOptions(0.05, similarity=Similarity.DATA), reduction=Reduction.SPAN)

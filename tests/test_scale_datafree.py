@@ -26,7 +26,8 @@ from onnx_lump.graph.chains import scan_graph
 from onnx_lump.graph.modelio import EXTERNAL_DIR_KEY, load_model, save_model
 from onnx_lump.graph.rewrite import import_graph
 from onnx_lump.ode.encoding import OdeLayer, OdeSystem, encode_chain
-from onnx_lump.ode.equivalence import PartitionOptions, compute_partition
+from onnx_lump.ode.equivalence import compute_partition
+from onnx_lump.ode.partition import PartitionOptions
 from onnx_lump.ode.reduction import reduce_system
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,8 +11,8 @@ from onnx_lump.api import compress
 from onnx_lump.data.refine import RefineOptions
 from onnx_lump.methods import Lump
 from onnx_lump.ode.data_grouping import group_data_rows
-from onnx_lump.ode.equivalence import PartitionOptions, Similarity
 from onnx_lump.ode.grouping import Linkage, group_rows
+from onnx_lump.ode.partition import PartitionOptions, Similarity
 from onnx_lump.search import Evaluator, bisect
 
 DEMO = MODELS / "rn_tanh_2x64.onnx"

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from onnx_lump.api import LayerStats, Report, compress
 from onnx_lump.data.cache import SearchCache
 from onnx_lump.methods import Lump
-from onnx_lump.ode.equivalence import PartitionOptions
+from onnx_lump.ode.partition import PartitionOptions
 from onnx_lump.search import bisect
 from onnx_lump.types import SweepPoint
 

@@ -15,7 +15,8 @@ from onnx import numpy_helper
 from onnx_lump import lump
 from onnx_lump.graph.chains import scan_graph
 from onnx_lump.ode.encoding import Lumping, aggregate, encode_chain
-from onnx_lump.ode.equivalence import Partition, PartitionOptions, compute_partition
+from onnx_lump.ode.equivalence import compute_partition
+from onnx_lump.ode.partition import Partition, PartitionOptions, Similarity
 from onnx_lump.ode.reduction import reduce_system
 
 WIDTH = 4096
@@ -172,7 +173,7 @@ def test_data_similarity_in_sample_chunks_matches_one_chunk(monkeypatch):
     x = rng.standard_normal((500, 12))
     # weights similarity: the data statistics (constant neurons, their values) are then
     # read in chunks of samples (data similarity forms them from one array)
-    options = PartitionOptions(0.2, similarity=equivalence.Similarity.WEIGHTS)
+    options = PartitionOptions(0.2, similarity=Similarity.WEIGHTS)
     tanh = Activation(ActivationKind.TANH)
     whole = equivalence.backward_lumping(weight, bias, tanh, options, 1e-7, x)
     monkeypatch.setattr(data_similarity, "_SAMPLE_CHUNK_ENTRIES", 1000)  # 8 samples a chunk

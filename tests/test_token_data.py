@@ -19,7 +19,7 @@ from onnx_lump.graph.chains import scan_graph
 from onnx_lump.graph.rewrite import import_graph
 from onnx_lump.methods import Lump, Method, Reduction
 from onnx_lump.methods.base import ChainProblem
-from onnx_lump.ode.equivalence import PartitionOptions, Similarity
+from onnx_lump.ode.partition import PartitionOptions, Similarity
 from onnx_lump.ode.span import select_span, span_order
 from onnx_lump.runtime import resolve_providers
 from onnx_lump.types import ChainResult, ReducedLayer

@@ -22,12 +22,8 @@ from onnx_lump.data.reference import (
 from onnx_lump.methods.base import ChainProblem, Method
 from onnx_lump.methods.layer_lumping import eps_for_width, layer_lumping, lumping_digest
 from onnx_lump.ode.encoding import Lumping, aggregate
-from onnx_lump.ode.equivalence import (
-    Equivalence,
-    PartitionOptions,
-    Similarity,
-    compute_partition,
-)
+from onnx_lump.ode.equivalence import compute_partition
+from onnx_lump.ode.partition import Equivalence, PartitionOptions, Similarity
 from onnx_lump.ode.reduction import reduce_layer, reduce_system
 from onnx_lump.ode.span import SpanOrder, span_order
 from onnx_lump.types import ChainResult, ReducedLayer

@@ -9,17 +9,15 @@ held-out rows.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from onnx_lump.activations import Activation
+from onnx_lump.ode.canonical_rows import CanonicalRows
 from onnx_lump.ode.encoding import Lumping
 from onnx_lump.ode.grouping import _StoredRows, group_rows, number_by_first_row
 from onnx_lump.ode.numerics import median_or_one
-
-if TYPE_CHECKING:
-    from onnx_lump.ode.equivalence import PartitionOptions, _CanonicalRows
+from onnx_lump.ode.partition import PartitionOptions
 
 __all__ = [
     "SIMILARITY_SAMPLES",
@@ -156,7 +154,7 @@ class _Moments:
 
 
 def _data_rows(
-    rows: _CanonicalRows,
+    rows: CanonicalRows,
     inputs: np.ndarray,
     activation: Activation,
     constant: np.ndarray,
@@ -194,7 +192,7 @@ def _data_rows(
     return _DataRows(compared), np.abs(compared).sum(axis=1), data_constant, support.post_mean
 
 
-def _neuron_rows(rows: _CanonicalRows, samples: np.ndarray) -> np.ndarray:
+def _neuron_rows(rows: CanonicalRows, samples: np.ndarray) -> np.ndarray:
     """(neurons x samples) canonical pre-activations, float64, formed in that layout (one
     product, no transposed copy).
 
@@ -214,7 +212,7 @@ def _neuron_rows(rows: _CanonicalRows, samples: np.ndarray) -> np.ndarray:
     return out
 
 
-def _chunked_support(rows: _CanonicalRows, inputs: np.ndarray, activation) -> _Support:
+def _chunked_support(rows: CanonicalRows, inputs: np.ndarray, activation) -> _Support:
     """:class:`_Support` over all samples, read a chunk of samples at a time."""
     n = rows.shape[0]
     pre_moments, post_moments = _Moments(), _Moments()
@@ -287,7 +285,7 @@ def _supported_constants(
     support: _Support,
     activation,
     constant: np.ndarray,
-    holdout: tuple[_CanonicalRows, np.ndarray] | np.ndarray | None,
+    holdout: tuple[CanonicalRows, np.ndarray] | np.ndarray | None,
 ) -> np.ndarray:
     """Neurons the data shows to be constant, given their statistics on the fitting rows
     and, when given, their pre-activations on the held-out rows (neurons x rows, or the

@@ -11,17 +11,13 @@ merges with nothing keeps its original weights bit for bit.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import scipy.sparse as sp
 
 from onnx_lump.activations import Activation, ActivationKind
 from onnx_lump.ode.encoding import Lumping, OdeSystem, aggregate, row_step
+from onnx_lump.ode.partition import Partition
 from onnx_lump.types import ReducedLayer
-
-if TYPE_CHECKING:
-    from onnx_lump.ode.equivalence import Partition
 
 __all__ = [
     "block_anchors",

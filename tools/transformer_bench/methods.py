@@ -21,7 +21,7 @@ from onnx_lump.methods import (
     Scope,
     Wanda,
 )
-from onnx_lump.ode.equivalence import PartitionOptions, Similarity
+from onnx_lump.ode.partition import PartitionOptions, Similarity
 from transformer_bench.common import ONNXSIM_BATCH, ONNXSIM_LEARNING_RATE, Point, log
 from transformer_bench.task import Task
 
