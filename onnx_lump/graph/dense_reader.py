@@ -48,7 +48,7 @@ class _DenseReader:
         self.notes: list[str] = []
         self._graph_outputs = {t.name for t in graph.outputs}
         self._used_in_subgraphs = _names_used_in_subgraphs(graph)
-        self._opset = int(getattr(graph, "opset", None) or 17)
+        self.opset = int(getattr(graph, "opset", None) or 17)
 
     def note(self, message: str) -> None:
         logger.info(message)

@@ -10,16 +10,32 @@ the rank of an unannotated tensor is traced back through these same ops.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import onnx_graphsurgeon as gs
 
 from onnx_lump import activations as act
 
-if TYPE_CHECKING:  # annotations only; activation_links imports this module
-    from onnx_lump.graph.activation_links import _Reader, _Walk
-
 __all__: list[str] = []
+
+
+class Walk(Protocol):
+    """The state of one backward walk that the handlers read: the dense layers by the
+    id of their output tensor (the walk of :mod:`onnx_lump.graph.activation_links`)."""
+
+    by_output: dict[int, Any]
+
+
+class Operands(Protocol):
+    """What a handler asks of the reader walking the subgraph: the graph's opset and a
+    node's inputs read as expressions or constants (the reader of
+    :mod:`onnx_lump.graph.activation_links`)."""
+
+    opset: int
+
+    def operand(self, node: gs.Node, index: int, walk: Walk) -> tuple: ...
+
+    def scalar(self, node: gs.Node, index: int, walk: Walk, default: float) -> float: ...
 
 _STANDARD = ("", "ai.onnx")
 
@@ -73,7 +89,7 @@ def _domain(node: gs.Node) -> str:
 
 
 def _unary(op: str, **defaults: float | str):
-    def handle(reader: _Reader, node: gs.Node, walk: _Walk) -> tuple:
+    def handle(reader: Operands, node: gs.Node, walk: Walk) -> tuple:
         arg = reader.operand(node, 0, walk)
         params = {k: node.attrs.get(k, v) for k, v in defaults.items()}
         params = {k: v.decode() if isinstance(v, bytes) else v for k, v in params.items()}
@@ -84,7 +100,7 @@ def _unary(op: str, **defaults: float | str):
 
 
 def _binary(combine):
-    def handle(reader: _Reader, node: gs.Node, walk: _Walk) -> tuple:
+    def handle(reader: Operands, node: gs.Node, walk: Walk) -> tuple:
         if len(node.inputs) != 2:
             raise _NoMatch(f"{node.op} '{node.name}' does not have two inputs")
         return combine(reader.operand(node, 0, walk), reader.operand(node, 1, walk))
@@ -107,7 +123,7 @@ def _pow(a: tuple, b: tuple) -> tuple:
 
 
 def _extremum(kind: str):
-    def handle(reader: _Reader, node: gs.Node, walk: _Walk) -> tuple:
+    def handle(reader: Operands, node: gs.Node, walk: Walk) -> tuple:
         args = [reader.operand(node, i, walk) for i in range(len(node.inputs))]
         data = [a for a in args if a[0] != "const"]
         bounds = [a[1] for a in args if a[0] == "const"]
@@ -120,9 +136,9 @@ def _extremum(kind: str):
     return handle
 
 
-def _clip(reader: _Reader, node: gs.Node, walk: _Walk) -> tuple:
+def _clip(reader: Operands, node: gs.Node, walk: Walk) -> tuple:
     arg = reader.operand(node, 0, walk)
-    if reader._opset < 11 and ("min" in node.attrs or "max" in node.attrs):
+    if reader.opset < 11 and ("min" in node.attrs or "max" in node.attrs):
         low = float(node.attrs.get("min", -math.inf))
         high = float(node.attrs.get("max", math.inf))
     else:
@@ -131,7 +147,7 @@ def _clip(reader: _Reader, node: gs.Node, walk: _Walk) -> tuple:
     return act.fn("Clip", arg, low=low, high=high)
 
 
-def _prelu(reader: _Reader, node: gs.Node, walk: _Walk) -> tuple:
+def _prelu(reader: Operands, node: gs.Node, walk: Walk) -> tuple:
     arg = reader.operand(node, 0, walk)
     slope = reader.operand(node, 1, walk)
     if slope[0] != "const":
@@ -140,7 +156,7 @@ def _prelu(reader: _Reader, node: gs.Node, walk: _Walk) -> tuple:
 
 
 def _compare(kind: str, flipped: str):
-    def handle(reader: _Reader, node: gs.Node, walk: _Walk) -> tuple:
+    def handle(reader: Operands, node: gs.Node, walk: Walk) -> tuple:
         a, b = reader.operand(node, 0, walk), reader.operand(node, 1, walk)
         if b[0] == "const" and a[0] != "const":
             return ("cmp", kind, a, b[1])
@@ -151,7 +167,7 @@ def _compare(kind: str, flipped: str):
     return handle
 
 
-def _where(reader: _Reader, node: gs.Node, walk: _Walk) -> tuple:
+def _where(reader: Operands, node: gs.Node, walk: Walk) -> tuple:
     cond = reader.operand(node, 0, walk)
     if cond[0] != "cmp":
         raise _NoMatch(f"Where '{node.name}' has a condition that is not a comparison")
@@ -164,7 +180,7 @@ def _biased(op: str, **params: str):
     as the dense layer's before it (``DenseLayer.bias_holder``), else ``op(x + c)``, which
     only a constant ``c`` repeated along the features can give."""
 
-    def handle(reader: _Reader, node: gs.Node, walk: _Walk) -> tuple:
+    def handle(reader: Operands, node: gs.Node, walk: Walk) -> tuple:
         arg = reader.operand(node, 0, walk)
         layer = walk.by_output.get(id(node.inputs[0]))
         held = layer is not None and layer.bias_holder is node
