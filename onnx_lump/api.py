@@ -57,6 +57,7 @@ __all__ = [
     "compress",
     "knob_hint",
     "lump",
+    "refine_result",
     "refines_by_default",
     "uniform_width_share",
 ]
@@ -203,7 +204,7 @@ def compress(
         if refine_options is not None and _differs(problem, result):
             left = refine_options.max_seconds - (time.perf_counter() - refine_started)
             run = functools.partial(
-                _refine,
+                refine_result,
                 problem,
                 result,
                 method,
@@ -515,7 +516,7 @@ def _differs(problem: ChainProblem, result: ChainResult) -> bool:
     return False
 
 
-def _refine(
+def refine_result(
     problem: ChainProblem,
     result: ChainResult,
     method: Method,

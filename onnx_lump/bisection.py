@@ -54,6 +54,7 @@ class HintedSearchTarget(SearchTarget, Protocol):
 
     def probe(self, knob: float) -> Report | None: ...
 
+
 _MAX_DOUBLINGS = 40
 
 

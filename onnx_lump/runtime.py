@@ -29,7 +29,13 @@ from onnx_lump.graph.modelio import (
     uses_external,
 )
 
-__all__ = ["resolve_providers", "run_model", "run_session", "session"]
+__all__ = [
+    "resolve_providers",
+    "run_model",
+    "run_session",
+    "session",
+    "too_new_message",
+]
 
 # onnxruntime's key for the folder of external data when the model comes as bytes.
 _DATA_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
@@ -78,7 +84,7 @@ def session(
     except LumpError:
         raise
     except Exception as exc:  # onnxruntime raises its own untyped Fail/InvalidGraph errors
-        too_new = _too_new(str(exc))
+        too_new = too_new_message(str(exc))
         if too_new is not None:
             raise LumpError(too_new) from exc
         raise LumpError(f"onnxruntime cannot load the model: {_first_line(exc)}") from exc
@@ -91,7 +97,7 @@ _OPSET_MAX = re.compile(r"support for domain (\S+?) is till opset (\d+)")
 _IR_TOO_NEW = re.compile(r"Unsupported model IR version: (\d+), max supported IR version: (\d+)")
 
 
-def _too_new(text: str) -> str | None:
+def too_new_message(text: str) -> str | None:
     """One line for onnxruntime's refusal of a model newer than it supports, else None."""
     if match := _IR_TOO_NEW.search(text):
         return f"IR version {match[1]} is newer than this onnxruntime supports (max {match[2]})"

@@ -213,7 +213,7 @@ def test_a_model_on_disk_is_compressed_bit_for_bit_like_one_in_memory(
 
     # Spill every tensor, park every array: the fixtures' tensors are below the thresholds.
     monkeypatch.setattr(spill, "INLINE_LIMIT", 0)
-    monkeypatch.setattr(spill, "_MIN_MAPPED", 0)
+    monkeypatch.setattr(spill, "MIN_MAPPED", 0)
 
     original = onnx.load(str(FIXTURES / name))
     loaded = load_model(_external_copy(original, tmp_path / "in"))

@@ -222,7 +222,7 @@ _SLOW_SAVE = textwrap.dedent(
         [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, [1024, 8192])
          for i in range(4)], tensors)
     model = helper.make_model(graph)
-    original = serialize._externalize_from
+    original = serialize.externalize_from
     count = [0]
     def slow(*args):
         original(*args)
@@ -230,7 +230,7 @@ _SLOW_SAVE = textwrap.dedent(
         if count[0] == 2:  # half-way: tell the parent, then wait for its signal
             (folder / "halfway").write_text("1")
             time.sleep(30)
-    serialize._externalize_from = slow  # looked up where write_model lives
+    serialize.externalize_from = slow  # looked up where write_model lives
     saving.save_model(model, folder / "out.onnx", external_data=True)
     """
 )

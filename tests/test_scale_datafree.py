@@ -76,14 +76,14 @@ def _inline_fixtures() -> list[Path]:
 
 @pytest.mark.parametrize("path", _inline_fixtures(), ids=lambda p: p.name)
 def test_streamed_save_writes_the_bytes_protobuf_writes(path, tmp_path, monkeypatch):
-    monkeypatch.setattr(serialize, "_STREAM_MIN", 1)  # every raw tensor is streamed
+    monkeypatch.setattr(serialize, "STREAM_MIN", 1)  # every raw tensor is streamed
     model = onnx.load(str(path))
     save_model(model, tmp_path / "out.onnx")
     assert (tmp_path / "out.onnx").read_bytes() == model.SerializeToString()
 
 
 def test_streamed_save_drops_the_private_key_and_keeps_the_rest(tmp_path, monkeypatch):
-    monkeypatch.setattr(serialize, "_STREAM_MIN", 1)
+    monkeypatch.setattr(serialize, "STREAM_MIN", 1)
     model = clustered()
     model.doc_string = "kept"
     model.metadata_props.add(key="user", value="kept too")
@@ -95,7 +95,7 @@ def test_streamed_save_drops_the_private_key_and_keeps_the_rest(tmp_path, monkey
 
 
 def test_fields_unknown_to_onnx_survive_the_save(tmp_path, monkeypatch):
-    monkeypatch.setattr(serialize, "_STREAM_MIN", 1)
+    monkeypatch.setattr(serialize, "STREAM_MIN", 1)
     model = clustered()
     tensor = model.graph.initializer[0]
     # field 1000, varint 7: a field a newer onnx might define
@@ -107,7 +107,7 @@ def test_fields_unknown_to_onnx_survive_the_save(tmp_path, monkeypatch):
 def test_a_tensor_whose_bytes_disagree_with_its_dims_is_saved_as_protobuf_would(
     tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(serialize, "_STREAM_MIN", 1)
+    monkeypatch.setattr(serialize, "STREAM_MIN", 1)
     model = clustered()
     model.graph.initializer[0].raw_data = model.graph.initializer[0].raw_data[:-4]
     save_model(model, tmp_path / "out.onnx")

@@ -12,7 +12,11 @@ import numpy as np
 import onnx_graphsurgeon as gs
 from onnx import helper
 
-__all__ = ["ConstantRef", "DenseLayer"]
+__all__ = [
+    "ConstantRef",
+    "DenseLayer",
+    "qualified",
+]
 
 
 @dataclass(eq=False)
@@ -270,7 +274,7 @@ class DenseLayer:
         return f"{op} '{self.name}' ({self.in_features}->{self.out_features})"
 
 
-def _qualified(node: gs.Node) -> str:
+def qualified(node: gs.Node) -> str:
     """The node's op, prefixed by its domain where that is not the standard one."""
     domain = node.domain or ""
     return node.op if domain in ("", "ai.onnx") else f"{domain}:{node.op}"

@@ -16,7 +16,15 @@ import onnx_graphsurgeon as gs
 
 from onnx_lump import activations as act
 
-__all__: list[str] = []
+__all__ = [
+    "HANDLERS",
+    "NoMatch",
+    "Operands",
+    "Walk",
+    "op_domain",
+    "tensor_rank",
+    "traced_rank",
+]
 
 
 class Walk(Protocol):
@@ -37,10 +45,11 @@ class Operands(Protocol):
 
     def scalar(self, node: gs.Node, index: int, walk: Walk, default: float) -> float: ...
 
+
 _STANDARD = ("", "ai.onnx")
 
 
-class _NoMatch(Exception):
+class NoMatch(Exception):
     """The walk back from a dense layer's input found no activation subgraph."""
 
     def __init__(self, reason: str, node: gs.Node | None = None) -> None:
@@ -49,18 +58,18 @@ class _NoMatch(Exception):
         self.node = node
 
 
-def _rank(tensor: gs.Tensor) -> int | None:
+def tensor_rank(tensor: gs.Tensor) -> int | None:
     shape = getattr(tensor, "shape", None)
     return None if shape is None else len(shape)
 
 
-def _traced_rank(tensor: gs.Tensor, budget: list[int] | None = None) -> int | None:
+def traced_rank(tensor: gs.Tensor, budget: list[int] | None = None) -> int | None:
     """The rank of ``tensor``, from its shape or, where exporters left none, traced back
     through ops whose output rank follows from their inputs': element-wise ones
     (broadcasting: the largest input rank), BatchNormalization, Gemm (2) and MatMul with
     a constant weight, which dense reading requires to be 2-D."""
     budget = [64] if budget is None else budget
-    rank = _rank(tensor)
+    rank = tensor_rank(tensor)
     if rank is not None or isinstance(tensor, gs.Constant) or len(tensor.inputs) != 1:
         return len(tensor.shape) if isinstance(tensor, gs.Constant) else rank
     budget[0] -= 1
@@ -73,16 +82,16 @@ def _traced_rank(tensor: gs.Tensor, budget: list[int] | None = None) -> int | No
         return len(node.attrs["value"].shape)
     if node.op == "MatMul":
         weight = node.inputs[1] if len(node.inputs) == 2 else None
-        if weight is None or _traced_rank(weight, budget) != 2:
+        if weight is None or traced_rank(weight, budget) != 2:
             return None
-        return _traced_rank(node.inputs[0], budget)
-    if node.op != "BatchNormalization" and (_domain(node), node.op) not in _HANDLERS:
+        return traced_rank(node.inputs[0], budget)
+    if node.op != "BatchNormalization" and (op_domain(node), node.op) not in HANDLERS:
         return None
-    ranks = [_traced_rank(t, budget) for t in node.inputs if t.name]
+    ranks = [traced_rank(t, budget) for t in node.inputs if t.name]
     return None if not ranks or None in ranks else max(ranks)
 
 
-def _domain(node: gs.Node) -> str:
+def op_domain(node: gs.Node) -> str:
     """The node's op domain, "" for the standard one."""
     domain = node.domain or ""
     return "" if domain in _STANDARD else domain
@@ -102,7 +111,7 @@ def _unary(op: str, **defaults: float | str):
 def _binary(combine):
     def handle(reader: Operands, node: gs.Node, walk: Walk) -> tuple:
         if len(node.inputs) != 2:
-            raise _NoMatch(f"{node.op} '{node.name}' does not have two inputs")
+            raise NoMatch(f"{node.op} '{node.name}' does not have two inputs")
         return combine(reader.operand(node, 0, walk), reader.operand(node, 1, walk))
 
     return handle
@@ -111,14 +120,14 @@ def _binary(combine):
 def _divide(a: tuple, b: tuple) -> tuple:
     if b[0] == "const":
         if b[1] == 0.0:
-            raise _NoMatch("division by a zero constant")
+            raise NoMatch("division by a zero constant")
         return act.mul(a, act.constant(1.0 / b[1]))
     return act.mul(a, act.power(b, -1.0))
 
 
 def _pow(a: tuple, b: tuple) -> tuple:
     if b[0] != "const":
-        raise _NoMatch("Pow with a non-constant exponent")
+        raise NoMatch("Pow with a non-constant exponent")
     return act.power(a, b[1])
 
 
@@ -128,7 +137,7 @@ def _extremum(kind: str):
         data = [a for a in args if a[0] != "const"]
         bounds = [a[1] for a in args if a[0] == "const"]
         if len(data) != 1 or not bounds:
-            raise _NoMatch(f"{node.op} '{node.name}' needs one data input and constants")
+            raise NoMatch(f"{node.op} '{node.name}' needs one data input and constants")
         if kind == "Max":
             return act.fn("Clip", data[0], low=max(bounds))
         return act.fn("Clip", data[0], high=min(bounds))
@@ -151,7 +160,7 @@ def _prelu(reader: Operands, node: gs.Node, walk: Walk) -> tuple:
     arg = reader.operand(node, 0, walk)
     slope = reader.operand(node, 1, walk)
     if slope[0] != "const":
-        raise _NoMatch(f"PRelu '{node.name}' has a slope that is not a constant")
+        raise NoMatch(f"PRelu '{node.name}' has a slope that is not a constant")
     return act.fn("PRelu", arg, alpha=slope[1])
 
 
@@ -162,7 +171,7 @@ def _compare(kind: str, flipped: str):
             return ("cmp", kind, a, b[1])
         if a[0] == "const" and b[0] != "const":
             return ("cmp", flipped, b, a[1])
-        raise _NoMatch(f"{node.op} '{node.name}' does not compare with a constant")
+        raise NoMatch(f"{node.op} '{node.name}' does not compare with a constant")
 
     return handle
 
@@ -170,7 +179,7 @@ def _compare(kind: str, flipped: str):
 def _where(reader: Operands, node: gs.Node, walk: Walk) -> tuple:
     cond = reader.operand(node, 0, walk)
     if cond[0] != "cmp":
-        raise _NoMatch(f"Where '{node.name}' has a condition that is not a comparison")
+        raise NoMatch(f"Where '{node.name}' has a condition that is not a comparison")
     return ("where", cond, reader.operand(node, 1, walk), reader.operand(node, 2, walk))
 
 
@@ -198,7 +207,7 @@ _BIASED_FORMS = {
 }
 
 
-_HANDLERS = {
+HANDLERS = {
     ("", "Identity"): lambda r, n, w: r.operand(n, 0, w),
     ("", "Add"): _binary(act.add),
     ("", "Sub"): _binary(lambda a, b: act.add(a, act.mul(act.constant(-1.0), b))),

@@ -31,10 +31,10 @@ from onnx_lump.graph.saving import (
 from onnx_lump.graph.serialize import INLINE_LIMIT, PROTO_LIMIT
 from onnx_lump.graph.tensordata import (
     EXTERNAL_DIR_KEY,
-    _external_info,
     all_tensors,
     external_data_dir,
     external_files,
+    external_info,
     file_size,
     is_spilled,
     parse_model_file,
@@ -111,7 +111,7 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
 
 
 def _check_external(tensor: onnx.TensorProto, base: Path, model_path: Path) -> None:
-    info = _external_info(tensor)
+    info = external_info(tensor)
     location = info.get("location", "")
     target = (base / location).resolve()
     if not location or Path(location).is_absolute() or base not in target.parents:

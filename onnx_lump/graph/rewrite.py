@@ -31,9 +31,9 @@ import onnx_graphsurgeon as gs
 from onnx_lump.graph.chains import ConstantRef, DenseChain, DenseLayer
 from onnx_lump.graph.export import export_model
 from onnx_lump.graph.importer import (
-    _OUTPUTS,
-    _WRITTEN,
-    _SpilledValues,
+    OUTPUTS_ATTR,
+    WRITTEN_ATTR,
+    SpilledValues,
     import_graph,
     release_chain,
 )
@@ -87,7 +87,7 @@ def _spill_constant(constant: gs.Constant, spill: Spill) -> None:
         return
     tensor = spill.tensor(constant.name, values)
     if tensor is not None:
-        constant._values = _SpilledValues(tensor)
+        constant._values = SpilledValues(tensor)
 
 
 class _NameSource:
@@ -196,8 +196,8 @@ def _drop_batch_norm(graph: gs.Graph, layer: DenseLayer) -> None:
 
 def _remember_outputs(node: gs.Node) -> None:
     """Keep the output names a node had before the rewrite renames one (for export)."""
-    if not hasattr(node, _OUTPUTS):
-        setattr(node, _OUTPUTS, tuple(t.name for t in node.outputs))
+    if not hasattr(node, OUTPUTS_ATTR):
+        setattr(node, OUTPUTS_ATTR, tuple(t.name for t in node.outputs))
 
 
 def _bias_layout(bias: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -229,11 +229,11 @@ def _write_constant(
     value = value.astype(dtype, order="C")  # one copy, C-ordered, in the model's dtype
     if isinstance(ref.root, gs.Constant):
         ref.root.values = value
-        setattr(ref.root, _WRITTEN, True)
+        setattr(ref.root, WRITTEN_ATTR, True)
         names.wrote(ref.root)
     else:
         written = gs.Constant(ref.root.attrs["value"].name, value)
-        setattr(written, _WRITTEN, True)
+        setattr(written, WRITTEN_ATTR, True)
         ref.root.attrs["value"] = written
         ref.root.outputs[0].shape = None
         names.wrote(written)

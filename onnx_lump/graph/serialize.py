@@ -22,12 +22,12 @@ from onnx.external_data_helper import uses_external_data
 from onnx_lump.errors import LumpError
 from onnx_lump.graph.tensordata import (
     EXTERNAL_DIR_KEY,
-    _copy_fields,
-    _external_info,
-    _node_tensors,
-    _read_range,
-    _sparse_parts,
+    copy_fields,
     external_data_dir,
+    external_info,
+    node_tensors,
+    read_range,
+    sparse_parts,
     tensor_nbytes,
     uses_external,
 )
@@ -37,7 +37,14 @@ try:
 except ImportError:  # protobuf < 4.22: every model is serialized whole
     _UnknownFieldSet = None
 
-__all__ = ["INLINE_LIMIT", "PROTO_LIMIT", "write_model"]
+__all__ = [
+    "ALIGN_THRESHOLD",
+    "INLINE_LIMIT",
+    "PROTO_LIMIT",
+    "STREAM_MIN",
+    "externalize_from",
+    "write_model",
+]
 
 # Tensors smaller than this stay inside the .onnx file, as onnx.save_model's default does:
 # shape tensors of a dynamo export must stay inline for onnxruntime to load the model.
@@ -45,13 +52,13 @@ INLINE_LIMIT = 1024
 # A serialized protobuf cannot pass 2 GiB; beyond this the output must use external data.
 PROTO_LIMIT = 2**31 - 2**20
 # Large tensors start on an allocation boundary so onnxruntime can map them (onnx's values).
-_ALIGN_THRESHOLD = 1 << 20
+ALIGN_THRESHOLD = 1 << 20
 _ALIGNMENT = 1 << 16
 _COPY_CHUNK = 1 << 24
 
 
 # Inline tensors at least this large are written from their own bytes, not serialized.
-_STREAM_MIN = 1 << 20
+STREAM_MIN = 1 << 20
 
 
 class _Raw:
@@ -82,7 +89,7 @@ def _inline_pieces(model: onnx.ModelProto) -> list[bytes | _Raw] | None:
     """
     graph = model.graph
     large = [
-        tensor.HasField("raw_data") and tensor_nbytes(tensor) >= _STREAM_MIN
+        tensor.HasField("raw_data") and tensor_nbytes(tensor) >= STREAM_MIN
         for tensor in graph.initializer
     ]
     if not any(large) or _has_unknown(model, graph):
@@ -176,7 +183,7 @@ def _fields(message, first: int, end: int = 1 << 29, private: bool = False) -> b
     """The serialized fields of ``message`` numbered ``first`` to ``end`` (excluded), in
     the order protobuf writes them; ``private``: without the in-memory metadata key."""
     part = type(message)()
-    _copy_fields(message, part, numbers=range(first, end))
+    copy_fields(message, part, numbers=range(first, end))
     if private:
         _strip_private(part)
     return part.SerializeToString()
@@ -242,23 +249,23 @@ def write_model(
     location = data_path.name
     out = onnx.ModelProto()
     with open(data_path, "wb", buffering=0) as data:
-        _copy_fields(model, out, skip=("graph",))
-        _copy_fields(model.graph, out.graph, skip=("initializer", "node"))
+        copy_fields(model, out, skip=("graph",))
+        copy_fields(model.graph, out.graph, skip=("initializer", "node"))
         for tensor in model.graph.initializer:  # one tensor at a time: memory stays flat
             copy = out.graph.initializer.add()
-            _copy_fields(tensor, copy, skip=_DATA_FIELDS)  # data is never copied in memory
-            _externalize_from(tensor, copy, data, location, source)
+            copy_fields(tensor, copy, skip=_DATA_FIELDS)  # data is never copied in memory
+            externalize_from(tensor, copy, data, location, source)
         for node in model.graph.node:
             copy = out.graph.node.add()
             copy.CopyFrom(node)
-            for tensor in _node_tensors(copy, sparse=False):
+            for tensor in node_tensors(copy, sparse=False):
                 _externalize(tensor, data, location, source)
         for function in out.functions:
             for node in function.node:
-                for tensor in _node_tensors(node, sparse=False):
+                for tensor in node_tensors(node, sparse=False):
                     _externalize(tensor, data, location, source)
     _strip_private(out)
-    for tensor in _sparse_parts(out):
+    for tensor in sparse_parts(out):
         _inline(tensor, source)  # sparse tensors stay inline, where every reader looks
     if data_path.stat().st_size == 0:
         data_path.unlink()
@@ -273,8 +280,8 @@ def _inline(tensor: onnx.TensorProto, source: Path | None) -> None:
         return
     if source is None:
         raise LumpError(f"tensor '{tensor.name}' is stored externally and its folder is unknown")
-    info = _external_info(tensor)
-    tensor.raw_data = _read_range(source / info["location"], info, tensor_nbytes(tensor))
+    info = external_info(tensor)
+    tensor.raw_data = read_range(source / info["location"], info, tensor_nbytes(tensor))
     del tensor.external_data[:]
     tensor.data_location = onnx.TensorProto.DEFAULT
 
@@ -290,7 +297,7 @@ _DATA_FIELDS = (
 )
 
 
-def _externalize_from(
+def externalize_from(
     tensor: onnx.TensorProto, copy: onnx.TensorProto, data, location: str, source: Path | None
 ) -> None:
     """Give ``copy`` (``tensor`` without its data fields) its data: inline when small,
@@ -322,7 +329,7 @@ def _externalize(tensor: onnx.TensorProto, data, location: str, source: Path | N
     if tensor.data_type == onnx.TensorProto.STRING:
         return  # strings cannot be stored externally
     if uses_external_data(tensor):
-        info = _external_info(tensor)
+        info = external_info(tensor)
         if source is None:
             raise LumpError(f"tensor '{tensor.name}' is external and its folder is unknown")
         if nbytes < INLINE_LIMIT:
@@ -375,7 +382,7 @@ def _raw_bytes(tensor: onnx.TensorProto) -> bytes:
 
 def _pad(data, nbytes: int) -> int:
     offset = data.tell()
-    if nbytes >= _ALIGN_THRESHOLD and offset % _ALIGNMENT:
+    if nbytes >= ALIGN_THRESHOLD and offset % _ALIGNMENT:
         gap = _ALIGNMENT - offset % _ALIGNMENT
         data.write(b"\0" * gap)
         offset += gap

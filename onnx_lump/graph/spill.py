@@ -38,10 +38,14 @@ from onnx_lump.graph.modelio import INLINE_LIMIT, external_data_dir, is_spilled,
 from onnx_lump.ode.encoding import OdeSystem
 from onnx_lump.types import ChainResult, ReducedLayer
 
-__all__ = ["Spill", "is_spilled"]
+__all__ = [
+    "MIN_MAPPED",
+    "Spill",
+    "is_spilled",
+]
 
 # Arrays below this stay in memory: mapping them would cost more than it saves.
-_MIN_MAPPED = 1 << 16
+MIN_MAPPED = 1 << 16
 _ALIGN = 64
 
 
@@ -88,7 +92,7 @@ class Spill:
         """Copies of ``arrays`` mapped from the array file (copy-on-write: writable, and
         writes never reach the file); small arrays are returned as they are."""
         out = list(arrays)
-        large = [i for i, a in enumerate(out) if a.nbytes >= _MIN_MAPPED]
+        large = [i for i, a in enumerate(out) if a.nbytes >= MIN_MAPPED]
         if not large:
             return out
         with self._lock:

@@ -30,7 +30,7 @@ from onnx_lump.activations import Activation, ActivationKind
 from onnx_lump.errors import LumpError
 from onnx_lump.ode.canonical_rows import CanonicalRows
 from onnx_lump.ode.data_grouping import group_data_rows
-from onnx_lump.ode.data_similarity import _affine_lumping, _data_rows, _DataRows
+from onnx_lump.ode.data_similarity import DataRows, affine_lumping, read_data_rows
 from onnx_lump.ode.encoding import Lumping, OdeSystem, aggregate, row_step
 from onnx_lump.ode.grouping import group_rows, number_by_first_row, projection_directions
 from onnx_lump.ode.numerics import matvec64, median_or_one
@@ -122,7 +122,7 @@ def backward_lumping(
     stats = _RowStatistics.of(coefficients, column_scale, activation, directions[:-1])
     constant = stats.small(options.eps, precision)
     if options.similarity is Similarity.AFFINE and options.eps > 0:
-        return _affine_lumping(coefficients, bias, activation, inputs, constant, options, holdout)
+        return affine_lumping(coefficients, bias, activation, inputs, constant, options, holdout)
     scale, offset = _symmetry_transform(stats, bias, activation, constant, options)
     inner = offset if activation.kind is ActivationKind.IDENTITY else 0.0
     divisor = np.where(scale != 0, scale, np.inf)  # a zero Relu row stays a zero row
@@ -135,7 +135,7 @@ def backward_lumping(
     if inputs is not None and options.eps > 0:
         compare_on_data = options.similarity is Similarity.DATA
         compare = functools.partial(
-            _data_rows, rows, inputs, activation, constant, options, holdout, compare_on_data
+            read_data_rows, rows, inputs, activation, constant, options, holdout, compare_on_data
         )
         found = compare() if remember is None else remember(constant, compare)
         data_rows, data_l1, data_constant, mean = found
@@ -293,7 +293,7 @@ def _lumping_from_groups(
         l1 = _row_l1(candidates) if row_l1 is None else row_l1[index]
     eps = options.eps + _ROUNDING_UNITS * precision * float(l1.max())
     groups = np.full(len(removed), -1, dtype=np.int64)
-    group = group_data_rows if isinstance(candidates, _DataRows) else group_rows  # long rows
+    group = group_data_rows if isinstance(candidates, DataRows) else group_rows  # long rows
     groups[linked] = group(candidates, eps, options.linkage)
     kept = np.flatnonzero(~removed)
     block = np.full(len(removed), -1, dtype=np.int64)
