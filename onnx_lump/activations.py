@@ -70,7 +70,6 @@ from onnx_lump.activation_patterns import (
     softsign_decomposed,
     swish,
 )
-from onnx_lump.expressions import X, add, constant, fn, mul, power, render
 
 __all__ = [
     "BIAS_ACTIVATION_OPS",
@@ -81,13 +80,6 @@ __all__ = [
     "Activation",
     "ActivationKind",
     "ActivationSpec",
-    "X",
-    "add",
-    "constant",
-    "fn",
-    "mul",
-    "power",
-    "render",
 ]
 
 

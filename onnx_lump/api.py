@@ -32,9 +32,11 @@ from onnx_lump.data.reference import original_output
 from onnx_lump.data.refine import ChainData, RefineOptions, RefineStats, refine_chain
 from onnx_lump.errors import LumpError
 from onnx_lump.graph.chains import DenseChain, scan_graph
-from onnx_lump.graph.modelio import check_model
+from onnx_lump.graph.export import export_model
+from onnx_lump.graph.importer import import_graph, release_chain
 from onnx_lump.graph.modelsource import to_model_proto
-from onnx_lump.graph.rewrite import export_model, import_graph, release_chain, rewrite_chain
+from onnx_lump.graph.rewrite import rewrite_chain
+from onnx_lump.graph.saving import check_model
 from onnx_lump.graph.spill import Spill
 from onnx_lump.graph.weightstats import (
     chain_maxima,
@@ -52,8 +54,6 @@ from onnx_lump.types import ChainResult
 from onnx_lump.verify import compare_outputs
 
 __all__ = [
-    "LayerStats",
-    "Report",
     "compress",
     "knob_hint",
     "lump",

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import onnx
 
-from onnx_lump.api import Report, compress, refines_by_default
+from onnx_lump.api import compress, refines_by_default
 from onnx_lump.cli_checks import (
     KNOBS,
     LUMPING_METHODS,
@@ -60,7 +60,9 @@ from onnx_lump.errors import (
     LumpError,
 )
 from onnx_lump.graph.inventory import comparison_table, take_inventory
-from onnx_lump.graph.modelio import check_model_file, check_paths, load_model, stage_model
+from onnx_lump.graph.modelio import load_model
+from onnx_lump.graph.paths import check_paths
+from onnx_lump.graph.saving import check_model_file, stage_model
 from onnx_lump.methods import (
     EliminationCompensation,
     Exact,
@@ -77,6 +79,7 @@ from onnx_lump.methods.lumping import DEFAULT_SIMILARITY_WITH_DATA
 from onnx_lump.ode.grouping import Linkage
 from onnx_lump.ode.partition import Equivalence, PartitionOptions, Similarity
 from onnx_lump.plotting import plot_sweep
+from onnx_lump.report import Report
 from onnx_lump.runtime import resolve_providers, run_model
 from onnx_lump.search import Evaluator, bisect, parse_knobs, sweep, write_table
 from onnx_lump.verify import compare_outputs

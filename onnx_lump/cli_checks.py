@@ -15,7 +15,7 @@ from onnx_lump.cli_console import print_line
 from onnx_lump.data.calibration import MAX_RANDOM_BYTES, random_inputs_bytes, random_inputs_note
 from onnx_lump.errors import LumpError
 from onnx_lump.graph.chains import scan_graph
-from onnx_lump.graph.rewrite import import_graph
+from onnx_lump.graph.importer import import_graph
 from onnx_lump.ode.partition import Similarity
 from onnx_lump.runtime import session
 from onnx_lump.search import parse_knobs

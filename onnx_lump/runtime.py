@@ -20,14 +20,9 @@ import onnx
 import onnxruntime as ort
 
 from onnx_lump.errors import LumpError
-from onnx_lump.graph.modelio import (
-    PROTO_LIMIT,
-    all_tensors,
-    external_data_dir,
-    is_spilled,
-    save_model,
-    uses_external,
-)
+from onnx_lump.graph.saving import save_model
+from onnx_lump.graph.serialize import PROTO_LIMIT
+from onnx_lump.graph.tensordata import all_tensors, external_data_dir, is_spilled, uses_external
 
 __all__ = [
     "resolve_providers",

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnx_lump.api import Report, compress, knob_hint, refines_by_default
+from onnx_lump.api import compress, knob_hint, refines_by_default
 from onnx_lump.bisection import bisect
 from onnx_lump.data.cache import SearchCache
 from onnx_lump.data.calibration import AUTO_MASK_INPUT
@@ -35,6 +35,7 @@ from onnx_lump.data.holdout import DEFAULT_HOLDOUT, output_error, stacked_output
 from onnx_lump.data.refine import RefineOptions
 from onnx_lump.errors import LumpError
 from onnx_lump.methods import Method
+from onnx_lump.report import Report
 from onnx_lump.runtime import resolve_providers
 from onnx_lump.types import SweepPoint
 

@@ -22,15 +22,11 @@ from onnx.external_data_helper import uses_external_data
 from onnx_lump import lump
 from onnx_lump.cli import main
 from onnx_lump.errors import LumpError
-from onnx_lump.graph.modelio import (
-    INLINE_LIMIT,
-    check_paths,
-    file_size,
-    load_model,
-    save_model,
-    stage_model,
-    stored_parameters,
-)
+from onnx_lump.graph.modelio import load_model
+from onnx_lump.graph.paths import check_paths
+from onnx_lump.graph.saving import save_model, stage_model
+from onnx_lump.graph.serialize import INLINE_LIMIT
+from onnx_lump.graph.tensordata import file_size, stored_parameters
 from onnx_lump.verify import compare_files
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -23,8 +23,10 @@ import onnx_lump.graph.serialize as serialize
 from onnx_lump import lump
 from onnx_lump.errors import LumpError
 from onnx_lump.graph.chains import scan_graph
-from onnx_lump.graph.modelio import EXTERNAL_DIR_KEY, load_model, save_model
-from onnx_lump.graph.rewrite import import_graph
+from onnx_lump.graph.importer import import_graph
+from onnx_lump.graph.modelio import load_model
+from onnx_lump.graph.saving import save_model
+from onnx_lump.graph.tensordata import EXTERNAL_DIR_KEY
 from onnx_lump.ode.encoding import OdeLayer, OdeSystem, encode_chain
 from onnx_lump.ode.equivalence import compute_partition
 from onnx_lump.ode.partition import PartitionOptions

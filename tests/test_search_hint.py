@@ -136,7 +136,7 @@ def test_the_retry_hint_follows_the_later_layers_of_a_step():
 
 def _chains(model: onnx.ModelProto):
     from onnx_lump.graph.chains import scan_graph
-    from onnx_lump.graph.rewrite import import_graph
+    from onnx_lump.graph.importer import import_graph
 
     return scan_graph(import_graph(model)).chains
 

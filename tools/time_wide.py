@@ -91,7 +91,8 @@ def _median(values: list[float]) -> float:
 
 def measure(width: int = 4096, repeats: int = 5, workdir: Path | None = None) -> dict:
     """Medians (wall and CPU seconds) of the I/O baselines and the data-free pass."""
-    from onnx_lump.graph.modelio import load_model, save_model
+    from onnx_lump.graph.modelio import load_model
+    from onnx_lump.graph.saving import save_model
 
     workdir = Path(workdir or tempfile.gettempdir())
     path, out = workdir / f"wide_{width}.onnx", workdir / f"wide_{width}_out.onnx"

@@ -17,6 +17,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnx_lump import activations as act
+from onnx_lump import expressions as ex
 from onnx_lump.activation_matching import hint_for_ops, match_expression
 from onnx_lump.activations import Activation
 from onnx_lump.graph.dense import ConstantRef, DenseLayer, qualified
@@ -44,7 +45,7 @@ class ActivationRegion:
     nodes: tuple[gs.Node, ...]
     tensors: tuple[gs.Tensor, ...]
     feature_constants: tuple[ConstantRef, ...] = ()
-    expression: tuple = act.X
+    expression: tuple = ex.X
 
 
 @dataclass(eq=False)
@@ -196,7 +197,7 @@ class ChainReader(DenseReader):
         if activation is None:
             self.stop(
                 f"the element-wise subgraph between {prev.describe()} and {nxt.describe()} "
-                f"computes {act.render(expression)}, which is no registered activation",
+                f"computes {ex.render(expression)}, which is no registered activation",
                 f"; the chain ends there (nearest patterns: {hint_for_ops(region_ops)})",
             )
             return None
@@ -319,7 +320,7 @@ class ChainReader(DenseReader):
             if walk.source is not None and walk.source is not tensor:
                 raise NoMatch("it reads two dense layers")
             walk.source = tensor
-            return act.X
+            return ex.X
         if isinstance(tensor, gs.Constant) or len(tensor.inputs) != 1:
             raise NoMatch("it reads a graph input or a constant only")
         node = tensor.inputs[0]
@@ -362,7 +363,7 @@ class ChainReader(DenseReader):
                 f"(shape {value.shape}); only one repeated value can stay in a narrower layer"
             )
         walk.constants.append(ref)
-        return act.constant(float(first))
+        return ex.constant(float(first))
 
     def scalar(self, node: gs.Node, index: int, walk: _Walk, default: float) -> float:
         if index >= len(node.inputs) or not node.inputs[index].name:

@@ -73,7 +73,7 @@ class ConstantRef:
     def view(self, shared: bool = False) -> np.ndarray:
         """The value without keeping it: memory-mapped from the external-data file when
         the graph came from :func:`onnx_lump.graph.rewrite.import_graph` and the constant was not
-        read yet (``shared``: see :func:`onnx_lump.graph.modelio.tensor_view`); the value read
+        read yet (``shared``: see :func:`onnx_lump.graph.tensordata.tensor_view`); the value read
         otherwise."""
         if self._value is not None:
             return self._value

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import onnx_graphsurgeon as gs
 
 from onnx_lump import activations as act
+from onnx_lump import expressions as ex
 
 __all__ = [
     "HANDLERS",
@@ -103,7 +104,7 @@ def _unary(op: str, **defaults: float | str):
         params = {k: node.attrs.get(k, v) for k, v in defaults.items()}
         params = {k: v.decode() if isinstance(v, bytes) else v for k, v in params.items()}
         params = {k: v if isinstance(v, str) else float(v) for k, v in params.items()}
-        return act.fn(op, arg, **params)
+        return ex.fn(op, arg, **params)
 
     return handle
 
@@ -121,14 +122,14 @@ def _divide(a: tuple, b: tuple) -> tuple:
     if b[0] == "const":
         if b[1] == 0.0:
             raise NoMatch("division by a zero constant")
-        return act.mul(a, act.constant(1.0 / b[1]))
-    return act.mul(a, act.power(b, -1.0))
+        return ex.mul(a, ex.constant(1.0 / b[1]))
+    return ex.mul(a, ex.power(b, -1.0))
 
 
 def _pow(a: tuple, b: tuple) -> tuple:
     if b[0] != "const":
         raise NoMatch("Pow with a non-constant exponent")
-    return act.power(a, b[1])
+    return ex.power(a, b[1])
 
 
 def _extremum(kind: str):
@@ -139,8 +140,8 @@ def _extremum(kind: str):
         if len(data) != 1 or not bounds:
             raise NoMatch(f"{node.op} '{node.name}' needs one data input and constants")
         if kind == "Max":
-            return act.fn("Clip", data[0], low=max(bounds))
-        return act.fn("Clip", data[0], high=min(bounds))
+            return ex.fn("Clip", data[0], low=max(bounds))
+        return ex.fn("Clip", data[0], high=min(bounds))
 
     return handle
 
@@ -153,7 +154,7 @@ def _clip(reader: Operands, node: gs.Node, walk: Walk) -> tuple:
     else:
         low = reader.scalar(node, 1, walk, -math.inf)
         high = reader.scalar(node, 2, walk, math.inf)
-    return act.fn("Clip", arg, low=low, high=high)
+    return ex.fn("Clip", arg, low=low, high=high)
 
 
 def _prelu(reader: Operands, node: gs.Node, walk: Walk) -> tuple:
@@ -161,7 +162,7 @@ def _prelu(reader: Operands, node: gs.Node, walk: Walk) -> tuple:
     slope = reader.operand(node, 1, walk)
     if slope[0] != "const":
         raise NoMatch(f"PRelu '{node.name}' has a slope that is not a constant")
-    return act.fn("PRelu", arg, alpha=slope[1])
+    return ex.fn("PRelu", arg, alpha=slope[1])
 
 
 def _compare(kind: str, flipped: str):
@@ -194,8 +195,8 @@ def _biased(op: str, **params: str):
         layer = walk.by_output.get(id(node.inputs[0]))
         held = layer is not None and layer.bias_holder is node
         if len(node.inputs) > 1 and node.inputs[1].name and not held:
-            arg = act.add(arg, reader.operand(node, 1, walk))
-        return act.fn(op, arg, **params)
+            arg = ex.add(arg, reader.operand(node, 1, walk))
+        return ex.fn(op, arg, **params)
 
     return handle
 
@@ -209,14 +210,14 @@ _BIASED_FORMS = {
 
 HANDLERS = {
     ("", "Identity"): lambda r, n, w: r.operand(n, 0, w),
-    ("", "Add"): _binary(act.add),
-    ("", "Sub"): _binary(lambda a, b: act.add(a, act.mul(act.constant(-1.0), b))),
-    ("", "Mul"): _binary(act.mul),
+    ("", "Add"): _binary(ex.add),
+    ("", "Sub"): _binary(lambda a, b: ex.add(a, ex.mul(ex.constant(-1.0), b))),
+    ("", "Mul"): _binary(ex.mul),
     ("", "Div"): _binary(_divide),
     ("", "Pow"): _binary(_pow),
-    ("", "Neg"): lambda r, n, w: act.mul(act.constant(-1.0), r.operand(n, 0, w)),
-    ("", "Reciprocal"): lambda r, n, w: act.power(r.operand(n, 0, w), -1.0),
-    ("", "Sqrt"): lambda r, n, w: act.power(r.operand(n, 0, w), 0.5),
+    ("", "Neg"): lambda r, n, w: ex.mul(ex.constant(-1.0), r.operand(n, 0, w)),
+    ("", "Reciprocal"): lambda r, n, w: ex.power(r.operand(n, 0, w), -1.0),
+    ("", "Sqrt"): lambda r, n, w: ex.power(r.operand(n, 0, w), 0.5),
     ("", "Max"): _extremum("Max"),
     ("", "Min"): _extremum("Min"),
     ("", "Clip"): _clip,

@@ -27,8 +27,7 @@ from onnx_lump.graph.importer import (
     SpilledValues,
     is_pristine,
 )
-from onnx_lump.graph.modelio import external_data_dir, tensor_array
-from onnx_lump.graph.tensordata import copy_fields
+from onnx_lump.graph.tensordata import copy_fields, external_data_dir, tensor_array
 
 __all__ = ["export_model"]
 

@@ -15,8 +15,10 @@ Rules, in the order they apply to each constant input of a dense layer:
    ``value_info`` survives.
 
 Importing the graph lives in :mod:`onnx_lump.graph.importer` and applying the edits onto
-the original proto in :mod:`onnx_lump.graph.export`; :func:`import_graph`,
-:func:`release_chain` and :func:`export_model` are re-exported here.
+the original proto in :mod:`onnx_lump.graph.export` (callers import
+:func:`~onnx_lump.graph.importer.import_graph`,
+:func:`~onnx_lump.graph.importer.release_chain` and
+:func:`~onnx_lump.graph.export.export_model` from there).
 """
 
 from __future__ import annotations
@@ -29,20 +31,17 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnx_lump.graph.chains import ConstantRef, DenseChain, DenseLayer
-from onnx_lump.graph.export import export_model
 from onnx_lump.graph.importer import (
     OUTPUTS_ATTR,
     WRITTEN_ATTR,
     SpilledValues,
-    import_graph,
-    release_chain,
 )
 from onnx_lump.types import ReducedLayer, Shortcut
 
 if TYPE_CHECKING:
     from onnx_lump.graph.spill import Spill
 
-__all__ = ["export_model", "import_graph", "release_chain", "rewrite_chain"]
+__all__ = ["rewrite_chain"]
 
 logger = logging.getLogger(__name__)
 

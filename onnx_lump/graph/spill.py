@@ -6,7 +6,7 @@ the next chain is read, so the peak is one chain's weights, not the model:
 
 * the rewritten tensors are appended to a tensor file and the output ModelProto refers to
   them as external data (an absolute location, which only onnx_lump reads:
-  :func:`onnx_lump.graph.modelio.save_model` copies them into OUT's data file, and
+  :func:`onnx_lump.graph.saving.save_model` copies them into OUT's data file, and
   :mod:`onnx_lump.runtime` hands such a model to onnxruntime as a staged file);
 * what the Report keeps (the ChainResult weights, the ODE coefficients) is either a
   read-only map of the input's own data file, or written to an array file and mapped
@@ -34,14 +34,14 @@ import onnx
 from onnx import helper
 
 from onnx_lump.graph.chains import DenseChain
-from onnx_lump.graph.modelio import INLINE_LIMIT, external_data_dir, is_spilled, uses_external
+from onnx_lump.graph.serialize import INLINE_LIMIT
+from onnx_lump.graph.tensordata import external_data_dir, uses_external
 from onnx_lump.ode.encoding import OdeSystem
 from onnx_lump.types import ChainResult, ReducedLayer
 
 __all__ = [
     "MIN_MAPPED",
     "Spill",
-    "is_spilled",
 ]
 
 # Arrays below this stay in memory: mapping them would cost more than it saves.

@@ -15,7 +15,6 @@ from onnx_lump.data.reference import (
     frozen,
     layer_input_chunks,
     layer_inputs,
-    original_output,
     original_rows,
     reference_error,
 )
@@ -34,8 +33,6 @@ __all__ = [
     "Exact",
     "Lump",
     "Reduction",
-    "original_output",
-    "original_rows",
 ]
 
 # Which similarity lumping uses when calibration data is given, chosen on the benchmark:
