@@ -84,7 +84,7 @@ class _PristineValues(LazyValues):
 
     def map_values(self, shared: bool = False) -> np.ndarray:
         """The values without loading them into the constant: a memory map of external
-        data (see :func:`onnx_lump.graph.modelio.tensor_view`), else the proto's values."""
+        data (see :func:`onnx_lump.graph.tensordata.tensor_view`), else the proto's values."""
         if uses_external_data(self.tensor):
             return tensor_view(self.tensor, self._base, shared)
         return onnx.numpy_helper.to_array(self.tensor)
