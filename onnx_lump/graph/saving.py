@@ -125,7 +125,7 @@ def stage_model(
                     model,
                     staged.path,
                     staged.data_path,
-                    staging / data_file_for(output).name,
+                    staged.staging / data_file_for(output).name,
                 )
             except OSError as exc:
                 raise LumpError(f"cannot write '{output}': {exc.strerror or exc}") from exc

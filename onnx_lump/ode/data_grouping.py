@@ -27,6 +27,7 @@ decides) are decided by the sums group_rows takes, over the rows in their own or
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 
 import numpy as np
 from scipy.spatial.distance import cdist
@@ -121,8 +122,11 @@ def group_data_rows(rows: RowSource, eps: float, linkage: Linkage = Linkage.SING
 def _block(rows: RowSource, members: np.ndarray) -> np.ndarray:
     """Rows ``members``, read only: the stored rows themselves, not a copy, where the
     block is all of them (as at the larger epsilons)."""
-    stored = isinstance(rows, StoredRows) and members.size == rows.shape[0]
-    if stored and rows.rows.dtype == np.float64:  # members is then 0, 1, ..., n - 1
+    if (
+        isinstance(rows, StoredRows)
+        and members.size == rows.shape[0]
+        and rows.rows.dtype == np.float64
+    ):  # the block is all the stored rows: members is then 0, 1, ..., n - 1
         return rows.rows
     return rows.take(members)
 
@@ -176,7 +180,7 @@ def _components(points: np.ndarray, columns: np.ndarray, eps: float) -> np.ndarr
     by_root = np.argsort(seed, kind="stable")
     first = np.searchsorted(seed[by_root], np.arange(m + 1))  # seed component r's members
 
-    def members(of: np.ndarray) -> np.ndarray:
+    def members(of: Iterable[int]) -> np.ndarray:
         return np.concatenate([by_root[first[seed[c]] : first[seed[c] + 1]] for c in of])
 
     # Pairs of components left open: each member of the wider one against the narrower
