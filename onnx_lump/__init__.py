@@ -9,20 +9,17 @@ compression methods, ``api.compress`` strings the stages together, ``search`` ch
 knob, ``cli`` is ``python -m onnx_lump`` and ``passes`` the onnx-ir pass.
 """
 
-__version__ = "0.1.0"
-
-from onnx_lump.api import LayerStats, Report, compress, lump
+from onnx_lump._version import __version__
+from onnx_lump.api import compress, lump
 from onnx_lump.errors import LumpError
 from onnx_lump.graph.chains import DenseChain, DenseLayer, scan_graph
 from onnx_lump.ode.encoding import Lumping, OdeSystem, encode_chain
-from onnx_lump.ode.equivalence import (
-    Equivalence,
-    Partition,
-    PartitionOptions,
-    compute_partition,
-)
+from onnx_lump.ode.equivalence import compute_partition
 from onnx_lump.ode.grouping import Linkage
-from onnx_lump.ode.reduction import ReducedLayer, reduce_system
+from onnx_lump.ode.partition import Equivalence, Partition, PartitionOptions
+from onnx_lump.ode.reduction import reduce_system
+from onnx_lump.report import LayerStats, Report
+from onnx_lump.types import ReducedLayer
 from onnx_lump.verify import VerificationResult, compare_models
 
 __all__ = [

@@ -16,9 +16,9 @@ import numpy as np
 from scipy import special
 
 from onnx_lump.activations import (
-    _SPECS,
     IDENTITY,
     REGISTRY,
+    SPECS,
     SUPPORTED_ACTIVATION_OPS,
     Activation,
     ActivationKind,
@@ -36,7 +36,7 @@ def match_expression(expr: tuple) -> Activation | None:
     """
     if expr == X:
         return IDENTITY
-    for spec in _SPECS:
+    for spec in SPECS:
         for matcher in spec.matchers:
             params = matcher(expr)
             if params is None:

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx
 
-from onnx_lump import __version__
+from onnx_lump._version import __version__
 from onnx_lump.data.cache import SearchCache, digest
 from onnx_lump.data.calibration import (
     AUTO_MASK_INPUT,
@@ -33,30 +33,32 @@ from onnx_lump.data.reference import original_output
 from onnx_lump.data.refine import ChainData, RefineOptions, RefineStats, refine_chain
 from onnx_lump.errors import LumpError
 from onnx_lump.graph.chains import DenseChain, scan_graph
-from onnx_lump.graph.modelio import check_model
+from onnx_lump.graph.export import export_model
+from onnx_lump.graph.importer import import_graph, release_chain
 from onnx_lump.graph.modelsource import to_model_proto
-from onnx_lump.graph.rewrite import export_model, import_graph, release_chain, rewrite_chain
+from onnx_lump.graph.rewrite import rewrite_chain
+from onnx_lump.graph.saving import check_model
 from onnx_lump.graph.spill import Spill
 from onnx_lump.graph.weightstats import (
     chain_maxima,
     chain_weight_ranges,
     weight_range_warnings,
 )
-from onnx_lump.methods import ChainProblem, ChainResult, Lump, Method
+from onnx_lump.methods import ChainProblem, Lump, Method
 from onnx_lump.methods.lumping import DEFAULT_RIDGE, DEFAULT_SIMILARITY_WITH_DATA
 from onnx_lump.ode.encoding import OdeSystem, encode_chain
-from onnx_lump.ode.equivalence import Equivalence, PartitionOptions, Similarity
 from onnx_lump.ode.grouping import Linkage
+from onnx_lump.ode.partition import Equivalence, PartitionOptions, Similarity
 from onnx_lump.report import LayerStats, Report
 from onnx_lump.runtime import resolve_providers, run_model
+from onnx_lump.types import ChainResult
 from onnx_lump.verify import compare_outputs
 
 __all__ = [
-    "LayerStats",
-    "Report",
     "compress",
     "knob_hint",
     "lump",
+    "refine_result",
     "refines_by_default",
     "uniform_width_share",
 ]
@@ -206,7 +208,7 @@ def compress(
         if refine_options is not None and _differs(problem, result):
             left = refine_options.max_seconds - (time.perf_counter() - refine_started)
             run = functools.partial(
-                _refine,
+                refine_result,
                 problem,
                 result,
                 method,
@@ -518,7 +520,7 @@ def _differs(problem: ChainProblem, result: ChainResult) -> bool:
     return False
 
 
-def _refine(
+def refine_result(
     problem: ChainProblem,
     result: ChainResult,
     method: Method,

@@ -12,17 +12,48 @@ in on the target, and stops at the resolution that matters: one neuron a layer.
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
 
 import numpy as np
 
 from onnx_lump.errors import LumpError
+from onnx_lump.report import Report
+from onnx_lump.types import SweepPoint
 
-if TYPE_CHECKING:
-    from onnx_lump.api import Report
-    from onnx_lump.search import Evaluator, SweepPoint
+__all__ = ["HintedSearchTarget", "SearchTarget", "bisect"]
 
-__all__ = ["bisect"]
+# one search step: the network (whatever the target makes), its report and its point
+Step = tuple[Any, Report, SweepPoint]
+
+
+class SearchTarget(Protocol):
+    """What :func:`bisect` searches over (:class:`onnx_lump.search.Evaluator` is one):
+    a step at a knob, the steps taken so far by knob, and a mode in which steps are not
+    refined. A target may also be a :class:`HintedSearchTarget`; bisect looks for
+    ``hint`` and ``probes`` on it."""
+
+    @property
+    def cache(self) -> dict[float, Step]: ...
+
+    def __call__(self, knob: float) -> Step: ...
+
+    def unrefined_steps(self, active: bool = True) -> AbstractContextManager[Any]: ...
+
+
+class HintedSearchTarget(SearchTarget, Protocol):
+    """A :class:`SearchTarget` with a cheap estimate of the knob for a size target
+    (``hint``) and, where ``probes``, a cheaper variant's report at a knob (``probe``)."""
+
+    def hint(
+        self, target_params: float, after: Report | None = None, slack: float = 0.0
+    ) -> float | None: ...
+
+    @property
+    def probes(self) -> bool: ...
+
+    def probe(self, knob: float) -> Report | None: ...
+
 
 _MAX_DOUBLINGS = 40
 
@@ -40,7 +71,7 @@ def _close(low: Report, high: Report) -> bool:
 
 
 def bisect(
-    evaluate: Evaluator,
+    evaluate: SearchTarget,
     upper_limit: float | None,
     target_params: float | None = None,
     max_error: float | None = None,
@@ -229,7 +260,7 @@ def _hinted(evaluate, good, target_params: float):
     return None
 
 
-def _probed(evaluate, hint, knob: float, aim: float) -> float:
+def _probed(evaluate: HintedSearchTarget, hint, knob: float, aim: float) -> float:
     """The knob of the first step: the hint ``knob`` (from the first layer alone, every
     layer keeping its share; rough) redone for ``aim`` with the later layers as the
     method's cheaper variant (``evaluate.probe``) follows the first at ``knob``. On the

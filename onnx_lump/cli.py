@@ -28,26 +28,26 @@ from pathlib import Path
 
 import onnx
 
-from onnx_lump.api import Report, compress, refines_by_default
+from onnx_lump.api import compress, refines_by_default
 from onnx_lump.cli_checks import (
-    _KNOBS,
+    KNOBS,
     LUMPING_METHODS,
-    _parse_shapes,
-    _preflight,
-    _searching,
-    _validate,
+    is_searching,
+    parse_shapes,
+    preflight,
+    validate,
 )
 from onnx_lump.cli_console import (
     SIGPIPE,
-    _graphsurgeon_logging,
-    _message,
-    _one_line_warnings,
-    _quiet_broken_pipe,
-    _signals_raise,
-    _stderr_logging,
-    _Stopped,
+    Stopped,
+    graphsurgeon_logging,
+    one_line_warnings,
+    print_line,
+    quiet_broken_pipe,
+    signals_raise,
+    stderr_logging,
 )
-from onnx_lump.cli_parser import _explicit_options, make_parser
+from onnx_lump.cli_parser import explicit_options, make_parser
 from onnx_lump.data.calibration import check_feeds, load_inputs, random_inputs
 from onnx_lump.data.holdout import (
     carve_audit,
@@ -65,7 +65,9 @@ from onnx_lump.errors import (
     LumpError,
 )
 from onnx_lump.graph.inventory import comparison_table, take_inventory
-from onnx_lump.graph.modelio import check_model_file, check_paths, load_model, stage_model
+from onnx_lump.graph.modelio import load_model
+from onnx_lump.graph.paths import check_paths
+from onnx_lump.graph.saving import check_model_file, stage_model
 from onnx_lump.methods import (
     EliminationCompensation,
     Exact,
@@ -79,9 +81,10 @@ from onnx_lump.methods import (
     Wanda,
 )
 from onnx_lump.methods.lumping import DEFAULT_SIMILARITY_WITH_DATA
-from onnx_lump.ode.equivalence import Equivalence, PartitionOptions, Similarity
 from onnx_lump.ode.grouping import Linkage
+from onnx_lump.ode.partition import Equivalence, PartitionOptions, Similarity
 from onnx_lump.plotting import plot_sweep
+from onnx_lump.report import Report
 from onnx_lump.runtime import resolve_providers, run_model
 from onnx_lump.search import Evaluator, bisect, parse_knobs, sweep, write_table
 from onnx_lump.verify import compare_outputs
@@ -91,7 +94,12 @@ from onnx_lump.verify import compare_outputs
 AUDIT_RETRIES = 3
 AUDIT_TIGHTEN = 0.8
 
-__all__ = ["build_method", "build_parser", "main"]
+__all__ = [
+    "build_method",
+    "build_parser",
+    "main",
+    "run_parsed",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
         return code
     except BrokenPipeError:
-        _quiet_broken_pipe()
+        quiet_broken_pipe()
         return EXIT_SIGNAL_BASE + SIGPIPE
 
 
@@ -123,33 +131,33 @@ def _main(argv: list[str] | None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a usage error (already printed)
         return exc.code if isinstance(exc.code, int) else EXIT_BAD_INPUT
-    args.given_options = _explicit_options(parser, argv)
+    args.given_options = explicit_options(parser, argv)
     with (
-        _stderr_logging(args.verbose),
-        _graphsurgeon_logging(),
-        _one_line_warnings(),
-        _signals_raise(),
+        stderr_logging(args.verbose),
+        graphsurgeon_logging(),
+        one_line_warnings(),
+        signals_raise(),
     ):
         try:
-            return _run(args)
+            return run_parsed(args)
         except LumpError as exc:
-            _message(f"error: {exc}")
+            print_line(f"error: {exc}")
             return EXIT_BAD_INPUT
-        except _Stopped as exc:
-            _message(f"error: stopped by {exc.name}")
+        except Stopped as exc:
+            print_line(f"error: stopped by {exc.name}")
             return EXIT_SIGNAL_BASE + exc.signum
         except KeyboardInterrupt:
-            _message("error: stopped by SIGINT")
+            print_line("error: stopped by SIGINT")
             return EXIT_SIGNAL_BASE + signal.SIGINT
         except MemoryError:
-            _message("error: out of memory; try fewer --calib rows or a smaller --check")
+            print_line("error: out of memory; try fewer --calib rows or a smaller --check")
             return EXIT_BAD_INPUT
         except BrokenPipeError:  # stdout (or stderr) closed early: main ends it quietly
             raise
         except Exception as exc:
             if args.verbose:
                 traceback.print_exc(file=sys.stderr)
-            _message(
+            print_line(
                 f"error: internal error ({type(exc).__name__}: {exc}); "
                 "please report it with -v output"
             )
@@ -195,8 +203,8 @@ def _initial_knob(args: argparse.Namespace) -> float:
     return args.sparsity
 
 
-def _run(args: argparse.Namespace) -> int:
-    _validate(args)
+def run_parsed(args: argparse.Namespace) -> int:
+    validate(args)
     # Nothing written may be something read, or another output (symlinks and hard links
     # included), before any work starts.
     check_paths(
@@ -210,9 +218,9 @@ def _run(args: argparse.Namespace) -> int:
         calibration = check_feeds(
             load_inputs(args.calib, loaded.model), loaded.model, str(args.calib)
         )
-    _preflight(args, loaded.model)
+    preflight(args, loaded.model)
     providers = [p.strip() for p in args.providers.split(",") if p.strip()]
-    knob_name, limit = _KNOBS.get(args.method, ("", None))
+    knob_name, limit = KNOBS.get(args.method, ("", None))
 
     validation, targets = None, None
     if args.val is not None:
@@ -224,7 +232,7 @@ def _run(args: argparse.Namespace) -> int:
         audit = carve_audit(calibration, args.holdout, args.seed)
         if audit is not None:
             calibration, holdout_share = audit.rest, audit.rest_share
-    shapes = _parse_shapes(args.input_shape)
+    shapes = parse_shapes(args.input_shape)
     verify_options = {
         "verify": False,  # the written file is verified below, not the model in memory
         "measure_holdout": False,  # and its held-out error measured there
@@ -233,7 +241,7 @@ def _run(args: argparse.Namespace) -> int:
         "atol": args.atol,
         "rtol": args.rtol,
     }
-    if _searching(args):
+    if is_searching(args):
         evaluate = _evaluator(
             args, loaded.model, calibration, validation, targets, providers, holdout_share
         )

@@ -11,28 +11,28 @@ import math
 
 import onnx
 
-from onnx_lump.cli_console import _message
+from onnx_lump.cli_console import print_line
 from onnx_lump.data.calibration import MAX_RANDOM_BYTES, random_inputs_bytes, random_inputs_note
 from onnx_lump.errors import LumpError
 from onnx_lump.graph.chains import scan_graph
-from onnx_lump.graph.rewrite import import_graph
-from onnx_lump.ode.equivalence import Similarity
+from onnx_lump.graph.importer import import_graph
+from onnx_lump.ode.partition import Similarity
 from onnx_lump.runtime import session
 from onnx_lump.search import parse_knobs
 
 __all__ = [
+    "KNOBS",
     "LUMPING_METHODS",
     "PRUNING_METHODS",
-    "_KNOBS",
-    "_no_effect",
-    "_parse_shapes",
-    "_preflight",
-    "_searching",
-    "_validate",
+    "is_searching",
+    "no_effect",
+    "parse_shapes",
+    "preflight",
+    "validate",
 ]
 
 # The knob each method trades size for accuracy with (larger = smaller), and its limit.
-_KNOBS = {
+KNOBS = {
     "lump": ("eps", None),
     "lump+linear": ("eps", None),
     "magnitude": ("sparsity", 0.999),
@@ -72,14 +72,14 @@ def _flag(dest: str) -> str:
     return "--" + dest.replace("_", "-")
 
 
-def _searching(args: argparse.Namespace) -> bool:
+def is_searching(args: argparse.Namespace) -> bool:
     return args.sweep is not None or args.target_params is not None or args.max_error is not None
 
 
-def _validate(args: argparse.Namespace) -> None:
+def validate(args: argparse.Namespace) -> None:
     """Refuse bad option values and combinations before any work; warnings about options
     that have no effect are collected in ``args.option_warnings`` (printed once the
-    inputs have been checked too, see :func:`_preflight`)."""
+    inputs have been checked too, see :func:`preflight`)."""
     for dest, (test, wanted) in _RANGES.items():
         value = getattr(args, dest, None)
         if value is None:
@@ -88,7 +88,7 @@ def _validate(args: argparse.Namespace) -> None:
             raise LumpError(f"{_flag(dest)} must be a finite number, got {value}")
         if not test(value):
             raise LumpError(f"{_flag(dest)} must be {wanted}, got {value:g}")
-    if _searching(args) and args.method == "exact":
+    if is_searching(args) and args.method == "exact":
         raise LumpError("method 'exact' has no knob to sweep or search")
     if args.similarity not in (None, Similarity.WEIGHTS.value) and args.calib is None:
         raise LumpError(f"--similarity {args.similarity} needs --calib")
@@ -98,7 +98,7 @@ def _validate(args: argparse.Namespace) -> None:
         raise LumpError("--providers lists no execution provider; give e.g. cpu or cuda")
     if args.sweep is not None:
         _validate_sweep(args)
-    args.option_warnings = _no_effect(args)
+    args.option_warnings = no_effect(args)
 
 
 def _validate_sweep(args: argparse.Namespace) -> None:
@@ -107,7 +107,7 @@ def _validate_sweep(args: argparse.Namespace) -> None:
         raise LumpError(
             f"--sweep '{args.sweep}' lists no values; give 'a,b,c' or 'start:stop:step'"
         )
-    knob_name = _KNOBS[args.method][0]
+    knob_name = KNOBS[args.method][0]
     test, wanted = _KNOB_RANGES[knob_name]
     for knob in knobs:
         if not math.isfinite(knob) or not test(knob):
@@ -118,11 +118,11 @@ def _validate_sweep(args: argparse.Namespace) -> None:
         )
 
 
-def _no_effect(args: argparse.Namespace) -> list[str]:
+def no_effect(args: argparse.Namespace) -> list[str]:
     """One warning per option the user gave that this run would silently ignore."""
     given = getattr(args, "given_options", set())
-    method, calib, searching = args.method, args.calib is not None, _searching(args)
-    knob_name = _KNOBS.get(method, ("", None))[0]
+    method, calib, searching = args.method, args.calib is not None, is_searching(args)
+    knob_name = KNOBS.get(method, ("", None))[0]
     unused: list[tuple[str, str]] = []  # (dest, why)
     lumping_only = ("eps", "equivalence", "linkage", "similarity", "no_symmetries", "reduction")
     needs_data = ("no_refit", "ridge", "force_refit")
@@ -183,7 +183,7 @@ def _no_effect(args: argparse.Namespace) -> list[str]:
     return messages
 
 
-def _preflight(args: argparse.Namespace, model: onnx.ModelProto) -> None:
+def preflight(args: argparse.Namespace, model: onnx.ModelProto) -> None:
     """Checks that need the model, all before any work: onnx.checker, the opsets and IR
     version onnxruntime supports, the chains' weights, --dump-ode's syntax, --input-shape
     names and the size of the random check. Then prints the option warnings and the
@@ -214,7 +214,7 @@ def _preflight(args: argparse.Namespace, model: onnx.ModelProto) -> None:
                         f"{activation.describe()}; use another suffix to dump it as text"
                     )
     names = {v.name for v in model.graph.input} - {t.name for t in model.graph.initializer}
-    shapes = _parse_shapes(args.input_shape)
+    shapes = parse_shapes(args.input_shape)
     warnings_ = list(getattr(args, "option_warnings", []))
     for name in sorted(set(shapes) - names):
         warnings_.append(
@@ -231,11 +231,11 @@ def _preflight(args: argparse.Namespace, model: onnx.ModelProto) -> None:
             )
         note = random_inputs_note(model, args.check, shapes)
     for text in warnings_:
-        _message(f"warning: {text}")
+        print_line(f"warning: {text}")
     # What the random check chose for dynamic dimensions and integer inputs, once; with
     # -v the draw itself logs the same line.
     if note and not getattr(args, "quiet", False) and not getattr(args, "verbose", False):
-        _message(f"note: {note}")
+        print_line(f"note: {note}")
 
 
 def _check_versions(model: onnx.ModelProto) -> None:
@@ -263,7 +263,7 @@ def _check_versions(model: onnx.ModelProto) -> None:
     session(probe, ["CPUExecutionProvider"])  # a LumpError in one line where it fails
 
 
-def _parse_shapes(specs: list[str]) -> dict[str, list[int]]:
+def parse_shapes(specs: list[str]) -> dict[str, list[int]]:
     shapes = {}
     for spec in specs:
         name, _, dims = spec.rpartition(":")

@@ -16,13 +16,13 @@ from collections.abc import Iterator
 
 __all__ = [
     "SIGPIPE",
-    "_Stopped",
-    "_graphsurgeon_logging",
-    "_message",
-    "_one_line_warnings",
-    "_quiet_broken_pipe",
-    "_signals_raise",
-    "_stderr_logging",
+    "Stopped",
+    "graphsurgeon_logging",
+    "one_line_warnings",
+    "print_line",
+    "quiet_broken_pipe",
+    "signals_raise",
+    "stderr_logging",
 ]
 
 # The signal a write to a closed pipe raises where there is one (Python ignores it and
@@ -30,7 +30,7 @@ __all__ = [
 SIGPIPE = int(getattr(signal, "SIGPIPE", 13))
 
 
-def _message(text: str) -> None:
+def print_line(text: str) -> None:
     """One line on stderr, whatever line breaks the text carries (onnx and onnxruntime
     messages often span several)."""
     print(re.sub(r"\s*\n\s*", " ", str(text).strip()), file=sys.stderr)
@@ -40,7 +40,7 @@ class _StderrHandler(logging.Handler):
     # Looks sys.stderr up at each record, so that redirections made after setup hold.
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            _message(self.format(record))
+            print_line(self.format(record))
         except Exception:  # logging must never take the command down
             self.handleError(record)
 
@@ -51,7 +51,7 @@ class _LevelFormatter(logging.Formatter):
 
 
 @contextlib.contextmanager
-def _stderr_logging(verbose: bool) -> Iterator[None]:
+def stderr_logging(verbose: bool) -> Iterator[None]:
     """The package's log records on stderr for the duration of one run: warnings as
     ``warning: ...`` lines; with -v every stage as ``[INFO] module: ...``."""
     logger = logging.getLogger("onnx_lump")
@@ -72,7 +72,7 @@ def _stderr_logging(verbose: bool) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _graphsurgeon_logging() -> Iterator[None]:
+def graphsurgeon_logging() -> Iterator[None]:
     """onnx-graphsurgeon's messages (it prints ``[W] ...`` to stdout) into the package's
     log for one run, so that stdout carries only the result: its warnings are about its
     own representation (a tensor type it keeps as it was), shown with -v; its errors as
@@ -112,18 +112,18 @@ def _graphsurgeon_logging() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _one_line_warnings() -> Iterator[None]:
+def one_line_warnings() -> Iterator[None]:
     """Python warnings (numpy's overflow, deprecations) as one ``warning:`` line each."""
 
     def show(message, category, filename, lineno, file=None, line=None):
-        _message(f"warning: {category.__name__}: {message}")
+        print_line(f"warning: {category.__name__}: {message}")
 
     with warnings.catch_warnings():
         warnings.showwarning = show
         yield
 
 
-class _Stopped(BaseException):
+class Stopped(BaseException):
     """SIGTERM or SIGHUP arrived; a BaseException so that no ``except Exception`` in the
     pass swallows it, while every ``finally`` (staging folders) still runs."""
 
@@ -134,13 +134,13 @@ class _Stopped(BaseException):
 
 
 @contextlib.contextmanager
-def _signals_raise() -> Iterator[None]:
-    """Turn SIGTERM/SIGHUP into :class:`_Stopped` so that cleanup runs; the default
+def signals_raise() -> Iterator[None]:
+    """Turn SIGTERM/SIGHUP into :class:`Stopped` so that cleanup runs; the default
     action would end the process on the spot and leave staging files behind."""
 
     def stop(signum, frame):
         signal.signal(signum, signal.SIG_IGN)  # a second signal must not cut the cleanup
-        raise _Stopped(signum)
+        raise Stopped(signum)
 
     names = [s for s in ("SIGTERM", "SIGHUP") if hasattr(signal, s)]
     previous = {}
@@ -157,7 +157,7 @@ def _signals_raise() -> Iterator[None]:
             signal.signal(number, handler)
 
 
-def _quiet_broken_pipe() -> None:
+def quiet_broken_pipe() -> None:
     """After a BrokenPipeError (the reader of stdout, e.g. ``head``, has gone): point the
     closed stream at /dev/null so that neither this exit nor the interpreter's final flush
     writes to it again (the recipe of Python's signal module docs). Nothing is printed."""

@@ -7,8 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from onnx_lump import __version__
-from onnx_lump.cli_console import _message
+from onnx_lump._version import __version__
+from onnx_lump.cli_console import print_line
 from onnx_lump.data.calibration import AUTO_MASK_INPUT
 from onnx_lump.data.holdout import DEFAULT_HOLDOUT
 from onnx_lump.data.refine import RefineOptions
@@ -21,11 +21,17 @@ from onnx_lump.errors import (
 )
 from onnx_lump.methods import Reduction, Scope
 from onnx_lump.methods.lumping import DEFAULT_RIDGE, DEFAULT_SIMILARITY_WITH_DATA
-from onnx_lump.ode.equivalence import Equivalence, Similarity
 from onnx_lump.ode.grouping import Linkage
+from onnx_lump.ode.partition import Equivalence, Similarity
 from onnx_lump.plotting import plot_path
 
-__all__ = ["EXIT_CODES", "METHODS", "_explicit_options", "make_parser", "program_name"]
+__all__ = [
+    "EXIT_CODES",
+    "METHODS",
+    "explicit_options",
+    "make_parser",
+    "program_name",
+]
 
 METHODS = ("lump", "exact", "magnitude", "wanda", "ec", "linear", "lump+linear")
 
@@ -34,7 +40,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse with usage errors as one line on stderr (exit 2), like every other error."""
 
     def error(self, message: str):
-        _message(f"error: {message} (see '{self.prog} --help')")
+        print_line(f"error: {message} (see '{self.prog} --help')")
         raise SystemExit(EXIT_BAD_INPUT)
 
 
@@ -303,7 +309,7 @@ def make_parser(doc: str) -> argparse.ArgumentParser:
     return parser
 
 
-def _explicit_options(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+def explicit_options(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
     """The dests the user gave on the command line, defaults aside: parse again with
     every default suppressed, so that only given options land in the namespace."""
     saved = [(action, action.default) for action in parser._actions]

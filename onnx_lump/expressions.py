@@ -17,10 +17,12 @@ __all__ = [
     "X",
     "add",
     "constant",
+    "factors_of",
     "fn",
     "mul",
     "power",
     "render",
+    "terms_of",
 ]
 
 
@@ -93,7 +95,7 @@ def power(base: tuple, exponent: float) -> tuple:
         return mul(*([base] * int(exponent)))
     if exponent == -1.0:
         # 1 / (1 + exp(-e)) is Sigmoid(e); 1 / (1 + |x|) stays a power.
-        offset, terms = _terms(base)
+        offset, terms = terms_of(base)
         if offset == 1.0 and len(terms) == 1 and terms[0][:2] == ("fn", "Exp"):
             return fn("Sigmoid", mul(constant(-1.0), terms[0][3]))
     return ("pow", float(exponent), base)
@@ -102,7 +104,7 @@ def power(base: tuple, exponent: float) -> tuple:
 def fn(op: str, arg: tuple, **params) -> tuple:
     if op == "Log":
         # log(1 + exp(e)) is Softplus(e): the ONNX function body of Softplus.
-        offset, terms = _terms(arg)
+        offset, terms = terms_of(arg)
         if offset == 1.0 and len(terms) == 1 and terms[0][:2] == ("fn", "Exp"):
             return fn("Softplus", terms[0][3])
     if op == "Relu":
@@ -124,13 +126,13 @@ def fn(op: str, arg: tuple, **params) -> tuple:
     return ("fn", op, tuple(sorted(params.items())), arg)
 
 
-def _factors(e: tuple) -> tuple[float, tuple]:
+def factors_of(e: tuple) -> tuple[float, tuple]:
     if e[0] == "mul":
         return e[1], e[2]
     return 1.0, (e,)
 
 
-def _terms(e: tuple) -> tuple[float, tuple]:
+def terms_of(e: tuple) -> tuple[float, tuple]:
     if e[0] == "add":
         return e[1], e[2]
     return 0.0, (e,)

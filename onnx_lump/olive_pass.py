@@ -31,8 +31,8 @@ from olive.passes.pass_config import BasePassConfig, PassConfigParam
 
 from onnx_lump.data.calibration import load_inputs
 from onnx_lump.methods.lumping import DEFAULT_RIDGE
-from onnx_lump.ode.equivalence import Equivalence, Similarity
 from onnx_lump.ode.grouping import Linkage
+from onnx_lump.ode.partition import Equivalence, Similarity
 from onnx_lump.passes import LumpPass
 
 __all__ = ["PACKAGE_CONFIG", "OnnxLump", "package_config", "write_package_config"]

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from onnx_lump.errors import LumpError
-from onnx_lump.search import SweepPoint
+from onnx_lump.types import SweepPoint
 
 __all__ = ["PLOT_FORMATS", "plot_path", "plot_sweep"]
 

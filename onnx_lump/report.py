@@ -9,8 +9,8 @@ from dataclasses import asdict, dataclass, field
 from onnx_lump.data.holdout import FLOAT, LABEL, LEFT_OUT, OutputScore
 from onnx_lump.data.refine import RefineStats
 from onnx_lump.graph.weightstats import WeightRange
-from onnx_lump.methods import ChainResult
 from onnx_lump.ode.encoding import OdeSystem
+from onnx_lump.types import ChainResult
 from onnx_lump.verify import VerificationResult
 
 __all__ = ["LayerStats", "Report"]

@@ -20,16 +20,17 @@ import onnx
 import onnxruntime as ort
 
 from onnx_lump.errors import LumpError
-from onnx_lump.graph.modelio import (
-    PROTO_LIMIT,
-    all_tensors,
-    external_data_dir,
-    is_spilled,
-    save_model,
-    uses_external,
-)
+from onnx_lump.graph.saving import save_model
+from onnx_lump.graph.serialize import PROTO_LIMIT
+from onnx_lump.graph.tensordata import all_tensors, external_data_dir, is_spilled, uses_external
 
-__all__ = ["resolve_providers", "run_model", "run_session", "session"]
+__all__ = [
+    "resolve_providers",
+    "run_model",
+    "run_session",
+    "session",
+    "too_new_message",
+]
 
 # onnxruntime's key for the folder of external data when the model comes as bytes.
 _DATA_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
@@ -78,7 +79,7 @@ def session(
     except LumpError:
         raise
     except Exception as exc:  # onnxruntime raises its own untyped Fail/InvalidGraph errors
-        too_new = _too_new(str(exc))
+        too_new = too_new_message(str(exc))
         if too_new is not None:
             raise LumpError(too_new) from exc
         raise LumpError(f"onnxruntime cannot load the model: {_first_line(exc)}") from exc
@@ -91,7 +92,7 @@ _OPSET_MAX = re.compile(r"support for domain (\S+?) is till opset (\d+)")
 _IR_TOO_NEW = re.compile(r"Unsupported model IR version: (\d+), max supported IR version: (\d+)")
 
 
-def _too_new(text: str) -> str | None:
+def too_new_message(text: str) -> str | None:
     """One line for onnxruntime's refusal of a model newer than it supports, else None."""
     if match := _IR_TOO_NEW.search(text):
         return f"IR version {match[1]} is newer than this onnxruntime supports (max {match[2]})"

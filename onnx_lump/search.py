@@ -21,13 +21,13 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from onnx_lump.api import Report, compress, knob_hint, refines_by_default
+from onnx_lump.api import compress, knob_hint, refines_by_default
 from onnx_lump.bisection import bisect
 from onnx_lump.data.cache import SearchCache
 from onnx_lump.data.calibration import AUTO_MASK_INPUT, check_feeds
@@ -35,7 +35,9 @@ from onnx_lump.data.holdout import DEFAULT_HOLDOUT, output_error, stacked_output
 from onnx_lump.data.refine import RefineOptions
 from onnx_lump.errors import LumpError
 from onnx_lump.methods import Method
+from onnx_lump.report import Report
 from onnx_lump.runtime import resolve_providers
+from onnx_lump.types import SweepPoint
 
 __all__ = ["Evaluator", "SweepPoint", "bisect", "parse_knobs", "sweep", "write_table"]
 
@@ -43,21 +45,6 @@ logger = logging.getLogger(__name__)
 
 # The share of the refinement budget each search step spends; the chosen point gets the rest.
 SEARCH_REFINE_SHARE = 0.2
-
-
-@dataclass(frozen=True)
-class SweepPoint:
-    knob: float
-    params_before: int
-    params_after: int
-    retained: float
-    error: float  # NaN where not measured (the steps of a size search)
-    seconds: float
-
-    def summary(self) -> str:
-        """``12.3% kept, error 4.56%`` (the error only where it was measured)."""
-        kept = f"{100 * self.retained:.1f}% kept"
-        return kept if np.isnan(self.error) else f"{kept}, error {100 * self.error:.3g}%"
 
 
 class Evaluator:

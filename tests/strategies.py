@@ -310,10 +310,8 @@ ACTIVATIONS: dict[str, ActivationOp] = {a.key: a for a in _ENTRIES}
 
 def supported_activation_ops() -> frozenset[str]:
     """The activation ops the pass's registry lists today."""
-    try:
-        from onnx_lump.activations import SUPPORTED_ACTIVATION_OPS
-    except ImportError:  # an older layout: the reader's own table
-        from onnx_lump.graph.chains import _ACTIVATION_OPS as SUPPORTED_ACTIVATION_OPS
+    from onnx_lump.activations import SUPPORTED_ACTIVATION_OPS
+
     return frozenset(SUPPORTED_ACTIVATION_OPS)
 
 

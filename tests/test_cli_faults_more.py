@@ -123,7 +123,7 @@ def test_onnxruntime_wordings_of_too_new():
         "development and support for this is limited. The operator schemas and or other\n"
         "functionality may change. Current official support for domain ai.onnx is till opset 21.\n"
     )
-    too_new = runtime._too_new
+    too_new = runtime.too_new_message
     assert too_new(paragraph) == "opset 99 is newer than this onnxruntime supports (max 21)"
     ml = paragraph.replace("domain ai.onnx ", "domain ai.onnx.ml ").replace("opset 21", "opset 5")
     assert too_new(ml) == "ai.onnx.ml opset 99 is newer than this onnxruntime supports (max 5)"

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import onnx_lump.ode.data_grouping as data_grouping
 import onnx_lump.ode.data_scan as data_scan
 from onnx_lump.ode.data_grouping import group_data_rows
-from onnx_lump.ode.grouping import _StoredRows, group_rows
+from onnx_lump.ode.grouping import StoredRows, group_rows
 
 
 def _clustered(seed: int, n: int, dim: int, spread: float, copies: int) -> np.ndarray:
@@ -30,7 +30,7 @@ def _check(rows: np.ndarray, quantiles) -> None:
     distances = np.abs(rows[:, None] - rows[None]).sum(-1)
     for eps in (0.0, *np.quantile(distances[np.triu_indices(len(rows), 1)], quantiles)):
         np.testing.assert_array_equal(
-            group_data_rows(_StoredRows(rows), eps), group_rows(rows, eps), err_msg=f"eps {eps}"
+            group_data_rows(StoredRows(rows), eps), group_rows(rows, eps), err_msg=f"eps {eps}"
         )
 
 
@@ -50,9 +50,9 @@ def test_groups_match_the_general_grouping(seed, n, dim, spread, copies, quantil
 @pytest.mark.parametrize("seed", range(4))
 def test_groups_match_whatever_the_seed_links_miss(monkeypatch, neighbours, seed):
     # Fewer seed links leave more components for the later stages to join or part.
-    monkeypatch.setattr(data_grouping, "_NEIGHBOURS", neighbours)
+    monkeypatch.setattr(data_grouping, "NEIGHBOURS", neighbours)
     for module in (data_grouping, data_scan):  # several tiles a stage
-        monkeypatch.setattr(module, "_TILE_ENTRIES", 1 << 12)
+        monkeypatch.setattr(module, "TILE_ENTRIES", 1 << 12)
     rows = _clustered(seed, 300, 64, [0.05, 0.3, 1.0, 3.0][seed], 8)
     _check(rows, [0.001, 0.01, 0.05, 0.2, 0.5, 0.9])
 
@@ -66,7 +66,7 @@ def test_chains_join_through_every_link():
     direction = rng.standard_normal(40)
     rows = line[:, None] * direction / np.abs(direction).sum()
     rows = rows + 1e-6 * rng.standard_normal(rows.shape)
-    labels = group_data_rows(_StoredRows(rows), 1.01)
+    labels = group_data_rows(StoredRows(rows), 1.01)
     np.testing.assert_array_equal(labels, group_rows(rows, 1.01))
     assert labels.max() + 1 == 3
 
@@ -101,12 +101,12 @@ def _core_and_outskirts(seed: int, dim: int = 48) -> tuple[np.ndarray, float]:
 @pytest.mark.parametrize("seed", range(4))
 def test_groups_match_where_the_pivot_settles_most_rows(seed):
     rows, eps = _core_and_outskirts(seed)
-    joined = data_grouping._pivot(rows, eps)[2]
+    joined = data_grouping.find_pivot(rows, eps)[2]
     assert 0.5 < joined.mean() < 1.0  # most rows, not all: every later stage has work
     for scale in (0.5, 0.8, 1.0, 1.3, 3.0):
-        labels = group_data_rows(_StoredRows(rows), scale * eps)
+        labels = group_data_rows(StoredRows(rows), scale * eps)
         np.testing.assert_array_equal(labels, group_rows(rows, scale * eps), err_msg=f"x{scale}")
-    assert 2 < group_data_rows(_StoredRows(rows), eps).max() + 1 < len(rows) // 4
+    assert 2 < group_data_rows(StoredRows(rows), eps).max() + 1 < len(rows) // 4
 
 
 @pytest.mark.parametrize("case", [(0, 65, 35, 0.3), (469253410, 143, 143, 1.0), (3, 300, 64, 0.05)])
@@ -116,7 +116,7 @@ def test_ties_at_eps_are_decided_as_the_general_grouping_decides(case):
     rows = _clustered(*case, copies=1)
     distances = np.abs(rows[:, None] - rows[None]).sum(-1)[np.triu_indices(len(rows), 1)]
     for eps in np.quantile(distances, [0.0, 0.3, 1.0], method="nearest"):
-        labels = group_data_rows(_StoredRows(rows), eps)
+        labels = group_data_rows(StoredRows(rows), eps)
         np.testing.assert_array_equal(labels, group_rows(rows, eps), err_msg=f"eps {eps}")
 
 
@@ -127,8 +127,10 @@ def test_seed_links_bound_the_radius_of_their_components(seed):
     rows = _clustered(seed, 400, 40, [0.05, 0.3, 1.0][seed], 8)
     distances = np.abs(rows[:, None] - rows[None]).sum(-1)
     eps = np.quantile(distances, 0.02)
-    reach = np.column_stack([data_grouping._reach(rows, 0), data_grouping._reach(rows, 1)])
-    roots, (linked, lengths) = data_grouping._seed(
+    reach = np.column_stack(
+        [data_grouping.pivot_distances(rows, 0), data_grouping.pivot_distances(rows, 1)]
+    )
+    roots, (linked, lengths) = data_grouping.seed_groups(
         rows, eps, np.arange(len(rows)), np.arange(len(rows)), reach, []
     )
     bound = np.zeros(len(rows))

@@ -8,7 +8,9 @@ import numpy as np
 
 import onnx_lump.ode.data_similarity as data_similarity
 from onnx_lump.activations import Activation, ActivationKind
-from onnx_lump.ode.equivalence import PartitionOptions, Similarity, _CanonicalRows, backward_lumping
+from onnx_lump.ode.canonical_rows import CanonicalRows
+from onnx_lump.ode.equivalence import backward_lumping
+from onnx_lump.ode.partition import PartitionOptions, Similarity
 
 TANH = Activation(ActivationKind.TANH)
 
@@ -23,10 +25,10 @@ def _layer(seed: int = 5, groups: int = 30, copies: int = 3, n_in: int = 10):
 def test_chunked_statistics_equal_whole_array_statistics(monkeypatch):
     weight, bias, rng = _layer()
     x = rng.standard_normal((700, weight.shape[1]))
-    rows = _CanonicalRows(weight, None, bias, np.ones(len(bias)))
-    whole = data_similarity._Support.of(data_similarity._neuron_rows(rows, x), TANH)
-    monkeypatch.setattr(data_similarity, "_SAMPLE_CHUNK_ENTRIES", 900)  # 10 samples a chunk
-    chunked = data_similarity._chunked_support(rows, x, TANH)
+    rows = CanonicalRows(weight, None, bias, np.ones(len(bias)))
+    whole = data_similarity.Support.of(data_similarity.neuron_rows(rows, x), TANH)
+    monkeypatch.setattr(data_similarity, "SAMPLE_CHUNK_ENTRIES", 900)  # 10 samples a chunk
+    chunked = data_similarity.chunked_support(rows, x, TANH)
     # the compared rows are float32 products (float32 inputs), the chunks float64 ones
     for name in ("pre_std", "post_std", "post_mean", "low", "high"):
         np.testing.assert_allclose(

@@ -783,7 +783,7 @@ def test_internal_error_is_one_line_with_exit_3(tmp_path, capsys, monkeypatch):
     def broken(args):
         raise RuntimeError("boom\nsecond line")
 
-    monkeypatch.setattr(cli, "_run", broken)
+    monkeypatch.setattr(cli, "run_parsed", broken)
     work = make_work(tmp_path)
     assert cli.main(work.argv()) == 3
     err = capsys.readouterr().err

@@ -208,12 +208,14 @@ def test_a_model_on_disk_is_compressed_bit_for_bit_like_one_in_memory(
 ):
     from onnx_lump import lump
     from onnx_lump.graph import spill
-    from onnx_lump.graph.modelio import all_tensors, is_spilled, load_model, save_model
+    from onnx_lump.graph.modelio import load_model
+    from onnx_lump.graph.saving import save_model
+    from onnx_lump.graph.tensordata import all_tensors, is_spilled
     from onnx_lump.graph.weightstats import weight_ranges
 
     # Spill every tensor, park every array: the fixtures' tensors are below the thresholds.
     monkeypatch.setattr(spill, "INLINE_LIMIT", 0)
-    monkeypatch.setattr(spill, "_MIN_MAPPED", 0)
+    monkeypatch.setattr(spill, "MIN_MAPPED", 0)
 
     original = onnx.load(str(FIXTURES / name))
     loaded = load_model(_external_copy(original, tmp_path / "in"))
@@ -242,7 +244,8 @@ def test_the_report_of_a_model_on_disk_holds_its_arrays_on_disk(tmp_path):
     spill file; the model still verifies (onnxruntime on a staged file), and the results
     warm-start another call to the same model."""
     from onnx_lump import compress
-    from onnx_lump.graph.modelio import is_spilled, load_model
+    from onnx_lump.graph.modelio import load_model
+    from onnx_lump.graph.tensordata import is_spilled
     from onnx_lump.methods import Exact
     from onnx_lump.runtime import run_model
 

@@ -22,15 +22,11 @@ from onnx.external_data_helper import uses_external_data
 from onnx_lump import lump
 from onnx_lump.cli import main
 from onnx_lump.errors import LumpError
-from onnx_lump.graph.modelio import (
-    INLINE_LIMIT,
-    check_paths,
-    file_size,
-    load_model,
-    save_model,
-    stage_model,
-    stored_parameters,
-)
+from onnx_lump.graph.modelio import load_model
+from onnx_lump.graph.paths import check_paths
+from onnx_lump.graph.saving import save_model, stage_model
+from onnx_lump.graph.serialize import INLINE_LIMIT
+from onnx_lump.graph.tensordata import file_size, stored_parameters
 from onnx_lump.verify import compare_files
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -222,7 +218,7 @@ _SLOW_SAVE = textwrap.dedent(
         [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, [1024, 8192])
          for i in range(4)], tensors)
     model = helper.make_model(graph)
-    original = serialize._externalize_from
+    original = serialize.externalize_from
     count = [0]
     def slow(*args):
         original(*args)
@@ -230,7 +226,7 @@ _SLOW_SAVE = textwrap.dedent(
         if count[0] == 2:  # half-way: tell the parent, then wait for its signal
             (folder / "halfway").write_text("1")
             time.sleep(30)
-    serialize._externalize_from = slow  # looked up where _write lives
+    serialize.externalize_from = slow  # looked up where write_model lives
     saving.save_model(model, folder / "out.onnx", external_data=True)
     """
 )

@@ -30,7 +30,7 @@ from onnx_lump.data.holdout import (
 )
 from onnx_lump.errors import LumpError
 from onnx_lump.methods import Lump
-from onnx_lump.ode.equivalence import PartitionOptions
+from onnx_lump.ode.partition import PartitionOptions
 from onnx_lump.report import Report
 from onnx_lump.verify import compare_outputs
 

@@ -15,7 +15,9 @@ from conftest import FIXTURES
 from onnx import TensorProto, helper, numpy_helper
 
 from onnx_lump import lump
-from onnx_lump.graph.rewrite import export_model, import_graph, rewrite_chain
+from onnx_lump.graph.export import export_model
+from onnx_lump.graph.importer import import_graph
+from onnx_lump.graph.rewrite import rewrite_chain
 from onnx_lump.methods import Exact
 
 

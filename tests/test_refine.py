@@ -16,10 +16,9 @@ from onnx_lump import compress, lump
 from onnx_lump.activations import IDENTITY, REGISTRY, Activation, ActivationKind
 from onnx_lump.cli import main
 from onnx_lump.data.holdout import error_rows, output_error, split_calibration
-from onnx_lump.data.refine import ChainData, RefineOptions, _Network, chain_loss, refine_chain
+from onnx_lump.data.refine import ChainData, ChainNetwork, RefineOptions, chain_loss, refine_chain
 from onnx_lump.methods import Magnitude, RandomInit
-from onnx_lump.methods.base import ChainResult, Shortcut
-from onnx_lump.ode.reduction import ReducedLayer
+from onnx_lump.types import ChainResult, ReducedLayer, Shortcut
 
 DEMO = MODELS / "rn_tanh_2x64.onnx"
 CALIB_PATH = MODELS / "rn_calib.npz"
@@ -52,7 +51,7 @@ def central_differences(network, theta, data, step=1e-6):
 def test_gradients_match_finite_differences_for_every_activation(kind):
     activation = Activation(kind)
     result, activations = small_chain(activation, seed=1)
-    network = _Network(result, activations, None)
+    network = ChainNetwork(result, activations, None)
     rng = np.random.default_rng(2)
     data = ChainData(rng.normal(size=(30, 3)), rng.normal(size=(30, 2)))
     _, analytic = network.loss_and_gradient(network.theta0, data, 1.0)
@@ -64,7 +63,7 @@ def test_gradients_match_finite_differences_for_every_activation(kind):
 def test_masked_weights_have_zero_gradient():
     result, activations = small_chain(Activation(ActivationKind.TANH), shortcut=False)
     masks = [np.abs(layer.weight) > 0.5 for layer in result.layers]
-    network = _Network(result, activations, masks)
+    network = ChainNetwork(result, activations, masks)
     rng = np.random.default_rng(3)
     data = ChainData(rng.normal(size=(20, 3)), rng.normal(size=(20, 2)))
     _, gradient = network.loss_and_gradient(network.theta0, data, 1.0)
@@ -79,8 +78,8 @@ def test_refinement_lowers_the_held_out_error_or_changes_nothing(seed):
     rng = np.random.default_rng(seed)
     teacher, activations = small_chain(Activation(ActivationKind.TANH), seed=10 + seed)
     inputs = rng.normal(size=(120, 3))
-    outputs = _Network(teacher, activations, None).output
-    theta = _Network(teacher, activations, None).theta0
+    outputs = ChainNetwork(teacher, activations, None).output
+    theta = ChainNetwork(teacher, activations, None).theta0
     fit = ChainData(inputs[:90], outputs(theta, inputs[:90]))
     held = ChainData(inputs[90:], outputs(theta, inputs[90:]))
     start, _ = small_chain(Activation(ActivationKind.TANH), seed=20 + seed)
@@ -100,7 +99,7 @@ def test_refinement_of_the_original_network_keeps_it():
     teacher, activations = small_chain(Activation(ActivationKind.SIGMOID), seed=4)
     rng = np.random.default_rng(5)
     inputs = rng.normal(size=(60, 3))
-    network = _Network(teacher, activations, None)
+    network = ChainNetwork(teacher, activations, None)
     targets = network.output(network.theta0, inputs)
     fit, held = ChainData(inputs[:40], targets[:40]), ChainData(inputs[40:], targets[40:])
     refined, stats = refine_chain(teacher, activations, fit, held, RefineOptions())
@@ -226,7 +225,7 @@ def test_span_selection_keeps_a_basis_and_folds_the_rest_exactly(samples):
 
 def test_span_reduction_runs_through_onnxruntime():
     from onnx_lump.methods import Lump, Reduction
-    from onnx_lump.ode.equivalence import PartitionOptions, Similarity
+    from onnx_lump.ode.partition import PartitionOptions, Similarity
 
     model = onnx.load(DEMO)
     method = Lump(PartitionOptions(0.05, similarity=Similarity.DATA), reduction=Reduction.SPAN)
@@ -256,10 +255,10 @@ def test_refinement_keeps_every_blas_thread_only_for_wide_networks():
 
     before = blas_threads()
     small = SimpleNamespace(shapes=[(64, 6), (64,), (1, 64), (1,)])
-    with refine._blas_threads(small, 256):
+    with refine.blas_threads(small, 256):
         assert set(blas_threads()) == {1}
     wide = SimpleNamespace(shapes=[(900, 64), (900,)] + [(900, 900), (900,)] * 3)
-    with refine._blas_threads(wide, 1638):
+    with refine.blas_threads(wide, 1638):
         assert blas_threads() == before
 
 
@@ -272,7 +271,7 @@ def test_refinement_stops_once_its_held_out_error_stalls(monkeypatch):
     rng = np.random.default_rng(3)
     teacher, activations = small_chain(Activation(ActivationKind.TANH), seed=13)
     inputs = rng.normal(size=(120, 3))
-    network = _Network(teacher, activations, None)
+    network = ChainNetwork(teacher, activations, None)
     fit = ChainData(inputs[:90], network.output(network.theta0, inputs[:90]))
     held = ChainData(inputs[90:], network.output(network.theta0, inputs[90:]))
     start, _ = small_chain(Activation(ActivationKind.TANH), seed=23)
@@ -299,8 +298,8 @@ def test_float32_gradients_match_float64(kind):
     result, activations = small_chain(Activation(kind), seed=5)
     rng = np.random.default_rng(6)
     data = ChainData(rng.normal(size=(40, 3)), rng.normal(size=(40, 2)))
-    exact = _Network(result, activations, None)
-    single = _Network(result, activations, None, np.float32)
+    exact = ChainNetwork(result, activations, None)
+    single = ChainNetwork(result, activations, None, np.float32)
     loss64, grad64 = exact.loss_and_gradient(exact.theta0, data, 1.0)
     loss32, grad32 = single.loss_and_gradient(
         single.theta0, ChainData(*(a.astype(np.float32) for a in (data.inputs, data.targets))), 1.0
@@ -321,9 +320,9 @@ def test_large_chains_refine_by_adam_and_never_worsen_the_held_out_error(seed, m
         [ReducedLayer(w, b) for w, b in random_layers([6, 40, 3], seed=30 + seed)]
     )
     activations = [Activation(ActivationKind.GELU), IDENTITY]
-    theta = _Network(teacher, activations, None).theta0
+    theta = ChainNetwork(teacher, activations, None).theta0
     inputs = rng.normal(size=(3000, 6))
-    outputs = _Network(teacher, activations, None).output(theta, inputs)
+    outputs = ChainNetwork(teacher, activations, None).output(theta, inputs)
     fit, held = ChainData(inputs[:2400], outputs[:2400]), ChainData(inputs[2400:], outputs[2400:])
     start = ChainResult([ReducedLayer(w, b) for w, b in random_layers([6, 12, 3], seed=seed)])
     refined, stats = refine_chain(

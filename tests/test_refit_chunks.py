@@ -7,7 +7,7 @@ import pytest
 
 import onnx_lump.data.compensation as compensation
 from onnx_lump.data.compensation import RIDGE_GRID, centred_moments, refit_layer, residual
-from onnx_lump.ode.reduction import ReducedLayer
+from onnx_lump.types import ReducedLayer
 
 
 def _problem(seed: int = 0, rows: int = 300, width: int = 12, outputs: int = 7):
@@ -31,13 +31,13 @@ def _direct_refit(x, t, strength):
 def test_one_pass_held_out_scores_equal_direct_residuals(monkeypatch):
     x, t, held, held_t = _problem()
     scores = {}
-    original = compensation._held_out_residuals
+    original = compensation.held_out_residuals
 
     def spy(*args):
         scores["one pass"] = original(*args)
         return scores["one pass"]
 
-    monkeypatch.setattr(compensation, "_held_out_residuals", spy)
+    monkeypatch.setattr(compensation, "held_out_residuals", spy)
     layer, strength = refit_layer(x, t, None, held, held_t)
     direct = [residual(_direct_refit(x, t, s), held, held_t) for s in RIDGE_GRID]
     np.testing.assert_allclose(scores["one pass"], direct, rtol=1e-7)
@@ -51,7 +51,7 @@ def test_chunked_sums_match_one_chunk(monkeypatch):
     x, t, held, held_t = _problem(seed=3)
     whole = refit_layer(x, t, None, held, held_t)
     moments = centred_moments(x, t)
-    monkeypatch.setattr(compensation, "_ROW_CHUNK_ENTRIES", 40)  # two rows a chunk
+    monkeypatch.setattr(compensation, "ROW_CHUNK_ENTRIES", 40)  # two rows a chunk
     chunked = refit_layer(x, t, None, held, held_t)
     assert chunked[1] == whole[1]
     np.testing.assert_allclose(chunked[0].weight, whole[0].weight, rtol=1e-9, atol=1e-12)

@@ -68,7 +68,7 @@ CASES = [
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("chunk_entries", [1 << 22, 600], ids=["one-chunk", "chunks"])
 def test_refit_equals_direct_solve_per_strength(monkeypatch, case, chunk_entries):
-    monkeypatch.setattr(compensation, "_ROW_CHUNK_ENTRIES", chunk_entries)
+    monkeypatch.setattr(compensation, "ROW_CHUNK_ENTRIES", chunk_entries)
     x, t, held_x, held_t = _clustered(*case)
     (weight, bias), strength, errors = _reference(x, t, held_x, held_t, RIDGE_GRID)
     ranked = sorted(errors)

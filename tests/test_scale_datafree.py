@@ -23,10 +23,13 @@ import onnx_lump.graph.serialize as serialize
 from onnx_lump import lump
 from onnx_lump.errors import LumpError
 from onnx_lump.graph.chains import scan_graph
-from onnx_lump.graph.modelio import EXTERNAL_DIR_KEY, load_model, save_model
-from onnx_lump.graph.rewrite import import_graph
+from onnx_lump.graph.importer import import_graph
+from onnx_lump.graph.modelio import load_model
+from onnx_lump.graph.saving import save_model
+from onnx_lump.graph.tensordata import EXTERNAL_DIR_KEY
 from onnx_lump.ode.encoding import OdeLayer, OdeSystem, encode_chain
-from onnx_lump.ode.equivalence import PartitionOptions, compute_partition
+from onnx_lump.ode.equivalence import compute_partition
+from onnx_lump.ode.partition import PartitionOptions
 from onnx_lump.ode.reduction import reduce_system
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,14 +78,14 @@ def _inline_fixtures() -> list[Path]:
 
 @pytest.mark.parametrize("path", _inline_fixtures(), ids=lambda p: p.name)
 def test_streamed_save_writes_the_bytes_protobuf_writes(path, tmp_path, monkeypatch):
-    monkeypatch.setattr(serialize, "_STREAM_MIN", 1)  # every raw tensor is streamed
+    monkeypatch.setattr(serialize, "STREAM_MIN", 1)  # every raw tensor is streamed
     model = onnx.load(str(path))
     save_model(model, tmp_path / "out.onnx")
     assert (tmp_path / "out.onnx").read_bytes() == model.SerializeToString()
 
 
 def test_streamed_save_drops_the_private_key_and_keeps_the_rest(tmp_path, monkeypatch):
-    monkeypatch.setattr(serialize, "_STREAM_MIN", 1)
+    monkeypatch.setattr(serialize, "STREAM_MIN", 1)
     model = clustered()
     model.doc_string = "kept"
     model.metadata_props.add(key="user", value="kept too")
@@ -94,7 +97,7 @@ def test_streamed_save_drops_the_private_key_and_keeps_the_rest(tmp_path, monkey
 
 
 def test_fields_unknown_to_onnx_survive_the_save(tmp_path, monkeypatch):
-    monkeypatch.setattr(serialize, "_STREAM_MIN", 1)
+    monkeypatch.setattr(serialize, "STREAM_MIN", 1)
     model = clustered()
     tensor = model.graph.initializer[0]
     # field 1000, varint 7: a field a newer onnx might define
@@ -106,7 +109,7 @@ def test_fields_unknown_to_onnx_survive_the_save(tmp_path, monkeypatch):
 def test_a_tensor_whose_bytes_disagree_with_its_dims_is_saved_as_protobuf_would(
     tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(serialize, "_STREAM_MIN", 1)
+    monkeypatch.setattr(serialize, "STREAM_MIN", 1)
     model = clustered()
     model.graph.initializer[0].raw_data = model.graph.initializer[0].raw_data[:-4]
     save_model(model, tmp_path / "out.onnx")

@@ -14,7 +14,7 @@ from onnx_lump.cli import main
 from onnx_lump.data.holdout import output_error, split_calibration
 from onnx_lump.data.refine import RefineOptions
 from onnx_lump.methods import Lump, Magnitude
-from onnx_lump.ode.equivalence import PartitionOptions
+from onnx_lump.ode.partition import PartitionOptions
 from onnx_lump.search import Evaluator, bisect, parse_knobs, sweep
 
 DEMO = MODELS / "rn_tanh_2x64.onnx"

@@ -11,8 +11,8 @@ from onnx_lump.api import compress
 from onnx_lump.data.refine import RefineOptions
 from onnx_lump.methods import Lump
 from onnx_lump.ode.data_grouping import group_data_rows
-from onnx_lump.ode.equivalence import PartitionOptions, Similarity
 from onnx_lump.ode.grouping import Linkage, group_rows
+from onnx_lump.ode.partition import PartitionOptions, Similarity
 from onnx_lump.search import Evaluator, bisect
 
 DEMO = MODELS / "rn_tanh_2x64.onnx"
@@ -126,8 +126,8 @@ def test_a_layer_states_comparison_on_the_data_is_formed_once(monkeypatch):
     import onnx_lump.ode.equivalence as equivalence
 
     calls = []
-    original = equivalence._data_rows
-    monkeypatch.setattr(equivalence, "_data_rows", lambda *a: calls.append(1) or original(*a))
+    original = equivalence.read_data_rows
+    monkeypatch.setattr(equivalence, "read_data_rows", lambda *a: calls.append(1) or original(*a))
     knobs = [0.02, 0.05, 0.1, 0.2]
     cached, plain = evaluator(True), evaluator(False)
     with_cache = [cached(k)[1].widths_after for k in knobs]
@@ -202,8 +202,8 @@ def test_a_network_two_knobs_give_alike_is_refined_once(monkeypatch):
     import onnx_lump.api as api
 
     calls = []
-    original = api._refine
-    monkeypatch.setattr(api, "_refine", lambda *a: calls.append(1) or original(*a))
+    original = api.refine_result
+    monkeypatch.setattr(api, "refine_result", lambda *a: calls.append(1) or original(*a))
     refine = RefineOptions(max_iters=30)
     cached, plain = evaluator(True, refine=refine), evaluator(False, refine=refine)
     knobs = (0.2, 0.2 * (1 + 1e-6))

@@ -17,7 +17,7 @@ from onnx_lump.api import compress, knob_hint, uniform_width_share, width_ratios
 from onnx_lump.data.cache import SearchCache
 from onnx_lump.methods import Lump
 from onnx_lump.methods.layer_lumping import eps_for_width
-from onnx_lump.ode.equivalence import Equivalence, PartitionOptions, Similarity
+from onnx_lump.ode.partition import Equivalence, PartitionOptions, Similarity
 from onnx_lump.search import Evaluator, bisect
 
 DEMO = MODELS / "rn_tanh_2x64.onnx"
@@ -136,7 +136,7 @@ def test_the_retry_hint_follows_the_later_layers_of_a_step():
 
 def _chains(model: onnx.ModelProto):
     from onnx_lump.graph.chains import scan_graph
-    from onnx_lump.graph.rewrite import import_graph
+    from onnx_lump.graph.importer import import_graph
 
     return scan_graph(import_graph(model)).chains
 

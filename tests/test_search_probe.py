@@ -14,7 +14,7 @@ from test_search_retry_hint import FOLLOW, WIDTH, FollowingEvaluator
 
 from onnx_lump.methods import Lump
 from onnx_lump.methods.lumping import Reduction
-from onnx_lump.ode.equivalence import PartitionOptions, Similarity
+from onnx_lump.ode.partition import PartitionOptions, Similarity
 from onnx_lump.search import Evaluator, bisect
 
 DEMO = MODELS / "rn_tanh_2x64.onnx"

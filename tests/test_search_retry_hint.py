@@ -12,8 +12,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from onnx_lump.api import LayerStats, Report, uniform_width_share, width_ratios
-from onnx_lump.search import SweepPoint, bisect
+from onnx_lump.api import uniform_width_share, width_ratios
+from onnx_lump.report import LayerStats, Report
+from onnx_lump.search import bisect
+from onnx_lump.types import SweepPoint
 
 
 def _chain(*dims: int) -> SimpleNamespace:

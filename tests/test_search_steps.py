@@ -11,11 +11,13 @@ from conftest import MODELS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from onnx_lump.api import LayerStats, Report, compress
+from onnx_lump.api import compress
 from onnx_lump.data.cache import SearchCache
 from onnx_lump.methods import Lump
-from onnx_lump.ode.equivalence import PartitionOptions
-from onnx_lump.search import SweepPoint, bisect
+from onnx_lump.ode.partition import PartitionOptions
+from onnx_lump.report import LayerStats, Report
+from onnx_lump.search import bisect
+from onnx_lump.types import SweepPoint
 
 N_IN, N_OUT, WIDTH = 20, 3, 1000
 

@@ -15,7 +15,8 @@ from onnx import numpy_helper
 from onnx_lump import lump
 from onnx_lump.graph.chains import scan_graph
 from onnx_lump.ode.encoding import Lumping, aggregate, encode_chain
-from onnx_lump.ode.equivalence import Partition, PartitionOptions, compute_partition
+from onnx_lump.ode.equivalence import compute_partition
+from onnx_lump.ode.partition import Partition, PartitionOptions, Similarity
 from onnx_lump.ode.reduction import reduce_system
 
 WIDTH = 4096
@@ -118,10 +119,10 @@ def test_row_chunked_data_helpers_match_whole_arrays(system, monkeypatch):
     import onnx_lump.data.reference as reference
     from onnx_lump.data.calibration import forward_chain
     from onnx_lump.methods.base import ChainProblem
-    from onnx_lump.ode.reduction import ReducedLayer
+    from onnx_lump.types import ReducedLayer
 
-    monkeypatch.setattr(compensation, "_ROW_CHUNK_ENTRIES", 1 << 14)  # several chunks
-    monkeypatch.setattr(reference, "_ROW_CHUNK_ENTRIES", 1 << 14)
+    monkeypatch.setattr(compensation, "ROW_CHUNK_ENTRIES", 1 << 14)  # several chunks
+    monkeypatch.setattr(reference, "ROW_CHUNK_ENTRIES", 1 << 14)
     rng = np.random.default_rng(5)
     x = rng.standard_normal((300, N_IN))
     weights = [(layer.coefficients, layer.bias) for layer in system.layers]
@@ -172,10 +173,10 @@ def test_data_similarity_in_sample_chunks_matches_one_chunk(monkeypatch):
     x = rng.standard_normal((500, 12))
     # weights similarity: the data statistics (constant neurons, their values) are then
     # read in chunks of samples (data similarity forms them from one array)
-    options = PartitionOptions(0.2, similarity=equivalence.Similarity.WEIGHTS)
+    options = PartitionOptions(0.2, similarity=Similarity.WEIGHTS)
     tanh = Activation(ActivationKind.TANH)
     whole = equivalence.backward_lumping(weight, bias, tanh, options, 1e-7, x)
-    monkeypatch.setattr(data_similarity, "_SAMPLE_CHUNK_ENTRIES", 1000)  # 8 samples a chunk
+    monkeypatch.setattr(data_similarity, "SAMPLE_CHUNK_ENTRIES", 1000)  # 8 samples a chunk
     chunked = equivalence.backward_lumping(weight, bias, tanh, options, 1e-7, x)
     np.testing.assert_array_equal(whole.block, chunked.block)
     np.testing.assert_allclose(whole.offset, chunked.offset, rtol=1e-9, atol=1e-12)

@@ -16,13 +16,13 @@ from conftest import FIXTURES
 from onnx_lump import compress
 from onnx_lump.data.calibration import chain_inputs, token_mask
 from onnx_lump.graph.chains import scan_graph
-from onnx_lump.graph.rewrite import import_graph
+from onnx_lump.graph.importer import import_graph
 from onnx_lump.methods import Lump, Method, Reduction
-from onnx_lump.methods.base import ChainProblem, ChainResult
-from onnx_lump.ode.equivalence import PartitionOptions, Similarity
-from onnx_lump.ode.reduction import ReducedLayer
+from onnx_lump.methods.base import ChainProblem
+from onnx_lump.ode.partition import PartitionOptions, Similarity
 from onnx_lump.ode.span import select_span, span_order
 from onnx_lump.runtime import resolve_providers
+from onnx_lump.types import ChainResult, ReducedLayer
 
 MANIFEST = json.loads((FIXTURES / "bert_manifest.json").read_text())
 MODEL = onnx.load(FIXTURES / "bert_torchscript.onnx")

@@ -28,7 +28,7 @@ from benchdata import DEFAULT_DATA_DIR, load_task  # noqa: E402
 
 from onnx_lump.data.refine import RefineOptions  # noqa: E402
 from onnx_lump.methods import Lump, Reduction  # noqa: E402
-from onnx_lump.ode.equivalence import PartitionOptions, Similarity  # noqa: E402
+from onnx_lump.ode.partition import PartitionOptions, Similarity  # noqa: E402
 from onnx_lump.search import Evaluator, bisect  # noqa: E402
 
 DEFAULT_NETWORKS = (

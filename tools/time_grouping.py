@@ -31,7 +31,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tools")]
 import onnx_lump.ode.equivalence as equivalence  # noqa: E402
 from onnx_lump.activations import Activation, ActivationKind  # noqa: E402
 from onnx_lump.ode.data_grouping import group_data_rows  # noqa: E402
-from onnx_lump.ode.grouping import _StoredRows  # noqa: E402
+from onnx_lump.ode.grouping import StoredRows  # noqa: E402
+from onnx_lump.ode.partition import PartitionOptions, Similarity  # noqa: E402
 
 EPS = (1.0, 0.0625, 0.0039, 2.44e-4, 1.1e-4, 1e-5)
 
@@ -53,7 +54,7 @@ def data_rows(layer: int = 0, samples: int = 1638) -> np.ndarray:
         return group_data_rows(rows, eps, linkage)
 
     equivalence.group_data_rows = capture
-    options = equivalence.PartitionOptions(1e-4, similarity=equivalence.Similarity.DATA)
+    options = PartitionOptions(1e-4, similarity=Similarity.DATA)
     tanh = Activation(ActivationKind.TANH)
     equivalence.backward_lumping(weights[f"W{layer}"], weights[f"b{layer}"], tanh, options, 1e-7, x)
     equivalence.group_data_rows = group_data_rows
@@ -78,7 +79,7 @@ def best_time(function, rows, eps, repeats):
     times, labels = [], None
     for _ in range(repeats):
         started = time.perf_counter()
-        labels = function(_StoredRows(rows), eps)
+        labels = function(StoredRows(rows), eps)
         times.append(time.perf_counter() - started)
     return min(times), labels
 

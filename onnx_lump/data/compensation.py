@@ -14,9 +14,17 @@ import numpy as np
 import scipy.linalg
 import threadpoolctl
 
-from onnx_lump.ode.reduction import ReducedLayer
+from onnx_lump.types import ReducedLayer
 
-__all__ = ["FALLBACK_RIDGE", "RIDGE_GRID", "centred_moments", "refit_layer", "residual"]
+__all__ = [
+    "FALLBACK_RIDGE",
+    "RIDGE_GRID",
+    "ROW_CHUNK_ENTRIES",
+    "centred_moments",
+    "held_out_residuals",
+    "refit_layer",
+    "residual",
+]
 
 # Strengths relative to the mean squared (centred) input, so they do not depend on the
 # scale of the activations.
@@ -67,7 +75,7 @@ def refit_layer(
         projected = vectors.T @ cross
     shrink = [1.0 / (values + max(s * scale, 1e-12 * scale)) for s in strengths]
     if len(strengths) > 1:
-        scores = _held_out_residuals(
+        scores = held_out_residuals(
             vectors, projected, mean_x, mean_t, shrink, holdout_inputs, holdout_targets
         )
         best = int(np.argmin(scores))  # the first (weakest) on ties
@@ -101,7 +109,7 @@ def _projected_rows(inputs, targets, mean_x, vectors) -> tuple[np.ndarray, np.nd
     return shift + dt, projected
 
 
-def _held_out_residuals(vectors, projected, mean_x, mean_t, shrink, inputs, targets):
+def held_out_residuals(vectors, projected, mean_x, mean_t, shrink, inputs, targets):
     """The held-out residual (as :func:`residual`) of the refit at every strength, from
     one pass over the held-out rows.
 
@@ -201,11 +209,11 @@ def _moments(inputs, targets):
 
 
 # Rows of a chunk: this many entries (rows x columns) of float64 at a time.
-_ROW_CHUNK_ENTRIES = 1 << 22
+ROW_CHUNK_ENTRIES = 1 << 22
 
 
 def _row_step(width: int) -> int:
-    return max(1, _ROW_CHUNK_ENTRIES // max(width, 1))
+    return max(1, ROW_CHUNK_ENTRIES // max(width, 1))
 
 
 def _one_blas_thread():

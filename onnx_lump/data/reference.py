@@ -17,12 +17,13 @@ import numpy as np
 
 from onnx_lump.data.calibration import forward_chain
 from onnx_lump.ode.encoding import OdeLayer, OdeSystem
-from onnx_lump.ode.reduction import ReducedLayer
+from onnx_lump.types import ReducedLayer
 
 if TYPE_CHECKING:
     from onnx_lump.methods.base import ChainProblem
 
 __all__ = [
+    "ROW_CHUNK_ENTRIES",
     "STORED_TARGET_BYTES",
     "ReferenceRows",
     "frozen",
@@ -46,11 +47,11 @@ def frozen(array: np.ndarray | None) -> np.ndarray | None:
 # benchmark: 134 MB); beyond, each compress call recomputes them a layer at a time.
 STORED_TARGET_BYTES = 1 << 30
 # Rows of the data path are computed this many entries (rows x neurons) at a time.
-_ROW_CHUNK_ENTRIES = 1 << 22
+ROW_CHUNK_ENTRIES = 1 << 22
 
 
 def _row_step(width: int) -> int:
-    return max(1, _ROW_CHUNK_ENTRIES // max(width, 1))
+    return max(1, ROW_CHUNK_ENTRIES // max(width, 1))
 
 
 class ReferenceRows:

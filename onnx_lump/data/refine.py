@@ -32,13 +32,14 @@ import threadpoolctl
 
 from onnx_lump.activations import Activation
 from onnx_lump.errors import LumpError
-from onnx_lump.methods.base import ChainResult, Shortcut
-from onnx_lump.ode.reduction import ReducedLayer
+from onnx_lump.types import ChainResult, ReducedLayer, Shortcut
 
 __all__ = [
     "ChainData",
+    "ChainNetwork",
     "RefineOptions",
     "RefineStats",
+    "blas_threads",
     "chain_loss",
     "refine_chain",
 ]
@@ -112,7 +113,7 @@ class RefineStats:
 _LOSS_ROWS = 4096
 
 
-class _Network:
+class ChainNetwork:
     """A reduced chain as a flat parameter vector with a forward pass and its gradient."""
 
     def __init__(
@@ -240,7 +241,7 @@ def chain_loss(
     scale: float | None = None,
 ) -> float:
     """Relative RMSE of ``result``'s outputs against ``data.targets``."""
-    network = _Network(result, activations, None)
+    network = ChainNetwork(result, activations, None)
     return network.loss(network.theta0, data, _spread(data.targets) if scale is None else scale)
 
 
@@ -267,7 +268,7 @@ def refine_chain(
     budget = options.max_seconds if seconds is None else seconds
     fit = _capped(fit, options.max_rows)
     dtype = _precision(result, fit.n_samples)
-    network = _Network(result, activations, masks, dtype)
+    network = ChainNetwork(result, activations, masks, dtype)
     scale = _spread(fit.targets)
     holdout_scale = _spread(holdout.targets)
     fit, holdout = _as(fit, dtype), _as(holdout, dtype)
@@ -307,7 +308,7 @@ def refine_chain(
             raise StopIteration
 
     if before > _EXACT and options.max_iters > 0 and fit.n_samples > 0 and network.theta0.size:
-        with _blas_threads(network, fit.n_samples):
+        with blas_threads(network, fit.n_samples):
             if dtype == np.float32:
                 _adam(network, fit, scale, options, callback)
             else:
@@ -366,7 +367,9 @@ def _as(data: ChainData, dtype) -> ChainData:
     return ChainData(np.asarray(data.inputs, dtype), np.asarray(data.targets, dtype))
 
 
-def _minimize(network: _Network, fit: ChainData, scale: float, options: RefineOptions, callback):
+def _minimize(
+    network: ChainNetwork, fit: ChainData, scale: float, options: RefineOptions, callback
+):
     scipy.optimize.minimize(
         network.loss_and_gradient,
         network.theta0.copy(),
@@ -393,7 +396,7 @@ _ADAM_ITERATION = 4  # batches
 _ADAM_STALL_ITERATIONS = 5
 
 
-def _adam(network: _Network, fit: ChainData, scale: float, options: RefineOptions, callback):
+def _adam(network: ChainNetwork, fit: ChainData, scale: float, options: RefineOptions, callback):
     """Adam over seeded mini-batches of the fitting rows; ``callback`` sees the weights
     every :data:`_ADAM_ITERATION` batches (an iteration, the unit of the budget and of
     the held-out checks) and stops it by raising StopIteration."""
@@ -431,7 +434,7 @@ def _mini_batches(n_rows: int, rng: np.random.Generator):
 _THREADED_PRODUCTS = 1e8
 
 
-def _blas_threads(network: _Network, n_samples: int):
+def blas_threads(network: ChainNetwork, n_samples: int):
     """One BLAS thread for small networks: L-BFGS's many small vector operations lose
     more to waking BLAS threads than the matrix products gain from them (6x slower on
     two busy cores); wide ones keep every thread."""

@@ -17,13 +17,18 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnx_lump import activations as act
+from onnx_lump import expressions as ex
 from onnx_lump.activation_matching import hint_for_ops, match_expression
 from onnx_lump.activations import Activation
-from onnx_lump.graph.dense import ConstantRef, DenseLayer, _qualified
-from onnx_lump.graph.dense_reader import _DenseReader
-from onnx_lump.graph.elementwise import _HANDLERS, _domain, _NoMatch, _rank
+from onnx_lump.graph.dense import ConstantRef, DenseLayer, qualified
+from onnx_lump.graph.dense_reader import DenseReader
+from onnx_lump.graph.elementwise import HANDLERS, NoMatch, op_domain, tensor_rank
 
-__all__ = ["ActivationRegion", "DenseChain"]
+__all__ = [
+    "ActivationRegion",
+    "ChainReader",
+    "DenseChain",
+]
 
 _MAX_REGION = 48  # nodes in one activation subgraph; the walk gives up past this
 
@@ -40,7 +45,7 @@ class ActivationRegion:
     nodes: tuple[gs.Node, ...]
     tensors: tuple[gs.Tensor, ...]
     feature_constants: tuple[ConstantRef, ...] = ()
-    expression: tuple = act.X
+    expression: tuple = ex.X
 
 
 @dataclass(eq=False)
@@ -110,7 +115,7 @@ class _Walk:
     constants: list[ConstantRef] = field(default_factory=list)
 
 
-class _Reader(_DenseReader):
+class ChainReader(DenseReader):
     """The dense reader plus the walk that links each layer to the one before it."""
 
     def __init__(self, graph: gs.Graph) -> None:
@@ -131,9 +136,9 @@ class _Reader(_DenseReader):
     def _reads_leading_dims(self, node: gs.Node, tensor: gs.Tensor) -> bool:
         """A ``Shape`` whose result only feeds Slices of the leading dims (onnxsim's
         reshape targets): it does not see the width, so it may stay when it changes."""
-        if node.op != "Shape" or _domain(node):
+        if node.op != "Shape" or op_domain(node):
             return False
-        rank = _rank(tensor)
+        rank = tensor_rank(tensor)
         if rank is None and node.outputs[0].shape:
             rank = node.outputs[0].shape[0] if isinstance(node.outputs[0].shape[0], int) else None
         if rank is None:
@@ -181,7 +186,7 @@ class _Reader(_DenseReader):
         walk = _Walk(by_output)
         try:
             expression = self._expression(entry, walk)
-        except _NoMatch as failure:
+        except NoMatch as failure:
             self._note_no_match(failure, walk, nxt)
             return None
         prev = by_output[id(walk.source)]
@@ -192,7 +197,7 @@ class _Reader(_DenseReader):
         if activation is None:
             self.stop(
                 f"the element-wise subgraph between {prev.describe()} and {nxt.describe()} "
-                f"computes {act.render(expression)}, which is no registered activation",
+                f"computes {ex.render(expression)}, which is no registered activation",
                 f"; the chain ends there (nearest patterns: {hint_for_ops(region_ops)})",
             )
             return None
@@ -257,7 +262,7 @@ class _Reader(_DenseReader):
             ": a chain ends there and its neurons are kept",
         )
 
-    def _note_no_match(self, failure: _NoMatch, walk: _Walk, nxt: DenseLayer) -> None:
+    def _note_no_match(self, failure: NoMatch, walk: _Walk, nxt: DenseLayer) -> None:
         """Report an unknown op only where it sits between two dense layers."""
         node = failure.node
         if node is None:
@@ -271,7 +276,7 @@ class _Reader(_DenseReader):
             return
         ops = {n.op for n in walk.nodes.values()} | {node.op}
         self.stop(
-            f"'{_qualified(node)}' (node '{node.name}') between {prev.describe()} and "
+            f"'{qualified(node)}' (node '{node.name}') between {prev.describe()} and "
             f"{nxt.describe()} is not a registered element-wise activation",
             f", so the chain ends there; it would need {hint_for_ops(ops)}",
         )
@@ -286,7 +291,7 @@ class _Reader(_DenseReader):
                     in_chains.update(id(n) for n in region.nodes)
             in_chains.update(id(n) for n in chain.activation_nodes if n is not None)
         others = collections.Counter(
-            _qualified(n) for n in self.graph.nodes if id(n) not in in_chains and n.op != "Constant"
+            qualified(n) for n in self.graph.nodes if id(n) not in in_chains and n.op != "Constant"
         )
         if others:
             listed = ", ".join(f"{op} x{count}" for op, count in sorted(others.items()))
@@ -313,19 +318,19 @@ class _Reader(_DenseReader):
             return walk.memo[key]
         if key in walk.by_output:
             if walk.source is not None and walk.source is not tensor:
-                raise _NoMatch("it reads two dense layers")
+                raise NoMatch("it reads two dense layers")
             walk.source = tensor
-            return act.X
+            return ex.X
         if isinstance(tensor, gs.Constant) or len(tensor.inputs) != 1:
-            raise _NoMatch("it reads a graph input or a constant only")
+            raise NoMatch("it reads a graph input or a constant only")
         node = tensor.inputs[0]
         if node.op == "Constant":
-            raise _NoMatch("it is a constant")
-        handler = _HANDLERS.get((_domain(node), node.op))
+            raise NoMatch("it is a constant")
+        handler = HANDLERS.get((op_domain(node), node.op))
         if handler is None or len(node.outputs) != 1:
-            raise _NoMatch(f"'{node.op}' is not a registered element-wise op", node)
+            raise NoMatch(f"'{node.op}' is not a registered element-wise op", node)
         if len(walk.nodes) >= _MAX_REGION:
-            raise _NoMatch("the subgraph is larger than any registered activation")
+            raise NoMatch("the subgraph is larger than any registered activation")
         walk.nodes[id(node)] = node
         expression = handler(self, node, walk)
         walk.memo[key] = expression
@@ -350,22 +355,22 @@ class _Reader(_DenseReader):
             return self._expression(tensor, walk)
         value = np.asarray(ref.value)
         if value.size == 0 or value.dtype.kind not in "fiub":
-            raise _NoMatch(f"constant '{ref.name}' of {node.op} is not numeric", None)
+            raise NoMatch(f"constant '{ref.name}' of {node.op} is not numeric", None)
         first = value.reshape(-1)[0]
         if not np.all(value == first):
-            raise _NoMatch(
+            raise NoMatch(
                 f"constant '{ref.name}' of {node.op} '{node.name}' varies per feature "
                 f"(shape {value.shape}); only one repeated value can stay in a narrower layer"
             )
         walk.constants.append(ref)
-        return act.constant(float(first))
+        return ex.constant(float(first))
 
     def scalar(self, node: gs.Node, index: int, walk: _Walk, default: float) -> float:
         if index >= len(node.inputs) or not node.inputs[index].name:
             return default
         value = self.operand(node, index, walk)
         if value[0] != "const":
-            raise _NoMatch(f"input {index} of {node.op} '{node.name}' is not a constant")
+            raise NoMatch(f"input {index} of {node.op} '{node.name}' is not a constant")
         return value[1]
 
 

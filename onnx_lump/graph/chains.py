@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 import onnx_graphsurgeon as gs
 
-from onnx_lump.graph.activation_links import ActivationRegion, DenseChain, _Reader
+from onnx_lump.graph.activation_links import ActivationRegion, ChainReader, DenseChain
 from onnx_lump.graph.dense import ConstantRef, DenseLayer
 
 __all__ = [
@@ -89,7 +89,7 @@ class GraphScan:
 
 def scan_graph(graph: gs.Graph) -> GraphScan:
     """Find every maximal dense chain (two or more dense layers) in ``graph``."""
-    reader = _Reader(graph)
+    reader = ChainReader(graph)
     dense = []
     for node in graph.nodes:
         if node.op in ("Gemm", "MatMul"):

@@ -12,7 +12,11 @@ import numpy as np
 import onnx_graphsurgeon as gs
 from onnx import helper
 
-__all__ = ["ConstantRef", "DenseLayer"]
+__all__ = [
+    "ConstantRef",
+    "DenseLayer",
+    "qualified",
+]
 
 
 @dataclass(eq=False)
@@ -69,7 +73,7 @@ class ConstantRef:
     def view(self, shared: bool = False) -> np.ndarray:
         """The value without keeping it: memory-mapped from the external-data file when
         the graph came from :func:`onnx_lump.graph.rewrite.import_graph` and the constant was not
-        read yet (``shared``: see :func:`onnx_lump.graph.modelio.tensor_view`); the value read
+        read yet (``shared``: see :func:`onnx_lump.graph.tensordata.tensor_view`); the value read
         otherwise."""
         if self._value is not None:
             return self._value
@@ -270,7 +274,7 @@ class DenseLayer:
         return f"{op} '{self.name}' ({self.in_features}->{self.out_features})"
 
 
-def _qualified(node: gs.Node) -> str:
+def qualified(node: gs.Node) -> str:
     """The node's op, prefixed by its domain where that is not the standard one."""
     domain = node.domain or ""
     return node.op if domain in ("", "ai.onnx") else f"{domain}:{node.op}"

@@ -17,9 +17,11 @@ import onnx_graphsurgeon as gs
 
 from onnx_lump.activations import BIAS_ACTIVATION_OPS
 from onnx_lump.graph.dense import ConstantRef, DenseLayer
-from onnx_lump.graph.elementwise import _domain, _traced_rank
+from onnx_lump.graph.elementwise import op_domain, traced_rank
 
-__all__: list[str] = []
+__all__ = [
+    "DenseReader",
+]
 
 logger = logging.getLogger("onnx_lump.graph.chains")  # the reader's notes keep their name
 
@@ -40,7 +42,7 @@ _BIAS_HOLDERS: dict[tuple[str, str], tuple[int, tuple[int, ...]]] = {
 }
 
 
-class _DenseReader:
+class DenseReader:
     """The graph facts every reading needs, the constant resolver and the dense forms."""
 
     def __init__(self, graph: gs.Graph) -> None:
@@ -48,7 +50,7 @@ class _DenseReader:
         self.notes: list[str] = []
         self._graph_outputs = {t.name for t in graph.outputs}
         self._used_in_subgraphs = _names_used_in_subgraphs(graph)
-        self._opset = int(getattr(graph, "opset", None) or 17)
+        self.opset = int(getattr(graph, "opset", None) or 17)
 
     def note(self, message: str) -> None:
         logger.info(message)
@@ -167,7 +169,7 @@ class _DenseReader:
         weight_ref = self._weight(node, 1)
         if weight_ref is None:
             return None
-        data_rank = _traced_rank(node.inputs[0])
+        data_rank = traced_rank(node.inputs[0])
         if data_rank is not None and data_rank < 2:
             self.note(f"MatMul '{node.name}': rank-{data_rank} input is not read as a dense layer")
             return None
@@ -195,7 +197,7 @@ class _DenseReader:
         if layer.bias_ref is not None or layer.batch_norm is not None or self.is_observable(out):
             return
         holder = out.outputs[0]
-        bias_index, data = _BIAS_HOLDERS.get((_domain(holder), holder.op), (None, ()))
+        bias_index, data = _BIAS_HOLDERS.get((op_domain(holder), holder.op), (None, ()))
         if bias_index is None or bias_index >= len(holder.inputs):
             return
         if not holder.inputs[bias_index].name or holder.inputs[bias_index] is out:
@@ -219,7 +221,7 @@ class _DenseReader:
             return
         bn = out.outputs[0]
         where = f"BatchNormalization '{bn.name}' after {layer.describe()}"
-        rank = 2 if layer.node.op == "Gemm" else _traced_rank(layer.input)
+        rank = 2 if layer.node.op == "Gemm" else traced_rank(layer.input)
         if rank != 2:
             self.note(
                 f"{where}: normalises axis 1, which is the feature axis only for rank-2 data "

@@ -20,9 +20,14 @@ from onnx import helper
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 from onnx_graphsurgeon.ir.tensor import SparseValues
 
-from onnx_lump.graph.importer import _INDEX, _OUTPUTS, _WRITTEN, _is_pristine, _SpilledValues
-from onnx_lump.graph.modelio import external_data_dir, tensor_array
-from onnx_lump.graph.tensordata import _copy_fields
+from onnx_lump.graph.importer import (
+    INDEX_ATTR,
+    OUTPUTS_ATTR,
+    WRITTEN_ATTR,
+    SpilledValues,
+    is_pristine,
+)
+from onnx_lump.graph.tensordata import copy_fields, external_data_dir, tensor_array
 
 __all__ = ["export_model"]
 
@@ -37,7 +42,7 @@ def export_model(
         model.CopyFrom(original)
         _set_metadata(model, metadata)
         return model
-    _copy_fields(original, model, skip=("graph",))  # all but the graph, without copying it
+    copy_fields(original, model, skip=("graph",))  # all but the graph, without copying it
     _Merger(graph, original.graph, external_data_dir(original)).into(model.graph)
     _set_metadata(model, metadata)
     return model
@@ -55,7 +60,7 @@ class _Merger:
 
     def into(self, out: onnx.GraphProto) -> None:
         original = self.original
-        _copy_fields(original, out, skip=("node", "initializer", "value_info", "input", "output"))
+        copy_fields(original, out, skip=("node", "initializer", "value_info", "input", "output"))
         out.node.extend(self._nodes())
         changed_shapes = self._initializers(out)
         self._values_info(out)
@@ -72,11 +77,13 @@ class _Merger:
         by_outputs = {tuple(node.output): index for index, node in enumerate(original)}
         out = []
         for node in self.graph.nodes:
-            index = getattr(node, _INDEX, None)
+            index = getattr(node, INDEX_ATTR, None)
             if index is None:  # a graph that did not come from import_graph
                 index = by_name.get(node.name, -1) if node.name else -1
                 if index < 0:
-                    outputs = getattr(node, _OUTPUTS, None) or tuple(t.name for t in node.outputs)
+                    outputs = getattr(node, OUTPUTS_ATTR, None) or tuple(
+                        t.name for t in node.outputs
+                    )
                     index = by_outputs.get(tuple(outputs), -1)
             if 0 <= index < len(original) and original[index].op_type == node.op:
                 out.append(self._patched(node, original[index]))
@@ -154,9 +161,9 @@ class _Merger:
 
     # -- tensors -----------------------------------------------------------------------
     def _changed(self, constant: gs.Constant, before: onnx.TensorProto) -> bool:
-        if getattr(constant, _WRITTEN, False):
+        if getattr(constant, WRITTEN_ATTR, False):
             return True
-        if _is_pristine(constant):
+        if is_pristine(constant):
             return False
         values = np.asarray(constant.values)
         if tuple(values.shape) != tuple(before.dims):
@@ -249,7 +256,7 @@ def _tensor_like(
     """Fill ``into`` with the constant's new values, keeping ``before``'s name, type, doc
     string and metadata; the bytes are copied once, straight into the output proto (a
     spilled constant keeps its external reference: its bytes are copied on save)."""
-    if isinstance(constant._values, _SpilledValues) and (
+    if isinstance(constant._values, SpilledValues) and (
         constant._values.tensor.data_type == before.data_type
     ):
         spilled = constant._values.tensor

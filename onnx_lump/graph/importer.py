@@ -17,18 +17,26 @@ from onnx.external_data_helper import uses_external_data
 from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
 from onnx_lump.graph.chains import DenseChain
-from onnx_lump.graph.modelio import external_data_dir, tensor_array, tensor_view
+from onnx_lump.graph.tensordata import external_data_dir, tensor_array, tensor_view
 
-__all__ = ["import_graph", "release_chain"]
+__all__ = [
+    "INDEX_ATTR",
+    "OUTPUTS_ATTR",
+    "WRITTEN_ATTR",
+    "SpilledValues",
+    "import_graph",
+    "is_pristine",
+    "release_chain",
+]
 
 # Attributes this module sets on graphsurgeon objects (they are plain Python objects).
-_INDEX = "_onnx_lump_index"  # position of a node in the original graph
-_OUTPUTS = "_onnx_lump_outputs"  # a node's output names before the rewrite renamed one
-_WRITTEN = "_onnx_lump_written"  # a constant whose values the rewrite replaced
+INDEX_ATTR = "_onnx_lump_index"  # position of a node in the original graph
+OUTPUTS_ATTR = "_onnx_lump_outputs"  # a node's output names before the rewrite renamed one
+WRITTEN_ATTR = "_onnx_lump_written"  # a constant whose values the rewrite replaced
 _PRISTINE = "_onnx_lump_pristine"  # (weakref to the loaded array, its lazy source)
 
 
-class _SpilledValues(LazyValues):
+class SpilledValues(LazyValues):
     """Values the rewrite wrote, moved to a spill file; exported as the external
     reference they are, read back only if someone asks for them."""
 
@@ -47,7 +55,7 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
     graph = gs.import_onnx(model)
     base = external_data_dir(model)
     for index, node in enumerate(graph.nodes):
-        setattr(node, _INDEX, index)
+        setattr(node, INDEX_ATTR, index)
     for constant in _graph_constants(graph):
         values = constant._values
         if isinstance(values, LazyValues) and not isinstance(values, SparseValues):
@@ -76,7 +84,7 @@ class _PristineValues(LazyValues):
 
     def map_values(self, shared: bool = False) -> np.ndarray:
         """The values without loading them into the constant: a memory map of external
-        data (see :func:`onnx_lump.graph.modelio.tensor_view`), else the proto's values."""
+        data (see :func:`onnx_lump.graph.tensordata.tensor_view`), else the proto's values."""
         if uses_external_data(self.tensor):
             return tensor_view(self.tensor, self._base, shared)
         return onnx.numpy_helper.to_array(self.tensor)
@@ -107,13 +115,13 @@ def release_chain(chain: DenseChain) -> None:
             constant = root if isinstance(root, gs.Constant) else root.attrs.get("value")
             if isinstance(constant, gs.Constant) and isinstance(constant._values, LazyValues):
                 continue  # never read, or already handed back
-            if isinstance(constant, gs.Constant) and _is_pristine(constant):
+            if isinstance(constant, gs.Constant) and is_pristine(constant):
                 constant._values = getattr(constant, _PRISTINE)[1]
 
 
-def _is_pristine(constant: gs.Constant) -> bool:
+def is_pristine(constant: gs.Constant) -> bool:
     """True when the constant's values are still what was loaded, or were never loaded."""
-    if getattr(constant, _WRITTEN, False):
+    if getattr(constant, WRITTEN_ATTR, False):
         return False
     if isinstance(constant._values, LazyValues):
         return True

@@ -1,12 +1,12 @@
 """Loading models without harming anything the user owns.
 
 Loading keeps external data on disk: tensors stay references into the input's data files
-and are read one at a time when the pass needs them (:func:`tensor_array`), so a model of
-any size loads in the memory of its graph. Tensor access lives in
+and are read one at a time when the pass needs them
+(:func:`~onnx_lump.graph.tensordata.tensor_array`), so a model of any size loads in the
+memory of its graph. Tensor access lives in
 :mod:`onnx_lump.graph.tensordata`, path checks in :mod:`onnx_lump.graph.paths` and staged
 atomic saving in :mod:`onnx_lump.graph.saving` (the bytes it writes in
-:mod:`onnx_lump.graph.serialize`); their names are re-exported here, where callers have
-always imported them.
+:mod:`onnx_lump.graph.serialize`); callers import those names from there.
 """
 
 from __future__ import annotations
@@ -20,56 +20,15 @@ import onnx
 from onnx.external_data_helper import uses_external_data
 
 from onnx_lump.errors import LumpError
-from onnx_lump.graph.paths import check_output_path, check_paths, data_file_for
-from onnx_lump.graph.saving import (
-    StagedModel,
-    check_model,
-    check_model_file,
-    save_model,
-    stage_model,
-)
-from onnx_lump.graph.serialize import INLINE_LIMIT, PROTO_LIMIT
 from onnx_lump.graph.tensordata import (
     EXTERNAL_DIR_KEY,
-    _external_info,
     all_tensors,
-    external_data_dir,
-    external_files,
-    file_size,
-    is_spilled,
+    external_info,
     parse_model_file,
-    stored_parameters,
-    tensor_array,
     tensor_nbytes,
-    tensor_view,
-    uses_external,
 )
 
-__all__ = [
-    "EXTERNAL_DIR_KEY",
-    "INLINE_LIMIT",
-    "PROTO_LIMIT",
-    "LoadedModel",
-    "StagedModel",
-    "all_tensors",
-    "check_model",
-    "check_model_file",
-    "check_output_path",
-    "check_paths",
-    "data_file_for",
-    "external_data_dir",
-    "external_files",
-    "file_size",
-    "is_spilled",
-    "load_model",
-    "save_model",
-    "stage_model",
-    "stored_parameters",
-    "tensor_array",
-    "tensor_nbytes",
-    "tensor_view",
-    "uses_external",
-]
+__all__ = ["LoadedModel", "load_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +70,7 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
 
 
 def _check_external(tensor: onnx.TensorProto, base: Path, model_path: Path) -> None:
-    info = _external_info(tensor)
+    info = external_info(tensor)
     location = info.get("location", "")
     target = (base / location).resolve()
     if not location or Path(location).is_absolute() or base not in target.parents:

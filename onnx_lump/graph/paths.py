@@ -14,7 +14,12 @@ from pathlib import Path
 from onnx_lump.errors import LumpError
 from onnx_lump.graph.tensordata import external_files
 
-__all__ = ["check_output_path", "check_paths", "data_file_for"]
+__all__ = [
+    "check_output_path",
+    "check_paths",
+    "check_writable",
+    "data_file_for",
+]
 
 
 def data_file_for(output: str | os.PathLike) -> Path:
@@ -69,7 +74,7 @@ def check_paths(
     for path, label in read:
         taken.setdefault(_identity(path), label)
     for path, label in written:
-        _check_writable(path)
+        check_writable(path)
         key = _identity(path)
         if key in taken:
             raise LumpError(
@@ -78,7 +83,7 @@ def check_paths(
         taken[key] = f"output {label}"
 
 
-def _check_writable(output: Path) -> None:
+def check_writable(output: Path) -> None:
     folder = output.resolve().parent
     if not folder.is_dir():
         raise LumpError(f"output folder '{folder}' does not exist or is not a folder")

@@ -15,8 +15,10 @@ Rules, in the order they apply to each constant input of a dense layer:
    ``value_info`` survives.
 
 Importing the graph lives in :mod:`onnx_lump.graph.importer` and applying the edits onto
-the original proto in :mod:`onnx_lump.graph.export`; :func:`import_graph`,
-:func:`release_chain` and :func:`export_model` are re-exported here.
+the original proto in :mod:`onnx_lump.graph.export` (callers import
+:func:`~onnx_lump.graph.importer.import_graph`,
+:func:`~onnx_lump.graph.importer.release_chain` and
+:func:`~onnx_lump.graph.export.export_model` from there).
 """
 
 from __future__ import annotations
@@ -29,21 +31,17 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnx_lump.graph.chains import ConstantRef, DenseChain, DenseLayer
-from onnx_lump.graph.export import export_model
 from onnx_lump.graph.importer import (
-    _OUTPUTS,
-    _WRITTEN,
-    _SpilledValues,
-    import_graph,
-    release_chain,
+    OUTPUTS_ATTR,
+    WRITTEN_ATTR,
+    SpilledValues,
 )
-from onnx_lump.methods.base import Shortcut
-from onnx_lump.ode.reduction import ReducedLayer
+from onnx_lump.types import ReducedLayer, Shortcut
 
 if TYPE_CHECKING:
     from onnx_lump.graph.spill import Spill
 
-__all__ = ["export_model", "import_graph", "release_chain", "rewrite_chain"]
+__all__ = ["rewrite_chain"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +86,7 @@ def _spill_constant(constant: gs.Constant, spill: Spill) -> None:
         return
     tensor = spill.tensor(constant.name, values)
     if tensor is not None:
-        constant._values = _SpilledValues(tensor)
+        constant._values = SpilledValues(tensor)
 
 
 class _NameSource:
@@ -197,8 +195,8 @@ def _drop_batch_norm(graph: gs.Graph, layer: DenseLayer) -> None:
 
 def _remember_outputs(node: gs.Node) -> None:
     """Keep the output names a node had before the rewrite renames one (for export)."""
-    if not hasattr(node, _OUTPUTS):
-        setattr(node, _OUTPUTS, tuple(t.name for t in node.outputs))
+    if not hasattr(node, OUTPUTS_ATTR):
+        setattr(node, OUTPUTS_ATTR, tuple(t.name for t in node.outputs))
 
 
 def _bias_layout(bias: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -230,11 +228,11 @@ def _write_constant(
     value = value.astype(dtype, order="C")  # one copy, C-ordered, in the model's dtype
     if isinstance(ref.root, gs.Constant):
         ref.root.values = value
-        setattr(ref.root, _WRITTEN, True)
+        setattr(ref.root, WRITTEN_ATTR, True)
         names.wrote(ref.root)
     else:
         written = gs.Constant(ref.root.attrs["value"].name, value)
-        setattr(written, _WRITTEN, True)
+        setattr(written, WRITTEN_ATTR, True)
         ref.root.attrs["value"] = written
         ref.root.outputs[0].shape = None
         names.wrote(written)

@@ -22,9 +22,9 @@ import onnx
 from onnx.external_data_helper import uses_external_data
 
 from onnx_lump.errors import LumpError
-from onnx_lump.graph.paths import _check_writable, data_file_for
-from onnx_lump.graph.serialize import _ALIGN_THRESHOLD, PROTO_LIMIT, _write
-from onnx_lump.graph.tensordata import _copy_fields, all_tensors, tensor_nbytes, uses_external
+from onnx_lump.graph.paths import check_writable, data_file_for
+from onnx_lump.graph.serialize import ALIGN_THRESHOLD, PROTO_LIMIT, write_model
+from onnx_lump.graph.tensordata import all_tensors, copy_fields, tensor_nbytes, uses_external
 
 __all__ = [
     "StagedModel",
@@ -104,7 +104,7 @@ def stage_model(
     the working directory.
     """
     output = Path(output)
-    _check_writable(output)
+    check_writable(output)
     external = external_data or uses_external(model) or _data_bytes(model) > PROTO_LIMIT
     with _terminate_cleanly():
         # The folder is made inside the try that removes it. Blocking signals around
@@ -121,7 +121,12 @@ def stage_model(
                 raise LumpError(f"cannot write '{output}': {exc.strerror or exc}") from None
             staged = StagedModel(output, staging, external)
             try:
-                _write(model, staged)
+                staged.data_path = write_model(
+                    model,
+                    staged.path,
+                    staged.data_path,
+                    staged.staging / data_file_for(output).name,
+                )
             except OSError as exc:
                 raise LumpError(f"cannot write '{output}': {exc.strerror or exc}") from exc
             yield staged
@@ -159,11 +164,11 @@ def check_model(model: onnx.ModelProto) -> None:
         tensor.dims.append(0)
 
     def big(tensor: onnx.TensorProto) -> bool:
-        return uses_external_data(tensor) or tensor_nbytes(tensor) > _ALIGN_THRESHOLD
+        return uses_external_data(tensor) or tensor_nbytes(tensor) > ALIGN_THRESHOLD
 
     probe = onnx.ModelProto()
-    _copy_fields(model, probe, skip=("graph",))
-    _copy_fields(model.graph, probe.graph, skip=("initializer",))
+    copy_fields(model, probe, skip=("graph",))
+    copy_fields(model.graph, probe.graph, skip=("initializer",))
     for tensor in model.graph.initializer:  # large data is never copied
         copy = probe.graph.initializer.add()
         if big(tensor):

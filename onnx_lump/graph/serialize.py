@@ -13,7 +13,6 @@ import os
 import queue
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import onnx
 from google.protobuf.message import EncodeError
@@ -21,28 +20,31 @@ from onnx import numpy_helper
 from onnx.external_data_helper import uses_external_data
 
 from onnx_lump.errors import LumpError
-from onnx_lump.graph.paths import data_file_for
 from onnx_lump.graph.tensordata import (
     EXTERNAL_DIR_KEY,
-    _copy_fields,
-    _external_info,
-    _node_tensors,
-    _read_range,
-    _sparse_parts,
+    copy_fields,
     external_data_dir,
+    external_info,
+    node_tensors,
+    read_range,
+    sparse_parts,
     tensor_nbytes,
     uses_external,
 )
-
-if TYPE_CHECKING:  # annotations only; saving imports this module
-    from onnx_lump.graph.saving import StagedModel
 
 try:
     from google.protobuf.unknown_fields import UnknownFieldSet as _UnknownFieldSet
 except ImportError:  # protobuf < 4.22: every model is serialized whole
     _UnknownFieldSet = None
 
-__all__ = ["INLINE_LIMIT", "PROTO_LIMIT"]
+__all__ = [
+    "ALIGN_THRESHOLD",
+    "INLINE_LIMIT",
+    "PROTO_LIMIT",
+    "STREAM_MIN",
+    "externalize_from",
+    "write_model",
+]
 
 # Tensors smaller than this stay inside the .onnx file, as onnx.save_model's default does:
 # shape tensors of a dynamo export must stay inline for onnxruntime to load the model.
@@ -50,13 +52,13 @@ INLINE_LIMIT = 1024
 # A serialized protobuf cannot pass 2 GiB; beyond this the output must use external data.
 PROTO_LIMIT = 2**31 - 2**20
 # Large tensors start on an allocation boundary so onnxruntime can map them (onnx's values).
-_ALIGN_THRESHOLD = 1 << 20
+ALIGN_THRESHOLD = 1 << 20
 _ALIGNMENT = 1 << 16
 _COPY_CHUNK = 1 << 24
 
 
 # Inline tensors at least this large are written from their own bytes, not serialized.
-_STREAM_MIN = 1 << 20
+STREAM_MIN = 1 << 20
 
 
 class _Raw:
@@ -87,7 +89,7 @@ def _inline_pieces(model: onnx.ModelProto) -> list[bytes | _Raw] | None:
     """
     graph = model.graph
     large = [
-        tensor.HasField("raw_data") and tensor_nbytes(tensor) >= _STREAM_MIN
+        tensor.HasField("raw_data") and tensor_nbytes(tensor) >= STREAM_MIN
         for tensor in graph.initializer
     ]
     if not any(large) or _has_unknown(model, graph):
@@ -181,7 +183,7 @@ def _fields(message, first: int, end: int = 1 << 29, private: bool = False) -> b
     """The serialized fields of ``message`` numbered ``first`` to ``end`` (excluded), in
     the order protobuf writes them; ``private``: without the in-memory metadata key."""
     part = type(message)()
-    _copy_fields(message, part, numbers=range(first, end))
+    copy_fields(message, part, numbers=range(first, end))
     if private:
         _strip_private(part)
     return part.SerializeToString()
@@ -217,14 +219,19 @@ def _strip_private(model: onnx.ModelProto) -> None:
         model.metadata_props.extend(kept)
 
 
-def _write(model: onnx.ModelProto, staged: StagedModel) -> None:
+def write_model(
+    model: onnx.ModelProto, path: Path, data_path: Path | None, overflow_data_path: Path
+) -> Path | None:
+    """Write ``model`` to ``path``, its large tensors into ``data_path`` when one is given;
+    when none is and the graph's own size passes the limit, into ``overflow_data_path``.
+    Returns the data file written, or None (every tensor inline)."""
     source = external_data_dir(model)
-    if staged.data_path is None:
+    if data_path is None:
         if uses_external(model):  # unreachable by stage_model's rule; kept as a guard
             raise LumpError("a model with external data must be written with external data")
         pieces = _inline_pieces(model)
         if pieces is not None:
-            with open(staged.path, "wb") as handle:
+            with open(path, "wb") as handle:
                 try:
                     _write_pieces(handle, pieces)
                 except _Replan:  # a malformed tensor: let protobuf write what it holds
@@ -234,37 +241,38 @@ def _write(model: onnx.ModelProto, staged: StagedModel) -> None:
                     if pieces is not None:
                         _write_pieces(handle, pieces)
             if pieces is not None:
-                return
+                return None
         # The graph's own size took it past the limit: its tensors go external after all.
-        staged.data_path = staged.staging / data_file_for(staged.output).name
+        data_path = overflow_data_path
     # Copy the model tensor by tensor: large inline tensors are moved into the data file
     # as they are copied, external ones are streamed from the input's data file.
-    location = staged.data_path.name
+    location = data_path.name
     out = onnx.ModelProto()
-    with open(staged.data_path, "wb", buffering=0) as data:
-        _copy_fields(model, out, skip=("graph",))
-        _copy_fields(model.graph, out.graph, skip=("initializer", "node"))
+    with open(data_path, "wb", buffering=0) as data:
+        copy_fields(model, out, skip=("graph",))
+        copy_fields(model.graph, out.graph, skip=("initializer", "node"))
         for tensor in model.graph.initializer:  # one tensor at a time: memory stays flat
             copy = out.graph.initializer.add()
-            _copy_fields(tensor, copy, skip=_DATA_FIELDS)  # data is never copied in memory
-            _externalize_from(tensor, copy, data, location, source)
+            copy_fields(tensor, copy, skip=_DATA_FIELDS)  # data is never copied in memory
+            externalize_from(tensor, copy, data, location, source)
         for node in model.graph.node:
             copy = out.graph.node.add()
             copy.CopyFrom(node)
-            for tensor in _node_tensors(copy, sparse=False):
+            for tensor in node_tensors(copy, sparse=False):
                 _externalize(tensor, data, location, source)
         for function in out.functions:
             for node in function.node:
-                for tensor in _node_tensors(node, sparse=False):
+                for tensor in node_tensors(node, sparse=False):
                     _externalize(tensor, data, location, source)
     _strip_private(out)
-    for tensor in _sparse_parts(out):
+    for tensor in sparse_parts(out):
         _inline(tensor, source)  # sparse tensors stay inline, where every reader looks
-    if staged.data_path.stat().st_size == 0:
-        staged.data_path.unlink()
-        staged.data_path = None
-    with open(staged.path, "wb") as handle:
+    if data_path.stat().st_size == 0:
+        data_path.unlink()
+        data_path = None
+    with open(path, "wb") as handle:
         handle.write(out.SerializeToString())
+    return data_path
 
 
 def _inline(tensor: onnx.TensorProto, source: Path | None) -> None:
@@ -272,8 +280,8 @@ def _inline(tensor: onnx.TensorProto, source: Path | None) -> None:
         return
     if source is None:
         raise LumpError(f"tensor '{tensor.name}' is stored externally and its folder is unknown")
-    info = _external_info(tensor)
-    tensor.raw_data = _read_range(source / info["location"], info, tensor_nbytes(tensor))
+    info = external_info(tensor)
+    tensor.raw_data = read_range(source / info["location"], info, tensor_nbytes(tensor))
     del tensor.external_data[:]
     tensor.data_location = onnx.TensorProto.DEFAULT
 
@@ -289,7 +297,7 @@ _DATA_FIELDS = (
 )
 
 
-def _externalize_from(
+def externalize_from(
     tensor: onnx.TensorProto, copy: onnx.TensorProto, data, location: str, source: Path | None
 ) -> None:
     """Give ``copy`` (``tensor`` without its data fields) its data: inline when small,
@@ -321,7 +329,7 @@ def _externalize(tensor: onnx.TensorProto, data, location: str, source: Path | N
     if tensor.data_type == onnx.TensorProto.STRING:
         return  # strings cannot be stored externally
     if uses_external_data(tensor):
-        info = _external_info(tensor)
+        info = external_info(tensor)
         if source is None:
             raise LumpError(f"tensor '{tensor.name}' is external and its folder is unknown")
         if nbytes < INLINE_LIMIT:
@@ -374,7 +382,7 @@ def _raw_bytes(tensor: onnx.TensorProto) -> bytes:
 
 def _pad(data, nbytes: int) -> int:
     offset = data.tell()
-    if nbytes >= _ALIGN_THRESHOLD and offset % _ALIGNMENT:
+    if nbytes >= ALIGN_THRESHOLD and offset % _ALIGNMENT:
         gap = _ALIGNMENT - offset % _ALIGNMENT
         data.write(b"\0" * gap)
         offset += gap

@@ -6,7 +6,7 @@ the next chain is read, so the peak is one chain's weights, not the model:
 
 * the rewritten tensors are appended to a tensor file and the output ModelProto refers to
   them as external data (an absolute location, which only onnx_lump reads:
-  :func:`onnx_lump.graph.modelio.save_model` copies them into OUT's data file, and
+  :func:`onnx_lump.graph.saving.save_model` copies them into OUT's data file, and
   :mod:`onnx_lump.runtime` hands such a model to onnxruntime as a staged file);
 * what the Report keeps (the ChainResult weights, the ODE coefficients) is either a
   read-only map of the input's own data file, or written to an array file and mapped
@@ -34,15 +34,18 @@ import onnx
 from onnx import helper
 
 from onnx_lump.graph.chains import DenseChain
-from onnx_lump.graph.modelio import INLINE_LIMIT, external_data_dir, is_spilled, uses_external
-from onnx_lump.methods.base import ChainResult
+from onnx_lump.graph.serialize import INLINE_LIMIT
+from onnx_lump.graph.tensordata import external_data_dir, uses_external
 from onnx_lump.ode.encoding import OdeSystem
-from onnx_lump.ode.reduction import ReducedLayer
+from onnx_lump.types import ChainResult, ReducedLayer
 
-__all__ = ["Spill", "is_spilled"]
+__all__ = [
+    "MIN_MAPPED",
+    "Spill",
+]
 
 # Arrays below this stay in memory: mapping them would cost more than it saves.
-_MIN_MAPPED = 1 << 16
+MIN_MAPPED = 1 << 16
 _ALIGN = 64
 
 
@@ -89,7 +92,7 @@ class Spill:
         """Copies of ``arrays`` mapped from the array file (copy-on-write: writable, and
         writes never reach the file); small arrays are returned as they are."""
         out = list(arrays)
-        large = [i for i, a in enumerate(out) if a.nbytes >= _MIN_MAPPED]
+        large = [i for i, a in enumerate(out) if a.nbytes >= MIN_MAPPED]
         if not large:
             return out
         with self._lock:

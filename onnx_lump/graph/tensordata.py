@@ -25,11 +25,16 @@ from onnx_lump.errors import LumpError
 __all__ = [
     "EXTERNAL_DIR_KEY",
     "all_tensors",
+    "copy_fields",
     "external_data_dir",
     "external_files",
+    "external_info",
     "file_size",
     "is_spilled",
+    "node_tensors",
     "parse_model_file",
+    "read_range",
+    "sparse_parts",
     "stored_parameters",
     "tensor_array",
     "tensor_nbytes",
@@ -55,7 +60,7 @@ def uses_external(model: onnx.ModelProto) -> bool:
     return any(uses_external_data(t) for t in all_tensors(model))
 
 
-def _external_info(tensor: onnx.TensorProto) -> dict[str, str]:
+def external_info(tensor: onnx.TensorProto) -> dict[str, str]:
     return {entry.key: entry.value for entry in tensor.external_data}
 
 
@@ -84,7 +89,7 @@ def tensor_array(tensor: onnx.TensorProto, base: str | os.PathLike | None = None
     into a fresh array, so memory is returned when the array is dropped."""
     if not uses_external_data(tensor):
         return numpy_helper.to_array(tensor)
-    info = _external_info(tensor)
+    info = external_info(tensor)
     if base is None:
         if not os.path.isabs(info.get("location", "")):  # absolute: an onnx_lump spill
             raise LumpError(
@@ -102,7 +107,7 @@ def tensor_array(tensor: onnx.TensorProto, base: str | os.PathLike | None = None
         copy.CopyFrom(tensor)
         del copy.external_data[:]
         copy.data_location = onnx.TensorProto.DEFAULT
-        copy.raw_data = _read_range(Path(base) / info["location"], info, tensor_nbytes(tensor))
+        copy.raw_data = read_range(Path(base) / info["location"], info, tensor_nbytes(tensor))
         return numpy_helper.to_array(copy)
     count = int(np.prod(tensor.dims, dtype=np.int64)) if tensor.dims else 1
     array = np.fromfile(
@@ -134,7 +139,7 @@ def tensor_view(
     count = int(np.prod(tensor.dims, dtype=np.int64))
     if count == 0 or dtype.kind not in "biuf" or tensor.data_type in _PACKED:
         return tensor_array(tensor, base)
-    info = _external_info(tensor)
+    info = external_info(tensor)
     location = info.get("location", "")
     if base is None and not os.path.isabs(location):
         return tensor_array(tensor, None)  # raises: the folder is unknown
@@ -170,7 +175,7 @@ _PACKED = (
 )
 
 
-def _read_range(path: Path, info: dict[str, str], nbytes: int) -> bytes:
+def read_range(path: Path, info: dict[str, str], nbytes: int) -> bytes:
     with open(path, "rb") as handle:
         handle.seek(int(info.get("offset", 0)))
         return handle.read(nbytes)
@@ -235,7 +240,7 @@ def external_files(path: str | os.PathLike) -> list[Path]:
     seen: dict[str, Path] = {}
     for tensor in all_tensors(model):
         if uses_external_data(tensor):
-            location = _external_info(tensor).get("location", "")
+            location = external_info(tensor).get("location", "")
             if location:
                 seen.setdefault(location, path.parent / location)
     return list(seen.values())
@@ -247,10 +252,10 @@ def all_tensors(model: onnx.ModelProto, sparse: bool = True) -> Iterator[onnx.Te
     yield from _graph_tensors(model.graph, sparse)
     for function in model.functions:
         for node in function.node:
-            yield from _node_tensors(node, sparse)
+            yield from node_tensors(node, sparse)
 
 
-def _copy_fields(source, target, skip: tuple[str, ...] = (), numbers: range | None = None) -> None:
+def copy_fields(source, target, skip: tuple[str, ...] = (), numbers: range | None = None) -> None:
     """Copy every set field of a protobuf message except ``skip`` (and, with ``numbers``,
     those numbered outside it). Fields are looked up by descriptor, not ListFields, which
     would read every value, a tensor's raw_data included, only to skip it."""
@@ -274,7 +279,7 @@ def _is_repeated(descriptor) -> bool:
     return descriptor.label == descriptor.LABEL_REPEATED if repeated is None else repeated
 
 
-def _sparse_parts(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+def sparse_parts(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
     def walk(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
         for item in graph.sparse_initializer:
             yield item.values
@@ -297,10 +302,10 @@ def _graph_tensors(graph: onnx.GraphProto, sparse: bool) -> Iterator[onnx.Tensor
             yield item.values
             yield item.indices
     for node in graph.node:
-        yield from _node_tensors(node, sparse)
+        yield from node_tensors(node, sparse)
 
 
-def _node_tensors(node: onnx.NodeProto, sparse: bool) -> Iterator[onnx.TensorProto]:
+def node_tensors(node: onnx.NodeProto, sparse: bool) -> Iterator[onnx.TensorProto]:
     for attr in node.attribute:
         if attr.HasField("t"):
             yield attr.t

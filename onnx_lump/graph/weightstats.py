@@ -15,8 +15,8 @@ import numpy as np
 import onnx
 
 from onnx_lump.graph.chains import DenseChain, DenseLayer, scan_graph
-from onnx_lump.graph.rewrite import import_graph
-from onnx_lump.ode.reduction import ReducedLayer
+from onnx_lump.graph.importer import import_graph
+from onnx_lump.types import ReducedLayer
 
 __all__ = [
     "DEFAULT_GROWTH_LIMIT",

@@ -9,9 +9,9 @@ import numpy as np
 
 from onnx_lump.data.cache import ChainCache
 from onnx_lump.ode.encoding import OdeSystem
-from onnx_lump.ode.reduction import ReducedLayer
+from onnx_lump.types import ChainResult
 
-__all__ = ["ChainProblem", "ChainResult", "Method", "Shortcut"]
+__all__ = ["ChainProblem", "Method"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -37,25 +37,6 @@ class ChainProblem:
     @property
     def weights(self) -> list[tuple[np.ndarray, np.ndarray]]:
         return [(layer.coefficients, layer.bias) for layer in self.system.layers]
-
-
-@dataclass(frozen=True, eq=False)
-class Shortcut:
-    """A linear skip connection: ``input of layer source @ weight.T`` is added to the
-    output of dense layer ``target`` (before its activation)."""
-
-    source: int
-    target: int
-    weight: np.ndarray
-
-
-@dataclass(eq=False)
-class ChainResult:
-    """New parameters for every dense layer of a chain, plus any shortcuts to add."""
-
-    layers: list[ReducedLayer]
-    shortcuts: list[Shortcut] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)  # what the method chose not to do, and why
 
 
 class Method(abc.ABC):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from onnx_lump.methods.base import ChainProblem, ChainResult, Method
+from onnx_lump.methods.base import ChainProblem, Method
 from onnx_lump.ode.encoding import OdeLayer, OdeSystem
+from onnx_lump.types import ChainResult
 
 __all__ = ["Sequence"]
 

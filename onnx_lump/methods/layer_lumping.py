@@ -17,8 +17,9 @@ from onnx_lump.data.cache import ChainCache, digest
 from onnx_lump.data.reference import frozen
 from onnx_lump.methods.base import ChainProblem
 from onnx_lump.ode.encoding import Lumping
-from onnx_lump.ode.equivalence import Equivalence, PartitionOptions, backward_lumping
+from onnx_lump.ode.equivalence import backward_lumping
 from onnx_lump.ode.grouping import Linkage
+from onnx_lump.ode.partition import Equivalence, PartitionOptions
 
 __all__ = ["eps_for_width", "layer_lumping", "lumping_digest"]
 

@@ -15,21 +15,17 @@ from onnx_lump.data.reference import (
     frozen,
     layer_input_chunks,
     layer_inputs,
-    original_output,
     original_rows,
     reference_error,
 )
-from onnx_lump.methods.base import ChainProblem, ChainResult, Method
+from onnx_lump.methods.base import ChainProblem, Method
 from onnx_lump.methods.layer_lumping import eps_for_width, layer_lumping, lumping_digest
 from onnx_lump.ode.encoding import Lumping, aggregate
-from onnx_lump.ode.equivalence import (
-    Equivalence,
-    PartitionOptions,
-    Similarity,
-    compute_partition,
-)
-from onnx_lump.ode.reduction import ReducedLayer, reduce_layer, reduce_system
+from onnx_lump.ode.equivalence import compute_partition
+from onnx_lump.ode.partition import Equivalence, PartitionOptions, Similarity
+from onnx_lump.ode.reduction import reduce_layer, reduce_system
 from onnx_lump.ode.span import SpanOrder, span_order
+from onnx_lump.types import ChainResult, ReducedLayer
 
 __all__ = [
     "DEFAULT_RIDGE",
@@ -37,8 +33,6 @@ __all__ = [
     "Exact",
     "Lump",
     "Reduction",
-    "original_output",
-    "original_rows",
 ]
 
 # Which similarity lumping uses when calibration data is given, chosen on the benchmark:

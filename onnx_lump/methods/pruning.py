@@ -13,8 +13,8 @@ import numpy as np
 
 from onnx_lump.data.calibration import forward_chain
 from onnx_lump.errors import LumpError
-from onnx_lump.methods.base import ChainProblem, ChainResult, Method
-from onnx_lump.ode.reduction import ReducedLayer
+from onnx_lump.methods.base import ChainProblem, Method
+from onnx_lump.types import ChainResult, ReducedLayer
 
 __all__ = ["EliminationCompensation", "Magnitude", "Scope", "Wanda"]
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from onnx_lump.errors import LumpError
-from onnx_lump.methods.base import ChainProblem, ChainResult, Method
-from onnx_lump.ode.reduction import ReducedLayer
+from onnx_lump.methods.base import ChainProblem, Method
+from onnx_lump.types import ChainResult, ReducedLayer
 
 __all__ = ["RandomInit"]
 

@@ -27,37 +27,44 @@ decides) are decided by the sums group_rows takes, over the rows in their own or
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 
 import numpy as np
 from scipy.spatial.distance import cdist
 
 from onnx_lump.ode.data_scan import (
-    _SHARES,
-    _TIE,
-    _TILE_ENTRIES,
-    _connected,
-    _cuts,
-    _LazyBounds,
-    _merge,
-    _pair_l1,
-    _pairs_within,
-    _reference_within,
-    _scan,
-    _window,
+    SHARES,
+    TIE,
+    TILE_ENTRIES,
+    LazyBounds,
+    connected,
+    cuts,
+    key_window,
+    merge_roots,
+    pair_l1,
+    pairs_within,
+    reference_within,
+    scan,
 )
 from onnx_lump.ode.grouping import (
     Linkage,
     RowSource,
-    _StoredRows,
+    StoredRows,
     group_rows,
     number_by_first_row,
     split_by_projections,
 )
 
-__all__ = ["group_data_rows"]
+__all__ = [
+    "NEIGHBOURS",
+    "find_pivot",
+    "group_data_rows",
+    "pivot_distances",
+    "seed_groups",
+]
 
 _SMALL_BLOCK = 64  # blocks up to this size: every pair at once
-_NEIGHBOURS = 8  # nearest rows each row (or component) is compared with in seeding
+NEIGHBOURS = 8  # nearest rows each row (or component) is compared with in seeding
 _MISSES = 2  # candidates beyond eps after which a row's seeding stops
 _LATER = 4  # later seeding rounds (few rows) compare this many times more candidates
 _NEAR_MISS = 1.5  # seeding goes on from components that missed by less (times eps)
@@ -84,7 +91,7 @@ def group_data_rows(rows: RowSource, eps: float, linkage: Linkage = Linkage.SING
     small = (sizes > 1) & (sizes <= _SMALL_BLOCK)
     # Most blocks of a wide layer hold a few rows: their rows are formed many blocks at
     # a time (one product with the inputs), then each block's distances come at once.
-    per_batch = max(1, _TILE_ENTRIES * 4 // max(rows.shape[1], 1))
+    per_batch = max(1, TILE_ENTRIES * 4 // max(rows.shape[1], 1))
     small_starts, small_sizes = starts[small], sizes[small]
     ends = np.cumsum(small_sizes)
     first = 0
@@ -97,7 +104,7 @@ def group_data_rows(rows: RowSource, eps: float, linkage: Linkage = Linkage.SING
         at = 0
         for size in small_sizes[first:last]:
             block = np.arange(at, at + size)
-            i, j = _pairs_within(points, block, eps)
+            i, j = pairs_within(points, block, eps)
             left.append(members[i])
             right.append(members[j])
             at += size
@@ -109,14 +116,17 @@ def group_data_rows(rows: RowSource, eps: float, linkage: Linkage = Linkage.SING
         local = _components(_block(rows, members), columns, eps)
         left.append(members)
         right.append(members[local])
-    return number_by_first_row(_connected(n, np.concatenate(left), np.concatenate(right)))
+    return number_by_first_row(connected(n, np.concatenate(left), np.concatenate(right)))
 
 
 def _block(rows: RowSource, members: np.ndarray) -> np.ndarray:
     """Rows ``members``, read only: the stored rows themselves, not a copy, where the
     block is all of them (as at the larger epsilons)."""
-    stored = isinstance(rows, _StoredRows) and members.size == rows.shape[0]
-    if stored and rows.rows.dtype == np.float64:  # members is then 0, 1, ..., n - 1
+    if (
+        isinstance(rows, StoredRows)
+        and members.size == rows.shape[0]
+        and rows.rows.dtype == np.float64
+    ):  # the block is all the stored rows: members is then 0, 1, ..., n - 1
         return rows.rows
     return rows.take(members)
 
@@ -127,26 +137,26 @@ def _components(points: np.ndarray, columns: np.ndarray, eps: float) -> np.ndarr
     in which partial sums read the columns.
 
     A spanning forest is enough, so links are looked for where they are likeliest first:
-    every row within eps of a pivot row joins it (:func:`_pivot`: one pass over the rows,
+    every row within eps of a pivot row joins it (:func:`find_pivot`: one pass over the rows,
     which at large epsilons settles most of them), then each other row is compared with
-    its nearest rows (:func:`_seed`). The components this leaves are then told apart by
+    its nearest rows (:func:`seed_groups`). The components this leaves are then told apart by
     their centres (the pivot, else their smallest row) and radii: by the triangle
     inequality no pair of members of two components is within eps when their centres
     are more than eps plus both radii apart, and the two are joined when the centres are
     within eps. Only the members of the pairs of components left open are compared,
     skipping those joined by then."""
     m, dim = points.shape
-    pivot, reach, joined = _pivot(points, eps)
+    pivot, reach, joined = find_pivot(points, eps)
     if joined.all():
         return np.zeros(m, dtype=np.int64)
     reach = reach[:, None]
     if 2 * eps < reach.max():  # else the distances to a second pivot rule out little
-        reach = np.column_stack([reach, _reach(points, int(np.argmax(reach)))])
+        reach = np.column_stack([reach, pivot_distances(points, int(np.argmax(reach)))])
     original, points = points, np.take(points, columns, axis=1)
     ties: list[tuple[np.ndarray, np.ndarray]] = []  # pairs at eps, to decide at the end
     seed = np.arange(m)
     seed[joined] = np.flatnonzero(joined)[0]
-    seed, (link_i, link_d) = _seed(points, eps, seed, np.flatnonzero(~joined), reach, ties)
+    seed, (link_i, link_d) = seed_groups(points, eps, seed, np.flatnonzero(~joined), reach, ties)
     with_pivot = seed == seed[pivot]
     centre = np.where(with_pivot, pivot, seed)
     reps = np.flatnonzero(centre == np.arange(m))
@@ -160,19 +170,17 @@ def _components(points: np.ndarray, columns: np.ndarray, eps: float) -> np.ndarr
     loose = np.flatnonzero(~with_pivot & (radius[seed] > _TIGHT * eps))
     if loose.size:
         radius[seed[loose]] = 0.0
-        np.maximum.at(radius, seed[loose], _pair_l1(points, loose, seed[loose], 0, dim))
-    norms = _LazyBounds(points)
+        np.maximum.at(radius, seed[loose], pair_l1(points, loose, seed[loose], 0, dim))
+    norms = LazyBounds(points)
     # The radii and the distances are sums of dim terms, rounded in another order than a
     # member pair's distance: a margin far above that rounding keeps the exclusion safe.
     extra = np.zeros(m)
     extra[reps] = radius[reps] * (1.0 + 1e-9) + 1e-9 * norms.l1_of(reps)
-    roots, left, right = _scan(
-        points, norms, reps, reps, eps, seed, ties, extra, extra, True, reach
-    )
+    roots, left, right = scan(points, norms, reps, reps, eps, seed, ties, extra, extra, True, reach)
     by_root = np.argsort(seed, kind="stable")
     first = np.searchsorted(seed[by_root], np.arange(m + 1))  # seed component r's members
 
-    def members(of: np.ndarray) -> np.ndarray:
+    def members(of: Iterable[int]) -> np.ndarray:
         return np.concatenate([by_root[first[seed[c]] : first[seed[c] + 1]] for c in of])
 
     # Pairs of components left open: each member of the wider one against the narrower
@@ -185,7 +193,7 @@ def _components(points: np.ndarray, columns: np.ndarray, eps: float) -> np.ndarr
         balls = balls[roots[balls] != roots[whole]]
         if balls.size:
             rows = members([whole])
-            roots, x, b = _scan(
+            roots, x, b = scan(
                 points, norms, rows, balls, eps, roots, ties, None, extra, False, reach
             )
             near_rows.append(x)
@@ -194,26 +202,26 @@ def _components(points: np.ndarray, columns: np.ndarray, eps: float) -> np.ndarr
         for b, rows in _runs(np.concatenate(near_balls), np.concatenate(near_rows)):
             rows = rows[roots[rows] != roots[b]]
             if rows.size:
-                roots = _scan(points, norms, members([b]), rows, eps, roots, ties, reach=reach)[0]
+                roots = scan(points, norms, members([b]), rows, eps, roots, ties, reach=reach)[0]
     # Ties were left out of the graph (a spanning forest of the rest): those that link
     # by group_rows's sums join their components now.
     i, j = (np.concatenate(x) for x in zip(*ties, strict=True)) if ties else (seed[:0], seed[:0])
     i, j = i[roots[i] != roots[j]], j[roots[i] != roots[j]]
-    within = _reference_within(original, i, j, eps)
-    return _merge(roots, i[within], j[within])
+    within = reference_within(original, i, j, eps)
+    return merge_roots(roots, i[within], j[within])
 
 
-def _pivot(points: np.ndarray, eps: float) -> tuple[int, np.ndarray, np.ndarray]:
+def find_pivot(points: np.ndarray, eps: float) -> tuple[int, np.ndarray, np.ndarray]:
     """A pivot row (the one nearest the mean row), its L1 distance to every row, and
     which rows are within eps of it by more than the rounding of any summation order (a
     relative 1e-9, far above dim ulps): one pass over the rows links them all, which at
     large epsilons is most rows."""
     pivot = int(np.argmin(cdist(points.mean(axis=0)[None], points, "cityblock")[0]))
-    reach = _reach(points, pivot)
-    return pivot, reach, reach * (1.0 + _TIE) <= eps
+    reach = pivot_distances(points, pivot)
+    return pivot, reach, reach * (1.0 + TIE) <= eps
 
 
-def _reach(points: np.ndarray, pivot: int) -> np.ndarray:
+def pivot_distances(points: np.ndarray, pivot: int) -> np.ndarray:
     """L1 distance of every row to row ``pivot``. By the triangle inequality two rows
     are at least as far apart as their distances to any one row differ: the distances
     to two pivots (the second the row farthest from the first) rule out most pairs at
@@ -230,7 +238,7 @@ def _runs(keys: np.ndarray, values: np.ndarray):
         yield keys[head], values[head:stop]
 
 
-def _seed(
+def seed_groups(
     points: np.ndarray,
     eps: float,
     roots: np.ndarray,
@@ -249,7 +257,7 @@ def _seed(
     largest component's rows and the other components' smallest rows (one row standing
     for the near-copies of each), by the L1 distance over a share of the columns."""
     m = points.shape[0]
-    k = min(_NEIGHBOURS, m - 1)
+    k = min(NEIGHBOURS, m - 1)
     if k < 1 or not which.size:
         return roots, (np.zeros(0, np.int64), np.zeros(0))
     # Candidates: the rows to seed and a sample of the others (already joined: one link
@@ -308,10 +316,10 @@ def _nearest(
     right = np.hstack([sketch, np.einsum("ij,ij->i", sketch, sketch)[:, None]])
     which = which[np.argsort(position[which], kind="stable")]  # tiles of near rows
     nearest = np.repeat(which[:, None], k, axis=1)
-    step = max(1, _TILE_ENTRIES // pool.size)
+    step = max(1, TILE_ENTRIES // pool.size)
     for start in range(0, which.size, step):
         tile = which[start : start + step]
-        low, high = _window(key, key[position[tile[0]]], key[position[tile[-1]]], eps)
+        low, high = key_window(key, key[position[tile[0]]], key[position[tile[-1]]], eps)
         window = pool[low:high]
         d2 = left[position[tile]] @ right[low:high].T
         d2[np.arange(tile.size), position[tile] - low] = np.inf  # not its own neighbour
@@ -338,11 +346,11 @@ def _nearest_l1(
 ) -> np.ndarray:
     """For each row of ``which``, its k nearest rows of ``allowed`` in other components
     by the L1 distance over the first share of the (shuffled) columns, nearest first."""
-    width = max(1, points.shape[1] // _SHARES[0])
+    width = max(1, points.shape[1] // SHARES[0])
     k = min(k, allowed.size)
     nearest = np.empty((which.size, k), dtype=np.int64)
     targets = points[allowed, :width]
-    step = max(1, _TILE_ENTRIES // allowed.size)
+    step = max(1, TILE_ENTRIES // allowed.size)
     for start in range(0, which.size, step):
         tile = which[start : start + step]
         d = cdist(points[tile, :width], targets, "cityblock")
@@ -389,18 +397,18 @@ def _link(
         once = np.unique(pair, return_index=True)[1]
         at, i, j = at[once], i[once], j[once]
         partial = np.zeros(i.size)
-        for low, high in itertools.pairwise(_cuts(dim)):  # most far pairs leave on a share
-            partial += _pair_l1(points, i, j, low, high)
+        for low, high in itertools.pairwise(cuts(dim)):  # most far pairs leave on a share
+            partial += pair_l1(points, i, j, low, high)
             # Only likely links are worth reading on (the exact stages find any other).
-            near = partial <= eps * (1.0 + _TIE if high == dim else _DROP * high / dim)
+            near = partial <= eps * (1.0 + TIE if high == dim else _DROP * high / dim)
             miss = at[~near]
             missed[miss] += 1
             near_miss[miss] = np.minimum(near_miss[miss], partial[~near] * (dim / high))
             i, j, partial, at = i[near], j[near], partial[near], at[near]
-        tie = partial > eps * (1.0 - _TIE)
+        tie = partial > eps * (1.0 - TIE)
         ties.append((i[tie], j[tie]))
         i, j, partial = i[~tie], j[~tie], partial[~tie]
-        roots = _merge(roots, i, j)
+        roots = merge_roots(roots, i, j)
         linked.append(i)
         lengths.append(partial)
     return roots, np.concatenate(linked), np.concatenate(lengths), near_miss

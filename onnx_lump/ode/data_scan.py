@@ -16,15 +16,30 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial.distance import cdist
 
-from onnx_lump.ode.grouping import _SMALL_BLOCK as _GENERAL_SMALL_BLOCK
-from onnx_lump.ode.grouping import _L1Bounds
+from onnx_lump.ode.grouping import SMALL_BLOCK as _GENERAL_SMALL_BLOCK
+from onnx_lump.ode.grouping import L1Bounds
+
+__all__ = [
+    "SHARES",
+    "TIE",
+    "TILE_ENTRIES",
+    "LazyBounds",
+    "connected",
+    "cuts",
+    "key_window",
+    "merge_roots",
+    "pair_l1",
+    "pairs_within",
+    "reference_within",
+    "scan",
+]
 
 # Distances within this relative margin of eps are ties, which the summation order can
 # decide either way (a relative dim ulps apart): they are decided as group_rows decides
 # them, by its sums over the rows in their own column order.
-_TIE = 1e-9
-_TILE_ENTRIES = 1 << 20  # pairs of one tile (its float64 partial sums: 8 MiB)
-_SHARES = (32, 8, 4, 2, 1)  # read 1/32 of the columns, then 1/8, 1/4, 1/2, then all
+TIE = 1e-9
+TILE_ENTRIES = 1 << 20  # pairs of one tile (its float64 partial sums: 8 MiB)
+SHARES = (32, 8, 4, 2, 1)  # read 1/32 of the columns, then 1/8, 1/4, 1/2, then all
 _WHOLE_TILE = 0.25  # sum a share of the columns for the whole tile above this open share
 _PAIR_BATCH = 1 << 16  # entries of the gathered rows of one batch of pairs
 _PROBE = 32  # rows of a tile on which the matrix-product bounds are tried first
@@ -33,9 +48,9 @@ _WINDOWS = 16  # tiles of rows (in the order of their distance to the pivot) at 
 _WINDOW_ROWS = 64  # rows of such a tile at least
 
 
-def _cuts(dim: int) -> list[int]:
+def cuts(dim: int) -> list[int]:
     """Column bounds of the shares: 0, dim / 32, dim / 8, dim / 4, dim / 2, dim."""
-    return [0, *sorted({max(1, dim // share) for share in _SHARES} | {dim})]
+    return [0, *sorted({max(1, dim // share) for share in SHARES} | {dim})]
 
 
 def _pivot_gap(reach: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
@@ -48,15 +63,15 @@ def _pivot_gap(reach: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.nda
     return gap
 
 
-def _window(key: np.ndarray, low: float, high: float, margin: float) -> tuple[int, int]:
+def key_window(key: np.ndarray, low: float, high: float, margin: float) -> tuple[int, int]:
     """Positions [start, stop) of the sorted ``key`` within [low - margin, high + margin],
     widened by a relative 1e-9 for rounding."""
     slack = margin + 2e-9 * (abs(low) + abs(high) + margin)
     return int(np.searchsorted(key, low - slack)), int(np.searchsorted(key, high + slack, "right"))
 
 
-class _LazyBounds(_L1Bounds):
-    """`_L1Bounds` whose norms are found for the rows that are compared only (often the
+class LazyBounds(L1Bounds):
+    """`L1Bounds` whose norms are found for the rows that are compared only (often the
     components' centres alone)."""
 
     def __init__(self, points: np.ndarray) -> None:
@@ -82,9 +97,9 @@ class _LazyBounds(_L1Bounds):
         return super().between(rows, cols)
 
 
-def _scan(
+def scan(
     points: np.ndarray,
-    norms: _L1Bounds,
+    norms: L1Bounds,
     rows: np.ndarray,
     cols: np.ndarray,
     eps: float,
@@ -104,7 +119,7 @@ def _scan(
     to the first pivot, each tile of rows meets only the window of cols that it leaves
     open, and the pivots rule out pairs (:func:`_reach`).
 
-    A tile of pairs at a time: the bounds of `_L1Bounds` (grouping.py) decide some pairs, then
+    A tile of pairs at a time: the bounds of `L1Bounds` (grouping.py) decide some pairs, then
     partial sums over growing shares of the columns drop the pairs that pass their
     threshold; a share is summed for the whole tile while most of its pairs are open,
     else for the open pairs only. Pairs whose partial sum, scaled to all the columns, is
@@ -112,7 +127,7 @@ def _scan(
     the last share, so that each join skips the pairs it settles."""
     dim = points.shape[1]
     kept_left, kept_right = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
-    step = max(1, _TILE_ENTRIES // max(cols.size, 1))
+    step = max(1, TILE_ENTRIES // max(cols.size, 1))
     if upper:  # tiles of rows against the cols after them: half the square, not all
         step = min(step, max(_WINDOW_ROWS, -(-rows.size // _WINDOWS)))
     if reach is not None:
@@ -129,7 +144,7 @@ def _scan(
         tile = rows[start : start + step]
         first, stop = (start, cols.size) if upper else (0, cols.size)
         if reach is not None:
-            window = _window(key, reach[tile[0], 0], reach[tile[-1], 0], widest)
+            window = key_window(key, reach[tile[0], 0], reach[tile[-1], 0], widest)
             first, stop = max(first, window[0]), window[1]
         others = cols[first:stop]
         far = np.full((tile.size, others.size), float(eps))
@@ -137,7 +152,7 @@ def _scan(
             far += extra_rows[tile, None]
         if extra_cols is not None:
             far += extra_cols[None, others]
-        far *= 1.0 + _TIE  # ties go on to be read in full
+        far *= 1.0 + TIE  # ties go on to be read in full
         alive = roots[tile, None] != roots[None, others]
         if upper:  # each pair once: by position, as the rows are the cols
             alive &= np.arange(first, stop)[None, :] > np.arange(start, start + tile.size)[:, None]
@@ -145,11 +160,11 @@ def _scan(
             alive &= _pivot_gap(reach, tile, others) <= far
         if _bounds_decide(norms, tile, others, alive, far, eps):
             lower, high_bound = norms.between(tile, others)
-            sure = alive & (high_bound <= eps * (1.0 - _TIE))
-            roots = _merge(roots, tile[np.nonzero(sure)[0]], others[np.nonzero(sure)[1]])
+            sure = alive & (high_bound <= eps * (1.0 - TIE))
+            roots = merge_roots(roots, tile[np.nonzero(sure)[0]], others[np.nonzero(sure)[1]])
             alive &= (lower <= far) & ~sure
         partial = np.zeros(alive.shape)
-        for low, high in itertools.pairwise(_cuts(dim)):
+        for low, high in itertools.pairwise(cuts(dim)):
             alive &= roots[tile, None] != roots[None, others]  # joined: no distance needed
             if not alive.any():
                 break
@@ -163,12 +178,12 @@ def _scan(
                 )
                 alive &= partial <= far
                 if high == dim:
-                    a, b = np.nonzero(alive & (partial <= eps * (1.0 - _TIE)))
-                    roots = _merge(roots, tile[a], others[b])
-                    a, b = np.nonzero(alive & (partial > eps * (1.0 - _TIE)))
+                    a, b = np.nonzero(alive & (partial <= eps * (1.0 - TIE)))
+                    roots = merge_roots(roots, tile[a], others[b])
+                    a, b = np.nonzero(alive & (partial > eps * (1.0 - TIE)))
                     kept_left.append(tile[a])
                     kept_right.append(others[b])
-                    tie = partial[a, b] <= eps * (1.0 + _TIE)
+                    tie = partial[a, b] <= eps * (1.0 + TIE)
                     ties.append((tile[a[tie]], others[b[tie]]))
                     break
             elif high == dim:
@@ -180,7 +195,7 @@ def _scan(
                 break
             else:
                 a, b = np.nonzero(alive)
-                partial[a, b] += _pair_l1(points, tile[a], others[b], low, high)
+                partial[a, b] += pair_l1(points, tile[a], others[b], low, high)
                 alive &= partial <= far
             likely = alive & (partial * (dim / high) <= eps)
             if likely.any():
@@ -202,7 +217,7 @@ def _bounds_decide(norms, tile, others, alive, far, eps) -> bool:
         return True
     lower, upper = norms.between(tile[probe], others)
     open_ = alive[probe]
-    decided = open_ & ((upper <= eps * (1.0 - _TIE)) | (lower > far[probe]))
+    decided = open_ & ((upper <= eps * (1.0 - TIE)) | (lower > far[probe]))
     return decided.sum() > _DECIDED * max(open_.sum(), 1)
 
 
@@ -229,10 +244,10 @@ def _likeliest_first(points, tile, others, chosen, partial, far, eps, roots, low
         ba, bb = a[at_pair : at_pair + batch], b[at_pair : at_pair + batch]
         open_ = roots[tile[ba]] != roots[others[bb]]
         ba, bb = ba[open_], bb[open_]
-        total = partial[ba, bb] + _pair_l1(points, tile[ba], others[bb], low, dim)
-        near = total <= eps * (1.0 - _TIE)
-        roots = _merge(roots, tile[ba[near]], others[bb[near]])
-        tie = ~near & (total <= eps * (1.0 + _TIE))
+        total = partial[ba, bb] + pair_l1(points, tile[ba], others[bb], low, dim)
+        near = total <= eps * (1.0 - TIE)
+        roots = merge_roots(roots, tile[ba[near]], others[bb[near]])
+        tie = ~near & (total <= eps * (1.0 + TIE))
         ties.append((tile[ba[tie]], others[bb[tie]]))
         mid = ~near & (total <= far[ba, bb])
         kept_left.append(tile[ba[mid]])
@@ -242,7 +257,7 @@ def _likeliest_first(points, tile, others, chosen, partial, far, eps, roots, low
     return roots, np.concatenate(kept_left), np.concatenate(kept_right)
 
 
-def _merge(roots: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+def merge_roots(roots: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     """Component roots (each component's smallest row) after adding edges (i, j): the
     components of the graph on the roots the edges join (small), not on every row."""
     a, b = roots[i], roots[j]
@@ -250,7 +265,7 @@ def _merge(roots: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     if not a.size:
         return roots
     nodes, index = np.unique(np.concatenate([a, b]), return_inverse=True)
-    labels = _connected(nodes.size, index[: a.size], index[a.size :])
+    labels = connected(nodes.size, index[: a.size], index[a.size :])
     smallest = np.full(labels.max() + 1, roots.size)
     np.minimum.at(smallest, labels, nodes)
     lookup = np.arange(roots.size)
@@ -258,7 +273,7 @@ def _merge(roots: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     return lookup[roots]
 
 
-def _pair_l1(points: np.ndarray, i: np.ndarray, j: np.ndarray, low: int, high: int):
+def pair_l1(points: np.ndarray, i: np.ndarray, j: np.ndarray, low: int, high: int):
     """L1 distances of the pairs (i[k], j[k]) over columns low:high, in batches."""
     out = np.empty(i.size)
     batch = max(1, _PAIR_BATCH // max(high - low, 1))  # gathered rows that stay in cache
@@ -271,26 +286,26 @@ def _pair_l1(points: np.ndarray, i: np.ndarray, j: np.ndarray, low: int, high: i
     return out
 
 
-def _pairs_within(points: np.ndarray, block: np.ndarray, eps: float):
+def pairs_within(points: np.ndarray, block: np.ndarray, eps: float):
     """Pairs of rows of ``block`` within eps (row < col); ties decided as group_rows does
     (``cdist`` for its small blocks, its row sums above that)."""
     distance = cdist(points[block], points[block], "cityblock")
     within = distance <= eps
     if block.size > _GENERAL_SMALL_BLOCK:
-        a, b = np.nonzero(np.abs(distance - eps) <= _TIE * eps)
-        within[a, b] = _reference_within(points, block[a], block[b], eps)
+        a, b = np.nonzero(np.abs(distance - eps) <= TIE * eps)
+        within[a, b] = reference_within(points, block[a], block[b], eps)
     i, j = np.nonzero(within & (block[None, :] > block[:, None]))
     return block[i], block[j]
 
 
-def _reference_within(points: np.ndarray, i: np.ndarray, j: np.ndarray, eps: float):
+def reference_within(points: np.ndarray, i: np.ndarray, j: np.ndarray, eps: float):
     """Whether each pair (i[k], j[k]) of rows (in their own column order) links by the
     sums group_rows takes: its exact distance, and the sum of the rows' L1 norms that
     bounds it."""
     l1 = np.abs(points[i]).sum(axis=1) + np.abs(points[j]).sum(axis=1)
-    return (_pair_l1(points, i, j, 0, points.shape[1]) <= eps) | (l1 <= eps)
+    return (pair_l1(points, i, j, 0, points.shape[1]) <= eps) | (l1 <= eps)
 
 
-def _connected(n: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+def connected(n: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
     graph = sp.coo_matrix((np.ones(left.size), (left, right)), shape=(n, n))
     return connected_components(graph, directed=False)[1].astype(np.int64)

@@ -9,44 +9,44 @@ held-out rows.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from onnx_lump.activations import Activation
+from onnx_lump.ode.canonical_rows import CanonicalRows
 from onnx_lump.ode.encoding import Lumping
-from onnx_lump.ode.grouping import _StoredRows, group_rows, number_by_first_row
+from onnx_lump.ode.grouping import StoredRows, group_rows, number_by_first_row
 from onnx_lump.ode.numerics import median_or_one
-
-if TYPE_CHECKING:
-    from onnx_lump.ode.equivalence import PartitionOptions, _CanonicalRows
+from onnx_lump.ode.partition import PartitionOptions
 
 __all__ = [
+    "CONSTANT_MARGIN",
+    "DATA_CONSTANT",
+    "SAMPLE_CHUNK_ENTRIES",
     "SIMILARITY_SAMPLES",
-    "_CONSTANT_MARGIN",
-    "_DATA_CONSTANT",
-    "_SAMPLE_CHUNK_ENTRIES",
-    "_DataRows",
-    "_Moments",
-    "_Support",
-    "_affine_lumping",
-    "_data_rows",
-    "_medoids",
-    "_principal_signs",
-    "_sample_step",
-    "_supported_constants",
+    "DataRows",
+    "Moments",
+    "Support",
+    "affine_lumping",
+    "chunked_support",
+    "medoids",
+    "neuron_rows",
+    "principal_signs",
+    "read_data_rows",
+    "sample_step",
     "similarity_samples",
+    "supported_constants",
 ]
 
 # A neuron whose activation varies this little, relative to the layer's median, is
 # constant on the calibration data.
-_DATA_CONSTANT = 1e-3
+DATA_CONSTANT = 1e-3
 # How far beyond the data a constant neuron must stay constant, in standard deviations
 # of its pre-activation on the data.
-_CONSTANT_MARGIN = 3.0
+CONSTANT_MARGIN = 3.0
 
 
-def _affine_lumping(
+def affine_lumping(
     coefficients: np.ndarray,
     bias: np.ndarray,
     activation: Activation,
@@ -69,8 +69,8 @@ def _affine_lumping(
     n_samples = post.shape[0]
     mean, spread = post.mean(axis=0), post.std(axis=0)
     held = None if holdout is None else holdout @ coefficients.T + bias
-    removed = constant | _supported_constants(
-        _Support.of(pre.T, activation), activation, constant, None if held is None else held.T
+    removed = constant | supported_constants(
+        Support.of(pre.T, activation), activation, constant, None if held is None else held.T
     )
     value = np.where(constant, activation(bias), mean)
     if removed.all():
@@ -78,10 +78,10 @@ def _affine_lumping(
         removed[0] = False
     live = np.flatnonzero(~removed)
     standard = (post[:, live] - mean[live]) / np.where(spread[live] > 0, spread[live], 1.0)
-    rows = (standard * _principal_signs(standard)).T / n_samples
+    rows = (standard * principal_signs(standard)).T / n_samples
     groups = number_by_first_row(group_rows(rows, options.eps, options.linkage))
     n_blocks = int(groups.max()) + 1
-    representative = live[_medoids(rows, groups, n_blocks)]
+    representative = live[medoids(rows, groups, n_blocks)]
     block = np.full(len(bias), -1, dtype=np.int64)
     block[live] = groups
     rep = representative[groups]
@@ -96,7 +96,7 @@ def _affine_lumping(
     return Lumping(block, scale, offset, n_blocks, representative)
 
 
-def _principal_signs(standard: np.ndarray) -> np.ndarray:
+def principal_signs(standard: np.ndarray) -> np.ndarray:
     """+-1 per column: the sign of its loading on the first principal direction, so that
     anti-correlated neurons line up (a few power iterations)."""
     direction = np.ones(standard.shape[1])
@@ -109,7 +109,7 @@ def _principal_signs(standard: np.ndarray) -> np.ndarray:
     return np.where(direction < 0, -1.0, 1.0)
 
 
-def _medoids(rows: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
+def medoids(rows: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
     """Index (into rows) of the member nearest to each group's mean row."""
     counts = np.bincount(groups, minlength=n_groups).astype(np.float64)
     means = np.zeros((n_groups, rows.shape[1]))
@@ -122,15 +122,15 @@ def _medoids(rows: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
 
 # Calibration rows are read this many entries (samples x neurons) at a time: no array
 # of all samples x all neurons is formed on the data path.
-_SAMPLE_CHUNK_ENTRIES = 1 << 21
+SAMPLE_CHUNK_ENTRIES = 1 << 21
 
 
-def _sample_step(width: int) -> int:
-    return max(1, _SAMPLE_CHUNK_ENTRIES // max(width, 1))
+def sample_step(width: int) -> int:
+    return max(1, SAMPLE_CHUNK_ENTRIES // max(width, 1))
 
 
 @dataclass
-class _Moments:
+class Moments:
     """Count, mean and sum of squared deviations per column, merged chunk by chunk
     (Chan et al.), so that a standard deviation over many rows needs no copy of them."""
 
@@ -155,20 +155,20 @@ class _Moments:
         return np.sqrt(np.maximum(self.m2, 0.0) / max(self.count, 1))
 
 
-def _data_rows(
-    rows: _CanonicalRows,
+def read_data_rows(
+    rows: CanonicalRows,
     inputs: np.ndarray,
     activation: Activation,
     constant: np.ndarray,
     options: PartitionOptions,
     holdout: np.ndarray | None = None,
     keep_rows: bool = True,
-) -> tuple[_DataRows | None, np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[DataRows | None, np.ndarray, np.ndarray, np.ndarray]:
     """Canonical pre-activations on the data, scaled so that the L1 distance of two rows is
     their mean absolute difference in units of the layer's typical spread (as a row
     source, with their L1 norms; None without ``keep_rows``); the neurons whose
     activation is constant on the data (dead Relu, saturated Tanh/Sigmoid: see
-    :func:`_supported_constants`; only for eps > 0); and those activations' means.
+    :func:`supported_constants`; only for eps > 0); and those activations' means.
 
     The rows compared are formed once, as one (neurons x samples) array, over at most
     :data:`SIMILARITY_SAMPLES` samples (a seeded choice when there are more), so their
@@ -177,13 +177,13 @@ def _data_rows(
     them too, else from the samples read a chunk at a time."""
     n_samples, n = inputs.shape[0], rows.shape[0]
     chosen = similarity_samples(n_samples)
-    compared = _neuron_rows(rows, inputs[chosen]) if keep_rows else None
+    compared = neuron_rows(rows, inputs[chosen]) if keep_rows else None
     if compared is not None and chosen.size == n_samples:
-        support = _Support.of(compared, activation)  # the compared rows are all the rows
+        support = Support.of(compared, activation)  # the compared rows are all the rows
     else:
-        support = _chunked_support(rows, inputs, activation)
+        support = chunked_support(rows, inputs, activation)
     spread = median_or_one(support.pre_std[~constant])
-    data_constant = _supported_constants(
+    data_constant = supported_constants(
         support, activation, constant, None if holdout is None else (rows, holdout)
     )
     if options.eps == 0:
@@ -191,10 +191,10 @@ def _data_rows(
     if compared is None:
         return None, np.zeros(n), data_constant, support.post_mean
     compared *= 1.0 / (chosen.size * spread)
-    return _DataRows(compared), np.abs(compared).sum(axis=1), data_constant, support.post_mean
+    return DataRows(compared), np.abs(compared).sum(axis=1), data_constant, support.post_mean
 
 
-def _neuron_rows(rows: _CanonicalRows, samples: np.ndarray) -> np.ndarray:
+def neuron_rows(rows: CanonicalRows, samples: np.ndarray) -> np.ndarray:
     """(neurons x samples) canonical pre-activations, float64, formed in that layout (one
     product, no transposed copy).
 
@@ -214,19 +214,19 @@ def _neuron_rows(rows: _CanonicalRows, samples: np.ndarray) -> np.ndarray:
     return out
 
 
-def _chunked_support(rows: _CanonicalRows, inputs: np.ndarray, activation) -> _Support:
-    """:class:`_Support` over all samples, read a chunk of samples at a time."""
+def chunked_support(rows: CanonicalRows, inputs: np.ndarray, activation) -> Support:
+    """:class:`Support` over all samples, read a chunk of samples at a time."""
     n = rows.shape[0]
-    pre_moments, post_moments = _Moments(), _Moments()
+    pre_moments, post_moments = Moments(), Moments()
     low, high = np.full(n, np.inf), np.full(n, -np.inf)
-    step = _sample_step(n)
+    step = sample_step(n)
     for start in range(0, inputs.shape[0], step):
         pre = rows.pre_activations(inputs[start : start + step])
         pre_moments.add(pre)
         post_moments.add(activation.float32(pre).astype(np.float64))
         np.minimum(low, pre.min(axis=0), out=low)
         np.maximum(high, pre.max(axis=0), out=high)
-    return _Support(pre_moments.std, post_moments.std, post_moments.mean, low, high)
+    return Support(pre_moments.std, post_moments.std, post_moments.mean, low, high)
 
 
 # The data similarity compares neurons on at most this many fitting rows: enough to tell
@@ -243,16 +243,16 @@ def similarity_samples(n_samples: int) -> np.ndarray:
     return np.sort(chosen)
 
 
-class _DataRows(_StoredRows):
+class DataRows(StoredRows):
     """The scaled canonical pre-activations (neurons x compared samples), stored: a
     distinct type so that the grouping uses its method for long rows."""
 
-    def subset(self, index: np.ndarray) -> _DataRows:
-        return _DataRows(self.rows[index])
+    def subset(self, index: np.ndarray) -> DataRows:
+        return DataRows(self.rows[index])
 
 
 @dataclass(frozen=True)
-class _Support:
+class Support:
     """Per-neuron statistics of the pre-activations (deviation, range) and activations
     (deviation, mean) on the fitting rows."""
 
@@ -263,7 +263,7 @@ class _Support:
     high: np.ndarray
 
     @classmethod
-    def of(cls, pre: np.ndarray, activation: Activation) -> _Support:
+    def of(cls, pre: np.ndarray, activation: Activation) -> Support:
         """From pre-activations as (neurons x rows); the activations in float32 (their
         moments accumulate in float64)."""
         post = activation.float32(pre)
@@ -283,28 +283,28 @@ def _row_moments(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, np.sqrt(np.maximum(square_mean - mean * mean, 0.0))
 
 
-def _supported_constants(
-    support: _Support,
+def supported_constants(
+    support: Support,
     activation,
     constant: np.ndarray,
-    holdout: tuple[_CanonicalRows, np.ndarray] | np.ndarray | None,
+    holdout: tuple[CanonicalRows, np.ndarray] | np.ndarray | None,
 ) -> np.ndarray:
     """Neurons the data shows to be constant, given their statistics on the fitting rows
     and, when given, their pre-activations on the held-out rows (neurons x rows, or the
     canonical rows and the held-out inputs, read a chunk at a time).
 
-    Varying by less than _DATA_CONSTANT times the layer's median variation on the
+    Varying by less than DATA_CONSTANT times the layer's median variation on the
     fitting rows is not enough: a neuron off on a few hundred rows may fire on rare
     inputs. Its activation must also stay within that tolerance of its mean at the ends
-    of its pre-activation range widened by _CONSTANT_MARGIN standard deviations, and on
+    of its pre-activation range widened by CONSTANT_MARGIN standard deviations, and on
     every held-out row."""
     variation = support.post_std
-    tolerance = _DATA_CONSTANT * median_or_one(variation[~constant])
+    tolerance = DATA_CONSTANT * median_or_one(variation[~constant])
     mean, deviation = support.post_mean, support.pre_std
     supported = variation <= tolerance
     widened = (
-        support.low - _CONSTANT_MARGIN * deviation,
-        support.high + _CONSTANT_MARGIN * deviation,
+        support.low - CONSTANT_MARGIN * deviation,
+        support.high + CONSTANT_MARGIN * deviation,
     )
     for end in widened:
         supported &= np.abs(activation(end) - mean) <= tolerance
@@ -316,7 +316,7 @@ def _supported_constants(
         rows, held = holdout
         candidates = np.flatnonzero(supported)
         rows = rows.subset(candidates)
-        step = _sample_step(candidates.size)
+        step = sample_step(candidates.size)
         for start in range(0, held.shape[0], step):
             pre = rows.pre_activations(held[start : start + step])
             stays = (np.abs(activation(pre) - mean[candidates]) <= tolerance).all(axis=0)

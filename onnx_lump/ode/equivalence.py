@@ -19,71 +19,30 @@ rescaled to the layer's median norm, so epsilon keeps the units of the weights.
 
 from __future__ import annotations
 
-import enum
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from onnx_lump.activations import Activation, ActivationKind
 from onnx_lump.errors import LumpError
+from onnx_lump.ode.canonical_rows import CanonicalRows
 from onnx_lump.ode.data_grouping import group_data_rows
-from onnx_lump.ode.data_similarity import _affine_lumping, _data_rows, _DataRows
+from onnx_lump.ode.data_similarity import DataRows, affine_lumping, read_data_rows
 from onnx_lump.ode.encoding import Lumping, OdeSystem, aggregate, row_step
-from onnx_lump.ode.grouping import Linkage, group_rows, number_by_first_row, projection_directions
-from onnx_lump.ode.numerics import matmul64, matvec64, median_or_one
-from onnx_lump.ode.reduction import ReducedLayer, block_anchors, reduce_layer
+from onnx_lump.ode.grouping import group_rows, number_by_first_row, projection_directions
+from onnx_lump.ode.numerics import matvec64, median_or_one
+from onnx_lump.ode.partition import Equivalence, Partition, PartitionOptions, Similarity
+from onnx_lump.ode.reduction import block_anchors, reduce_layer
+from onnx_lump.types import ReducedLayer
 
-__all__ = ["Equivalence", "Partition", "PartitionOptions", "compute_partition"]
+__all__ = ["backward_lumping", "compute_partition"]
 
 # Epsilon 0 still has to absorb rounding: rows stored in the model's dtype and rescaled
 # in float64 agree only to a few units of the dtype's precision.
 _ROUNDING_UNITS = 16.0
-
-
-class Similarity(enum.Enum):
-    WEIGHTS = "weights"  # rows of coefficients and bias
-    DATA = "data"  # pre-activations on calibration inputs
-    AFFINE = "affine"  # activations on calibration inputs, equal up to an affine map
-
-
-class Equivalence(enum.Enum):
-    BACKWARD = "backward"
-    FORWARD = "forward"
-
-
-@dataclass(frozen=True)
-class PartitionOptions:
-    eps: float = 0.0
-    equivalence: Equivalence = Equivalence.BACKWARD
-    linkage: Linkage = Linkage.SINGLE
-    symmetries: bool = True
-    similarity: Similarity = Similarity.WEIGHTS
-
-    def __post_init__(self) -> None:
-        if not np.isfinite(self.eps) or self.eps < 0:
-            raise LumpError(f"epsilon must be a finite number >= 0, got {self.eps}")
-
-
-@dataclass(frozen=True, eq=False)
-class Partition:
-    """One :class:`Lumping` per hidden layer of an ODE system.
-
-    A backward partition also carries the reduced layers of ``system``, built on the way:
-    they need the same aggregation of each layer over the blocks upstream, which is the
-    costliest step on a wide layer (:func:`onnx_lump.ode.reduction.reduce_system` returns them).
-    """
-
-    options: PartitionOptions
-    lumpings: tuple[Lumping, ...]
-    system: OdeSystem | None = field(default=None, repr=False)
-    reduced: tuple[ReducedLayer, ...] | None = field(default=None, repr=False)
-
-    @property
-    def widths(self) -> list[int]:
-        return [lumping.n_blocks for lumping in self.lumpings]
 
 
 def compute_partition(system: OdeSystem, options: PartitionOptions) -> Partition:
@@ -163,11 +122,11 @@ def backward_lumping(
     stats = _RowStatistics.of(coefficients, column_scale, activation, directions[:-1])
     constant = stats.small(options.eps, precision)
     if options.similarity is Similarity.AFFINE and options.eps > 0:
-        return _affine_lumping(coefficients, bias, activation, inputs, constant, options, holdout)
+        return affine_lumping(coefficients, bias, activation, inputs, constant, options, holdout)
     scale, offset = _symmetry_transform(stats, bias, activation, constant, options)
     inner = offset if activation.kind is ActivationKind.IDENTITY else 0.0
     divisor = np.where(scale != 0, scale, np.inf)  # a zero Relu row stays a zero row
-    rows = _CanonicalRows(coefficients, column_scale, bias - inner, divisor)
+    rows = CanonicalRows(coefficients, column_scale, bias - inner, divisor)
     rows.known_projections = (directions, stats.projections)
     row_l1 = (stats.l1 + np.abs(bias - inner)) / np.abs(divisor)
     value = activation(bias)  # what a neuron with vanishing coefficients outputs
@@ -176,7 +135,7 @@ def backward_lumping(
     if inputs is not None and options.eps > 0:
         compare_on_data = options.similarity is Similarity.DATA
         compare = functools.partial(
-            _data_rows, rows, inputs, activation, constant, options, holdout, compare_on_data
+            read_data_rows, rows, inputs, activation, constant, options, holdout, compare_on_data
         )
         found = compare() if remember is None else remember(constant, compare)
         data_rows, data_l1, data_constant, mean = found
@@ -245,68 +204,6 @@ class _RowStatistics:
         """Rows within eps (L1) of zero, with the exact case allowing for rounding."""
         tolerance = _ROUNDING_UNITS * precision * (float(self.l1.max()) if self.l1.size else 0.0)
         return self.l1 <= eps + tolerance
-
-
-class _CanonicalRows:
-    """The rows ``[coefficients * column_scale, bias] / divisor`` as a
-    :class:`onnx_lump.ode.grouping.RowSource`: formed only for the neurons the grouping
-    cannot separate by projections, so a wide layer is never copied whole."""
-
-    def __init__(
-        self,
-        coefficients: np.ndarray,
-        column_scale: np.ndarray | None,
-        bias: np.ndarray,
-        divisor: np.ndarray,
-    ) -> None:
-        self.coefficients, self.column_scale = coefficients, column_scale
-        self.bias, self.divisor = bias, divisor
-        self.shape = (coefficients.shape[0], coefficients.shape[1] + 1)
-        # (directions, coefficients * column_scale @ directions[:-1]) read in an earlier pass
-        self.known_projections: tuple[np.ndarray, np.ndarray] | None = None
-
-    def take(self, indices: np.ndarray) -> np.ndarray:
-        out = np.empty((len(indices), self.shape[1]))
-        chosen = self.coefficients[indices]
-        if self.column_scale is None:
-            out[:, :-1] = chosen
-        else:
-            np.multiply(chosen, self.column_scale, out=out[:, :-1])
-        out[:, -1] = self.bias[indices]
-        out /= self.divisor[indices, None]
-        return out
-
-    def subset(self, index: np.ndarray) -> _CanonicalRows:
-        rows = _CanonicalRows(
-            self.coefficients[index], self.column_scale, self.bias[index], self.divisor[index]
-        )
-        if self.known_projections is not None:
-            directions, products = self.known_projections
-            rows.known_projections = (directions, products[index])
-        return rows
-
-    def pre_activations(self, samples: np.ndarray) -> np.ndarray:
-        """(samples x rows) canonical pre-activations, in float64."""
-        weights = self.coefficients
-        if self.column_scale is not None:
-            weights = weights * self.column_scale
-        pre = np.asarray(samples, dtype=np.float64) @ weights.T
-        pre += self.bias
-        pre /= self.divisor
-        return pre
-
-    def project(self, directions: np.ndarray) -> np.ndarray:
-        known = self.known_projections
-        if known is not None and np.array_equal(known[0], directions):
-            product = known[1].copy()
-        else:
-            weights = directions[:-1]
-            if self.column_scale is not None:
-                weights = weights * self.column_scale[:, None]
-            product = matmul64(self.coefficients, weights)
-        product += self.bias[:, None] * directions[-1]
-        product /= self.divisor[:, None]
-        return product
 
 
 def _forward(system: OdeSystem, options: PartitionOptions) -> list[Lumping]:
@@ -396,7 +293,7 @@ def _lumping_from_groups(
         l1 = _row_l1(candidates) if row_l1 is None else row_l1[index]
     eps = options.eps + _ROUNDING_UNITS * precision * float(l1.max())
     groups = np.full(len(removed), -1, dtype=np.int64)
-    group = group_data_rows if isinstance(candidates, _DataRows) else group_rows  # long rows
+    group = group_data_rows if isinstance(candidates, DataRows) else group_rows  # long rows
     groups[linked] = group(candidates, eps, options.linkage)
     kept = np.flatnonzero(~removed)
     block = np.full(len(removed), -1, dtype=np.int64)

@@ -23,8 +23,11 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial.distance import cdist
 
 __all__ = [
+    "SMALL_BLOCK",
+    "L1Bounds",
     "Linkage",
     "RowSource",
+    "StoredRows",
     "group_rows",
     "number_by_first_row",
     "projection_directions",
@@ -33,7 +36,7 @@ __all__ = [
 
 _N_PROJECTIONS = 8
 _MAX_DISTANCE_ENTRIES = 1 << 22  # bounds the memory of one distance computation
-_SMALL_BLOCK = 32  # below this, all pairwise distances are cheaper than bounds
+SMALL_BLOCK = 32  # below this, all pairwise distances are cheaper than bounds
 
 
 class Linkage(enum.Enum):
@@ -58,7 +61,7 @@ class RowSource(Protocol):
         ...
 
 
-class _StoredRows:
+class StoredRows:
     def __init__(self, rows: np.ndarray) -> None:
         self.rows = rows
         self.shape = rows.shape
@@ -74,7 +77,7 @@ def group_rows(
     rows: np.ndarray | RowSource, eps: float, linkage: Linkage = Linkage.SINGLE
 ) -> np.ndarray:
     """Label each row with a group; labels number groups by their first row."""
-    source = _StoredRows(rows) if isinstance(rows, np.ndarray) else rows
+    source = StoredRows(rows) if isinstance(rows, np.ndarray) else rows
     n = source.shape[0]
     if n == 0:
         return np.zeros(0, dtype=np.int64)
@@ -93,9 +96,9 @@ def group_rows(
         return number_by_first_row(labels)
     # Single linkage: the components of one graph whose edges come from every block;
     # blocks of a few rows (most of them in a wide layer) are checked all at once.
-    small = (sizes > 1) & (sizes <= _SMALL_BLOCK)
+    small = (sizes > 1) & (sizes <= SMALL_BLOCK)
     edges = [_small_block_edges(source, order, starts[small], sizes[small], eps)]
-    for start, size in zip(starts[sizes > _SMALL_BLOCK], sizes[sizes > _SMALL_BLOCK], strict=True):
+    for start, size in zip(starts[sizes > SMALL_BLOCK], sizes[sizes > SMALL_BLOCK], strict=True):
         members = order[start : start + size]
         local = _components(source.take(members), eps)
         _, first = np.unique(local, return_index=True)
@@ -108,7 +111,7 @@ def group_rows(
 def _small_block_edges(
     source: RowSource, order: np.ndarray, starts: np.ndarray, sizes: np.ndarray, eps: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs within eps inside blocks of at most _SMALL_BLOCK rows, as (left, right) row
+    """Pairs within eps inside blocks of at most SMALL_BLOCK rows, as (left, right) row
     indices. The rows of many blocks are formed in one call (at most
     _MAX_DISTANCE_ENTRIES entries), then each block's distances come from one cdist."""
     found_left, found_right = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
@@ -168,7 +171,7 @@ def split_by_projections(rows: RowSource, eps: float) -> np.ndarray:
     return block
 
 
-class _L1Bounds:
+class L1Bounds:
     """Cheap bounds on pairwise L1 distances from one matrix product (BLAS), so that exact
     L1 distances are computed only for the pairs the bounds cannot decide.
 
@@ -210,7 +213,7 @@ class _L1Bounds:
 def _components(points: np.ndarray, eps: float) -> np.ndarray:
     """Connected components of the graph with an edge wherever the L1 distance <= eps."""
     n = points.shape[0]
-    if n <= _SMALL_BLOCK:
+    if n <= SMALL_BLOCK:
         adjacent = cdist(points, points, "cityblock") <= eps
         labels = np.arange(n)
         while True:  # propagate the smallest label through the neighbours
@@ -218,7 +221,7 @@ def _components(points: np.ndarray, eps: float) -> np.ndarray:
             if np.array_equal(spread, labels):
                 return labels
             labels = spread
-    bounds = _L1Bounds(points)
+    bounds = L1Bounds(points)
     sure_i, sure_j, open_i, open_j, open_lower = [], [], [], [], []
     step = max(1, _MAX_DISTANCE_ENTRIES // n)
     everyone = np.arange(n)
@@ -262,7 +265,7 @@ def _cliques(points: np.ndarray, eps: float) -> np.ndarray:
     """Greedy complete-linkage groups: grow each group from a seed, nearest first,
     admitting a point only if it is within eps of every member."""
     n = points.shape[0]
-    bounds = _L1Bounds(points)
+    bounds = L1Bounds(points)
     labels = np.full(n, -1, dtype=np.int64)
     label = 0
     for seed in range(n):

@@ -11,36 +11,19 @@ merges with nothing keeps its original weights bit for bit.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 import numpy as np
 import scipy.sparse as sp
 
 from onnx_lump.activations import Activation, ActivationKind
 from onnx_lump.ode.encoding import Lumping, OdeSystem, aggregate, row_step
-
-if TYPE_CHECKING:
-    from onnx_lump.ode.equivalence import Partition
+from onnx_lump.ode.partition import Partition
+from onnx_lump.types import ReducedLayer
 
 __all__ = [
-    "ReducedLayer",
     "block_anchors",
     "reduce_layer",
     "reduce_system",
 ]
-
-
-@dataclass(frozen=True, eq=False)
-class ReducedLayer:
-    """New parameters of one dense layer: ``output = input @ weight.T + bias``."""
-
-    weight: np.ndarray
-    bias: np.ndarray
-
-    @property
-    def out_features(self) -> int:
-        return self.weight.shape[0]
 
 
 def reduce_system(system: OdeSystem, partition: Partition) -> list[ReducedLayer]:

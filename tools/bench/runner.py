@@ -48,7 +48,7 @@ from onnx_lump.methods import (
     Wanda,
 )
 from onnx_lump.methods.lumping import DEFAULT_SIMILARITY_WITH_DATA
-from onnx_lump.ode.equivalence import PartitionOptions, Similarity
+from onnx_lump.ode.partition import PartitionOptions, Similarity
 
 __all__ = ["GROUPS", "grids", "headline_method", "run_network"]
 

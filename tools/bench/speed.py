@@ -21,7 +21,7 @@ from bench.common import Point, Reference
 from bench.metrics import Network, run_compress
 from onnx_lump.methods import Lump
 from onnx_lump.methods.lumping import DEFAULT_SIMILARITY_WITH_DATA
-from onnx_lump.ode.equivalence import PartitionOptions
+from onnx_lump.ode.partition import PartitionOptions
 
 __all__ = ["latency", "latency_example", "search_text", "search_time", "speed"]
 

@@ -12,7 +12,7 @@ from bench.common import onnxsim_stack
 from onnx_lump import compress
 from onnx_lump.data.refine import RefineOptions
 from onnx_lump.graph.chains import scan_graph
-from onnx_lump.graph.rewrite import import_graph
+from onnx_lump.graph.importer import import_graph
 from onnx_lump.methods import (
     EliminationCompensation,
     LinearFolding,
@@ -21,7 +21,7 @@ from onnx_lump.methods import (
     Scope,
     Wanda,
 )
-from onnx_lump.ode.equivalence import PartitionOptions, Similarity
+from onnx_lump.ode.partition import PartitionOptions, Similarity
 from transformer_bench.common import ONNXSIM_BATCH, ONNXSIM_LEARNING_RATE, Point, log
 from transformer_bench.task import Task
 

@@ -12,7 +12,7 @@ import onnx
 import onnxruntime as ort
 
 from onnx_lump.graph.chains import scan_graph
-from onnx_lump.graph.rewrite import import_graph
+from onnx_lump.graph.importer import import_graph
 from transformer_bench.common import INPUT_NAME, OUTPUT_NAME, THREADS, Point, log
 
 __all__ = ["Task"]
