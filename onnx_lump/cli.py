@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import signal
 import sys
 import traceback
@@ -60,7 +61,13 @@ from onnx_lump.errors import (
     LumpError,
 )
 from onnx_lump.graph.inventory import comparison_table, take_inventory
-from onnx_lump.graph.modelio import check_model_file, check_paths, load_model, stage_model
+from onnx_lump.graph.modelio import (
+    check_model_file,
+    check_paths,
+    file_size,
+    load_model,
+    stage_model,
+)
 from onnx_lump.methods import (
     EliminationCompensation,
     Exact,
@@ -77,6 +84,7 @@ from onnx_lump.methods.lumping import DEFAULT_SIMILARITY_WITH_DATA
 from onnx_lump.ode.equivalence import Equivalence, PartitionOptions, Similarity
 from onnx_lump.ode.grouping import Linkage
 from onnx_lump.plotting import plot_sweep
+from onnx_lump.quantize import QuantizeInfo, QuantizeStep, quantize_file
 from onnx_lump.runtime import resolve_providers, run_model
 from onnx_lump.search import Evaluator, bisect, parse_knobs, sweep, write_table
 from onnx_lump.verify import compare_outputs
@@ -253,14 +261,29 @@ def _run(args: argparse.Namespace) -> int:
         feeds = split.holdout if split else random_inputs(loaded.model, args.check, shapes)
     # Stage beside OUT, check and run the staged file itself, and only then move it into
     # place: a file that fails is never written, and what passed is what the user gets.
+    # With --quantize the staged file is quantized in place first (the pass's own file
+    # measured before), so what is checked, measured and written is the quantized file.
     with stage_model(reduced, args.output, external_data=loaded.external_data) as staged:
         check_model_file(staged.path)
-        _measure_written(args, staged.path, split, feeds, resolve_providers(providers), report)
+        reference = _Reference(args.input, resolve_providers(providers))
+        if args.quantize:
+            report.quantization = _quantize_staged(args, staged, split, feeds, reference)
+            report.notes.append(_QUANTIZE_NOTE)
+            check_model_file(staged.path)
+        _measure_written(args, staged.path, split, feeds, reference, report)
+        if report.quantization is not None:
+            report.quantization.int8_error = report.holdout_error
+            if report.verification is not None:
+                report.quantization.int8_max_abs = report.verification.max_abs
         if not args.quiet:
             print(report.summary())
         verdict = _headline(report, args)
         if report.verification is not None and not report.verification:
             print(f"FAILED | {verdict} | tolerance exceeded, nothing written")
+            return EXIT_NOT_MET
+        over = _quantized_over_budget(report, args)
+        if over:
+            print(f"FAILED | {verdict} | {over}, nothing written")
             return EXIT_NOT_MET
         # Only a run that writes the model writes its report and ODE dump: "nothing
         # written" covers them too.
@@ -270,35 +293,112 @@ def _run(args: argparse.Namespace) -> int:
             _write_text(args.report_json, report.to_json() + "\n")
         staged.commit()
     if not args.quiet:
-        print(_inventory_table(loaded.model, args.input, reduced, args.output))
+        # quantized, the file written is no longer the pass's model: read it back
+        written = (
+            onnx.load(str(args.output), load_external_data=False) if args.quantize else reduced
+        )
+        print(_inventory_table(loaded.model, args.input, written, args.output))
     print(f"{_success_word(args)} | {verdict} | wrote {args.output}")
     return EXIT_OK
 
 
-def _measure_written(args, path: Path, split, feeds, providers, report: Report) -> None:
+_QUANTIZE_NOTE = (
+    "int8 is lossy: the held-out error and the verification compare the int8 file with "
+    "the original float model, so they include the quantization's error (at --eps 0, "
+    "they are the quantization's alone); --atol/--rtol/--max-error judge that total"
+)
+
+
+class _Reference:
+    """The input file's outputs on a set of rows, run once by onnxruntime however many
+    files are compared with it (the pass's file and its quantized form)."""
+
+    def __init__(self, path: Path, providers) -> None:
+        self.path, self.providers, self._outputs = path, providers, {}
+
+    def outputs(self, rows) -> dict:
+        if id(rows) not in self._outputs:
+            self._outputs[id(rows)] = (rows, run_model(self.path, rows, self.providers))
+        return self._outputs[id(rows)][1]
+
+
+def _measure_written(args, path: Path, split, feeds, reference: _Reference, report) -> None:
     """The written file's held-out error (with --calib) and its verification on ``feeds``
     (unless --no-verify), both by onnxruntime on the file at ``path`` against the input
     file; each model runs once on rows both use (the held-out rows), one at a time."""
-    outputs = {}
+    holdout_error, verification = _measure(args, path, split, feeds, reference)
+    if holdout_error is not None:  # the error printed is the written file's
+        report.holdout_error = holdout_error
+    if verification is not None:
+        report.verification = verification
 
-    def run(rows) -> tuple[dict, dict]:
-        if id(rows) not in outputs:
-            outputs[id(rows)] = (
-                run_model(args.input, rows, providers),
-                run_model(path, rows, providers),
-            )
-        return outputs[id(rows)]
 
-    if split is not None:  # the error printed is the written file's
-        expected, actual = run(split.holdout)
-        report.holdout_error = output_error(
-            stack_outputs(expected), stack_outputs(actual), split.targets
+def _measure(args, path: Path, split, feeds, reference: _Reference):
+    """(held-out error or None, verification or None) of the file at ``path``."""
+    actual, holdout_error, verification = {}, None, None
+
+    def run(rows) -> dict:
+        if id(rows) not in actual:
+            actual[id(rows)] = run_model(path, rows, reference.providers)
+        return actual[id(rows)]
+
+    if split is not None:
+        holdout_error = output_error(
+            stack_outputs(reference.outputs(split.holdout)),
+            stack_outputs(run(split.holdout)),
+            split.targets,
         )
     if feeds is not None:
-        expected, actual = run(feeds)
-        report.verification = compare_outputs(
-            expected, actual, feeds, providers, atol=args.atol, rtol=args.rtol
+        verification = compare_outputs(
+            reference.outputs(feeds),
+            run(feeds),
+            feeds,
+            reference.providers,
+            atol=args.atol,
+            rtol=args.rtol,
         )
+    return holdout_error, verification
+
+
+def _quantize_staged(args, staged, split, feeds, reference: _Reference) -> QuantizeStep:
+    """Measure the pass's staged file (bytes, held-out error, max abs error), then
+    quantize it in place (its data file too): the staged file becomes the one written."""
+    lumped_error, lumped_check = _measure(args, staged.path, split, feeds, reference)
+    step = QuantizeStep(
+        QuantizeInfo(args.quantize),
+        bytes_input=file_size(args.input),
+        bytes_lumped=file_size(staged.path),
+        lumped_error=lumped_error,
+        lumped_max_abs=None if lumped_check is None else lumped_check.max_abs,
+    )
+    folder = staged.staging / "quantized"
+    folder.mkdir()
+    target = folder / staged.path.name
+    step.info = quantize_file(
+        staged.path, target, args.quantize, external_data=staged.data_path is not None
+    )
+    try:
+        if staged.data_path is not None:
+            os.replace(folder / staged.data_path.name, staged.data_path)
+        os.replace(target, staged.path)
+    except OSError as exc:
+        raise LumpError(f"cannot write '{args.output}': {exc.strerror or exc}") from exc
+    step.bytes_int8 = file_size(staged.path)
+    return step
+
+
+def _quantized_over_budget(report: Report, args: argparse.Namespace) -> str | None:
+    """With --quantize and --max-error, the budget is judged on the quantized file, as
+    written: why it fails, or None. (The search quantized its steps; the final network,
+    refined further, is measured again here.)"""
+    if report.quantization is None or args.max_error is None or report.holdout_error is None:
+        return None
+    if report.holdout_error <= args.max_error:
+        return None
+    return (
+        f"the {args.quantize} file's held-out error {100 * report.holdout_error:.3g}% "
+        f"exceeds --max-error {100 * args.max_error:g}%"
+    )
 
 
 def _refine_option(args: argparse.Namespace) -> RefineOptions | bool | None:
@@ -338,6 +438,7 @@ def _evaluator(args, model, calibration, validation, targets, providers) -> Eval
         refine=_refine_option(args),
         providers=providers,
         progress=_search_progress(args),
+        quantize=args.quantize,
         **_data_options(args),
     )
 
@@ -373,6 +474,8 @@ def _target_line(knob_name: str, point, met: bool, args) -> str:
     status = "met" if met else "NOT met"
     # a size search does not measure its steps: the error comes with the written file
     error = "" if math.isnan(point.error) else f" at error {100 * point.error:.3g}%"
+    if error and args.quantize:
+        error += f" ({args.quantize})"
     return (
         f"search: {knob_name}={point.knob:.6g} keeps {100 * point.retained:.1f}% of the "
         f"parameters{error} ({' and '.join(wanted)}: {status})"
@@ -413,6 +516,12 @@ def _headline(report: Report, args: argparse.Namespace | None = None) -> str:
         f"params {report.params_before} -> {report.params_after} "
         f"({100 * report.retained:.1f}% kept)"
     ]
+    quantization = getattr(report, "quantization", None)
+    if quantization is not None:
+        parts.append(
+            f"{quantization.info.scheme} file {quantization.bytes_input} -> "
+            f"{quantization.bytes_int8} bytes"
+        )
     held_out = getattr(report, "holdout_error", None)
     rows = getattr(report, "holdout_rows", 0)
     if held_out is not None:

@@ -11,6 +11,7 @@ from onnx_lump.data.refine import RefineStats
 from onnx_lump.graph.weightstats import WeightRange
 from onnx_lump.methods import ChainResult
 from onnx_lump.ode.encoding import OdeSystem
+from onnx_lump.quantize import QuantizeStep
 from onnx_lump.verify import VerificationResult
 
 __all__ = ["LayerStats", "Report"]
@@ -49,6 +50,9 @@ class Report:
     holdout_rows: int = 0
     holdout_error: float | None = None
     weight_ranges: list[WeightRange] = field(default_factory=list)
+    # --quantize: the bytes and errors of the pass and of the quantization (the file
+    # written); holdout_error and verification are then the quantized file's
+    quantization: QuantizeStep | None = None
 
     @property
     def params_before(self) -> int:
@@ -112,6 +116,7 @@ class Report:
             "holdout_outputs": [asdict(o) for o in self.holdout_outputs] or None,
             "holdout_label_changed": self.label_changed,
             "weight_ranges": [vars(w) for w in self.weight_ranges],
+            "quantization": None if self.quantization is None else self.quantization.to_dict(),
         }
 
     def to_json(self) -> str:
@@ -147,6 +152,8 @@ class Report:
             before = max(w.weight_before for w in self.weight_ranges)
             after = max(w.weight_after for w in self.weight_ranges)
             lines.append(f"max |weight|: {before:.3g} -> {after:.3g}")
+        if self.quantization is not None:
+            lines += self.quantization.summary_lines()
         if self.holdout_error is not None:
             lines.append(f"error {100 * self.holdout_error:.3g}% on {self.holdout}")
             lines += self._holdout_lines()
