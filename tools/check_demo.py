@@ -7,13 +7,22 @@ the model and budgets given), the held-out error the tool reported, the error on
 standard deviation of the original's test outputs) and the test-RMSE increase against the
 true targets.
 
+With ``--readme`` it runs the command on both demo models (Tanh and Relu, budget 0.05),
+prints every figure the README quotes about them as the README writes it, and compares
+them with README.md (exit 1 on a difference); tests/test_readme_figures.py does the same,
+so the README's demo figures cannot drift from what the command does.
+
     python tools/check_demo.py [--model models/rn_tanh_2x64.onnx] [--budgets 0.01,0.05]
+    python tools/check_demo.py --readme
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -26,22 +35,30 @@ sys.path.insert(0, str(ROOT))
 
 from onnx_lump.cli import main as cli  # noqa: E402
 
+MODELS = ROOT / "models"
+CALIB = MODELS / "rn_calib_2048.npz"
+README = ROOT / "README.md"
+DEMO_MODELS = ("rn_tanh_2x64.onnx", "rn_relu_2x64.onnx")
+DEMO_BUDGET = 0.05
+
 
 def run(model: Path, budget: float, calib: Path, folder: Path) -> dict:
     out, report = folder / f"{model.stem}_{budget:g}.onnx", folder / f"{model.stem}_{budget:g}.json"
-    code = cli(
-        [
-            str(model),
-            str(out),
-            "--calib",
-            str(calib),
-            "--max-error",
-            str(budget),
-            "-q",
-            "--report-json",
-            str(report),
-        ]
-    )
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = cli(
+            [
+                str(model),
+                str(out),
+                "--calib",
+                str(calib),
+                "--max-error",
+                str(budget),
+                "-q",
+                "--report-json",
+                str(report),
+            ]
+        )
     if code != 0:
         return {"model": model.name, "budget": budget, "exit": code}
     test = np.load(ROOT / "models" / "rn_test.npz")
@@ -54,30 +71,119 @@ def run(model: Path, budget: float, calib: Path, folder: Path) -> dict:
         "model": model.name,
         "budget": budget,
         "kept": summary["retained"],
+        "params_before": summary["params_before"],
+        "params_after": summary["params_after"],
         "held_out_error": summary["holdout_error"],
+        "held_out_rows": summary["holdout_rows"],
+        "test_rows": len(test["input"]),
         "test_error": float(np.sqrt(np.mean((reduced - original) ** 2)) / original.std()),
         "test_drmse": (rmse[1] - rmse[0]) / rmse[0],
+        "final_line": printed.getvalue().strip().splitlines()[-1],
     }
 
 
-def main() -> None:
+def figures(tanh: dict, relu: dict) -> dict[str, str]:
+    """Every figure the README quotes about its first command, formatted as it quotes
+    them, from :func:`run` on the Tanh and the Relu demo model (budget 0.05)."""
+    final = tanh["final_line"].split(" | ")
+    return {
+        "tanh kept": f"{100 * tanh['kept']:.1f}%",
+        "tanh params": f"{tanh['params_before']:,} -> {tanh['params_after']:,}",
+        "tanh held-out": f"{100 * tanh['held_out_error']:.2f}%",
+        "held-out rows": str(tanh["held_out_rows"]),
+        "test rows": f"{tanh['test_rows']:,}",
+        "tanh test": f"{100 * tanh['test_error']:.2f}%",
+        "tanh test dRMSE": f"{100 * tanh['test_drmse']:.1f}%",
+        "relu kept": f"{100 * relu['kept']:.1f}%",
+        "relu held-out": f"{100 * relu['held_out_error']:.2f}%",
+        "relu test": f"{100 * relu['test_error']:.2f}%",
+        "test / held-out": (
+            f"{tanh['test_error'] / tanh['held_out_error']:.2f}x and "
+            f"{relu['test_error'] / relu['held_out_error']:.2f}x"
+        ),
+        # the command's own final line, as the CLI section quotes it
+        "final line": " | ".join(final[1:3]),
+    }
+
+
+# Where each figure sits in README.md (whitespace collapsed to single spaces).
+_QUOTED = (
+    r"keeps \*\*(?P<tanh_kept>[\d.]+%)\*\* of the parameters \((?P<tanh_params>[\d,]+ -> "
+    r"[\d,]+)\) with a held-out error of (?P<tanh_held_out>[\d.]+%) on (?P<held_out_rows>\d+) "
+    r"calibration rows it did not fit; on the demo's own (?P<test_rows>[\d,]+) test rows "
+    r".*? the output error is \*\*(?P<tanh_test>[\d.]+%)\*\*, .*? the test RMSE against the "
+    r"true targets rises by (?P<tanh_test_dRMSE>[\d.]+%) .*? The same budget on the Relu demo "
+    r"keeps (?P<relu_kept>[\d.]+%) at (?P<relu_held_out>[\d.]+%) held-out and "
+    r"(?P<relu_test>[\d.]+%) on the test rows: .*? \(within 2x in a test; "
+    r"(?P<test_over_held_out>[\d.]+x and [\d.]+x) for these two commands;",
+    r"otherwise `DONE \| (?P<final_line>params \d+ -> \d+ \([\d.]+% kept\) \| held-out error "
+    r"[\d.]+% on \d+ rows) \|",
+)
+
+
+def quoted(readme: str) -> dict[str, str]:
+    """The demo figures as README.md quotes them (keys as :func:`figures`'s); a figure
+    whose sentence no longer reads as expected is missing from the result."""
+    text = " ".join(readme.split())
+    found: dict[str, str] = {}
+    for pattern in _QUOTED:
+        match = re.search(pattern, text)
+        if match:
+            for key, value in match.groupdict().items():
+                found[key.replace("_", " ").replace("held out", "held-out")] = value
+    renames = {"test over held-out": "test / held-out"}
+    return {renames.get(k, k): v for k, v in found.items()}
+
+
+def readme_rows(folder: Path) -> tuple[dict, dict]:
+    """:func:`run` on both demo models at the README's budget."""
+    tanh, relu = (run(MODELS / name, DEMO_BUDGET, CALIB, folder) for name in DEMO_MODELS)
+    return tanh, relu
+
+
+def compare(measured: dict[str, str], readme: dict[str, str]) -> list[str]:
+    """One line per figure where README.md and the measurement differ."""
+    return [
+        f"{key}: README says {readme.get(key, '(not found)')!r}, the command gives {value!r}"
+        for key, value in measured.items()
+        if readme.get(key) != value
+    ]
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, action="append")
     parser.add_argument("--budgets", default="0.05")
-    parser.add_argument("--calib", type=Path, default=ROOT / "models" / "rn_calib_2048.npz")
+    parser.add_argument("--calib", type=Path, default=CALIB)
+    parser.add_argument(
+        "--readme", action="store_true", help="the README's figures, compared with README.md"
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON row per run")
     args = parser.parse_args()
-    models = args.model or [ROOT / "models" / "rn_tanh_2x64.onnx"]
     with tempfile.TemporaryDirectory() as folder:
+        if args.readme:
+            measured = figures(*readme_rows(Path(folder)))
+            for key, value in measured.items():
+                print(f"{key}: {value}")
+            differences = compare(measured, quoted(README.read_text()))
+            for line in differences:
+                print(f"DIFFERS {line}")
+            return 1 if differences else 0
+        models = args.model or [MODELS / DEMO_MODELS[0]]
         for model in models:
             for budget in (float(b) for b in args.budgets.split(",")):
                 row = run(model, budget, args.calib, Path(folder))
+                if args.json:
+                    print(json.dumps(row))
+                    continue
                 print(
                     " | ".join(
                         f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                         for k, v in row.items()
                     )
                 )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
