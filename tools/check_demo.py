@@ -7,9 +7,10 @@ the model and budgets given), the held-out error the tool reported, the error on
 standard deviation of the original's test outputs) and the test-RMSE increase against the
 true targets.
 
-With ``--readme`` it runs the command on both demo models (Tanh and Relu, budget 0.05),
-prints every figure the README quotes about them as the README writes it, and compares
-them with README.md (exit 1 on a difference); tests/test_readme_figures.py does the same,
+With ``--readme`` it runs the command on both demo models (Tanh and Relu, budget 0.05)
+and the ``--quantize int8`` examples on the Tanh one, prints every figure the README
+quotes about them as the README writes it, and compares them with README.md (exit 1 on
+a difference); tests/test_readme_figures.py does the same,
 so the README's demo figures cannot drift from what the command does.
 
     python tools/check_demo.py [--model models/rn_tanh_2x64.onnx] [--budgets 0.01,0.05]
@@ -79,6 +80,55 @@ def run(model: Path, budget: float, calib: Path, folder: Path) -> dict:
         "test_error": float(np.sqrt(np.mean((reduced - original) ** 2)) / original.std()),
         "test_drmse": (rmse[1] - rmse[0]) / rmse[0],
         "final_line": printed.getvalue().strip().splitlines()[-1],
+        "path": str(out),
+    }
+
+
+def _quantized_run(model: Path, folder: Path, name: str, *options: str) -> dict:
+    """The CLI with --quantize int8 and ``options`` on the demo calibration rows: its
+    report's quantization record, and the share of parameters kept."""
+    out, report = folder / f"{name}.onnx", folder / f"{name}.json"
+    with contextlib.redirect_stdout(io.StringIO()):
+        arguments = [str(model), str(out), "--calib", str(CALIB), "--quantize", "int8", "-q"]
+        code = cli([*arguments, "--report-json", str(report), *options])
+    if code != 0:
+        return {"exit": code}
+    summary = json.loads(report.read_text())
+    return {"kept": summary["retained"], **summary["quantization"]}
+
+
+def int8_rows(tanh: dict, folder: Path) -> dict:
+    """The README's int8 figures on the Tanh demo: the original quantized (``--eps 0
+    --quantize int8``), the first command's network quantized afterwards (outside its
+    budget), and the first command with ``--quantize int8`` (one budget for both)."""
+    from onnx_lump.data.holdout import output_error, split_calibration, stacked_outputs
+    from onnx_lump.quantize import quantize_file
+
+    model = MODELS / DEMO_MODELS[0]
+    alone = _quantized_run(model, folder, "int8_alone")
+    after = folder / "first_command.int8.onnx"
+    quantize_file(tanh["path"], after)
+    split = split_calibration(dict(np.load(CALIB)), 0.2, 0)
+    cpu = ["CPUExecutionProvider"]
+    reference = stacked_outputs(model, split.holdout, cpu)
+    afterwards = output_error(reference, stacked_outputs(after, split.holdout, cpu))
+    budget = _quantized_run(model, folder, "int8_budget", "--max-error", str(DEMO_BUDGET))
+    return {"alone": alone, "afterwards": afterwards, "budget": budget}
+
+
+def int8_figures(rows: dict) -> dict[str, str]:
+    """The int8 figures as the README quotes them, from :func:`int8_rows`."""
+    alone, budget = rows["alone"], rows["budget"]
+    return {
+        "int8 input bytes": f"{alone['bytes_input']:,}",
+        "int8 alone bytes": f"{alone['bytes_int8']:,}",
+        "int8 alone held-out": f"{100 * alone['int8_error']:.2f}%",
+        "int8 afterwards held-out": f"{100 * rows['afterwards']:.2f}%",
+        "int8 budget kept": f"{100 * budget['kept']:.1f}%",
+        "int8 budget lumped held-out": f"{100 * budget['lumped_error']:.2f}%",
+        "int8 budget held-out": f"{100 * budget['int8_error']:.2f}%",
+        "int8 budget lumped bytes": f"{budget['bytes_lumped']:,}",
+        "int8 budget bytes": f"{budget['bytes_int8']:,}",
     }
 
 
@@ -118,6 +168,13 @@ _QUOTED = (
     r"(?P<test_over_held_out>[\d.]+x and [\d.]+x) for these two commands;",
     r"otherwise `DONE \| (?P<final_line>params \d+ -> \d+ \([\d.]+% kept\) \| held-out error "
     r"[\d.]+% on \d+ rows) \|",
+    r"int8 alone \(`--eps 0 --quantize int8`\) takes the file from (?P<int8_input_bytes>[\d,]+) "
+    r"to (?P<int8_alone_bytes>[\d,]+) bytes at (?P<int8_alone_held_out>[\d.]+%) held-out error\. "
+    r"The first command's network \([\d.]+% kept, [\d.]+%\) quantized afterwards errs "
+    r"(?P<int8_afterwards_held_out>[\d.]+%), .*? the search keeps (?P<int8_budget_kept>[\d.]+%) "
+    r"of the parameters \(held-out error (?P<int8_budget_lumped_held_out>[\d.]+%) before int8, "
+    r"(?P<int8_budget_held_out>[\d.]+%) after\) and writes (?P<int8_budget_bytes>[\d,]+) bytes "
+    r"\((?P<int8_budget_lumped_bytes>[\d,]+) after the pass\)",
 )
 
 
@@ -135,10 +192,16 @@ def quoted(readme: str) -> dict[str, str]:
     return {renames.get(k, k): v for k, v in found.items()}
 
 
-def readme_rows(folder: Path) -> tuple[dict, dict]:
-    """:func:`run` on both demo models at the README's budget."""
+def readme_figures(folder: Path) -> dict[str, str]:
+    """Every figure the README quotes about the demo, measured: :func:`run` on both demo
+    models at the README's budget (:func:`figures`), then the int8 runs
+    (:func:`int8_figures`). A run that fails its budget is an error."""
     tanh, relu = (run(MODELS / name, DEMO_BUDGET, CALIB, folder) for name in DEMO_MODELS)
-    return tanh, relu
+    int8 = int8_rows(tanh, folder)
+    for row in (tanh, relu, int8["alone"], int8["budget"]):
+        if "exit" in row:
+            raise SystemExit(f"a demo command exited {row['exit']}: {row}")
+    return {**figures(tanh, relu), **int8_figures(int8)}
 
 
 def compare(measured: dict[str, str], readme: dict[str, str]) -> list[str]:
@@ -162,7 +225,7 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         if args.readme:
-            measured = figures(*readme_rows(Path(folder)))
+            measured = readme_figures(Path(folder))
             for key, value in measured.items():
                 print(f"{key}: {value}")
             differences = compare(measured, quoted(README.read_text()))
