@@ -12,6 +12,7 @@ examples:
   python -m onnx_lump model.onnx model.lumped.onnx --eps 0.05
   python -m onnx_lump model.onnx small.onnx --calib train.npz --max-error 0.01
   python -m onnx_lump model.onnx small.onnx --calib train.npz --target-params 0.3
+  python -m onnx_lump model.onnx small.int8.onnx --calib train.npz --max-error 0.05 --quantize int8
   python -m onnx_lump model.onnx small.onnx --calib train.npz --eps 1 --refine-iters 3000
   python -m onnx_lump model.onnx table.csv --calib train.npz --sweep 0:2:0.1
   python -m onnx_lump model.onnx pruned.onnx --method wanda --sparsity 0.5 --calib train.npz
