@@ -12,6 +12,7 @@ examples:
   python -m onnx_lump model.onnx model.lumped.onnx --eps 0.05
   python -m onnx_lump model.onnx small.onnx --calib train.npz --max-error 0.01
   python -m onnx_lump model.onnx small.onnx --calib train.npz --target-params 0.3
+  python -m onnx_lump model.onnx small.int8.onnx --calib train.npz --max-error 0.05 --quantize int8
   python -m onnx_lump model.onnx small.onnx --calib train.npz --eps 1 --refine-iters 3000
   python -m onnx_lump model.onnx table.csv --calib train.npz --sweep 0:2:0.1
   python -m onnx_lump model.onnx pruned.onnx --method wanda --sparsity 0.5 --calib train.npz
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import signal
 import sys
 import traceback
@@ -68,6 +70,7 @@ from onnx_lump.graph.inventory import comparison_table, take_inventory
 from onnx_lump.graph.modelio import load_model
 from onnx_lump.graph.paths import check_paths
 from onnx_lump.graph.saving import check_model_file, stage_model
+from onnx_lump.graph.tensordata import file_size
 from onnx_lump.methods import (
     EliminationCompensation,
     Exact,
@@ -84,6 +87,7 @@ from onnx_lump.methods.lumping import DEFAULT_SIMILARITY_WITH_DATA
 from onnx_lump.ode.grouping import Linkage
 from onnx_lump.ode.partition import Equivalence, PartitionOptions, Similarity
 from onnx_lump.plotting import plot_sweep
+from onnx_lump.quantize import QuantizeInfo, QuantizeStep, quantize_file, quantized_copy
 from onnx_lump.report import Report
 from onnx_lump.runtime import resolve_providers, run_model
 from onnx_lump.search import Evaluator, bisect, parse_knobs, sweep, write_table
@@ -266,12 +270,7 @@ def run_parsed(args: argparse.Namespace) -> int:
             reduced, report = evaluate.finish(knob, **verify_options)
             if audit is None or args.max_error is None:
                 break
-            audited = output_error(
-                *(
-                    stack_outputs(run_model(m, audit.audit, runtime))
-                    for m in (loaded.model, reduced)
-                )
-            )
+            audited = _audit_error(loaded.model, reduced, audit.audit, runtime, args.quantize)
             if audited <= args.max_error:
                 break
             found = (
@@ -319,16 +318,29 @@ def run_parsed(args: argparse.Namespace) -> int:
             feeds = random_inputs(loaded.model, args.check, shapes)
     # Stage beside OUT, check and run the staged file itself, and only then move it into
     # place: a file that fails is never written, and what passed is what the user gets.
+    # With --quantize the staged file is quantized in place first (the pass's own file
+    # measured before), so what is checked, measured and written is the quantized file.
     with stage_model(reduced, args.output, external_data=loaded.external_data) as staged:
         check_model_file(staged.path)
-        _measure_written(
-            args, staged.path, split, audit, feeds, resolve_providers(providers), report
-        )
+        reference = _Reference(args.input, resolve_providers(providers))
+        if args.quantize:
+            report.quantization = _quantize_staged(args, staged, split, audit, feeds, reference)
+            report.notes.append(_QUANTIZE_NOTE)
+            check_model_file(staged.path)
+        _measure_written(args, staged.path, split, audit, feeds, reference, report)
+        if report.quantization is not None:
+            report.quantization.int8_error = report.holdout_error
+            if report.verification is not None:
+                report.quantization.int8_max_abs = report.verification.max_abs
         if not args.quiet:
             print(report.summary())
         verdict = _headline(report, args)
         if report.verification is not None and not report.verification:
             print(f"FAILED | {verdict} | tolerance exceeded, nothing written")
+            return EXIT_NOT_MET
+        over = _quantized_over_budget(report, args)
+        if over:
+            print(f"FAILED | {verdict} | {over}, nothing written")
             return EXIT_NOT_MET
         # Only a run that writes the model writes its report and ODE dump: "nothing
         # written" covers them too.
@@ -338,44 +350,135 @@ def run_parsed(args: argparse.Namespace) -> int:
             _write_text(args.report_json, report.to_json() + "\n")
         staged.commit()
     if not args.quiet:
-        print(_inventory_table(loaded.model, args.input, reduced, args.output))
+        # quantized, the file written is no longer the pass's model: read it back
+        written = (
+            onnx.load(str(args.output), load_external_data=False) if args.quantize else reduced
+        )
+        print(_inventory_table(loaded.model, args.input, written, args.output))
     print(f"{_success_word(args)} | {verdict} | wrote {args.output}")
     return EXIT_OK
 
 
-def _measure_written(args, path: Path, split, audit, feeds, providers, report: Report) -> None:
+_QUANTIZE_NOTE = (
+    "int8 is lossy: the held-out error and the verification compare the int8 file with "
+    "the original float model, so they include the quantization's error (at --eps 0, "
+    "they are the quantization's alone); --atol/--rtol/--max-error judge that total"
+)
+
+
+class _Reference:
+    """The input file's outputs on a set of rows, run once by onnxruntime however many
+    files are compared with it (the pass's file and its quantized form)."""
+
+    def __init__(self, path: Path, providers) -> None:
+        self.path, self.providers, self._outputs = path, providers, {}
+
+    def outputs(self, rows) -> dict:
+        if id(rows) not in self._outputs:
+            self._outputs[id(rows)] = (rows, run_model(self.path, rows, self.providers))
+        return self._outputs[id(rows)][1]
+
+
+def _measure_written(
+    args, path: Path, split, audit, feeds, reference: _Reference, report: Report
+) -> None:
     """The written file's held-out error (with --calib; on the audit rows when some were
     set aside, beside the error on the rows that chose) and its verification on ``feeds``
     (unless --no-verify), both by onnxruntime on the file at ``path`` against the input
     file; each model runs once on rows both use, one at a time."""
-    outputs = {}
+    holdout_error, chosen_error, verification = _measure(args, path, split, audit, feeds, reference)
+    if holdout_error is not None:  # the error printed is the written file's
+        report.holdout_error = holdout_error
+    if audit is not None:
+        report.chosen_on = f"the {split.n_holdout} held-out rows refinement and the search chose on"
+        report.chosen_error = chosen_error
+        report.holdout, report.holdout_rows = audit.description, audit.n_audit
+    if verification is not None:
+        report.verification = verification
 
-    def run(rows) -> tuple[dict, dict]:
-        if id(rows) not in outputs:
-            outputs[id(rows)] = (
-                run_model(args.input, rows, providers),
-                run_model(path, rows, providers),
-            )
-        return outputs[id(rows)]
 
-    if split is not None:  # the error printed is the written file's
-        expected, actual = run(split.holdout)
-        report.holdout_error = output_error(
-            stack_outputs(expected), stack_outputs(actual), split.targets
+def _measure(args, path: Path, split, audit, feeds, reference: _Reference):
+    """(held-out error or None, error on the rows that chose or None, verification or
+    None) of the file at ``path``: with audit rows the held-out error is theirs."""
+    actual, holdout_error, chosen_error, verification = {}, None, None, None
+
+    def run(rows) -> dict:
+        if id(rows) not in actual:
+            actual[id(rows)] = run_model(path, rows, reference.providers)
+        return actual[id(rows)]
+
+    if split is not None:
+        holdout_error = output_error(
+            stack_outputs(reference.outputs(split.holdout)),
+            stack_outputs(run(split.holdout)),
+            split.targets,
         )
     if audit is not None:
-        report.chosen_on, report.chosen_error = (
-            f"the {split.n_holdout} held-out rows refinement and the search chose on",
-            report.holdout_error,
+        chosen_error = holdout_error
+        holdout_error = output_error(
+            stack_outputs(reference.outputs(audit.audit)), stack_outputs(run(audit.audit))
         )
-        expected, actual = run(audit.audit)
-        report.holdout_error = output_error(stack_outputs(expected), stack_outputs(actual))
-        report.holdout, report.holdout_rows = audit.description, audit.n_audit
     if feeds is not None:
-        expected, actual = run(feeds)
-        report.verification = compare_outputs(
-            expected, actual, feeds, providers, atol=args.atol, rtol=args.rtol
+        verification = compare_outputs(
+            reference.outputs(feeds),
+            run(feeds),
+            feeds,
+            reference.providers,
+            atol=args.atol,
+            rtol=args.rtol,
         )
+    return holdout_error, chosen_error, verification
+
+
+def _audit_error(original, reduced, rows, providers, quantize: str | None) -> float:
+    """The error of ``reduced`` (quantized first with --quantize, as it would be written)
+    against ``original`` on the audit ``rows``, by onnxruntime."""
+    expected = stack_outputs(run_model(original, rows, providers))
+    if quantize is None:
+        return output_error(expected, stack_outputs(run_model(reduced, rows, providers)))
+    with quantized_copy(reduced, quantize) as (path, _):
+        return output_error(expected, stack_outputs(run_model(path, rows, providers)))
+
+
+def _quantize_staged(args, staged, split, audit, feeds, reference: _Reference) -> QuantizeStep:
+    """Measure the pass's staged file (bytes, held-out error, max abs error), then
+    quantize it in place (its data file too): the staged file becomes the one written."""
+    lumped_error, _, lumped_check = _measure(args, staged.path, split, audit, feeds, reference)
+    step = QuantizeStep(
+        QuantizeInfo(args.quantize),
+        bytes_input=file_size(args.input),
+        bytes_lumped=file_size(staged.path),
+        lumped_error=lumped_error,
+        lumped_max_abs=None if lumped_check is None else lumped_check.max_abs,
+    )
+    folder = staged.staging / "quantized"
+    folder.mkdir()
+    target = folder / staged.path.name
+    step.info = quantize_file(
+        staged.path, target, args.quantize, external_data=staged.data_path is not None
+    )
+    try:
+        if staged.data_path is not None:
+            os.replace(folder / staged.data_path.name, staged.data_path)
+        os.replace(target, staged.path)
+    except OSError as exc:
+        raise LumpError(f"cannot write '{args.output}': {exc.strerror or exc}") from exc
+    step.bytes_int8 = file_size(staged.path)
+    return step
+
+
+def _quantized_over_budget(report: Report, args: argparse.Namespace) -> str | None:
+    """With --quantize and --max-error, the budget is judged on the quantized file, as
+    written: why it fails, or None. (The search quantized its steps; the final network,
+    refined further, is measured again here.)"""
+    if report.quantization is None or args.max_error is None or report.holdout_error is None:
+        return None
+    if report.holdout_error <= args.max_error:
+        return None
+    return (
+        f"the {args.quantize} file's held-out error {100 * report.holdout_error:.3g}% "
+        f"exceeds --max-error {100 * args.max_error:g}%"
+    )
 
 
 def _refine_option(args: argparse.Namespace) -> RefineOptions | bool | None:
@@ -417,6 +520,7 @@ def _evaluator(
         refine=_refine_option(args),
         providers=providers,
         progress=_search_progress(args),
+        quantize=args.quantize,
         **_data_options(args),
     )
 
@@ -452,6 +556,8 @@ def _target_line(knob_name: str, point, met: bool, args) -> str:
     status = "met" if met else "NOT met"
     # a size search does not measure its steps: the error comes with the written file
     error = "" if math.isnan(point.error) else f" at error {100 * point.error:.3g}%"
+    if error and args.quantize:
+        error += f" ({args.quantize})"
     return (
         f"search: {knob_name}={point.knob:.6g} keeps {100 * point.retained:.1f}% of the "
         f"parameters{error} ({' and '.join(wanted)}: {status})"
@@ -492,6 +598,12 @@ def _headline(report: Report, args: argparse.Namespace | None = None) -> str:
         f"params {report.params_before} -> {report.params_after} "
         f"({100 * report.retained:.1f}% kept)"
     ]
+    quantization = getattr(report, "quantization", None)
+    if quantization is not None:
+        parts.append(
+            f"{quantization.info.scheme} file {quantization.bytes_input} -> "
+            f"{quantization.bytes_int8} bytes"
+        )
     held_out = getattr(report, "holdout_error", None)
     rows = getattr(report, "holdout_rows", 0)
     if held_out is not None:

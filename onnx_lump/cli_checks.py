@@ -17,6 +17,7 @@ from onnx_lump.errors import LumpError
 from onnx_lump.graph.chains import scan_graph
 from onnx_lump.graph.importer import import_graph
 from onnx_lump.ode.partition import Similarity
+from onnx_lump.quantize import check_quantizable
 from onnx_lump.runtime import session
 from onnx_lump.search import parse_knobs
 
@@ -193,6 +194,8 @@ def preflight(args: argparse.Namespace, model: onnx.ModelProto) -> None:
     except Exception as exc:  # onnx raises ValidationError, and others for odd files
         raise LumpError(f"'{args.input}' fails onnx.checker: {exc}") from exc
     _check_versions(model)
+    if getattr(args, "quantize", None):
+        check_quantizable(model)  # before the pass, not after it
     for index, chain in enumerate(scan_graph(import_graph(model)).chains):
         for layer in chain.layers:
             if layer.in_features == 0 or layer.out_features == 0:

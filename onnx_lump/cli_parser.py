@@ -24,6 +24,7 @@ from onnx_lump.methods.lumping import DEFAULT_RIDGE, DEFAULT_SIMILARITY_WITH_DAT
 from onnx_lump.ode.grouping import Linkage
 from onnx_lump.ode.partition import Equivalence, Similarity
 from onnx_lump.plotting import plot_path
+from onnx_lump.quantize import QUANTIZE_SCHEMES
 
 __all__ = [
     "EXIT_CODES",
@@ -294,6 +295,17 @@ def make_parser(doc: str) -> argparse.ArgumentParser:
     )
     check.add_argument(
         "--rtol", type=float, help="fail and write nothing if max rel error exceeds this"
+    )
+
+    quantization = parser.add_argument_group("quantization")
+    quantization.add_argument(
+        "--quantize",
+        choices=QUANTIZE_SCHEMES,
+        default=None,
+        help="int8: quantize the written model with onnxruntime's quantize_dynamic (int8 "
+        "weights per output channel; Gemm rewritten as MatMul + Add first, which it "
+        "quantizes); the file written, verified and measured, and every step of a "
+        "--max-error search, is the quantized one",
     )
 
     out = parser.add_argument_group("output")

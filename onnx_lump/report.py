@@ -10,6 +10,7 @@ from onnx_lump.data.holdout import FLOAT, LABEL, LEFT_OUT, OutputScore
 from onnx_lump.data.refine import RefineStats
 from onnx_lump.graph.weightstats import WeightRange
 from onnx_lump.ode.encoding import OdeSystem
+from onnx_lump.quantize import QuantizeStep
 from onnx_lump.types import ChainResult
 from onnx_lump.verify import VerificationResult
 
@@ -52,6 +53,9 @@ class Report:
     chosen_on: str | None = None
     chosen_error: float | None = None
     weight_ranges: list[WeightRange] = field(default_factory=list)
+    # --quantize: the bytes and errors of the pass and of the quantization (the file
+    # written); holdout_error and verification are then the quantized file's
+    quantization: QuantizeStep | None = None
 
     @property
     def params_before(self) -> int:
@@ -117,6 +121,7 @@ class Report:
             "chosen_on": self.chosen_on,
             "chosen_error": None if self.chosen_error is None else float(self.chosen_error),
             "weight_ranges": [vars(w) for w in self.weight_ranges],
+            "quantization": None if self.quantization is None else self.quantization.to_dict(),
         }
 
     def to_json(self) -> str:
@@ -152,6 +157,8 @@ class Report:
             before = max(w.weight_before for w in self.weight_ranges)
             after = max(w.weight_after for w in self.weight_ranges)
             lines.append(f"max |weight|: {before:.3g} -> {after:.3g}")
+        if self.quantization is not None:
+            lines += self.quantization.summary_lines()
         if self.holdout_error is not None:
             lines.append(f"error {100 * self.holdout_error:.3g}% on {self.holdout}")
             if self.chosen_error is not None:

@@ -31,10 +31,16 @@ from onnx_lump.api import compress, knob_hint, refines_by_default
 from onnx_lump.bisection import bisect
 from onnx_lump.data.cache import SearchCache
 from onnx_lump.data.calibration import AUTO_MASK_INPUT, check_feeds
-from onnx_lump.data.holdout import DEFAULT_HOLDOUT, output_error, stacked_outputs
+from onnx_lump.data.holdout import (
+    DEFAULT_HOLDOUT,
+    output_error,
+    split_calibration,
+    stacked_outputs,
+)
 from onnx_lump.data.refine import RefineOptions
 from onnx_lump.errors import LumpError
 from onnx_lump.methods import Method
+from onnx_lump.quantize import quantized_copy
 from onnx_lump.report import Report
 from onnx_lump.runtime import resolve_providers
 from onnx_lump.types import SweepPoint
@@ -54,7 +60,9 @@ class Evaluator:
     ``validation``, ``validation_targets``, ``providers``, ``mask_input``,
     ``sequential``). ``refine`` is the budget of the network finally returned (None:
     compress's default; False: off). With ``caches`` (the default) the steps share what
-    does not depend on the knob (:mod:`onnx_lump.data.cache`)."""
+    does not depend on the knob (:mod:`onnx_lump.data.cache`). With ``quantize``
+    (``"int8"``) every error measured is that of the step's network quantized
+    (:func:`onnx_lump.quantize.quantized_copy`), against the original."""
 
     def __init__(
         self,
@@ -72,6 +80,7 @@ class Evaluator:
         caches: bool = True,
         mask_input: str | None = AUTO_MASK_INPUT,
         sequential: bool = False,
+        quantize: str | None = None,
     ) -> None:
         if calibration is None and validation is None:
             raise LumpError(
@@ -110,6 +119,9 @@ class Evaluator:
         # what every step shares (chain inputs, the original's activations, repeated layer
         # states); the results are the same without it, only slower
         self.data_cache = SearchCache() if caches else None
+        # with a quantization scheme, every error measured is the quantized network's
+        self.quantize = quantize
+        self._rows = None
 
     @property
     def cache(self) -> dict[float, tuple[onnx.ModelProto, Report, SweepPoint]]:
@@ -151,6 +163,8 @@ class Evaluator:
     def _error(self, model: onnx.ModelProto, report: Report) -> float:
         if not self._refine_steps:
             return float("nan")  # a size step: steered by its size, not measured
+        if self.quantize is not None:
+            return self._quantized_error(model)
         if self.calibration is not None:
             return float(report.holdout_error)
         # data-free method judged on --val: nothing was fitted on it
@@ -158,6 +172,27 @@ class Evaluator:
             self._reference = stacked_outputs(self.model, self.validation, self._runtime)
         output = stacked_outputs(model, self.validation, self._runtime)
         return output_error(self._reference, output, self.validation_targets)
+
+    def _quantized_error(self, model: onnx.ModelProto) -> float:
+        """The error of ``model`` quantized, by onnxruntime on the held-out rows (or
+        ``--val``) against the original."""
+        if self._rows is None:
+            if self.calibration is not None:
+                split = split_calibration(
+                    self.calibration,
+                    self.options["holdout"],
+                    self.options["seed"],
+                    self.validation,
+                    self.validation_targets,
+                )
+                feeds, targets = split.holdout, split.targets
+            else:
+                feeds, targets = self.validation, self.validation_targets
+            self._rows = (feeds, targets, stacked_outputs(self.model, feeds, self._runtime))
+        feeds, targets, reference = self._rows
+        with quantized_copy(model, self.quantize) as (path, _):
+            output = stacked_outputs(path, feeds, self._runtime)
+        return output_error(reference, output, targets)
 
     def __call__(self, knob: float) -> tuple[onnx.ModelProto, Report, SweepPoint]:
         knob = float(knob)
@@ -172,7 +207,8 @@ class Evaluator:
             refine=self._search_refine(method),
             verify=False,
             cache=self.data_cache,
-            measure_holdout=self._refine_steps,
+            # quantized, the float network's own error is not the one steered by
+            measure_holdout=self._refine_steps and self.quantize is None,
             sequential=self.sequential,
             **self.options,
         )
@@ -294,6 +330,25 @@ class Evaluator:
             **verify_options,
         )
         final_report.refine = _merge_refine(report.refine, final_report.refine)
+        if self.quantize is not None and not unrefined and knob in self.cache:
+            # the budget was judged on the step quantized: the longer refinement may
+            # quantize worse, and then the step's network is the one handed over
+            step, step_report, step_point = self.cache[knob]
+            error = self._quantized_error(final)
+            if error > step_point.error:
+                logger.info(
+                    "knob %.6g: the refined network quantizes worse (%.3g%% > %.3g%%): "
+                    "handing over the search step's",
+                    knob,
+                    100 * error,
+                    100 * step_point.error,
+                )
+                final = step
+                final_report = dataclasses.replace(step_report, notes=list(step_report.notes))
+                final_report.notes.append(
+                    f"the network of the search step is handed over: refined further, it "
+                    f"quantized worse ({100 * error:.3g}% > {100 * step_point.error:.3g}%)"
+                )
         if self.calibration is None:
             final_report.holdout_error = self._error(final, final_report)
         return final, final_report

@@ -138,3 +138,18 @@ def test_fidelity_is_relative_output_change():
     constant = np.broadcast_to(original.mean(axis=0), original.shape)
     assert fidelity(constant, original) == pytest.approx(1.0)
     assert fidelity(original + 0.1, original) == pytest.approx(0.1 / original.std(), rel=0.05)
+
+
+def test_int8_points_and_the_bytes_plot(quick_run, rows):
+    """The int8 group: the original and lump+refine quantized, sized in bytes, drawn
+    against bytes as well."""
+    for task in expected_tasks():
+        mine = [r for r in rows if r["task"] == task]
+        int8 = [r for r in mine if r["method"] == "int8"]
+        original = [r for r in mine if r["method"] == "original"]
+        assert int8 and [r for r in mine if r["method"] == "lump+int8"]
+        for quantized, float_one in zip(int8, original, strict=False):
+            assert float(quantized["grp"]) == 100.0
+            assert 0 < int(quantized["bytes"]) < int(float_one["bytes"])
+        png = (quick_run / f"{task}_bytes.png").read_bytes()
+        assert png.startswith(b"\x89PNG")

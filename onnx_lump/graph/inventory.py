@@ -9,6 +9,7 @@ a shared weight that gets a ``_lumped`` copy makes the file grow, and the table 
 
 from __future__ import annotations
 
+import math
 import os
 from collections import Counter
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import onnx
 
-from onnx_lump.graph.tensordata import file_size, stored_parameters
+from onnx_lump.graph.tensordata import all_tensors, file_size, stored_parameters
 
 __all__ = [
     "Inventory",
@@ -37,6 +38,7 @@ class Inventory:
     nodes: int = 0
     parameters: int = 0
     bytes: int | None = None
+    int8_parameters: int = 0  # elements of 8-bit integer tensors (a quantized model's)
 
 
 def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
@@ -71,7 +73,18 @@ def take_inventory(model: onnx.ModelProto, path: str | os.PathLike | None = None
     """The :class:`Inventory` of ``model``; ``path`` (where it is stored) gives the bytes."""
     ops = op_counts(model)
     size = file_bytes(path) if path is not None else None
-    return Inventory(ops, sum(ops.values()), stored_parameters(model), size)
+    return Inventory(ops, sum(ops.values()), stored_parameters(model), size, _int8_elements(model))
+
+
+def _int8_elements(model: onnx.ModelProto) -> int:
+    """Elements of the 8-bit integer initializers and Constant values: the weights of a
+    quantized model (and its zero points), which :func:`stored_parameters` leaves out."""
+    eight_bit = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8}
+    total = 0
+    for tensor in all_tensors(model):
+        if tensor.data_type in eight_bit:
+            total += math.prod(tensor.dims) if tensor.dims else 1
+    return total
 
 
 def _human(size: int | None) -> str:
@@ -94,6 +107,8 @@ def comparison_table(before: Inventory, after: Inventory) -> str:
         ("nodes", before.nodes, after.nodes),
         ("stored parameters", before.parameters, after.parameters),
     ]
+    if before.int8_parameters or after.int8_parameters:
+        rows.append(("int8 parameters", before.int8_parameters, after.int8_parameters))
     width = max(len(r[0]) for r in [*rows, ("model size",)])
     lines = [f"{'':<{width}}  {'before':>12}  {'after':>12}"]
     for name, old, new in rows:

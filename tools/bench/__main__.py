@@ -20,7 +20,7 @@ from bench.common import ACTIVATIONS, ARCHITECTURES, Point, log, point_from_dict
 from bench.metrics import HAS_REFINE, Network, best_grp, fmt
 from bench.networks import calibration_feeds, predict, reference
 from bench.refined import refine_budget
-from bench.report import plot_task, reference_table, task_table, write_points
+from bench.report import plot_task, plot_task_bytes, reference_table, task_table, write_points
 from bench.runner import GROUPS, headline_method, run_network
 from bench.speed import latency_example, search_text, search_time, speed
 from bench.summary import write_summary
@@ -75,6 +75,7 @@ def _write_task(out: Path, task: str, task_points: list[Point]) -> None:
     networks = sorted({p.network for p in task_points})
     (out / f"{task}.md").write_text(task_table(task, task_points, networks))
     plot_task(task, task_points, networks, out / f"{task}.png")
+    plot_task_bytes(task, task_points, networks, out / f"{task}_bytes.png")
 
 
 def _log_network(ref, points: list[Point], group: str) -> None:

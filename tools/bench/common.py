@@ -14,6 +14,7 @@ __all__ = [
     "BASELINES",
     "CALIBRATION_ROWS",
     "EPS_FRACTIONS",
+    "INT8_TARGETS",
     "MAX_TRAIN_ROWS",
     "METHOD_ORDER",
     "ONNXSIM_FLOOR_SPARSITIES",
@@ -21,6 +22,7 @@ __all__ = [
     "ONNXSIM_SPARSITIES",
     "ONNXSIM_STACK",
     "PROTOCOL_VERSION",
+    "QUANTIZED",
     "REFINED",
     "REFINE_FLOOR_TARGETS",
     "REFINE_MID_TARGETS",
@@ -64,6 +66,10 @@ ONNXSIM_FLOOR_SPARSITIES = (0.97, 0.985)
 UNSTRUCTURED = ("magnitude", "wanda", "ec")
 BASELINES = ("magnitude", "wanda", "ec", "linear")
 REFINED = ("lump+refine", "distill", "onnxsim")
+# onnxruntime's dynamic int8 quantization (onnx_lump's --quantize int8) of the original
+# and of lump+refine at these sizes (GRP% targets, as REFINE_TARGETS)
+QUANTIZED = ("int8", "lump+int8")
+INT8_TARGETS = (8.0, 18.0, 40.0, 60.0, 80.0)
 METHOD_ORDER = (
     "lump",
     "lump+refit",
@@ -76,6 +82,7 @@ METHOD_ORDER = (
     "linear",
     "scratch",
     *REFINED,
+    *QUANTIZED,
 )
 
 
@@ -101,6 +108,7 @@ class Point:
     refine_seconds: float = 0.0
     widths: str = ""
     holdout: float | None = None
+    bytes: int | None = None  # the serialized model's size (None: not recorded)
 
 
 def point_from_dict(row: dict) -> Point:

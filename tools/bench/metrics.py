@@ -66,9 +66,11 @@ def measure(
     refine_seconds: float = 0.0,
     widths: str = "",
     holdout: float | None = None,
+    size: int | None = None,
 ) -> Point:
-    """The sweep point of a compressed model: its size, and its error on the test split,
-    both run in onnxruntime from the serialized model."""
+    """The sweep point of a compressed model: its size (parameters, and ``size`` bytes,
+    by default those of the serialized model), and its error on the test split, both run
+    in onnxruntime from the serialized model."""
     outputs = predict(model, net.data.x_test)
     test = float(np.sqrt(np.mean((outputs - net.data.y_test) ** 2)))
     ref = net.ref
@@ -86,6 +88,7 @@ def measure(
         float(refine_seconds),
         widths,
         None if holdout is None else float(holdout),
+        int(model.ByteSize() if size is None else size),
     )
 
 

@@ -10,7 +10,15 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import BASELINES, METHOD_ORDER, REFINED, UNSTRUCTURED, Point, Reference
+from bench.common import (
+    BASELINES,
+    METHOD_ORDER,
+    QUANTIZED,
+    REFINED,
+    UNSTRUCTURED,
+    Point,
+    Reference,
+)
 from bench.metrics import best_grp, fmt
 
 __all__ = [
@@ -18,6 +26,7 @@ __all__ = [
     "mean_grp",
     "networks_of",
     "plot_task",
+    "plot_task_bytes",
     "reference_table",
     "task_table",
     "write_points",
@@ -96,6 +105,8 @@ STYLES = {
     "lump+refine": {"color": "black", "lw": 2.0},
     "distill": {"color": "crimson", "lw": 1.5, "ls": "-.", "marker": "x"},
     "onnxsim": {"color": "tab:purple", "lw": 1.5, "ls": "-."},
+    "int8": {"color": "tab:orange", "lw": 0, "marker": "s"},
+    "lump+int8": {"color": "tab:orange", "lw": 1.5, "marker": "s", "ms": 4},
 }
 
 
@@ -130,6 +141,44 @@ def plot_task(task: str, points: list[Point], networks: list[str], path: Path) -
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def plot_task_bytes(task: str, points: list[Point], networks: list[str], path: Path) -> bool:
+    """The Pareto plot with the model's bytes on the x axis (the structured methods and
+    the int8 points, wherever a point recorded its bytes); False (nothing drawn) when no
+    point of the task has bytes (sweeps cached before they were recorded)."""
+    if not any(p.bytes for p in points if p.method in QUANTIZED):
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(networks), figsize=(4.6 * len(networks), 4.0), squeeze=False)
+    for ax, network in zip(axes[0], networks, strict=True):
+        mine = [p for p in points if p.network == network]
+        base = next((p.test_rmse for p in mine if p.method == "original"), None)
+        base = min(p.test_rmse for p in mine) if base is None else base
+        for method in ("original", *METHOD_ORDER):
+            if method in UNSTRUCTURED:  # zeros are stored: the file is not smaller
+                continue
+            sel = sorted((p for p in mine if p.method == method and p.bytes), key=lambda p: p.bytes)
+            if sel:
+                style = {"marker": ".", **STYLES.get(method, {"lw": 0.9})}
+                if method == "original":
+                    style = {"marker": "*", "color": "grey", "lw": 0, "ms": 9}
+                ax.plot([p.bytes for p in sel], [p.test_rmse for p in sel], label=method, **style)
+        ax.axhline(base * 1.05, color="grey", lw=0.8, ls=":")
+        ax.set_xscale("log")
+        ax.set_ylim(0, base * 3)
+        ax.set_title(f"{task}, {network}")
+        ax.set_xlabel("model bytes (log scale)")
+        ax.set_ylabel("test RMSE (standardised)")
+    axes[0][0].legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
 
 
 def reference_table(references: list[Reference]) -> str:

@@ -13,6 +13,7 @@ import onnx
 from benchdata import Dataset
 
 from bench.common import (
+    INT8_TARGETS,
     ONNXSIM_FLOOR_SPARSITIES,
     ONNXSIM_LOW_SPARSITIES,
     ONNXSIM_SPARSITIES,
@@ -31,6 +32,7 @@ from bench.common import (
 from bench.methods import lump_sweep, scratch_points, sweep_method
 from bench.metrics import HAS_REFINE, Network
 from bench.networks import calibration_feeds, predict, reference
+from bench.quantized import int8_points
 from bench.refined import (
     DONE_DRMSE,
     ONNXSIM_SLOW_LEARNING_RATE,
@@ -78,6 +80,7 @@ def grids(quick: bool) -> dict:
         # The data similarity lumping uses by default with calibration (its affine
         # variant was measured before and is not rerun: it cost a quarter of the sweeps).
         "variants": [DEFAULT_SIMILARITY_WITH_DATA.value],
+        "int8_targets": (20.0, 60.0) if quick else INT8_TARGETS,
     }
 
 
@@ -90,7 +93,12 @@ def _refined(net: Network, cache: Path, grid: dict, previous: list[Point]) -> li
     lump+refine and distill."""
     ref, label = net.ref, headline_method()
     make = _lump(True, DEFAULT_SIMILARITY_WITH_DATA)
-    points = [Point(ref.task, ref.network, "original", 0.0, 100.0, ref.test_rmse, 0.0, True, 0.0)]
+    size = ref.path.stat().st_size
+    points = [
+        Point(
+            ref.task, ref.network, "original", 0.0, 100.0, ref.test_rmse, 0.0, True, 0.0, bytes=size
+        )
+    ]
     found, retained = lump_sweep(net, label, make, net.calibration, grid["budget"])
     points += found
     if not HAS_REFINE:
@@ -178,6 +186,18 @@ def _onnxsim_floor(net: Network, cache: Path, grid: dict, previous: list[Point])
     return onnxsim_points(net, grid["onnxsim_floor"])
 
 
+def _int8(net: Network, cache: Path, grid: dict, previous: list[Point]) -> list[Point]:
+    """The original and lump+refine quantized to int8 (bench.quantized); the sizes come
+    from the headline lumping's sweep when this run has it, else from a sweep of its own
+    (unrefined, cheap)."""
+    make = _lump(True, DEFAULT_SIMILARITY_WITH_DATA)
+    label = headline_method()
+    retained = {p.knob: p.grp / 100 for p in previous if p.method == label}
+    if not retained:
+        retained = lump_sweep(net, label, make, net.calibration, grid["budget"])[1]
+    return int8_points(net, make, retained, grid["int8_targets"])
+
+
 # Each group of methods is cached on its own, so a run can do the refined methods for
 # every network first and a changed grid redoes only its own group.
 GROUPS = {
@@ -188,6 +208,7 @@ GROUPS = {
     "refined-extra": _refined_extra,
     "onnxsim-floor": _onnxsim_floor,
     "onnxsim-slow": _onnxsim_slow,
+    "int8": _int8,
 }
 GRID_KEYS = {
     "refined": ("budget", "refine_targets"),
@@ -197,6 +218,7 @@ GRID_KEYS = {
     "onnxsim-floor": ("onnxsim", "onnxsim_floor"),
     "onnxsim-slow": ("onnxsim", "onnxsim_low", "onnxsim_slow"),
     "baselines": ("baseline_budget", "sparsities", "taus", "scratch", "variants"),
+    "int8": ("budget", "refine_targets", "int8_targets"),
 }
 
 
