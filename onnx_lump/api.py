@@ -18,6 +18,7 @@ from onnx_lump.data.calibration import (
     AUTO_MASK_INPUT,
     chain_inputs,
     check_feeds,
+    forward_chain,
     random_inputs,
     random_inputs_note,
     token_mask,
@@ -532,11 +533,27 @@ def refine_result(
     their zero pattern."""
     system = problem.system
     activations = [layer.activation for layer in system.layers]
-    fit = ChainData(problem.calibration, original_output(problem, "fit"))
+    fit = ChainData(
+        problem.calibration, original_output(problem, "fit"), problem.original_calibration
+    )
     held = ChainData(problem.holdout, original_output(problem, "held"))
     masks = None if method.structured else [layer.weight != 0 for layer in result.layers]
+    weights = problem.weights
+
+    def teacher(rows: np.ndarray) -> np.ndarray:
+        """The original chain's output on jittered rows (float64, as the targets)."""
+        return forward_chain(weights, system, rows)[-1]
+
     return refine_chain(
-        result, activations, fit, held, options, masks, max(seconds, 1e-3), f"refine chain {index}"
+        result,
+        activations,
+        fit,
+        held,
+        options,
+        masks,
+        max(seconds, 1e-3),
+        f"refine chain {index}",
+        teacher,
     )
 
 

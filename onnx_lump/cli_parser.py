@@ -173,15 +173,17 @@ def make_parser(doc: str) -> argparse.ArgumentParser:
         type=int,
         default=RefineOptions.max_iters,
         metavar="N",
-        help=f"at most N L-BFGS iterations (default {RefineOptions.max_iters})",
+        help=f"at most N iterations per chain (default {RefineOptions.max_iters}, the "
+        "benchmark's): the budget, counted in iterations so that results do not depend "
+        "on machine load",
     )
     refinement.add_argument(
         "--refine-seconds",
         type=float,
         default=RefineOptions.max_seconds,
         metavar="S",
-        help=f"at most S seconds of refinement for the whole model "
-        f"(default {RefineOptions.max_seconds:g})",
+        help=f"a safety cap of S seconds of refinement for the whole model "
+        f"(default {RefineOptions.max_seconds:g}); the summary says when it binds",
     )
 
     others = parser.add_argument_group("pruning and linear folding")

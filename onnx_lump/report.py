@@ -147,10 +147,14 @@ class Report:
             f"{self.params_before:>9}->{self.params_after:<9} ({100 * self.retained:.1f}% kept)"
         )
         for index, r in enumerate(self.refine):
+            trials = r.trial_iterations
+            probed = f" (+{trials} probing other strengths)" if trials else ""
             lines.append(
-                f"refine: {r.iterations} L-BFGS iterations in {r.seconds:.2f}s, held-out error "
+                f"refine: {r.iterations} iterations{probed} in {r.seconds:.2f}s, jitter "
+                f"{r.jitter:g}, held-out error "
                 f"{100 * r.holdout_before:.3g}% -> {100 * r.holdout_after:.3g}%"
                 + ("" if r.improved else " (no gain: kept the unrefined weights)")
+                + (" -- stopped by the time cap (--refine-seconds)" if r.time_capped else "")
                 + (f" [chain {index}]" if len(self.refine) > 1 else "")
             )
         if self.weight_ranges:

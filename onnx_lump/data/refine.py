@@ -9,11 +9,20 @@ Adam on mini-batches in float32 (the loss summed in float64; the fitting rows ca
 ``max_rows``, a seeded subset), where one L-BFGS line search would take the whole
 budget. No labels are used: the target is the original network itself.
 
-The held-out share decides when to stop (no improvement for ``patience`` iterations, no
-gain of ``stall_gain`` for ``stall_share`` of the time budget, or the iteration or time
-budget spent) and which weights to return: those with the lowest held-out error seen,
-and the unrefined ones unless refinement lowered it. Weights that a method set to zero
-(the unstructured ones) stay zero.
+Where the original chain is at hand (``teacher``), the fitting rows may be joined by
+jittered copies: each fitting row plus Gaussian noise of a few hundredths of each input
+column's spread, labelled by the original chain itself. On small, nearly noise-free
+networks refinement otherwise copies the original on the ~1,600 fitting rows and not
+between them. The strength (none included) is chosen on the held-out rows: every
+strength gets a short probe from the same start, the best one the rest of the budget.
+
+The budget is counted in iterations (the same result on a busy machine as on an idle
+one); a wall-time cap is a safety net, and reported when it binds. The held-out share
+decides when to stop (no improvement for ``patience`` iterations, no gain of
+``stall_gain`` for ``stall_share`` of the iteration budget, or the budget spent) and
+which weights to return: those with the lowest held-out error seen, and the unrefined
+ones unless refinement lowered it. Weights that a method set to zero (the unstructured
+ones) stay zero.
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ import contextlib
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -35,8 +44,11 @@ from onnx_lump.errors import LumpError
 from onnx_lump.types import ChainResult, ReducedLayer, Shortcut
 
 __all__ = [
+    "JITTER_STRENGTHS",
+    "REFINE_ITERS",
     "ChainData",
     "ChainNetwork",
+    "Jitter",
     "RefineOptions",
     "RefineStats",
     "blas_threads",
@@ -50,22 +62,35 @@ logger = logging.getLogger(__name__)
 _EXACT = 1e-7
 
 
+# The iteration budget of one chain's refinement, the command line's and the benchmark's.
+REFINE_ITERS = 1000
+# Jitter strengths tried, in standard deviations of each input column; 0 is no jitter.
+JITTER_STRENGTHS = (0.0, 0.05, 0.1, 0.2)
+
+
 @dataclass(frozen=True)
 class RefineOptions:
-    """The budget of one refinement: at most ``max_iters`` L-BFGS iterations and
-    ``max_seconds`` of wall time (shared by the chains of one model); it stops early
-    after ``patience`` iterations without a lower held-out error, or once the held-out
-    error has not dropped by ``stall_gain`` (relative) for ``stall_share`` of its time
-    budget: on a wide network, where an iteration takes most of a second, 100 iterations
-    outlast the budget, and it went on for 44 s after its last 0.5% gain."""
+    """The budget of one refinement: at most ``max_iters`` iterations per chain, and, as
+    a safety net, ``max_seconds`` of wall time (shared by the chains of one model). It
+    stops early after ``patience`` iterations without a lower held-out error, or once
+    the held-out error has not dropped by ``stall_gain`` (relative) for ``stall_share``
+    of the iteration budget (a wide network went on 44 s after its last 0.5% gain).
 
-    max_iters: int = 1000
+    ``jitter`` are the strengths tried (standard deviations of each input column; the
+    lowest held-out error wins, ties to the earlier one), each with ``jitter_copies``
+    noisy copies of the fitting rows (at most ``max_rows`` rows in all), for a probe of
+    ``probe_share`` of the iterations; the winner goes on for the rest."""
+
+    max_iters: int = REFINE_ITERS
     max_seconds: float = 60.0
     patience: int = 100
     progress: bool = False
     stall_gain: float = 1e-3
     stall_share: float = 0.25
     max_rows: int = 32768
+    jitter: tuple[float, ...] = JITTER_STRENGTHS
+    jitter_copies: int = 1
+    probe_share: float = 0.1
 
     def __post_init__(self) -> None:
         if self.max_iters < 0:
@@ -76,14 +101,25 @@ class RefineOptions:
             raise LumpError("refine stall_gain must be in [0, 1) and stall_share in (0, 1]")
         if self.max_rows < 1:
             raise LumpError(f"refine max_rows must be >= 1, got {self.max_rows}")
+        jitter = tuple(float(j) for j in self.jitter)
+        if not jitter or not all(np.isfinite(j) and j >= 0 for j in jitter):
+            raise LumpError(f"refine jitter strengths must be finite and >= 0, got {jitter}")
+        object.__setattr__(self, "jitter", jitter)  # hashable, whatever sequence came in
+        if self.jitter_copies < 0:
+            raise LumpError(f"refine jitter_copies must be >= 0, got {self.jitter_copies}")
+        if not 0 < self.probe_share <= 1:
+            raise LumpError(f"refine probe_share must be in (0, 1], got {self.probe_share}")
 
 
 @dataclass(frozen=True, eq=False)
 class ChainData:
-    """Inputs of a chain (samples x features) and the original chain's outputs on them."""
+    """Inputs of a chain (samples x features) and the original chain's outputs on them;
+    ``source``: the original chain's inputs on the same rows where they differ from
+    ``inputs`` (sequential calibration), which jittered targets are computed from."""
 
     inputs: np.ndarray
     targets: np.ndarray
+    source: np.ndarray | None = None
 
     @property
     def n_samples(self) -> int:
@@ -103,6 +139,12 @@ class RefineStats:
     holdout_after: float
     n_fit: int
     n_holdout: int
+    # the jitter strength chosen on the held-out rows (0: none), the iterations the other
+    # strengths' probes took (``iterations`` are the chosen one's), and whether the time
+    # cap, not the iteration budget or the held-out rows, ended it
+    jitter: float = 0.0
+    trial_iterations: int = 0
+    time_capped: bool = False
 
     @property
     def improved(self) -> bool:
@@ -258,86 +300,191 @@ def refine_chain(
     masks: Sequence[np.ndarray | None] | None = None,
     seconds: float | None = None,
     label: str = "refine",
+    teacher: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[ChainResult, RefineStats]:
     """Refine ``result`` (the reduced chain; ``activations[i]`` follows layer i, identity
     for the last) onto ``fit`` and return the weights with the lowest error on
     ``holdout``, which are ``result`` itself unless refinement lowered it. ``masks``
     (one per layer, or None) mark the weights that may change; ``seconds`` overrides
-    ``options.max_seconds``."""
+    ``options.max_seconds``; ``teacher`` (the original chain: chain inputs to outputs)
+    labels jittered copies of the fitting rows, none without it."""
     started = time.perf_counter()
-    budget = options.max_seconds if seconds is None else seconds
+    clock = _Clock(started + (options.max_seconds if seconds is None else seconds))
     fit = _capped(fit, options.max_rows)
     dtype = _precision(result, fit.n_samples)
     network = ChainNetwork(result, activations, masks, dtype)
     scale = _spread(fit.targets)
     holdout_scale = _spread(holdout.targets)
+    jitter = _jitter(network, fit, options, dtype, teacher)
     fit, holdout = _as(fit, dtype), _as(holdout, dtype)
 
     def holdout_error(theta: np.ndarray) -> float:
         return network.loss(theta, holdout, holdout_scale)
 
     fit_before = network.loss(network.theta0, fit, scale)
-    best = {"theta": network.theta0, "error": holdout_error(network.theta0), "at": 0}
-    before = best["error"]
-    state = {"iterations": 0}
-    # the last held-out error at least stall_gain below the one before, when, and after
-    # which iteration; Adam's steps are noisy: it stalls only after a few iterations
-    gain = {"error": before, "at": started, "iteration": 0}
+    before = holdout_error(network.theta0)
+    strengths = options.jitter if jitter is not None else (0.0,)
+    probe = max(1, round(options.probe_share * options.max_iters)) if len(strengths) > 1 else 0
+    bar = _progress(options, label, options.max_iters + probe * (len(strengths) - 1))
+    # Adam's steps are noisy: it stalls only after a few iterations
     least = _ADAM_STALL_ITERATIONS if dtype == np.float32 else 0
-    bar = _progress(options, label)
+    window = max(least, int(np.ceil(options.stall_share * options.max_iters)))
 
-    def callback(intermediate_result) -> None:
-        state["iterations"] += 1
-        error = holdout_error(intermediate_result.x)
-        now = time.perf_counter()
-        if error < best["error"]:
-            best.update(theta=intermediate_result.x.copy(), error=error, at=state["iterations"])
-        if error < gain["error"] * (1.0 - options.stall_gain):
-            gain.update(error=error, at=now, iteration=state["iterations"])
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix_str(f"held-out error {100 * best['error']:.3g}%")
-        if (
-            state["iterations"] - best["at"] >= options.patience
-            or now - started >= budget
-            or (
-                now - gain["at"] >= options.stall_share * budget
-                and state["iterations"] - gain["iteration"] >= least
-            )
-        ):
-            raise StopIteration
+    def leg(strength: float, run: _Run | None, iterations: int) -> _Run:
+        """``iterations`` more of ``run`` (a new one from the start if None) on the
+        fitting rows jittered at ``strength``."""
+        run = run or _Run(network.theta0, before, strength)
+        run.limit = run.iterations + iterations
+        data = fit if strength == 0 else jitter.data(strength)
 
+        def callback(intermediate_result) -> None:
+            run.step(intermediate_result.x, holdout_error(intermediate_result.x), options, window)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix_str(f"held-out error {100 * run.best_error:.3g}%")
+            if run.ended or run.iterations >= run.limit or clock.out():
+                raise StopIteration
+
+        optimise = _adam if dtype == np.float32 else _minimize
+        optimise(network, data, scale, run.last, run.limit - run.iterations, callback)
+        return run
+
+    runs: list[_Run] = []
     if before > _EXACT and options.max_iters > 0 and fit.n_samples > 0 and network.theta0.size:
-        with blas_threads(network, fit.n_samples):
-            if dtype == np.float32:
-                _adam(network, fit, scale, options, callback)
+        with blas_threads(network, fit.n_samples * (1 + (jitter.copies if jitter else 0))):
+            if probe:
+                # a short probe per strength, from the same start, while time is left
+                for strength in strengths:
+                    if clock.capped:
+                        break
+                    runs.append(leg(strength, None, probe))
+                chosen = min(runs, key=lambda run: run.best_error)
+                # the winner goes on unless its probe ended it (or the time cap did)
+                if chosen.iterations == probe < options.max_iters and not (
+                    chosen.ended or clock.capped
+                ):
+                    leg(chosen.strength, chosen, options.max_iters - probe)
             else:
-                _minimize(network, fit, scale, options, callback)
+                runs.append(leg(strengths[0], None, options.max_iters))
     if bar is not None:
         bar.close()
-    improved = best["error"] < before and np.isfinite(best["error"])
-    refined = network.result(best["theta"]) if improved else result
-    theta = best["theta"] if improved else network.theta0
+    chosen = min(runs, key=lambda run: run.best_error) if runs else _Run(network.theta0, before)
+    improved = chosen.best_error < before and np.isfinite(chosen.best_error)
+    refined = network.result(chosen.best_theta) if improved else result
+    theta = chosen.best_theta if improved else network.theta0
     stats = RefineStats(
-        iterations=state["iterations"],
+        iterations=chosen.iterations,
         seconds=time.perf_counter() - started,
         fit_before=float(fit_before),
         fit_after=network.loss(theta, fit, scale),
         holdout_before=before,
-        holdout_after=best["error"] if improved else before,
+        holdout_after=chosen.best_error if improved else before,
         n_fit=fit.n_samples,
         n_holdout=holdout.n_samples,
+        jitter=chosen.strength if improved else 0.0,
+        trial_iterations=sum(run.iterations for run in runs if run is not chosen),
+        time_capped=clock.capped,
     )
     logger.info(
-        "%s: %d iterations in %.2fs, held-out error %.4g -> %.4g%s",
+        "%s: %d iterations in %.2fs%s, held-out error %.4g -> %.4g%s%s",
         label,
         stats.iterations,
         stats.seconds,
+        f" (jitter {stats.jitter:g} of {strengths}, +{stats.trial_iterations} probing)"
+        if probe
+        else "",
         stats.holdout_before,
         stats.holdout_after,
         "" if improved else " (kept the unrefined weights)",
+        " [stopped by the time cap]" if clock.capped else "",
     )
     return refined, stats
+
+
+class _Clock:
+    """The wall-time cap, a safety net: ``capped`` once it was found spent."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.capped = False
+
+    def out(self) -> bool:
+        self.capped = self.capped or time.perf_counter() >= self.deadline
+        return self.capped
+
+
+class _Run:
+    """One optimisation on one jitter strength: its iterations, the weights it is at, the
+    lowest held-out error it saw (and those weights), and whether the held-out rows
+    ended it (``patience`` iterations without a lower error, or ``window`` without a
+    gain of ``stall_gain``)."""
+
+    def __init__(self, theta: np.ndarray, error: float, strength: float = 0.0) -> None:
+        self.strength = strength
+        self.last = theta
+        self.best_theta, self.best_error, self.best_at = theta, error, 0
+        self.gain_error, self.gain_at = error, 0
+        self.iterations = self.limit = 0
+        self.ended = False
+
+    def step(self, theta: np.ndarray, error: float, options: RefineOptions, window: int) -> None:
+        self.iterations += 1
+        self.last = theta.copy()
+        if error < self.best_error:
+            self.best_theta, self.best_error, self.best_at = self.last, error, self.iterations
+        if error < self.gain_error * (1.0 - options.stall_gain):
+            self.gain_error, self.gain_at = error, self.iterations
+        self.ended = (
+            self.iterations - self.best_at >= options.patience
+            or self.iterations - self.gain_at >= window
+        )
+
+
+class Jitter:
+    """The fitting rows and ``copies`` noisy copies of them, labelled by ``teacher`` (the
+    original chain): one seeded draw of standard normal noise times each input column's
+    spread, scaled by the strength (the same draw for every strength, so that their
+    comparison is not noise)."""
+
+    def __init__(
+        self, fit: ChainData, teacher: Callable[[np.ndarray], np.ndarray], copies: int, seed=0
+    ) -> None:
+        inputs = np.asarray(fit.inputs, np.float64)
+        rng = np.random.default_rng(seed)
+        self.fit, self.teacher, self.copies = fit, teacher, copies
+        self.noise = rng.standard_normal((copies * fit.n_samples, inputs.shape[1]))
+        self.noise *= inputs.std(axis=0)
+
+    def data(self, strength: float) -> ChainData:
+        """The fitting rows, then their copies jittered at ``strength``, in float64."""
+        fit, shift = self.fit, strength * self.noise
+        inputs = np.asarray(fit.inputs, np.float64)
+        moved = np.tile(inputs, (self.copies, 1)) + shift
+        # sequential calibration: the original chain sees its own inputs, equally moved
+        source = moved if fit.source is None else np.tile(fit.source, (self.copies, 1)) + shift
+        labels = [
+            self.teacher(source[start : start + _LOSS_ROWS])
+            for start in range(0, source.shape[0], _LOSS_ROWS)
+        ]
+        return ChainData(
+            np.concatenate([inputs, moved]),
+            np.concatenate([np.asarray(fit.targets, np.float64), *labels]),
+        )
+
+
+def _jitter(
+    network: ChainNetwork, fit: ChainData, options: RefineOptions, dtype, teacher
+) -> Jitter | None:
+    """The jitter of this refinement, or None: no teacher, no strength but 0, the float32
+    path (a transformer's FFN over token rows: many rows already, and no time to spare),
+    or no room for a copy within ``max_rows`` rows and the float64 path's products (a
+    step on the jittered rows costs at most what the largest float64 chain's does)."""
+    if teacher is None or dtype != np.float64 or not any(options.jitter) or not fit.n_samples:
+        return None
+    per_row = sum(int(np.prod(shape)) for shape in network.shapes if len(shape) == 2)
+    rows = min(options.max_rows, int(FLOAT32_PRODUCTS // max(per_row, 1)))
+    copies = min(options.jitter_copies, rows // fit.n_samples - 1)
+    return Jitter(fit, teacher, copies) if copies >= 1 else None
 
 
 # Multiply-adds of one forward pass over the fitting rows from which refinement runs in
@@ -358,28 +505,35 @@ def _capped(data: ChainData, max_rows: int) -> ChainData:
     if data.n_samples <= max_rows:
         return data
     rows = np.sort(np.random.default_rng(0).choice(data.n_samples, max_rows, replace=False))
-    return ChainData(data.inputs[rows], data.targets[rows])
+    source = None if data.source is None else data.source[rows]
+    return ChainData(data.inputs[rows], data.targets[rows], source)
 
 
 def _as(data: ChainData, dtype) -> ChainData:
     if data.inputs.dtype == dtype and data.targets.dtype == dtype:
         return data
-    return ChainData(np.asarray(data.inputs, dtype), np.asarray(data.targets, dtype))
+    return ChainData(np.asarray(data.inputs, dtype), np.asarray(data.targets, dtype), data.source)
 
 
 def _minimize(
-    network: ChainNetwork, fit: ChainData, scale: float, options: RefineOptions, callback
+    network: ChainNetwork,
+    fit: ChainData,
+    scale: float,
+    theta: np.ndarray,
+    iterations: int,
+    callback,
 ):
+    """At most ``iterations`` L-BFGS iterations from ``theta``."""
     scipy.optimize.minimize(
         network.loss_and_gradient,
-        network.theta0.copy(),
+        theta.copy(),
         args=(fit, scale),
         jac=True,
         method="L-BFGS-B",
         callback=callback,
         options={
-            "maxiter": options.max_iters,
-            "maxfun": 4 * options.max_iters,
+            "maxiter": iterations,
+            "maxfun": 4 * iterations,
             "ftol": 1e-14,
             "gtol": 1e-10,
         },
@@ -396,15 +550,23 @@ _ADAM_ITERATION = 4  # batches
 _ADAM_STALL_ITERATIONS = 5
 
 
-def _adam(network: ChainNetwork, fit: ChainData, scale: float, options: RefineOptions, callback):
-    """Adam over seeded mini-batches of the fitting rows; ``callback`` sees the weights
-    every :data:`_ADAM_ITERATION` batches (an iteration, the unit of the budget and of
-    the held-out checks) and stops it by raising StopIteration."""
-    theta = network.theta0.astype(np.float32)
+def _adam(
+    network: ChainNetwork,
+    fit: ChainData,
+    scale: float,
+    theta: np.ndarray,
+    iterations: int,
+    callback,
+):
+    """At most ``iterations`` of Adam from ``theta`` over seeded mini-batches of the
+    fitting rows; ``callback`` sees the weights every :data:`_ADAM_ITERATION` batches
+    (an iteration, the unit of the budget and of the held-out checks) and stops it by
+    raising StopIteration."""
+    theta = theta.astype(np.float32)
     first, second = np.zeros_like(theta), np.zeros_like(theta)
     rng = np.random.default_rng(0)
     batches = _mini_batches(fit.n_samples, rng)
-    for step in range(1, _ADAM_ITERATION * options.max_iters + 1):
+    for step in range(1, _ADAM_ITERATION * iterations + 1):
         rows = next(batches)
         _, gradient = network.loss_and_gradient(
             theta, ChainData(fit.inputs[rows], fit.targets[rows]), scale
@@ -444,7 +606,7 @@ def blas_threads(network: ChainNetwork, n_samples: int):
     return threadpoolctl.threadpool_limits(limits=1, user_api="blas")
 
 
-def _progress(options: RefineOptions, label: str):
+def _progress(options: RefineOptions, label: str, total: int):
     """A tqdm bar when asked for and stderr is a terminal; None otherwise."""
     if not options.progress or not sys.stderr.isatty():
         return None
@@ -452,4 +614,4 @@ def _progress(options: RefineOptions, label: str):
         from tqdm import tqdm
     except ImportError:  # tqdm is a dependency, but a bar is never worth a crash
         return None
-    return tqdm(total=options.max_iters, desc=label, unit="it", leave=False)
+    return tqdm(total=total, desc=label, unit="it", leave=False)
