@@ -29,6 +29,7 @@ import numpy as np
 
 from onnx_lump.activations import Activation, ActivationKind
 from onnx_lump.errors import LumpError
+from onnx_lump.graph.tensordata import release_pages
 from onnx_lump.ode.data_grouping import group_data_rows
 from onnx_lump.ode.data_similarity import _affine_lumping, _data_rows, _DataRows
 from onnx_lump.ode.encoding import Lumping, OdeSystem, aggregate, row_step
@@ -104,6 +105,10 @@ def _backward(
     needs; the partition's rows, over the blocks in canonical units, differ from those
     only by a factor ``scale_f`` per column and ``offset_f`` folded into the bias, and
     :func:`backward_lumping` applies both as ``units`` while it reads the rows.
+
+    A layer memory-mapped from the model's file hands its pages back once it is done
+    (:func:`onnx_lump.graph.tensordata.release_pages`): a chain of wide layers is read one
+    layer at a time, not held whole.
     """
     lumpings, reduced = [], []
     upstream = Lumping.identity(len(system.inputs))
@@ -120,7 +125,10 @@ def _backward(
         column_scale, column_offset = lumping.scale[anchor], lumping.offset[anchor]
         trivial = np.all(column_scale == 1.0) and not column_offset.any()
         units = None if trivial else (column_scale, column_offset)
+        del coefficients, kept
+        release_pages(layer.values)
     reduced.append(ReducedLayer(*aggregate(system.layers[-1], upstream, stored=True)))
+    release_pages(system.layers[-1].values)
     return lumpings, reduced
 
 
