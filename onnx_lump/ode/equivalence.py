@@ -118,7 +118,10 @@ def _backward(
         lumping = backward_lumping(
             coefficients, bias, layer.activation, options, system.precision, units=units
         )
-        kept, upstream = reduce_layer(coefficients, bias, lumping, layer.activation)
+        # a float32 layer's kept rows rounded once, as the rewrite stores them: the
+        # chain's reduced layers wait for the rewrite at the size they will have there
+        store = np.float32 if layer.values.dtype == np.float32 else None
+        kept, upstream = reduce_layer(coefficients, bias, lumping, layer.activation, store)
         lumpings.append(lumping)
         reduced.append(kept)
         anchor = block_anchors(lumping)
@@ -127,7 +130,7 @@ def _backward(
         units = None if trivial else (column_scale, column_offset)
         del coefficients, kept
         release_pages(layer.values)
-    reduced.append(ReducedLayer(*aggregate(system.layers[-1], upstream, stored=True)))
+    reduced.append(ReducedLayer(*aggregate(system.layers[-1], upstream, stored=True, final=True)))
     release_pages(system.layers[-1].values)
     return lumpings, reduced
 
