@@ -16,8 +16,10 @@ on) on a 4096-wide model in a subprocess per row count and reads its peak RSS
 (``resource.getrusage``).
 
 With ``--chain-memory`` it also reads the peak RSS of the data-free pass on one chain of
-two width x width layers with external data (the case the tests bound by three layers plus
-300 MB).
+two width x width layers with external data, and on one chain of ``--chain-depth``
+clustered width x width layers (eps 0.05 and 0): the cases the tests bound by three
+layers plus 300 MB. ``--width 8192 --chain-memory`` measures the issue's 8192 timing and
+the 8192-wide chains in one run.
 
     python tools/time_wide.py [--width 4096] [--repeats 5] [--workdir /tmp] [--out DIR]
 
@@ -209,7 +211,7 @@ def data_path_memory(rows: int, width: int = 4096, depth: int = 4) -> dict:
 _PASS_CHILD = """
 import json, resource, sys
 sys.path.insert(0, {root!r})
-from onnx_lump import compress
+from onnx_lump import compress, lump
 from onnx_lump.graph.modelio import load_model
 from onnx_lump.graph.saving import save_model
 from onnx_lump.methods import Exact
@@ -227,7 +229,11 @@ def peak_bytes():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 loaded = load_model(sys.argv[1])
-reduced, report = compress(loaded.model, Exact(), verify=False)
+eps = float(sys.argv[3]) if len(sys.argv) > 3 else None
+if eps is None:
+    reduced, report = compress(loaded.model, Exact(), verify=False)
+else:
+    reduced, report = lump(loaded.model, eps, verify=False)
 save_model(reduced, sys.argv[2], external_data=loaded.external_data)
 print(json.dumps({{"peak": peak_bytes(), "before": report.params_before,
                   "after": report.params_after}}))
@@ -265,13 +271,59 @@ def build_deep_model(path: Path, width: int, chains: int) -> int:
     return width * width * 4
 
 
-def measure_pass(source: Path, out: Path) -> dict:
-    """The data-free pass (Exact: load, compress, save) on ``source`` in a fresh
-    subprocess: its peak RSS (VmHWM, bytes) and the parameters before and after.
-    RuntimeError with the child's last error line if it fails."""
+def build_wide_chain(path: Path, width: int, depth: int = 5, copies: int = 8) -> int:
+    """One chain of ``depth`` width x width float32 Gemm layers, Tanh between, with
+    external data written a layer at a time (the builder holds one layer): every layer
+    but the last holds ``width / copies`` prototype rows, each ``copies`` times with
+    noise of 1e-4 of their scale, so eps 0.05 merges them (the issue's model: five
+    12,288-wide layers). Returns the largest layer's bytes."""
+    rng = np.random.default_rng(0)
+    data_name = f"{path.name}.data"
+    inits, nodes, current = [], [], "x"
+    scale = np.float32(1 / np.sqrt(width))
+    with open(path.parent / data_name, "wb") as data:
+        for k in range(depth):
+            if k < depth - 1:
+                rows = rng.standard_normal((max(width // copies, 1), width), dtype=np.float32)
+                weight = np.repeat(rows, copies, axis=0)[:width]
+                del rows
+                weight += np.float32(1e-4) * rng.standard_normal(weight.shape, dtype=np.float32)
+            else:
+                weight = rng.standard_normal((width, width), dtype=np.float32)
+            weight *= scale
+            tensor = TensorProto(name=f"W{k}", data_type=TensorProto.FLOAT, dims=[width, width])
+            tensor.data_location = TensorProto.EXTERNAL
+            for key, value in (("location", data_name), ("offset", str(data.tell()))):
+                tensor.external_data.add(key=key, value=value)
+            tensor.external_data.add(key="length", value=str(weight.nbytes))
+            data.write(weight.tobytes())
+            del weight
+            inits += [tensor, numpy_helper.from_array(np.zeros(width, np.float32), f"b{k}")]
+            nodes.append(helper.make_node("Gemm", [current, f"W{k}", f"b{k}"], [f"g{k}"], transB=1))
+            current = f"g{k}"
+            if k < depth - 1:
+                nodes.append(helper.make_node("Tanh", [current], [f"t{k}"]))
+                current = f"t{k}"
+    graph = helper.make_graph(
+        nodes,
+        "wide_chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])],
+        [helper.make_tensor_value_info(current, TensorProto.FLOAT, ["N", width])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    path.write_bytes(model.SerializeToString())
+    return width * width * 4
+
+
+def measure_pass(source: Path, out: Path, eps: float | None = None) -> dict:
+    """The data-free pass (load, compress, save; Exact, or lump at ``eps`` when given)
+    on ``source`` in a fresh subprocess: its peak RSS (VmHWM, bytes) and the parameters
+    before and after. RuntimeError with the child's last error line if it fails."""
     root = str(Path(__file__).resolve().parent.parent)
+    extra = [] if eps is None else [repr(float(eps))]
     done = subprocess.run(
-        [sys.executable, "-c", _PASS_CHILD.format(root=root), str(source), str(out)],
+        [sys.executable, "-c", _PASS_CHILD.format(root=root), str(source), str(out), *extra],
         capture_output=True,
         text=True,
         check=False,
@@ -282,26 +334,42 @@ def measure_pass(source: Path, out: Path) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def chain_memory(width: int = 4096, workdir: Path | None = None) -> dict:
-    """Peak RSS of the data-free pass (:func:`measure_pass`) on one chain Gemm -> Relu ->
-    Gemm of two width x width float32 layers with external data (one planted duplicate
-    neuron), and the bound the tests hold it to: three times the largest layer plus
-    300 MB."""
-    with tempfile.TemporaryDirectory(dir=workdir) as folder:
-        source = Path(folder) / "chain.onnx"
-        build_deep_model(source, width, chains=1)
-        try:
-            measured = measure_pass(source, Path(folder) / "out.onnx")
-        except RuntimeError as exc:
-            return {"width": width, "error": str(exc).splitlines()[-1:]}
+def chain_memory(width: int = 4096, workdir: Path | None = None, depth: int = 5) -> list[dict]:
+    """Peak RSS of the data-free pass (:func:`measure_pass`) on chains of width x width
+    float32 layers with external data, against the bound the tests hold it to (three
+    times the largest layer plus 300 MB): Gemm -> Relu -> Gemm with one planted duplicate
+    neuron (Exact), and :func:`build_wide_chain` of ``depth`` layers (lump at eps 0.05
+    and at eps 0). One row per case."""
     layer = width * width * 4
-    return {
-        "width": width,
-        "peak_mib": measured["peak"] / 2**20,
-        "bound_mib": (3 * layer + 300 * 2**20) / 2**20,
-        "layer_mib": layer / 2**20,
-        "merged": measured["after"] < measured["before"],
-    }
+    cases = [
+        ("2 layers, one duplicate, exact", None, None),
+        (f"{depth} clustered layers, eps 0.05", 0.05, depth),
+        (f"{depth} clustered layers, eps 0", 0.0, depth),
+    ]
+    rows = []
+    for label, eps, layers in cases:
+        row = {
+            "case": label,
+            "width": width,
+            "layer_mib": layer / 2**20,
+            "bound_mib": (3 * layer + 300 * 2**20) / 2**20,
+        }
+        with tempfile.TemporaryDirectory(dir=workdir) as folder:
+            source = Path(folder) / "chain.onnx"
+            if layers is None:
+                build_deep_model(source, width, chains=1)
+            else:
+                build_wide_chain(source, width, depth=layers)
+            try:
+                measured = measure_pass(source, Path(folder) / "out.onnx", eps)
+            except RuntimeError as exc:
+                rows.append({**row, "error": str(exc).splitlines()[-1:]})
+                continue
+        row["peak_mib"] = measured["peak"] / 2**20
+        row["merged"] = measured["after"] < measured["before"]
+        rows.append(row)
+        print(row, flush=True)
+    return rows
 
 
 def main() -> None:
@@ -323,27 +391,30 @@ def main() -> None:
     parser.add_argument(
         "--chain-memory",
         action="store_true",
-        help="also measure the data-free peak RSS on one chain of two width x width layers",
+        help="also measure the data-free peak RSS on chains of width x width layers "
+        "(two layers, exact; --chain-depth clustered layers at eps 0.05 and 0)",
     )
+    parser.add_argument("--chain-depth", type=int, default=5)
     args = parser.parse_args()
     sections = {}  # speed_report section name -> its markdown
     if not args.skip_timing:
         sections["datafree"] = markdown(measure(args.width, args.repeats, args.workdir))
     if args.chain_memory:
-        m = chain_memory(args.width, args.workdir)
         text = (
-            f"\nData-free peak RSS, one chain of two {args.width} x {args.width} float32 layers "
-            "with external data (Exact, load + compress + save, subprocess, VmHWM)\n\n"
-            "| layer MiB | peak RSS MiB | bound (3 x layer + 300) MiB | peak / bound |\n"
-            "|---|---|---|---|\n"
+            f"\nData-free peak RSS on one chain of {args.width} x {args.width} float32 layers "
+            "with external data (load + compress + save, no verification, subprocess, "
+            "VmHWM)\n\n"
+            "| chain | layer MiB | peak RSS MiB | bound (3 x layer + 300) MiB | peak / bound |\n"
+            "|---|---|---|---|---|\n"
         )
-        if "error" in m:
-            text += f"| {args.width} | failed: {m['error']} | | |\n"
-        else:
-            text += (
-                f"| {m['layer_mib']:.0f} | {m['peak_mib']:.0f} | {m['bound_mib']:.0f} | "
-                f"{m['peak_mib'] / m['bound_mib']:.2f} |\n"
-            )
+        for m in chain_memory(args.width, args.workdir, args.chain_depth):
+            if "error" in m:
+                text += f"| {m['case']} | {m['layer_mib']:.0f} | failed: {m['error']} | | |\n"
+            else:
+                text += (
+                    f"| {m['case']} | {m['layer_mib']:.0f} | {m['peak_mib']:.0f} | "
+                    f"{m['bound_mib']:.0f} | {m['peak_mib'] / m['bound_mib']:.2f} |\n"
+                )
         sections["chain_memory"] = text
     if args.memory:
         text = (

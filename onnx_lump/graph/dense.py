@@ -16,6 +16,7 @@ __all__ = [
     "ConstantRef",
     "DenseLayer",
     "qualified",
+    "same_memory",
 ]
 
 
@@ -187,7 +188,7 @@ class DenseLayer:
         if tuple(weight.shape) != tuple(self.shape) or not np.array_equal(bias, self.bias):
             return False
         stored = self.stored_weight()
-        if _same_memory(weight, stored):
+        if same_memory(weight, stored):
             return True
         return bool(np.array_equal(weight, stored))
 
@@ -280,7 +281,7 @@ def qualified(node: gs.Node) -> str:
     return node.op if domain in ("", "ai.onnx") else f"{domain}:{node.op}"
 
 
-def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:
+def same_memory(a: np.ndarray, b: np.ndarray) -> bool:
     """Whether two arrays read the same elements from the same bytes."""
     return (
         a.dtype == b.dtype

@@ -34,8 +34,13 @@ import onnx
 from onnx import helper
 
 from onnx_lump.graph.chains import DenseChain
+from onnx_lump.graph.dense import same_memory
 from onnx_lump.graph.serialize import INLINE_LIMIT
-from onnx_lump.graph.tensordata import external_data_dir, uses_external
+from onnx_lump.graph.tensordata import (
+    external_data_dir,
+    release_pages,
+    uses_external,
+)
 from onnx_lump.ode.encoding import OdeSystem
 from onnx_lump.types import ChainResult, ReducedLayer
 
@@ -107,6 +112,7 @@ class Spill:
                     handle.write(b"\0" * (_ALIGN - position % _ALIGN))
                 offsets.append(handle.tell() - start)
                 _write_array(handle, out[index])
+                release_pages(out[index])  # read from a map of the model's file
             handle.flush()
             size = handle.tell() - start
             whole = np.memmap(handle, dtype=np.uint8, mode="c", offset=start, shape=(size,))
@@ -137,7 +143,17 @@ class Spill:
                 layer.held_as(c) for layer, c in zip(system.layers, coefficients, strict=True)
             ),
         )
-        weights = self.park([layer.weight for layer in result.layers])
+        # A layer the method left as it was is its stored weight, a map of the input's
+        # file: kept as a shared map of it, not copied (a wide chain whose layers all
+        # stay would otherwise be read whole into the array file, and into memory).
+        weights = [
+            _own_view(layer, new.weight) if isinstance(new, ReducedLayer) else None
+            for layer, new in zip(chain.layers, result.layers, strict=True)
+        ]
+        missing = [i for i, w in enumerate(weights) if w is None]
+        parked = self.park([result.layers[i].weight for i in missing])
+        for index, array in zip(missing, parked, strict=True):
+            weights[index] = array
         shortcut_weights = self.park([s.weight for s in result.shortcuts])
         result = dataclasses.replace(
             result,
@@ -159,6 +175,15 @@ class Spill:
             if self._arrays is not None:
                 self._arrays.close()
                 self._arrays = None
+
+
+def _own_view(layer, weight: np.ndarray) -> np.ndarray | None:
+    """A shared map of ``layer``'s stored weight when ``weight`` is that stored weight
+    itself (the same memory), else None."""
+    stored = layer._stored
+    if stored is None or not same_memory(weight, stored):
+        return None
+    return layer.weight_view()
 
 
 def _write_array(handle, array: np.ndarray) -> None:

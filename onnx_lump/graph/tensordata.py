@@ -160,6 +160,28 @@ def tensor_view(
     return whole[offset : offset + nbytes].view(little).reshape(tuple(tensor.dims))
 
 
+def release_pages(array: np.ndarray | None) -> bool:
+    """Hand back the resident pages of a read-only memory map that ``array`` views
+    (:func:`tensor_view`): the array stays valid and reads its pages again from the page
+    cache when next touched, but until then they no longer count in the process's
+    memory. A pass over a wide layer read through a map would otherwise keep the whole
+    layer resident for as long as the map lives. Returns whether pages were handed back
+    (False for anything but a read-only map: a copy-on-write map's pages may hold writes
+    that the file does not)."""
+    node = array
+    while node is not None:
+        if isinstance(node, np.memmap) and getattr(node, "_mmap", None) is not None:
+            if node.mode != "r" or not hasattr(mmap, "MADV_DONTNEED"):
+                return False
+            try:
+                node._mmap.madvise(mmap.MADV_DONTNEED)
+            except (OSError, ValueError):  # closed, or a platform that refuses
+                return False
+            return True
+        node = getattr(node, "base", None)
+    return False
+
+
 # One read-only mapping per data file for the shared views, alive while a view is.
 _SHARED_MAPS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 

@@ -16,6 +16,7 @@ import onnx
 
 from onnx_lump.graph.chains import DenseChain, DenseLayer, scan_graph
 from onnx_lump.graph.importer import import_graph
+from onnx_lump.graph.tensordata import release_pages
 from onnx_lump.types import ReducedLayer
 
 __all__ = [
@@ -113,7 +114,10 @@ def _stored(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
 def _before_max(layer: DenseLayer) -> float:
     """Largest |weight| of a layer, read from the stored values where they are the weight
     as is (:meth:`DenseLayer.stored_weight`): no float64 copy of the layer for one number."""
-    return _max_abs(layer.stored_weight())
+    stored = layer.stored_weight()
+    value = _max_abs(stored)
+    release_pages(stored)  # a wide layer mapped from its file is not kept resident
+    return value
 
 
 def _weight_max(layer: DenseLayer) -> float:

@@ -180,7 +180,7 @@ class Lumping:
 
 
 def aggregate(
-    layer: OdeLayer, upstream: Lumping, *, stored: bool = False
+    layer: OdeLayer, upstream: Lumping, *, stored: bool = False, final: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """The layer's coefficients over upstream blocks, and its bias with constants folded in.
 
@@ -192,11 +192,13 @@ def aggregate(
     coefficients come back in their dtype, rounded once as writing them into the model
     would round them, unless the upstream blocks are at most half as many as their
     members: then float64 costs no more memory than the layer itself, and a merge in
-    this layer is not rounded twice (the bias stays float64).
+    this layer is not rounded twice (the bias stays float64). With ``final`` (no merge
+    follows in this layer: the chain's output layer) they stay in their dtype, rounded
+    once, as the model will store them.
     """
     coefficients = layer.values if stored else layer.coefficients
     dtype = coefficients.dtype
-    if 2 * upstream.n_blocks <= upstream.size:
+    if 2 * upstream.n_blocks <= upstream.size and not (stored and final):
         dtype = np.dtype(np.float64)
     if upstream.n_blocks == upstream.size and np.array_equal(
         upstream.block, np.arange(upstream.size)

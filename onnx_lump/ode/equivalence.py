@@ -28,6 +28,7 @@ import numpy as np
 
 from onnx_lump.activations import Activation, ActivationKind
 from onnx_lump.errors import LumpError
+from onnx_lump.graph.tensordata import release_pages
 from onnx_lump.ode.canonical_rows import CanonicalRows
 from onnx_lump.ode.data_grouping import group_data_rows
 from onnx_lump.ode.data_similarity import DataRows, affine_lumping, read_data_rows
@@ -63,6 +64,10 @@ def _backward(
     needs; the partition's rows, over the blocks in canonical units, differ from those
     only by a factor ``scale_f`` per column and ``offset_f`` folded into the bias, and
     :func:`backward_lumping` applies both as ``units`` while it reads the rows.
+
+    A layer memory-mapped from the model's file hands its pages back once it is done
+    (:func:`onnx_lump.graph.tensordata.release_pages`): a chain of wide layers is read one
+    layer at a time, not held whole.
     """
     lumpings, reduced = [], []
     upstream = Lumping.identity(len(system.inputs))
@@ -72,14 +77,20 @@ def _backward(
         lumping = backward_lumping(
             coefficients, bias, layer.activation, options, system.precision, units=units
         )
-        kept, upstream = reduce_layer(coefficients, bias, lumping, layer.activation)
+        # a float32 layer's kept rows rounded once, as the rewrite stores them: the
+        # chain's reduced layers wait for the rewrite at the size they will have there
+        store = np.float32 if layer.values.dtype == np.float32 else None
+        kept, upstream = reduce_layer(coefficients, bias, lumping, layer.activation, store)
         lumpings.append(lumping)
         reduced.append(kept)
         anchor = block_anchors(lumping)
         column_scale, column_offset = lumping.scale[anchor], lumping.offset[anchor]
         trivial = np.all(column_scale == 1.0) and not column_offset.any()
         units = None if trivial else (column_scale, column_offset)
-    reduced.append(ReducedLayer(*aggregate(system.layers[-1], upstream, stored=True)))
+        del coefficients, kept
+        release_pages(layer.values)
+    reduced.append(ReducedLayer(*aggregate(system.layers[-1], upstream, stored=True, final=True)))
+    release_pages(system.layers[-1].values)
     return lumpings, reduced
 
 

@@ -81,7 +81,8 @@ def group_rows(
     n = source.shape[0]
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    coarse = split_by_projections(source, eps)
+    projections = source.project(projection_directions(source.shape[1]))
+    coarse = _split_projections(projections, eps)
     order = np.argsort(coarse, kind="stable")
     starts = np.flatnonzero(np.diff(coarse[order], prepend=-1))
     sizes = np.diff(np.append(starts, n))
@@ -100,7 +101,9 @@ def group_rows(
     edges = [_small_block_edges(source, order, starts[small], sizes[small], eps)]
     for start, size in zip(starts[sizes > SMALL_BLOCK], sizes[sizes > SMALL_BLOCK], strict=True):
         members = order[start : start + size]
-        local = _components(source.take(members), eps)
+        local = _projected_components(source, members, projections[members], eps)
+        if local is None:
+            local = _components(source.take(members), eps)
         _, first = np.unique(local, return_index=True)
         edges.append((members[first[local]], members))
     left = np.concatenate([e[0] for e in edges])
@@ -153,8 +156,12 @@ def split_by_projections(rows: RowSource, eps: float) -> np.ndarray:
     """Blocks that hold whole groups: along a projection onto a sign vector, rows
     within eps in L1 are never more than eps apart, so a gap wider than eps in any
     projection separates no related rows."""
-    block = np.zeros(rows.shape[0], dtype=np.int64)
-    projections = rows.project(projection_directions(rows.shape[1]))
+    return _split_projections(rows.project(projection_directions(rows.shape[1])), eps)
+
+
+def _split_projections(projections: np.ndarray, eps: float) -> np.ndarray:
+    """:func:`split_by_projections` from the rows' projections."""
+    block = np.zeros(projections.shape[0], dtype=np.int64)
     n_blocks = 1
     for _ in range(3):  # a split along one projection can enable one along another
         before = n_blocks
@@ -169,6 +176,68 @@ def split_by_projections(rows: RowSource, eps: float) -> np.ndarray:
         if n_blocks == before:
             break
     return block
+
+
+def _projected_components(
+    source: RowSource, members: np.ndarray, projections: np.ndarray, eps: float
+) -> np.ndarray | None:
+    """:func:`_components` of the rows ``members`` (one block that no gap split), from
+    pairs that lie within eps of each other in every projection (``projections``: theirs
+    onto :func:`projection_directions`): a pair further apart in any is further apart in
+    L1. Rows spread evenly (a wide random layer) leave no gap wider than eps in a
+    projection, but few pairs within eps in all of them, so only those pairs' rows are
+    read, a batch at a time, instead of the block's rows whole and the bounds of every
+    pair (a product over the width). A pair links where :func:`_components` links it:
+    its exact L1 distance, or the sum of the rows' L1 norms, is at most eps. None when
+    the projections leave too many pairs open (rows that do lie close): the bounds then
+    decide more of them for less."""
+    n = members.size
+    order = np.argsort(projections[:, 0], kind="stable")
+    ranked = projections[order]
+    reach = np.searchsorted(ranked[:, 0], ranked[:, 0] + eps, side="right")
+    counts = reach - np.arange(n) - 1  # rows after each, within eps along the first
+    if int(counts.sum()) > n * n // 8:
+        return None
+    left, right, gaps = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0)]
+    # pairs of a few rows at a time, dropped projection by projection
+    step = max(1, (_MAX_DISTANCE_ENTRIES >> 4) // max(int(counts.max(initial=0)), 1))
+    for start in range(0, n, step):
+        rows = np.arange(start, min(start + step, n))
+        per = counts[rows]
+        if not per.any():
+            continue
+        i = np.repeat(rows, per)
+        j = i + 1 + (np.arange(i.size) - np.repeat(np.cumsum(per) - per, per))
+        gap = ranked[j, 0] - ranked[i, 0]
+        for k in range(1, projections.shape[1]):
+            apart = np.abs(ranked[i, k] - ranked[j, k])
+            near = apart <= eps
+            i, j, gap = i[near], j[near], np.maximum(gap[near], apart[near])
+        left.append(order[i])
+        right.append(order[j])
+        gaps.append(gap)
+    left, right, gap = np.concatenate(left), np.concatenate(right), np.concatenate(gaps)
+    if left.size > SMALL_BLOCK * n:
+        return None
+    first = np.argsort(gap, kind="stable")  # likeliest links first
+    left, right = left[first], right[first]
+    edges_i, edges_j = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    labels = np.arange(n)
+    batch = max(1, _MAX_DISTANCE_ENTRIES // (2 * max(source.shape[1], 1)))
+    while left.size:
+        undecided = labels[left] != labels[right]
+        left, right = left[undecided], right[undecided]
+        head_l, head_r = left[:batch], right[:batch]
+        a, b = source.take(members[head_l]), source.take(members[head_r])
+        norms = np.abs(a).sum(axis=1) + np.abs(b).sum(axis=1)
+        a -= b
+        linked = (np.abs(a, out=a).sum(axis=1) <= eps) | (norms <= eps)
+        if linked.any():
+            edges_i.append(head_l[linked])
+            edges_j.append(head_r[linked])
+            labels = _connected(n, np.concatenate(edges_i), np.concatenate(edges_j))
+        left, right = left[batch:], right[batch:]
+    return labels
 
 
 class L1Bounds:

@@ -42,7 +42,11 @@ def reduce_system(system: OdeSystem, partition: Partition) -> list[ReducedLayer]
 
 
 def reduce_layer(
-    coefficients: np.ndarray, bias: np.ndarray, lumping: Lumping, activation: Activation
+    coefficients: np.ndarray,
+    bias: np.ndarray,
+    lumping: Lumping,
+    activation: Activation,
+    dtype: np.dtype | None = None,
 ) -> tuple[ReducedLayer, Lumping]:
     """One neuron per block, and how the layer's original neurons are expressed through
     the kept ones (the lumping the next layer must be aggregated with).
@@ -51,13 +55,20 @@ def reduce_layer(
     units of the block's first member; when the lumping names a representative per
     block, the kept neuron is that member, unchanged. A block of one keeps its neuron's
     row as it is, and only the rows of blocks with several members are read twice.
+
+    The kept rows are in ``dtype`` (default: the coefficients'), each rounded once from
+    its float64 sum: a float32 model's layer aggregated in float64 is reduced straight
+    into the float32 it will be stored as, with no float64 copy of the result.
     """
     if lumping.n_blocks == lumping.size:  # nothing merged or removed: keep the layer as is
+        if dtype is not None and coefficients.dtype != dtype:
+            coefficients = coefficients.astype(dtype)
         return ReducedLayer(coefficients, bias), Lumping.identity(lumping.size)
     anchor = block_anchors(lumping)
     # In the coefficients' dtype: a float32 layer's merged rows are averaged in float64 and
     # rounded once, which is what storing them in the model does.
-    weight = np.empty((lumping.n_blocks, coefficients.shape[1]), dtype=coefficients.dtype)
+    dtype = coefficients.dtype if dtype is None else np.dtype(dtype)
+    weight = np.empty((lumping.n_blocks, coefficients.shape[1]), dtype=dtype)
     kept_bias = np.empty(lumping.n_blocks)
     if lumping.representative is not None:
         alone = np.ones(lumping.n_blocks, dtype=bool)
@@ -111,13 +122,13 @@ def _anchored_means(
     )
     identity = activation.kind is ActivationKind.IDENTITY
     inner = lumping.offset if identity else 0.0
-    if coefficients.dtype == np.float64:
+    if coefficients.dtype == np.float64 and weight.dtype == np.float64:
         weight[shared] = averaging @ coefficients
-    else:
+    else:  # bands of columns: no full-size float64 temporary
         over_members = averaging[:, members]
         step = row_step(members.size)
         for start in range(0, coefficients.shape[1], step):
-            band = coefficients[members, start : start + step].astype(np.float64)
+            band = coefficients[members, start : start + step].astype(np.float64, copy=False)
             weight[shared, start : start + step] = over_members @ band
     means = averaging @ (bias - inner)
     if identity:
