@@ -21,7 +21,7 @@ from onnx_lump.errors import LumpError
 from onnx_lump.report import Report
 from onnx_lump.types import SweepPoint
 
-__all__ = ["HintedSearchTarget", "SearchTarget", "bisect"]
+__all__ = ["HintedSearchTarget", "SearchTarget", "TimeLimitReached", "bisect"]
 
 # one search step: the network (whatever the target makes), its report and its point
 Step = tuple[Any, Report, SweepPoint]
@@ -53,6 +53,11 @@ class HintedSearchTarget(SearchTarget, Protocol):
     def probes(self) -> bool: ...
 
     def probe(self, knob: float) -> Report | None: ...
+
+
+class TimeLimitReached(Exception):
+    """Raised by a search target asked for a new step after its time limit: :func:`bisect`
+    then returns the best step reached so far."""
 
 
 _MAX_DOUBLINGS = 40
@@ -92,7 +97,39 @@ def bisect(
 
     # A size target is steered by sizes only: its steps need no refinement.
     with evaluate.unrefined_steps(max_error is None):
-        return _bisect(evaluate, upper_limit, target_params, max_error, steps, good)
+        try:
+            return _bisect(evaluate, upper_limit, target_params, max_error, steps, good)
+        except TimeLimitReached:
+            return _best_so_far(evaluate, target_params, max_error)
+
+
+def _best_so_far(
+    evaluate: SearchTarget, target_params: float | None, max_error: float | None
+) -> tuple[float, SweepPoint, bool]:
+    """The best step taken when time ran out: for an error target the smallest network
+    within it (else the most accurate), for a size target the largest network within it
+    (else the smallest), with whether every target given is met."""
+    points = [step[2] for step in evaluate.cache.values()]
+    if not points:
+        raise LumpError("the time limit was reached before the first search step")
+    if max_error is not None:
+        within = [p for p in points if p.error <= max_error]
+        point = (
+            min(within, key=lambda p: p.params_after)
+            if within
+            else min(points, key=lambda p: p.error)
+        )
+    else:
+        within = [p for p in points if p.retained <= target_params]
+        point = (
+            max(within, key=lambda p: p.params_after)
+            if within
+            else min(points, key=lambda p: p.params_after)
+        )
+    met = (max_error is None or point.error <= max_error) and (
+        target_params is None or point.retained <= target_params
+    )
+    return point.knob, point, met
 
 
 def _bisect(evaluate, upper_limit, target_params, max_error, steps, good):

@@ -25,6 +25,7 @@ import math
 import os
 import signal
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -90,11 +91,19 @@ from onnx_lump.plotting import plot_sweep
 from onnx_lump.quantize import QuantizeInfo, QuantizeStep, quantize_file, quantized_copy
 from onnx_lump.report import Report
 from onnx_lump.runtime import resolve_providers, run_model
-from onnx_lump.search import Evaluator, bisect, parse_knobs, sweep, write_table
+from onnx_lump.search import (
+    FINAL_REFINE_FLOOR_SECONDS,
+    Evaluator,
+    bisect,
+    parse_knobs,
+    sweep,
+    write_table,
+)
 from onnx_lump.verify import compare_outputs
 
 # When the audit rows disagree with the rows the search chose on, search again this many
-# times, each within the budget times min(AUDIT_TIGHTEN, budget / audit error).
+# times, each within the chosen point's error times min(AUDIT_TIGHTEN, budget / audit
+# error), at least a quarter of it: a budget below the point chosen, so another is.
 AUDIT_RETRIES = 3
 AUDIT_TIGHTEN = 0.8
 
@@ -209,6 +218,8 @@ def _initial_knob(args: argparse.Namespace) -> float:
 
 def run_parsed(args: argparse.Namespace) -> int:
     validate(args)
+    # --time-limit counts from here: the whole run, reading the inputs included
+    args.deadline = None if args.time_limit is None else time.monotonic() + args.time_limit
     # Nothing written may be something read, or another output (symlinks and hard links
     # included), before any work starts.
     check_paths(
@@ -250,7 +261,13 @@ def run_parsed(args: argparse.Namespace) -> int:
             args, loaded.model, calibration, validation, targets, providers, holdout_share
         )
         if args.sweep:
-            points = sweep(evaluate, parse_knobs(args.sweep))
+            knobs = parse_knobs(args.sweep)
+            points = sweep(evaluate, knobs)
+            if evaluate.timed_out:
+                print(
+                    f"sweep: time limit of {args.time_limit:g} s reached after "
+                    f"{len(points)} of {len(knobs)} points"
+                )
             write_table(points, args.output, knob_name)
             if args.plot is not None:
                 plot_sweep(points, args.plot, knob_name, f"{args.method} (labels: {knob_name})")
@@ -261,7 +278,12 @@ def run_parsed(args: argparse.Namespace) -> int:
             knob, point, met = bisect(
                 evaluate, _knob_limit(args, limit), args.target_params, budget
             )
-            target_line = _target_line(knob_name, point, met, args)
+            target_line = _target_line(knob_name, point, met, args, budget)
+            if evaluate.timed_out and not args.quiet:
+                print(
+                    f"search: time limit of {args.time_limit:g} s reached after "
+                    f"{len(evaluate.cache)} steps: the best point so far follows"
+                )
             if not args.quiet:
                 print(target_line)
             if not met:
@@ -286,9 +308,10 @@ def run_parsed(args: argparse.Namespace) -> int:
                     "| nothing written"
                 )
                 return EXIT_NOT_MET
-            # The rows that chose flattered the network: choose again within a budget
-            # tightened by how far the audit rows disagree.
-            budget *= min(AUDIT_TIGHTEN, max(args.max_error / audited, 0.25))
+            # The rows that chose flattered the network by audited / point.error: choose
+            # again below the chosen point's error, by as much (a budget tightened from
+            # above it may choose the same point again).
+            budget = point.error * min(AUDIT_TIGHTEN, max(args.max_error / audited, 0.25))
             if not args.quiet:
                 print(f"search: {found}; searching again within {100 * budget:.3g}%")
     else:
@@ -485,9 +508,13 @@ def _refine_option(args: argparse.Namespace) -> RefineOptions | bool | None:
     """False with --no-refine; else the budget (compress turns it on where it applies)."""
     if args.no_refine:
         return False
+    seconds = args.refine_seconds
+    deadline = getattr(args, "deadline", None)
+    if deadline is not None and not is_searching(args):  # a search caps its own
+        seconds = min(seconds, max(deadline - time.monotonic(), FINAL_REFINE_FLOOR_SECONDS))
     options = RefineOptions(
         max_iters=args.refine_iters,
-        max_seconds=args.refine_seconds,
+        max_seconds=seconds,
         progress=not args.quiet,
     )
     method = build_method(args.method, 0.0, args)
@@ -521,6 +548,7 @@ def _evaluator(
         providers=providers,
         progress=_search_progress(args),
         quantize=args.quantize,
+        deadline=getattr(args, "deadline", None),
         **_data_options(args),
     )
 
@@ -547,12 +575,14 @@ def _search_progress(args: argparse.Namespace):
     return show
 
 
-def _target_line(knob_name: str, point, met: bool, args) -> str:
+def _target_line(knob_name: str, point, met: bool, args, budget: float | None) -> str:
+    """The search's outcome; ``budget`` is the error budget searched within (below
+    --max-error when the audit rows asked for a search again)."""
     wanted = []
     if args.target_params is not None:
         wanted.append(f"params <= {100 * args.target_params:g}%")
-    if args.max_error is not None:
-        wanted.append(f"error <= {100 * args.max_error:g}%")
+    if budget is not None:
+        wanted.append(f"error <= {100 * budget:.3g}%")
     status = "met" if met else "NOT met"
     # a size search does not measure its steps: the error comes with the written file
     error = "" if math.isnan(point.error) else f" at error {100 * point.error:.3g}%"

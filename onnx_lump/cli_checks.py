@@ -58,6 +58,7 @@ _RANGES = {
     "refine_seconds": (lambda v: v > 0, "> 0"),
     "holdout": (lambda v: 0 < v < 1, "in (0, 1)"),
     "seed": (lambda v: v >= 0, ">= 0"),
+    "time_limit": (lambda v: v > 0, "> 0"),
 }
 # The range of each method's knob, for --sweep values (1 - tau for linear).
 _KNOB_RANGES = {

@@ -219,6 +219,14 @@ def make_parser(doc: str) -> argparse.ArgumentParser:
         help="largest relative RMSE increase of the outputs allowed (0.01 = 1%%)",
     )
     auto.add_argument(
+        "--time-limit",
+        type=float,
+        metavar="S",
+        help="stop the search after about S seconds of the run at the best point reached "
+        "(says so; the final refinement gets what is left, at least a short pass): the "
+        "model is still written and verified, or exit 1 if no point met the target",
+    )
+    auto.add_argument(
         "--val",
         type=Path,
         metavar="FILE",

@@ -16,6 +16,8 @@ from onnx_lump.verify import VerificationResult
 
 __all__ = ["LayerStats", "Report"]
 
+_TIME_CAPS = "--refine-seconds, or what --time-limit left"
+
 
 @dataclass(frozen=True)
 class LayerStats:
@@ -154,7 +156,11 @@ class Report:
                 f"{r.jitter:g}, held-out error "
                 f"{100 * r.holdout_before:.3g}% -> {100 * r.holdout_after:.3g}%"
                 + ("" if r.improved else " (no gain: kept the unrefined weights)")
-                + (" -- stopped by the time cap (--refine-seconds)" if r.time_capped else "")
+                + (
+                    " -- stopped by the time cap (--refine-seconds, or what --time-limit left)"
+                    if r.time_capped
+                    else ""
+                )
                 + (f" [chain {index}]" if len(self.refine) > 1 else "")
             )
         if self.weight_ranges:

@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 
 from onnx_lump.api import compress, knob_hint, refines_by_default
-from onnx_lump.bisection import bisect
+from onnx_lump.bisection import TimeLimitReached, bisect
 from onnx_lump.data.cache import SearchCache
 from onnx_lump.data.calibration import AUTO_MASK_INPUT, check_feeds
 from onnx_lump.data.holdout import (
@@ -45,12 +45,22 @@ from onnx_lump.report import Report
 from onnx_lump.runtime import resolve_providers
 from onnx_lump.types import SweepPoint
 
-__all__ = ["Evaluator", "SweepPoint", "bisect", "parse_knobs", "sweep", "write_table"]
+__all__ = [
+    "FINAL_REFINE_FLOOR_SECONDS",
+    "Evaluator",
+    "SweepPoint",
+    "bisect",
+    "parse_knobs",
+    "sweep",
+    "write_table",
+]
 
 logger = logging.getLogger(__name__)
 
 # The share of the refinement budget each search step spends; the chosen point gets the rest.
 SEARCH_REFINE_SHARE = 0.2
+# Past --time-limit, the network handed over still gets this much refinement.
+FINAL_REFINE_FLOOR_SECONDS = 2.0
 
 
 class Evaluator:
@@ -81,6 +91,7 @@ class Evaluator:
         mask_input: str | None = AUTO_MASK_INPUT,
         sequential: bool = False,
         quantize: str | None = None,
+        deadline: float | None = None,
     ) -> None:
         if calibration is None and validation is None:
             raise LumpError(
@@ -122,6 +133,10 @@ class Evaluator:
         # with a quantization scheme, every error measured is the quantized network's
         self.quantize = quantize
         self._rows = None
+        # past ``deadline`` (time.monotonic()), a new step raises TimeLimitReached once a
+        # step exists, and refinement gets only the time left
+        self.deadline = deadline
+        self.timed_out = False
 
     @property
     def cache(self) -> dict[float, tuple[onnx.ModelProto, Report, SweepPoint]]:
@@ -149,8 +164,22 @@ class Evaluator:
         return dataclasses.replace(
             full,
             max_iters=max(1, round(SEARCH_REFINE_SHARE * full.max_iters)),
-            max_seconds=SEARCH_REFINE_SHARE * full.max_seconds,
+            max_seconds=self._time_left(SEARCH_REFINE_SHARE * full.max_seconds),
         )
+
+    def _time_left(self, seconds: float, floor: float = 1e-3) -> float:
+        """``seconds``, or less where the deadline comes sooner (at least ``floor``)."""
+        if self.deadline is None:
+            return seconds
+        return min(seconds, max(self.deadline - time.monotonic(), floor))
+
+    def _check_deadline(self) -> None:
+        """Raise TimeLimitReached past the deadline, once the search has a step to return."""
+        if self.deadline is None or time.monotonic() < self.deadline:
+            return
+        if any(self._steps.values()):
+            self.timed_out = True
+            raise TimeLimitReached
 
     def _full_refine(self, method: Method) -> RefineOptions | bool | None:
         refine = self.final_refine
@@ -198,6 +227,8 @@ class Evaluator:
         knob = float(knob)
         if knob in self.cache:
             return self.cache[knob]
+        self._check_deadline()
+        logger.info("step %d: knob %.6g", len(self.cache) + 1, knob)
         started = time.perf_counter()
         method = self.make_method(knob)
         reduced, report = compress(
@@ -274,6 +305,7 @@ class Evaluator:
         states)."""
         if not self.probes:
             return None
+        self._check_deadline()
         method = self.make_method(float(knob)).probe()
         started = time.perf_counter()
         _, report = compress(
@@ -316,7 +348,10 @@ class Evaluator:
             refine = dataclasses.replace(
                 full,
                 max_iters=budget,
-                max_seconds=max(full.max_seconds - spent, 1e-3),
+                # past a deadline, still a short pass: the network handed over is refined
+                max_seconds=self._time_left(
+                    max(full.max_seconds - spent, 1e-3), FINAL_REFINE_FLOOR_SECONDS
+                ),
             )
         final, final_report = compress(
             self.model,
@@ -402,7 +437,14 @@ def parse_knobs(spec: str) -> list[float]:
 
 
 def sweep(evaluate: Evaluator, knobs: Sequence[float]) -> list[SweepPoint]:
-    return [evaluate(k)[2] for k in knobs]
+    """The points at ``knobs``; past the evaluator's deadline, those reached."""
+    points = []
+    for knob in knobs:
+        try:
+            points.append(evaluate(knob)[2])
+        except TimeLimitReached:
+            break
+    return points
 
 
 def write_table(points: Sequence[SweepPoint], path: Path, knob_name: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import numpy as np
 import onnx
@@ -206,3 +207,19 @@ def test_the_search_chooses_again_when_the_audit_rows_disagree(monkeypatch, tmp_
         assert "audit" in report["holdout"]
     else:  # out of retries: nothing written, and the reason given
         assert code == 1 and not out.exists() and "too few to support this budget" in printed
+
+
+def test_each_search_again_chooses_a_more_accurate_point(tmp_path, capsys):
+    """Regression: a budget tightened from --max-error (5% -> 4%) chose the same point
+    again (3.2% on the rows that chose), three times over. The budget now lies below the
+    chosen point's error, so each search again chooses another, more accurate point."""
+    out = tmp_path / "out.onnx"
+    args = [str(MODELS / "rn_tanh_2x64.onnx"), str(out), "--calib", str(CALIB_2048)]
+    main([*args, "--max-error", "0.05", "--no-refine"])
+    printed = capsys.readouterr().out
+    chosen = re.findall(r"search: eps=(\S+) keeps .* at error ([\d.]+)%", printed)
+    budgets = [float(b) for b in re.findall(r"searching again within ([\d.]+)%", printed)]
+    assert budgets, "the audit rows agreed: this case no longer exercises the retry"
+    assert len({eps for eps, _ in chosen}) == len(chosen)
+    for (_, error), budget in zip(chosen, budgets, strict=False):
+        assert budget < float(error)

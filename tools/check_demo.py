@@ -101,17 +101,17 @@ def int8_rows(tanh: dict, folder: Path) -> dict:
     """The README's int8 figures on the Tanh demo: the original quantized (``--eps 0
     --quantize int8``), the first command's network quantized afterwards (outside its
     budget), and the first command with ``--quantize int8`` (one budget for both)."""
-    from onnx_lump.data.holdout import output_error, split_calibration, stacked_outputs
+    from onnx_lump.data.holdout import error_rows, output_error, stacked_outputs
     from onnx_lump.quantize import quantize_file
 
     model = MODELS / DEMO_MODELS[0]
     alone = _quantized_run(model, folder, "int8_alone")
     after = folder / "first_command.int8.onnx"
     quantize_file(tanh["path"], after)
-    split = split_calibration(dict(np.load(CALIB)), 0.2, 0)
+    rows = error_rows(dict(np.load(CALIB)), 0.2, 0)  # the rows the CLI prints its error on
     cpu = ["CPUExecutionProvider"]
-    reference = stacked_outputs(model, split.holdout, cpu)
-    afterwards = output_error(reference, stacked_outputs(after, split.holdout, cpu))
+    reference = stacked_outputs(model, rows, cpu)
+    afterwards = output_error(reference, stacked_outputs(after, rows, cpu))
     budget = _quantized_run(model, folder, "int8_budget", "--max-error", str(DEMO_BUDGET))
     return {"alone": alone, "afterwards": afterwards, "budget": budget}
 
@@ -160,14 +160,14 @@ def figures(tanh: dict, relu: dict) -> dict[str, str]:
 _QUOTED = (
     r"keeps \*\*(?P<tanh_kept>[\d.]+%)\*\* of the parameters \((?P<tanh_params>[\d,]+ -> "
     r"[\d,]+)\) with a held-out error of (?P<tanh_held_out>[\d.]+%) on (?P<held_out_rows>\d+) "
-    r"calibration rows it did not fit; on the demo's own (?P<test_rows>[\d,]+) test rows "
+    r"audit rows .*?; on the demo's own (?P<test_rows>[\d,]+) test rows "
     r".*? the output error is \*\*(?P<tanh_test>[\d.]+%)\*\*, .*? the test RMSE against the "
     r"true targets rises by (?P<tanh_test_dRMSE>[\d.]+%) .*? The same budget on the Relu demo "
     r"keeps (?P<relu_kept>[\d.]+%) at (?P<relu_held_out>[\d.]+%) held-out and "
     r"(?P<relu_test>[\d.]+%) on the test rows: .*? \(within 2x in a test; "
     r"(?P<test_over_held_out>[\d.]+x and [\d.]+x) for these two commands;",
     r"otherwise `DONE \| (?P<final_line>params \d+ -> \d+ \([\d.]+% kept\) \| held-out error "
-    r"[\d.]+% on \d+ rows) \|",
+    r"[\d.]+% on \d+ audit rows) \|",
     r"int8 alone \(`--eps 0 --quantize int8`\) takes the file from (?P<int8_input_bytes>[\d,]+) "
     r"to (?P<int8_alone_bytes>[\d,]+) bytes at (?P<int8_alone_held_out>[\d.]+%) held-out error\. "
     r"The first command's network \([\d.]+% kept, [\d.]+%\) quantized afterwards errs "
