@@ -199,3 +199,17 @@ def test_jitter_options_are_checked():
         RefineOptions(probe_share=0.0)
     assert RefineOptions(jitter=[0, 0.1]).jitter == (0.0, 0.1)
     assert hash(RefineOptions(jitter=[0, 0.1])) == hash(RefineOptions(jitter=(0.0, 0.1)))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_jitter_at_strength_0_is_plain_refinement(seed):
+    """Strength 0 alone, with the teacher, returns the very weights of refinement without
+    a teacher (no jittered rows): the jitter adds nothing unless chosen."""
+    start, activations, fit, held, forward = problem(seed)
+    only_zero = RefineOptions(max_iters=30, max_seconds=1e6, jitter=(0.0,))
+    with_teacher, stats = refine_chain(start, activations, fit, held, only_zero, teacher=forward)
+    plain, plain_stats = refine_chain(start, activations, fit, held, only_zero)
+    assert stats.jitter == 0.0 and stats.trial_iterations == 0
+    assert stats.iterations == plain_stats.iterations
+    for a, b in zip(weights(with_teacher), weights(plain), strict=True):
+        np.testing.assert_array_equal(a, b)
