@@ -392,3 +392,38 @@ def test_very_large_calibration_is_subsampled_with_a_warning(monkeypatch, tmp_pa
     assert code == 0
     assert "2048 rows (2048 chain rows); a seeded 500 of them are used" in err
     assert json.loads(report.read_text())["holdout_rows"] == 50  # 10% of 500: the audit rows
+
+
+def test_a_gated_ffn_is_named_without_verbose(tmp_path, capsys):
+    """SwiGLU (silu(x Wg) * (x Wu) -> Wd) is not read: the one error line says why, in
+    the user's terms, without -v, and nothing is written."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = {"Wg": (8, 16), "Wu": (8, 16), "Wd": (16, 8)}
+    inits = [
+        numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+        for name, shape in weights.items()
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "Wg"], ["g"]),
+        helper.make_node("Sigmoid", ["g"], ["sg"]),
+        helper.make_node("Mul", ["g", "sg"], ["silu"]),
+        helper.make_node("MatMul", ["x", "Wu"], ["u"]),
+        helper.make_node("Mul", ["silu", "u"], ["h"]),
+        helper.make_node("MatMul", ["h", "Wd"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "swiglu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])],
+        inits,
+    )
+    path, out = tmp_path / "swiglu.onnx", tmp_path / "out.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    assert cli.main([str(path), str(out), "--eps", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "gated FFN" in err and "SwiGLU" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()

@@ -318,7 +318,11 @@ class ChainReader(DenseReader):
             return walk.memo[key]
         if key in walk.by_output:
             if walk.source is not None and walk.source is not tensor:
-                raise NoMatch("it reads two dense layers")
+                # act(x Wg) * (x Wu): SwiGLU/GeGLU, whose neurons are (gate, up) pairs
+                raise NoMatch(
+                    "it reads two dense layers (a gated FFN, act(x Wg) * (x Wu) as in "
+                    "SwiGLU/GeGLU, is not read yet)"
+                )
             walk.source = tensor
             return ex.X
         if isinstance(tensor, gs.Constant) or len(tensor.inputs) != 1:
