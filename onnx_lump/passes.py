@@ -86,10 +86,34 @@ class LumpPass(ir.passes.FunctionalPass):
         self.require_chain = require_chain
         self.kwargs = kwargs
         self.last_report: Report | None = None
+        self._interface: tuple | None = None
 
     def __repr__(self) -> str:
         what = self.method.describe() if self.method is not None else f"lump eps={self.eps:g}"
         return f"{type(self).__name__}({what})"
+
+    def requires(self, model: ir.Model) -> None:
+        """onnx-ir's pre-condition: a graph with inputs, and calibration inputs named
+        after them (a PreconditionError names the ones that are not). Records the
+        graph's interface for :meth:`ensures`."""
+        inputs = [value.name for value in model.graph.inputs]
+        if not inputs:
+            raise ir.passes.PreconditionError(f"{self}: the graph has no inputs")
+        unknown = sorted(set(self.calibration or {}) - set(inputs))
+        if unknown:
+            raise ir.passes.PreconditionError(
+                f"{self}: calibration inputs {unknown} are not inputs of the graph {inputs}"
+            )
+        self._interface = _interface(model)
+
+    def ensures(self, model: ir.Model) -> None:
+        """onnx-ir's post-condition: the graph keeps its inputs and outputs (names, types
+        and order); only the chains inside it changed."""
+        expected = self._interface
+        if expected is not None and _interface(model) != expected:
+            raise ir.passes.PostconditionError(
+                f"{self}: the graph's inputs or outputs changed: {expected} -> {_interface(model)}"
+            )
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         proto = ir_to_proto(model)
@@ -118,6 +142,14 @@ class LumpPass(ir.passes.FunctionalPass):
         if self.method is not None:
             return compress(proto, self.method, calibration=self.calibration, **self.kwargs)
         return lump(proto, self.eps, calibration=self.calibration, **self.options, **self.kwargs)
+
+
+def _interface(model: ir.Model) -> tuple:
+    """The graph's inputs and outputs as (name, element type) in order."""
+    return tuple(
+        tuple((value.name, str(value.dtype)) for value in values)
+        for values in (model.graph.inputs, model.graph.outputs)
+    )
 
 
 def _reuse_unchanged_tensors(original: ir.Model, result: ir.Model) -> None:

@@ -303,3 +303,23 @@ def test_olive_pass_with_calibration_writes_external_data(tmp_path, monkeypatch)
     np.testing.assert_allclose(
         session.run(None, {"x": x})[0], run_ort(expected, {"x": x})[0], rtol=1e-5, atol=1e-6
     )
+
+
+def test_requires_names_calibration_inputs_the_graph_does_not_have():
+    model = ir.from_proto(mlp(planted_layers(), ["Tanh", "Tanh"]))
+    lump_pass = LumpPass(0.1, calibration={"not_x": FEEDS["x"]})
+    with pytest.raises(ir.passes.PreconditionError, match=r"\['not_x'\] are not inputs"):
+        lump_pass(model)
+
+
+def test_ensures_the_graph_keeps_its_inputs_and_outputs(monkeypatch):
+    """The post-condition holds for a real run, and catches a result whose outputs were
+    renamed (a call that broke the interface)."""
+    model = ir.from_proto(mlp(planted_layers(), ["Tanh", "Tanh"]))
+    assert LumpPass(0.0)(model).modified  # requires and ensures both ran and held
+    broken = LumpPass(0.0)
+    renamed = ir.from_proto(mlp(planted_layers(), ["Tanh", "Tanh"]))
+    renamed.graph.outputs[0].name = "renamed"
+    monkeypatch.setattr(broken, "call", lambda m: ir.passes.PassResult(renamed, modified=True))
+    with pytest.raises(ir.passes.PostconditionError, match="inputs or outputs changed"):
+        broken(model)
