@@ -77,7 +77,7 @@ def lump(
     similarity: str | Similarity | None = None,
     calibration: Mapping[str, np.ndarray] | None = None,
     refit: bool = True,
-    ridge: float = DEFAULT_RIDGE,
+    ridge: float | None = DEFAULT_RIDGE,
     **kwargs,
 ) -> tuple[onnx.ModelProto, Report]:
     """Merge epsilon-equivalent neurons of every dense chain of ``model``.
@@ -163,7 +163,8 @@ def compress(
     if warm_start is not None and len(warm_start) != len(scan.chains):
         raise LumpError(f"warm start has {len(warm_start)} chains, the model {len(scan.chains)}")
     split = None
-    fit_inputs = held_inputs = [None] * len(scan.chains)
+    fit_inputs: Sequence[np.ndarray | None] = [None] * len(scan.chains)
+    held_inputs: Sequence[np.ndarray | None] = fit_inputs
     if calibration is not None:
         calibration = check_feeds(calibration, model, "calibration")
         if validation is not None:
@@ -196,6 +197,7 @@ def compress(
         if follow and changed:
             # its rows depend on how the chains before it were compressed: nothing of
             # them is kept for another call
+            assert split is not None  # follow: sequential with a split
             fit_rows, held_rows = _sequential_rows(
                 export_model(graph, model, {}), chain, split, run_on, mask_input
             )
@@ -286,12 +288,13 @@ def compress(
     # (the original once per search).
     expected = actual = None
     if split is not None and (measure_holdout or (verify and inputs is None)):
+        assert cache is not None  # made with the split
         expected = cache.held_out_reference(model, split, run_on)
         actual = run_model(reduced_model, split.holdout, run_on)
-    if split is not None and measure_holdout:
-        report.holdout_error = output_error(
-            stack_outputs(expected), stack_outputs(actual), split.targets
-        )
+        if measure_holdout:
+            report.holdout_error = output_error(
+                stack_outputs(expected), stack_outputs(actual), split.targets
+            )
     if verify:
         feeds = inputs if inputs is not None else (split.holdout if split else None)
         if feeds is None:
@@ -299,7 +302,7 @@ def compress(
             note = random_inputs_note(model, n_check, input_shapes)
             if note:
                 report.notes.append(note)
-        if expected is None or feeds is not split.holdout:
+        if expected is None or actual is None or split is None or feeds is not split.holdout:
             expected = run_model(model, feeds, run_on)
             actual = run_model(reduced_model, feeds, run_on)
         report.verification = compare_outputs(expected, actual, feeds, run_on, atol, rtol)
@@ -459,10 +462,11 @@ def _sequential_rows(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``chain``'s input on the fitting and held-out rows in ``partial``, the model whose
     chains before it are compressed already."""
-    return tuple(
+    fit, held = (
         chain_inputs(partial, [chain], feeds, run_on, token_mask(feeds, mask_input))[0]
         for feeds in (split.fit, split.holdout)
     )
+    return fit, held
 
 
 def _encoding(chain: DenseChain, index: int, memo) -> OdeSystem:
@@ -533,6 +537,8 @@ def refine_result(
     their zero pattern."""
     system = problem.system
     activations = [layer.activation for layer in system.layers]
+    # refinement runs with a calibration split: the problem has both sets of rows
+    assert problem.calibration is not None and problem.holdout is not None
     fit = ChainData(
         problem.calibration, original_output(problem, "fit"), problem.original_calibration
     )

@@ -17,7 +17,7 @@ from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Literal, cast, overload
 
 import numpy as np
 import onnx
@@ -420,6 +420,24 @@ def _check_targets(path: Path, model: onnx.ModelProto, targets: np.ndarray, rows
             f"'{path}' target has shape {tuple(targets.shape)}, but the model's outputs "
             f"hold {per_row} values per row{floats} ({rows} rows)"
         )
+
+
+@overload
+def load_inputs(
+    path: str | Path, model: onnx.ModelProto, with_targets: Literal[False] = False
+) -> dict[str, np.ndarray]: ...
+
+
+@overload
+def load_inputs(
+    path: str | Path, model: onnx.ModelProto, with_targets: Literal[True]
+) -> tuple[dict[str, np.ndarray], np.ndarray | None]: ...
+
+
+@overload
+def load_inputs(
+    path: str | Path, model: onnx.ModelProto, with_targets: bool
+) -> dict[str, np.ndarray] | tuple[dict[str, np.ndarray], np.ndarray | None]: ...
 
 
 def load_inputs(
