@@ -8,6 +8,7 @@ import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from typing import TypedDict
 
 import numpy as np
 import onnx
@@ -56,6 +57,7 @@ from onnx_lump.types import ChainResult
 from onnx_lump.verify import compare_outputs
 
 __all__ = [
+    "DataOptions",
     "compress",
     "knob_hint",
     "lump",
@@ -65,6 +67,18 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
+class DataOptions(TypedDict, total=False):
+    """The options of :func:`compress` and :func:`knob_hint` about the data and where
+    the model runs, as a search passes them to every step."""
+
+    holdout: float
+    seed: int
+    validation: Mapping[str, np.ndarray] | None
+    validation_targets: np.ndarray | None
+    providers: Sequence[str]
+    mask_input: str | None
 
 
 def lump(
