@@ -496,8 +496,9 @@ def check_feeds(
         raise LumpError(f"{what} has arrays for no model input: {unknown} (inputs: {names})")
     checked = _checked_feeds(dict(feeds), model, what, [])
     checked = _capped(checked, what)
-    same = isinstance(feeds, dict) and all(checked[k] is feeds[k] for k in checked)
-    return feeds if same else checked  # type: ignore[return-value]
+    if isinstance(feeds, dict) and all(checked[k] is feeds[k] for k in checked):
+        return feeds
+    return checked
 
 
 def _positions(feeds: Mapping[str, np.ndarray]) -> int:

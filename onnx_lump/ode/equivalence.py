@@ -229,7 +229,7 @@ class _RowStatistics:
 
 def _forward(system: OdeSystem, options: PartitionOptions) -> list[Lumping]:
     hidden = system.hidden
-    lumpings: list[Lumping] = [None] * len(hidden)  # type: ignore[list-item]
+    lumpings: list[Lumping] = []  # back to front
     downstream = Lumping.identity(system.layers[-1].size)
     for index in reversed(range(len(hidden))):
         layer, outgoing = hidden[index], system.layers[index + 1].coefficients
@@ -242,8 +242,8 @@ def _forward(system: OdeSystem, options: PartitionOptions) -> list[Lumping]:
         downstream = _lumping_from_groups(
             columns, constant | dead, scale, offset, system.precision, options
         )
-        lumpings[index] = downstream
-    return lumpings
+        lumpings.append(downstream)
+    return lumpings[::-1]
 
 
 def _small_rows(rows: np.ndarray, eps: float, precision: float) -> np.ndarray:
