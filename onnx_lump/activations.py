@@ -26,7 +26,7 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import special
@@ -104,7 +104,7 @@ class ActivationKind(enum.Enum):
     SOFTSIGN = "Softsign"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Activation:
     """An element-wise activation and its parameters.
 
@@ -116,19 +116,37 @@ class Activation:
     """
 
     kind: ActivationKind
-    alpha: float | None = None
-    beta: float | None = None
-    gamma: float | None = None
-    low: float | None = None
-    high: float | None = None
-    threshold: float | None = None
+    # float once constructed: __init__ takes None for "the kind's ONNX default"
+    alpha: float
+    beta: float
+    gamma: float
+    low: float
+    high: float
+    threshold: float
 
-    def __post_init__(self) -> None:
-        defaults = REGISTRY[self.kind].defaults
-        for item in fields(self)[1:]:
-            value = getattr(self, item.name)
-            value = defaults.get(item.name, 0.0) if value is None else float(value)
-            object.__setattr__(self, item.name, value)
+    def __init__(
+        self,
+        kind: ActivationKind,
+        alpha: float | None = None,
+        beta: float | None = None,
+        gamma: float | None = None,
+        low: float | None = None,
+        high: float | None = None,
+        threshold: float | None = None,
+    ) -> None:
+        object.__setattr__(self, "kind", kind)
+        defaults = REGISTRY[kind].defaults
+        given = {
+            "alpha": alpha,
+            "beta": beta,
+            "gamma": gamma,
+            "low": low,
+            "high": high,
+            "threshold": threshold,
+        }
+        for name, value in given.items():
+            value = defaults.get(name, 0.0) if value is None else float(value)
+            object.__setattr__(self, name, value)
 
     @property
     def spec(self) -> ActivationSpec:

@@ -8,6 +8,7 @@ import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from typing import TypedDict
 
 import numpy as np
 import onnx
@@ -56,6 +57,7 @@ from onnx_lump.types import ChainResult
 from onnx_lump.verify import compare_outputs
 
 __all__ = [
+    "DataOptions",
     "compress",
     "knob_hint",
     "lump",
@@ -65,6 +67,18 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
+class DataOptions(TypedDict, total=False):
+    """The options of :func:`compress` and :func:`knob_hint` about the data and where
+    the model runs, as a search passes them to every step."""
+
+    holdout: float
+    seed: int
+    validation: Mapping[str, np.ndarray] | None
+    validation_targets: np.ndarray | None
+    providers: Sequence[str]
+    mask_input: str | None
 
 
 def lump(
@@ -77,7 +91,7 @@ def lump(
     similarity: str | Similarity | None = None,
     calibration: Mapping[str, np.ndarray] | None = None,
     refit: bool = True,
-    ridge: float = DEFAULT_RIDGE,
+    ridge: float | None = DEFAULT_RIDGE,
     **kwargs,
 ) -> tuple[onnx.ModelProto, Report]:
     """Merge epsilon-equivalent neurons of every dense chain of ``model``.
@@ -163,7 +177,8 @@ def compress(
     if warm_start is not None and len(warm_start) != len(scan.chains):
         raise LumpError(f"warm start has {len(warm_start)} chains, the model {len(scan.chains)}")
     split = None
-    fit_inputs = held_inputs = [None] * len(scan.chains)
+    fit_inputs: Sequence[np.ndarray | None] = [None] * len(scan.chains)
+    held_inputs: Sequence[np.ndarray | None] = fit_inputs
     if calibration is not None:
         calibration = check_feeds(calibration, model, "calibration")
         if validation is not None:
@@ -196,6 +211,7 @@ def compress(
         if follow and changed:
             # its rows depend on how the chains before it were compressed: nothing of
             # them is kept for another call
+            assert split is not None  # follow: sequential with a split
             fit_rows, held_rows = _sequential_rows(
                 export_model(graph, model, {}), chain, split, run_on, mask_input
             )
@@ -286,12 +302,13 @@ def compress(
     # (the original once per search).
     expected = actual = None
     if split is not None and (measure_holdout or (verify and inputs is None)):
+        assert cache is not None  # made with the split
         expected = cache.held_out_reference(model, split, run_on)
         actual = run_model(reduced_model, split.holdout, run_on)
-    if split is not None and measure_holdout:
-        report.holdout_error = output_error(
-            stack_outputs(expected), stack_outputs(actual), split.targets
-        )
+        if measure_holdout:
+            report.holdout_error = output_error(
+                stack_outputs(expected), stack_outputs(actual), split.targets
+            )
     if verify:
         feeds = inputs if inputs is not None else (split.holdout if split else None)
         if feeds is None:
@@ -299,7 +316,7 @@ def compress(
             note = random_inputs_note(model, n_check, input_shapes)
             if note:
                 report.notes.append(note)
-        if expected is None or feeds is not split.holdout:
+        if expected is None or actual is None or split is None or feeds is not split.holdout:
             expected = run_model(model, feeds, run_on)
             actual = run_model(reduced_model, feeds, run_on)
         report.verification = compare_outputs(expected, actual, feeds, run_on, atol, rtol)
@@ -459,10 +476,11 @@ def _sequential_rows(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``chain``'s input on the fitting and held-out rows in ``partial``, the model whose
     chains before it are compressed already."""
-    return tuple(
+    fit, held = (
         chain_inputs(partial, [chain], feeds, run_on, token_mask(feeds, mask_input))[0]
         for feeds in (split.fit, split.holdout)
     )
+    return fit, held
 
 
 def _encoding(chain: DenseChain, index: int, memo) -> OdeSystem:
@@ -533,6 +551,8 @@ def refine_result(
     their zero pattern."""
     system = problem.system
     activations = [layer.activation for layer in system.layers]
+    # refinement runs with a calibration split: the problem has both sets of rows
+    assert problem.calibration is not None and problem.holdout is not None
     fit = ChainData(
         problem.calibration, original_output(problem, "fit"), problem.original_calibration
     )

@@ -93,6 +93,7 @@ def bisect(
     def good(point: SweepPoint) -> bool:
         if max_error is not None:
             return point.error <= max_error
+        assert target_params is not None  # one of the two is given (checked above)
         return point.retained > target_params  # still too big: go further
 
     # A size target is steered by sizes only: its steps need no refinement.
@@ -120,6 +121,7 @@ def _best_so_far(
             else min(points, key=lambda p: p.error)
         )
     else:
+        assert target_params is not None, "a size target when no error target"
         within = [p for p in points if p.retained <= target_params]
         point = (
             max(within, key=lambda p: p.params_after)
@@ -340,7 +342,8 @@ def _midpoint(
     log = geometric and lo.knob > 0
     a, b = (np.log(lo.knob), np.log(hi.knob)) if log else (lo.knob, hi.knob)
     share = 0.5
-    if interpolate and lo.retained > hi.retained > 0 and target > 0:
+    # interpolate: a size target is given
+    if interpolate and target is not None and lo.retained > hi.retained > 0 and target > 0:
         share = np.log(lo.retained / target) / np.log(lo.retained / hi.retained)
         share = min(max(share, _INTERPOLATION_MARGIN), 1.0 - _INTERPOLATION_MARGIN)
     mid = a + share * (b - a)

@@ -406,6 +406,8 @@ class _Reference:
     """The input file's outputs on a set of rows, run once by onnxruntime however many
     files are compared with it (the pass's file and its quantized form)."""
 
+    _outputs: dict[int, tuple]  # id(rows) -> (rows, outputs)
+
     def __init__(self, path: Path, providers) -> None:
         self.path, self.providers, self._outputs = path, providers, {}
 

@@ -122,7 +122,7 @@ def _validate_sweep(args: argparse.Namespace) -> None:
 
 def no_effect(args: argparse.Namespace) -> list[str]:
     """One warning per option the user gave that this run would silently ignore."""
-    given = getattr(args, "given_options", set())
+    given: set[str] = getattr(args, "given_options", set())
     method, calib, searching = args.method, args.calib is not None, is_searching(args)
     knob_name = KNOBS.get(method, ("", None))[0]
     unused: list[tuple[str, str]] = []  # (dest, why)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import TypedDict
 
 import numpy as np
 import onnx
@@ -40,6 +41,17 @@ __all__ = ["LumpPass"]
 logger = logging.getLogger(__name__)
 
 _NO_CHAIN = "no dense chain found"
+
+
+class _LumpOptions(TypedDict):
+    """The lumping options the pass hands to ``lump()``."""
+
+    equivalence: str | Equivalence
+    linkage: str | Linkage
+    symmetries: bool
+    similarity: str | Similarity | None
+    refit: bool
+    ridge: float | None
 
 
 class LumpPass(ir.passes.FunctionalPass):
@@ -66,13 +78,13 @@ class LumpPass(ir.passes.FunctionalPass):
         similarity: str | Similarity | None = None,
         calibration: Mapping[str, np.ndarray] | None = None,
         refit: bool = True,
-        ridge: float = DEFAULT_RIDGE,
+        ridge: float | None = DEFAULT_RIDGE,
         method: Method | None = None,
         require_chain: bool = False,
         **kwargs,
     ) -> None:
         super().__init__()
-        self.options = {
+        self.options: _LumpOptions = {
             "equivalence": equivalence,
             "linkage": linkage,
             "symmetries": symmetries,

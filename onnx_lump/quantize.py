@@ -236,7 +236,7 @@ def quantize_file(
     ops = [n.op_type for n in written.graph.node]
     info.quantized = sum(ops.count(op) for op in _QUANTIZED_OPS)
     constants = {t.name for t in written.graph.initializer}
-    left = {}
+    left: dict[str, int] = {}
     for node in written.graph.node:
         if node.op_type in ("Gemm", *_INTEGER_OPS) and any(
             name in constants for name in node.input[1:2]

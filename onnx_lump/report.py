@@ -92,9 +92,9 @@ class Report:
             return None
         parts = []
         if any(s.kind == FLOAT for s in scores):
-            parts.append(f"of output '{self.holdout_error.worst}'")
+            parts.append(f"of output '{getattr(self.holdout_error, 'worst', None)}'")
         for score in scores:
-            if score.kind == LABEL:
+            if score.kind == LABEL and score.error is not None:
                 parts.append(f"label '{score.name}' changed on {100 * score.error:.3g}% of rows")
         left_out = [s.name for s in scores if s.kind == LEFT_OUT]
         if left_out:
@@ -201,12 +201,13 @@ class Report:
         lines = []
         for score in scores:
             note = f" ({score.note})" if score.note else ""
-            if score.kind == FLOAT:
-                worst = " (the worst: reported)" if score.name == self.holdout_error.worst else ""
+            if score.kind == FLOAT and score.error is not None:
+                reported = getattr(self.holdout_error, "worst", None)
+                worst = " (the worst: reported)" if score.name == reported else ""
                 lines.append(
                     f"  held-out output '{score.name}': error {100 * score.error:.3g}%{worst}{note}"
                 )
-            elif score.kind == LABEL:
+            elif score.kind == LABEL and score.error is not None:
                 lines.append(
                     f"  held-out output '{score.name}': label changed on {score.changed} of "
                     f"{score.rows} rows ({100 * score.error:.3g}%){note}"

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnx_lump.api import compress, knob_hint, refines_by_default
+from onnx_lump.api import DataOptions, compress, knob_hint, refines_by_default
 from onnx_lump.bisection import TimeLimitReached, bisect
 from onnx_lump.data.cache import SearchCache
 from onnx_lump.data.calibration import AUTO_MASK_INPUT, check_feeds
@@ -107,7 +107,7 @@ class Evaluator:
         self.calibration = calibration
         self.validation = validation
         self.validation_targets = validation_targets
-        self.options = {
+        self.options: DataOptions = {
             "holdout": holdout,
             "seed": seed,
             "providers": list(providers),
@@ -116,10 +116,12 @@ class Evaluator:
         # compress's only: the hint reads the chains of the original model
         self.sequential = sequential
         if calibration is not None:
-            self.options.update(validation=validation, validation_targets=validation_targets)
+            self.options.update(
+                {"validation": validation, "validation_targets": validation_targets}
+            )
         self.final_refine = refine
         self._runtime = resolve_providers(list(providers))
-        self._reference = None
+        self._reference: np.ndarray | None = None
         self.progress = progress
         # knob -> step, for steps refined (True) and not (False); see unrefined_steps
         self._steps: dict[bool, dict[float, tuple[onnx.ModelProto, Report, SweepPoint]]] = {
@@ -132,7 +134,7 @@ class Evaluator:
         self.data_cache = SearchCache() if caches else None
         # with a quantization scheme, every error measured is the quantized network's
         self.quantize = quantize
-        self._rows = None
+        self._rows: tuple[Mapping[str, np.ndarray], np.ndarray | None, np.ndarray] | None = None
         # past ``deadline`` (time.monotonic()), a new step raises TimeLimitReached once a
         # step exists, and refinement gets only the time left
         self.deadline = deadline
@@ -195,8 +197,10 @@ class Evaluator:
         if self.quantize is not None:
             return self._quantized_error(model)
         if self.calibration is not None:
+            assert report.holdout_error is not None  # measured: refined steps, not quantized
             return float(report.holdout_error)
         # data-free method judged on --val: nothing was fitted on it
+        assert self.validation is not None  # without calibration (checked in __init__)
         if self._reference is None:
             self._reference = stacked_outputs(self.model, self.validation, self._runtime)
         output = stacked_outputs(model, self.validation, self._runtime)
@@ -205,7 +209,9 @@ class Evaluator:
     def _quantized_error(self, model: onnx.ModelProto) -> float:
         """The error of ``model`` quantized, by onnxruntime on the held-out rows (or
         ``--val``) against the original."""
+        assert self.quantize is not None  # called with a quantization scheme only
         if self._rows is None:
+            feeds: Mapping[str, np.ndarray]
             if self.calibration is not None:
                 split = split_calibration(
                     self.calibration,
@@ -216,6 +222,7 @@ class Evaluator:
                 )
                 feeds, targets = split.holdout, split.targets
             else:
+                assert self.validation is not None  # without calibration (checked in __init__)
                 feeds, targets = self.validation, self.validation_targets
             self._rows = (feeds, targets, stacked_outputs(self.model, feeds, self._runtime))
         feeds, targets, reference = self._rows
@@ -307,6 +314,7 @@ class Evaluator:
             return None
         self._check_deadline()
         method = self.make_method(float(knob)).probe()
+        assert method is not None  # self.probes
         started = time.perf_counter()
         _, report = compress(
             self.model,
@@ -344,7 +352,8 @@ class Evaluator:
         if isinstance(full, RefineOptions):
             used = sum(r.iterations for r in report.refine)
             budget = max(0, full.max_iters - used // max(1, len(report.refine)))
-            spent = 0.0 if unrefined else self._search_refine(method).max_seconds
+            searched = None if unrefined else self._search_refine(method)
+            spent = searched.max_seconds if isinstance(searched, RefineOptions) else 0.0
             refine = dataclasses.replace(
                 full,
                 max_iters=budget,

@@ -17,6 +17,7 @@ from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, cast, overload
 
 import numpy as np
 import onnx
@@ -406,9 +407,10 @@ def _check_targets(path: Path, model: onnx.ModelProto, targets: np.ndarray, rows
     per_row = float_per_row = 0
     for output in model.graph.output:
         dims = _static_dims(output)
-        if dims is None or any(d is None for d in dims[1:]):
+        known = [d for d in dims[1:] if d is not None] if dims is not None else []
+        if dims is None or len(known) < len(dims) - 1:
             return  # the output width is only known after a run: the search checks it then
-        width = int(np.prod(dims[1:], dtype=np.int64))
+        width = int(np.prod(known, dtype=np.int64))
         per_row += width
         if output.type.tensor_type.elem_type in _FLOAT_TYPES:
             float_per_row += width
@@ -418,6 +420,24 @@ def _check_targets(path: Path, model: onnx.ModelProto, targets: np.ndarray, rows
             f"'{path}' target has shape {tuple(targets.shape)}, but the model's outputs "
             f"hold {per_row} values per row{floats} ({rows} rows)"
         )
+
+
+@overload
+def load_inputs(
+    path: str | Path, model: onnx.ModelProto, with_targets: Literal[False] = False
+) -> dict[str, np.ndarray]: ...
+
+
+@overload
+def load_inputs(
+    path: str | Path, model: onnx.ModelProto, with_targets: Literal[True]
+) -> tuple[dict[str, np.ndarray], np.ndarray | None]: ...
+
+
+@overload
+def load_inputs(
+    path: str | Path, model: onnx.ModelProto, with_targets: bool
+) -> dict[str, np.ndarray] | tuple[dict[str, np.ndarray], np.ndarray | None]: ...
 
 
 def load_inputs(
@@ -476,8 +496,9 @@ def check_feeds(
         raise LumpError(f"{what} has arrays for no model input: {unknown} (inputs: {names})")
     checked = _checked_feeds(dict(feeds), model, what, [])
     checked = _capped(checked, what)
-    same = isinstance(feeds, dict) and all(checked[k] is feeds[k] for k in checked)
-    return feeds if same else checked  # type: ignore[return-value]
+    if isinstance(feeds, dict) and all(checked[k] is feeds[k] for k in checked):
+        return feeds
+    return checked
 
 
 def _positions(feeds: Mapping[str, np.ndarray]) -> int:
@@ -830,7 +851,8 @@ def _trimmed_rows(runner, chains, feeds, mask: np.ndarray) -> list[np.ndarray] |
                 if item.shape[:1] == (cut,):
                     item = item[sub[row]]
                 blocks[index][sentence] = item.reshape(-1, chain.layers[0].in_features)
-    return [np.concatenate(parts).astype(np.float64) for parts in blocks]
+    # every sentence is in a batch: no part is left None
+    return [np.concatenate(cast(list[np.ndarray], parts)).astype(np.float64) for parts in blocks]
 
 
 def forward_chain(

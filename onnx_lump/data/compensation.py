@@ -162,7 +162,8 @@ def centred_gram(chunks: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     Xc`` for the centred rows, accumulated in float64 a chunk at a time (shifted by the
     first chunk's mean so that the centring does not cancel): the rows need never be in
     memory at once."""
-    shift = sums = gram = None
+    shift: np.ndarray | None = None
+    sums = gram = np.zeros(0)  # set with shift, from the first chunk
     count = 0
     for chunk in chunks:
         if shift is None:

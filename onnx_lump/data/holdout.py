@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import cast
 
 import numpy as np
 import onnx
@@ -250,8 +251,8 @@ def output_errors(
             + "; ".join(f"'{c.name}' {c.note}" for c in layout)
         )
     graded = [s for s in scores if s.kind == (FLOAT if floats else LABEL)]
-    worst = max(graded, key=lambda s: s.error)
-    return HeldOutError(worst.error, tuple(scores), worst.name)
+    worst = max(graded, key=lambda s: cast(float, s.error))  # measured: an error each
+    return HeldOutError(cast(float, worst.error), tuple(scores), worst.name)
 
 
 def _float_error(reference, output, targets) -> float:
@@ -349,7 +350,7 @@ def stack_outputs(values: Mapping[str, np.ndarray]) -> StackedOutputs:
     return stacked
 
 
-def _row_count(values: Mapping[str, object]) -> int | None:
+def _row_count(values: Mapping[str, np.ndarray | list]) -> int | None:
     """The rows of the first output that has a leading axis."""
     for value in values.values():
         if isinstance(value, list):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
@@ -35,7 +35,10 @@ __all__ = [
 ]
 
 
-def frozen(array: np.ndarray | None) -> np.ndarray | None:
+_Array = TypeVar("_Array", bound=np.ndarray | None)
+
+
+def frozen(array: _Array) -> _Array:
     """``array``, made read-only where it owns its data: what a search cache holds."""
     if isinstance(array, np.ndarray) and array.flags.writeable and array.flags.owndata:
         array.setflags(write=False)
@@ -115,6 +118,7 @@ class ReferenceRows:
                     exact = dtype is np.float64
                     values = layer.activation(pre) if exact else layer.activation.float32(pre)
             if output:
+                assert result is not None
                 result[part] = values
         if store:
             self._stored = [frozen(t) for t in stored]
@@ -126,6 +130,7 @@ class ReferenceRows:
         """The original chain's output on these rows, float64."""
         if self._output is None:
             self._forward(np.float64, False, True)
+        assert self._output is not None
         return self._output
 
     def targets(self) -> Iterator[np.ndarray]:
@@ -202,6 +207,7 @@ def original_rows(problem: ChainProblem, which: str) -> ReferenceRows:
         inputs, source = problem.calibration, problem.original_calibration
     else:
         inputs, source = problem.holdout, problem.original_holdout
+    assert inputs is not None, f"original rows ({which}) of a problem without them"
     make = functools.partial(ReferenceRows, problem, inputs, which != "fit", source)
     if problem.cache is None:
         return make()

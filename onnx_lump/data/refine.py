@@ -247,8 +247,8 @@ class ChainNetwork:
         residual = values[-1] - data.targets
         count = residual.size * scale * scale
         loss = float(np.einsum("ij,ij->", residual, residual, dtype=np.float64)) / count
-        grads = [None] * len(arrays)
-        upstream = [None] * (self.n_layers + 1)  # d loss / d values[i]
+        grads: list[np.ndarray | None] = [None] * len(arrays)
+        upstream: list[np.ndarray | None] = [None] * (self.n_layers + 1)  # d loss / d values[i]
         upstream[-1] = (2.0 / count) * residual
         for index in reversed(range(self.n_layers)):
             activation = self.activations[index]
@@ -270,7 +270,9 @@ class ChainNetwork:
                     via = delta @ s_weight
                     source = shortcut.source
                     upstream[source] = via if upstream[source] is None else upstream[source] + via
-        gradient = np.concatenate([g.ravel() for g in grads]).astype(np.float64, copy=False)
+        filled = [g for g in grads if g is not None]
+        assert len(filled) == len(grads), "every array has a gradient"
+        gradient = np.concatenate([g.ravel() for g in filled]).astype(np.float64, copy=False)
         if self.mask is not None:
             gradient[~self.mask] = 0.0
         return loss, gradient
@@ -335,7 +337,11 @@ def refine_chain(
         fitting rows jittered at ``strength``."""
         run = run or _Run(network.theta0, before, strength)
         run.limit = run.iterations + iterations
-        data = fit if strength == 0 else jitter.data(strength)
+        if strength == 0:
+            data = fit
+        else:
+            assert jitter is not None  # strengths other than 0 come from the jitter
+            data = jitter.data(strength)
 
         def callback(intermediate_result) -> None:
             run.step(intermediate_result.x, holdout_error(intermediate_result.x), options, window)

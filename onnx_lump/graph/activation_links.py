@@ -22,7 +22,7 @@ from onnx_lump.activation_matching import hint_for_ops, match_expression
 from onnx_lump.activations import Activation
 from onnx_lump.graph.dense import ConstantRef, DenseLayer, qualified
 from onnx_lump.graph.dense_reader import DenseReader
-from onnx_lump.graph.elementwise import HANDLERS, NoMatch, op_domain, tensor_rank
+from onnx_lump.graph.elementwise import HANDLERS, NoMatch, Walk, op_domain, tensor_rank
 
 __all__ = [
     "ActivationRegion",
@@ -72,10 +72,11 @@ class DenseChain:
         """Every tensor whose last axis is hidden layer ``index``."""
         tensors = list(self.layers[index].output_tensors)
         region = self.regions[index] if index < len(self.regions) else None
+        node = self.activation_nodes[index]
         if region is not None:
             tensors += region.tensors
-        elif self.activation_nodes[index] is not None:
-            tensors.append(self.activation_nodes[index].outputs[0])
+        elif node is not None:
+            tensors.append(node.outputs[0])
         following = self.layers[index + 1]
         if following.in_reshape is not None:
             tensors.append(following.in_reshape.outputs[0])
@@ -86,8 +87,9 @@ class DenseChain:
         ``width``: Reshape shapes end in the width, repeated per-feature values shrink to
         one entry (they broadcast)."""
         refs = [*self.layers[index].width_refs]
-        if self.layers[index + 1].in_width_ref is not None:
-            refs.append(self.layers[index + 1].in_width_ref)
+        in_width_ref = self.layers[index + 1].in_width_ref
+        if in_width_ref is not None:
+            refs.append(in_width_ref)
         for ref in refs:
             value = np.array(ref.value, copy=True)
             value[-1] = width
@@ -152,8 +154,9 @@ class ChainReader(DenseReader):
         for user in result.outputs:
             if user.op != "Slice" or user.inputs[0] is not result or len(user.inputs) < 3:
                 return False
-            bounds = [self._int_constant(user, i) for i in range(1, len(user.inputs))]
-            if any(b is None or b.size != 1 for b in bounds):
+            found = [self._int_constant(user, i) for i in range(1, len(user.inputs))]
+            bounds = [b for b in found if b is not None and b.size == 1]
+            if len(bounds) < len(found):
                 return False
             ends = int(bounds[1][0]) + start
             axes_ok = len(bounds) < 3 or int(bounds[2][0]) in (0, -1)
@@ -282,7 +285,7 @@ class ChainReader(DenseReader):
         )
 
     def note_untouched(self, chains: list[DenseChain]) -> None:
-        in_chains = set()
+        in_chains: set[int] = set()
         for chain in chains:
             for layer in chain.layers:
                 in_chains.update(id(n) for n in layer.nodes)
@@ -340,8 +343,9 @@ class ChainReader(DenseReader):
         walk.memo[key] = expression
         return expression
 
-    def operand(self, node: gs.Node, index: int, walk: _Walk) -> tuple:
+    def operand(self, node: gs.Node, index: int, walk: Walk) -> tuple:
         """Input ``index`` of ``node`` as an expression: a scalar constant or a subgraph."""
+        assert isinstance(walk, _Walk), "handlers pass back the walk they were given"
         tensor = node.inputs[index]
         if (
             not isinstance(tensor, gs.Constant)
@@ -369,7 +373,7 @@ class ChainReader(DenseReader):
         walk.constants.append(ref)
         return ex.constant(float(first))
 
-    def scalar(self, node: gs.Node, index: int, walk: _Walk, default: float) -> float:
+    def scalar(self, node: gs.Node, index: int, walk: Walk, default: float) -> float:
         if index >= len(node.inputs) or not node.inputs[index].name:
             return default
         value = self.operand(node, index, walk)

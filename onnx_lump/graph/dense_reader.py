@@ -35,7 +35,10 @@ _FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 # (output 3 too) only ever sees ``x + b``; so ``b`` is the layer's bias, read and rewritten
 # where it lives.
 _BIAS_HOLDERS: dict[tuple[str, str], tuple[int, tuple[int, ...]]] = {
-    **{tuple(op.split(":")): (1, (0,)) for op in BIAS_ACTIVATION_OPS},
+    **{
+        (domain, name): (1, (0,))
+        for domain, _, name in (op.partition(":") for op in BIAS_ACTIVATION_OPS)
+    },
     ("com.microsoft", "SkipLayerNormalization"): (4, (0, 1)),
     ("com.microsoft", "SkipSimplifiedLayerNormalization"): (3, (0, 1)),
     ("com.microsoft", "BiasAdd"): (1, (0, 2)),  # X + bias + skip
@@ -138,8 +141,8 @@ class DenseReader:
         alpha = float(node.attrs.get("alpha", 1.0))
         beta = float(node.attrs.get("beta", 1.0))
         trans_b = bool(node.attrs.get("transB", 0))
-        stored = weight_ref.shape
-        shape = stored if trans_b else stored[::-1]
+        rows, columns = weight_ref.shape  # 2-D: checked by _weight
+        shape = (rows, columns) if trans_b else (columns, rows)
         bias_ref = None
         bias = np.zeros(shape[0])
         if len(node.inputs) > 2 and node.inputs[2].name:
@@ -173,7 +176,8 @@ class DenseReader:
         if data_rank is not None and data_rank < 2:
             self.note(f"MatMul '{node.name}': rank-{data_rank} input is not read as a dense layer")
             return None
-        shape = weight_ref.shape[::-1]
+        rows, columns = weight_ref.shape  # 2-D: checked by _weight
+        shape = (columns, rows)
         out = node.outputs[0]
         bias, bias_ref, bias_add, output = np.zeros(shape[0]), None, None, out
         if not self.is_observable(out) and out.outputs[0].op == "Add":
@@ -229,17 +233,14 @@ class DenseReader:
             )
             return
         extra = [t for t in bn.outputs[1:] if t.name and (t.outputs or self._exposed(t))]
-        refs = [self.resolve_constant(bn, i) for i in range(1, 5)] if len(bn.inputs) == 5 else []
+        found = [self.resolve_constant(bn, i) for i in range(1, 5)] if len(bn.inputs) == 5 else []
         width = layer.out_features
-        usable = (
-            bn.attrs.get("training_mode", 0) == 0
-            and not extra
-            and len(refs) == 4
-            and all(
-                r is not None and r.dtype.type in _FLOAT_DTYPES and math.prod(r.shape) == width
-                for r in refs
-            )
-        )
+        refs = [
+            r
+            for r in found
+            if r is not None and r.dtype.type in _FLOAT_DTYPES and math.prod(r.shape) == width
+        ]
+        usable = bn.attrs.get("training_mode", 0) == 0 and not extra and len(refs) == 4
         if not usable:
             self.note(
                 f"{where}: needs constant scale, bias, mean and variance and training_mode=0 "

@@ -10,6 +10,7 @@ the rank of an unannotated tensor is traced back through these same ops.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import onnx_graphsurgeon as gs
@@ -89,7 +90,8 @@ def traced_rank(tensor: gs.Tensor, budget: list[int] | None = None) -> int | Non
     if node.op != "BatchNormalization" and (op_domain(node), node.op) not in HANDLERS:
         return None
     ranks = [traced_rank(t, budget) for t in node.inputs if t.name]
-    return None if not ranks or None in ranks else max(ranks)
+    known = [rank for rank in ranks if rank is not None]
+    return None if not ranks or len(known) < len(ranks) else max(known)
 
 
 def op_domain(node: gs.Node) -> str:
@@ -208,7 +210,9 @@ _BIASED_FORMS = {
 }
 
 
-HANDLERS = {
+Handler = Callable[[Operands, gs.Node, Walk], tuple]
+
+HANDLERS: dict[tuple[str, str], Handler] = {
     ("", "Identity"): lambda r, n, w: r.operand(n, 0, w),
     ("", "Add"): _binary(ex.add),
     ("", "Sub"): _binary(lambda a, b: ex.add(a, ex.mul(ex.constant(-1.0), b))),
@@ -252,7 +256,9 @@ HANDLERS = {
         )
     },
     **{
-        tuple(op.split(":")): _biased(_BIASED_FORMS[kind][0], **_BIASED_FORMS[kind][1])
-        for op, kind in act.BIAS_ACTIVATION_OPS.items()
+        (domain, name): _biased(_BIASED_FORMS[kind][0], **_BIASED_FORMS[kind][1])
+        for (domain, _, name), kind in (
+            (op.partition(":"), kind) for op, kind in act.BIAS_ACTIVATION_OPS.items()
+        )
     },
 }

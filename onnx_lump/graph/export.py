@@ -72,9 +72,9 @@ class _Merger:
     def _nodes(self) -> list[onnx.NodeProto]:
         original = self.original.node
         by_name: dict[str, int] = {}
-        for index, node in enumerate(original):
-            by_name[node.name] = -1 if node.name in by_name else index
-        by_outputs = {tuple(node.output): index for index, node in enumerate(original)}
+        for position, proto in enumerate(original):
+            by_name[proto.name] = -1 if proto.name in by_name else position
+        by_outputs = {tuple(proto.output): position for position, proto in enumerate(original)}
         out = []
         for node in self.graph.nodes:
             index = getattr(node, INDEX_ATTR, None)

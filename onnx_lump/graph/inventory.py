@@ -100,7 +100,7 @@ def _human(size: int | None) -> str:
 
 def comparison_table(before: Inventory, after: Inventory) -> str:
     """Rows per op type, then nodes, stored parameters and size: before, after, change."""
-    rows = []
+    rows: list[tuple[str, int, int]] = []
     for op in sorted(set(before.ops) | set(after.ops)):
         rows.append((op, before.ops.get(op, 0), after.ops.get(op, 0)))
     rows += [
@@ -109,7 +109,7 @@ def comparison_table(before: Inventory, after: Inventory) -> str:
     ]
     if before.int8_parameters or after.int8_parameters:
         rows.append(("int8 parameters", before.int8_parameters, after.int8_parameters))
-    width = max(len(r[0]) for r in [*rows, ("model size",)])
+    width = max(len(name) for name in [*(r[0] for r in rows), "model size"])
     lines = [f"{'':<{width}}  {'before':>12}  {'after':>12}"]
     for name, old, new in rows:
         change = "" if old == new else f"  ({new - old:+d})"

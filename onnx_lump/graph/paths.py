@@ -70,7 +70,7 @@ def check_paths(
         if _identity(path) in model_outputs:
             data = data_file_for(path)
             written.append((data, f"'{data}' (the external-data file of '{path}')"))
-    taken = {}
+    taken: dict[tuple, str] = {}
     for path, label in read:
         taken.setdefault(_identity(path), label)
     for path, label in written:

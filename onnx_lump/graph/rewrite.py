@@ -181,6 +181,7 @@ def _drop_batch_norm(graph: gs.Graph, layer: DenseLayer) -> None:
     """Remove a BatchNormalization the reader folded into ``layer`` (its new weights
     carry it): the layer's last node takes over the normalised output."""
     bn = layer.batch_norm
+    assert bn is not None, "only a layer with a folded BatchNormalization"
     producer = layer.bias_add or layer.node
     result = bn.outputs[0]
     bn.inputs.clear()

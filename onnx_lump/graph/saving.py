@@ -112,14 +112,15 @@ def stage_model(
         # the signal, and the handler then runs in this thread at any bytecode.
         blocked = {signal.SIGTERM, signal.SIGHUP, signal.SIGINT}
         can_block = threading.current_thread() is threading.main_thread()
-        staging: Path | None = output.resolve().parent / f".{output.name}.{secrets.token_hex(6)}"
+        folder = output.resolve().parent / f".{output.name}.{secrets.token_hex(6)}"
+        staging: Path | None = folder  # None: not ours to remove
         try:
             try:
-                staging.mkdir(mode=0o700)
+                folder.mkdir(mode=0o700)
             except OSError as exc:
                 staging = None  # not made, or not ours (a name collision): never remove it
                 raise LumpError(f"cannot write '{output}': {exc.strerror or exc}") from None
-            staged = StagedModel(output, staging, external)
+            staged = StagedModel(output, folder, external)
             try:
                 staged.data_path = write_model(
                     model,

@@ -103,7 +103,12 @@ def _inline_pieces(model: onnx.ModelProto) -> list[bytes | _Raw] | None:
             body += [_key(5, len(encoded)), encoded]
             continue
         nbytes = tensor_nbytes(tensor)
-        parts = [_fields(tensor, 0, 9), _key(9, nbytes), _Raw(tensor, nbytes), _fields(tensor, 10)]
+        parts: list[bytes | _Raw] = [
+            _fields(tensor, 0, 9),
+            _key(9, nbytes),
+            _Raw(tensor, nbytes),
+            _fields(tensor, 10),
+        ]
         body += [_key(5, sum(len(part) for part in parts)), *parts]
     body.append(_fields(graph, 6))
     size = sum(len(part) for part in body)

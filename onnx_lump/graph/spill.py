@@ -28,6 +28,7 @@ import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import onnx
@@ -58,7 +59,7 @@ class Spill:
     """The disk space of one compress call (see the module doc)."""
 
     def __init__(self) -> None:
-        self._arrays = None
+        self._arrays: BinaryIO | None = None
         self._lock = threading.Lock()
 
     @classmethod
@@ -151,15 +152,14 @@ class Spill:
             for layer, new in zip(chain.layers, result.layers, strict=True)
         ]
         missing = [i for i, w in enumerate(weights) if w is None]
-        parked = self.park([result.layers[i].weight for i in missing])
-        for index, array in zip(missing, parked, strict=True):
-            weights[index] = array
+        parked_weights = iter(self.park([result.layers[i].weight for i in missing]))
+        kept_weights = [w if w is not None else next(parked_weights) for w in weights]
         shortcut_weights = self.park([s.weight for s in result.shortcuts])
         result = dataclasses.replace(
             result,
             layers=[
                 dataclasses.replace(layer, weight=w) if isinstance(layer, ReducedLayer) else layer
-                for layer, w in zip(result.layers, weights, strict=True)
+                for layer, w in zip(result.layers, kept_weights, strict=True)
             ],
             shortcuts=[
                 dataclasses.replace(s, weight=w)
@@ -189,7 +189,7 @@ def _own_view(layer, weight: np.ndarray) -> np.ndarray | None:
 def _write_array(handle, array: np.ndarray) -> None:
     """Append ``array``'s bytes (C order) without a copy of the whole array."""
     if array.flags.c_contiguous:
-        handle.write(memoryview(array).cast("B"))
+        handle.write(array.data.cast("B"))
         return
     rows = array.reshape(array.shape[0], -1) if array.ndim > 1 else array.reshape(1, -1)
     step = max(1, (1 << 22) // max(rows[0].nbytes, 1))
@@ -202,15 +202,13 @@ class _TensorFile:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._handle = None
+        self._handle: BinaryIO | None = None
         self._location = ""
         self._folder: Path | None = None
 
     def append(self, array: np.ndarray) -> tuple[str, int]:
         with self._lock:
-            if self._handle is None:
-                self._open()
-            handle = self._handle
+            handle = self._handle if self._handle is not None else self._open()
             offset = handle.seek(0, os.SEEK_END)
             if offset % _ALIGN:
                 handle.write(b"\0" * (_ALIGN - offset % _ALIGN))
@@ -219,20 +217,21 @@ class _TensorFile:
             handle.flush()
             return self._location, offset
 
-    def _open(self) -> None:
+    def _open(self) -> BinaryIO:
         # An unlinked file named by its descriptor: freed when the process ends, however
         # it ends. The descriptor is never closed before, so the name never changes hands.
         handle = tempfile.TemporaryFile(prefix="onnx_lump_tensors_")
         location = f"/proc/self/fd/{handle.fileno()}"
         if os.path.exists(location) and os.path.isabs(location):
             self._handle, self._location = handle, location
-            return
+            return handle
         handle.close()
         self._folder = Path(tempfile.mkdtemp(prefix="onnx_lump_"))
         atexit.register(shutil.rmtree, self._folder, True)
         path = self._folder / "tensors.data"
         self._handle = open(path, "w+b")  # open for the process's lifetime
         self._location = str(path)
+        return self._handle
 
 
 _TENSORS = _TensorFile()

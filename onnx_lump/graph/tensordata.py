@@ -170,11 +170,13 @@ def release_pages(array: np.ndarray | None) -> bool:
     that the file does not)."""
     node = array
     while node is not None:
-        if isinstance(node, np.memmap) and getattr(node, "_mmap", None) is not None:
+        # the mmap object behind a map (private to numpy: read where it is there)
+        mapped = getattr(node, "_mmap", None) if isinstance(node, np.memmap) else None
+        if isinstance(node, np.memmap) and mapped is not None:
             if node.mode != "r" or not hasattr(mmap, "MADV_DONTNEED"):
                 return False
             try:
-                node._mmap.madvise(mmap.MADV_DONTNEED)
+                mapped.madvise(mmap.MADV_DONTNEED)
             except (OSError, ValueError):  # closed, or a platform that refuses
                 return False
             return True

@@ -47,6 +47,7 @@ class LinearFolding(Method):
             raise LumpError(f"tau must be in (0, 1], got {self.tau}")
         system = problem.system
         layers = [ReducedLayer(w.copy(), b.copy()) for w, b in problem.weights]
+        assert problem.calibration is not None, "needs_data: callers give calibration rows"
         values = forward_chain(problem.weights, system, problem.calibration)
         held = None
         if problem.holdout is not None:
@@ -57,6 +58,7 @@ class LinearFolding(Method):
         shortcuts: list[Shortcut] = []
         for index in _best_non_adjacent([p.saved if p else 0 for p in plans]):
             plan = plans[index]
+            assert plan is not None  # chosen for a positive gain: a plan saves parameters
             current, following = layers[index], layers[index + 1]
             columns = following.weight[:, plan.linear] * plan.slope[plan.linear]
             bias = following.bias + columns @ current.bias[plan.linear]

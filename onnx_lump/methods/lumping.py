@@ -132,7 +132,8 @@ class Lump(Method):
         it fewer): bisection on that layer alone, through the search's cache (a step at
         that eps reuses the lumping); for span, the pivot order's share left unexplained
         at that width. Only for backward partitions and span on data; None otherwise."""
-        if problem.calibration is None:
+        calibration = problem.calibration
+        if calibration is None:
             return None
         first = problem.system.layers[0]  # not problem.weights: float64 copies of every layer
         weight, bias = first.coefficients, first.bias
@@ -140,14 +141,14 @@ class Lump(Method):
         if self.reduction is Reduction.SPAN_UNIFORM:
             return 1.0 - want / weight.shape[0]
         if self.reduction is Reduction.SPAN:  # the pivot order answers it exactly
-            return self._span_order(problem, 0, weight, bias, problem.calibration).eps_for(want)
+            return self._span_order(problem, 0, weight, bias, calibration).eps_for(want)
         if self.options.equivalence is not Equivalence.BACKWARD:
             return None
 
         def width(eps: float) -> int:
             options = dataclasses.replace(self.options, eps=eps)
             lumping = layer_lumping(
-                problem, 0, weight, bias, problem.calibration, problem.holdout, options, None, ()
+                problem, 0, weight, bias, calibration, problem.holdout, options, None, ()
             )
             return lumping.n_blocks
 
@@ -297,19 +298,22 @@ class Lump(Method):
         if selection is not None:
             weight, bias = selection.fold(following.coefficients, following.bias)
         else:
+            assert rebased is not None, "a layer not selected from is rebased"
             weight, bias = aggregate(following, rebased)
         applied = False
         if refit:
+            assert target is not None, "a refit has its targets"
             fitted, _ = refit_layer(inputs, target, self.ridge, held_inputs, held_target)
-            judge_inputs, judge_target = (
-                (inputs, target) if held_inputs is None else (held_inputs, held_target)
-            )
+            judge_inputs, judge_target = inputs, target
+            if held_inputs is not None:
+                assert held_target is not None, "held-out rows come with their targets"
+                judge_inputs, judge_target = held_inputs, held_target
             naive = ReducedLayer(weight, bias)
             if residual(fitted, judge_inputs, judge_target) < residual(
                 naive, judge_inputs, judge_target
             ):
                 weight, bias, applied = fitted.weight, fitted.bias, True
-        return (*(frozen(a) for a in (inputs, held_inputs, weight, bias)), applied)
+        return frozen(inputs), frozen(held_inputs), frozen(weight), frozen(bias), applied
 
 
 @dataclass

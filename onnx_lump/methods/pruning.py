@@ -95,6 +95,7 @@ class Wanda(Method):
 
     def compress(self, problem: ChainProblem) -> ChainResult:
         _check_sparsity(self.sparsity)
+        assert problem.calibration is not None, "needs_data: callers give calibration rows"
         inputs, layers = problem.calibration, []
         for index, (weight, bias) in enumerate(problem.weights):
             scores = np.abs(weight) * np.linalg.norm(inputs, axis=0)[None, :]
@@ -133,6 +134,7 @@ class EliminationCompensation(Method):
     def compress(self, problem: ChainProblem) -> ChainResult:
         _check_sparsity(self.sparsity)
         weights, system = problem.weights, problem.system
+        assert problem.calibration is not None, "needs_data: callers give calibration rows"
         values = forward_chain(weights, system, problem.calibration)
         sensitivities = _output_sensitivities(weights, system, values)
         importances, shifts = [], []

@@ -288,6 +288,7 @@ def seed_groups(
             inside = np.sort(np.random.default_rng(2).choice(inside, _SAMPLE, replace=False))
         allowed = np.union1d(np.flatnonzero(roots == np.arange(m)), inside)
         nearest = _nearest_l1(points, roots, which, _LATER * k, allowed)
+    raise AssertionError("unreachable: itertools.count() does not end")
 
 
 def _nearest(

@@ -226,7 +226,8 @@ def chunked_support(rows: CanonicalRows, inputs: np.ndarray, activation) -> Supp
         post_moments.add(activation.float32(pre).astype(np.float64))
         np.minimum(low, pre.min(axis=0), out=low)
         np.maximum(high, pre.max(axis=0), out=high)
-    return Support(pre_moments.std, post_moments.std, post_moments.mean, low, high)
+    post_mean = np.asarray(post_moments.mean)  # an array once a chunk is added
+    return Support(pre_moments.std, post_moments.std, post_mean, low, high)
 
 
 # The data similarity compares neurons on at most this many fitting rows: enough to tell

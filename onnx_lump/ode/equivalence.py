@@ -133,12 +133,14 @@ def backward_lumping(
     stats = _RowStatistics.of(coefficients, column_scale, activation, directions[:-1])
     constant = stats.small(options.eps, precision)
     if options.similarity is Similarity.AFFINE and options.eps > 0:
+        assert inputs is not None  # checked above: affine similarity needs inputs
         return affine_lumping(coefficients, bias, activation, inputs, constant, options, holdout)
     scale, offset = _symmetry_transform(stats, bias, activation, constant, options)
     inner = offset if activation.kind is ActivationKind.IDENTITY else 0.0
     divisor = np.where(scale != 0, scale, np.inf)  # a zero Relu row stays a zero row
-    rows = CanonicalRows(coefficients, column_scale, bias - inner, divisor)
-    rows.known_projections = (directions, stats.projections)
+    canonical = CanonicalRows(coefficients, column_scale, bias - inner, divisor)
+    canonical.known_projections = (directions, stats.projections)
+    rows: CanonicalRows | DataRows = canonical
     row_l1 = (stats.l1 + np.abs(bias - inner)) / np.abs(divisor)
     value = activation(bias)  # what a neuron with vanishing coefficients outputs
     data_constant = np.zeros_like(constant)
@@ -146,13 +148,21 @@ def backward_lumping(
     if inputs is not None and options.eps > 0:
         compare_on_data = options.similarity is Similarity.DATA
         compare = functools.partial(
-            read_data_rows, rows, inputs, activation, constant, options, holdout, compare_on_data
+            read_data_rows,
+            canonical,
+            inputs,
+            activation,
+            constant,
+            options,
+            holdout,
+            compare_on_data,
         )
         found = compare() if remember is None else remember(constant, compare)
         data_rows, data_l1, data_constant, mean = found
         value = np.where(constant, value, scale * mean + offset)
         if compare_on_data:
             # agreement on the data is not agreement everywhere: eps 0 uses weights
+            assert data_rows is not None  # kept when compared on the data
             rows, row_l1 = data_rows, data_l1
     removed = constant | data_constant
     offset = np.where(removed, value, offset)
@@ -219,7 +229,7 @@ class _RowStatistics:
 
 def _forward(system: OdeSystem, options: PartitionOptions) -> list[Lumping]:
     hidden = system.hidden
-    lumpings: list[Lumping] = [None] * len(hidden)  # type: ignore[list-item]
+    lumpings: list[Lumping] = []  # back to front
     downstream = Lumping.identity(system.layers[-1].size)
     for index in reversed(range(len(hidden))):
         layer, outgoing = hidden[index], system.layers[index + 1].coefficients
@@ -232,8 +242,8 @@ def _forward(system: OdeSystem, options: PartitionOptions) -> list[Lumping]:
         downstream = _lumping_from_groups(
             columns, constant | dead, scale, offset, system.precision, options
         )
-        lumpings[index] = downstream
-    return lumpings
+        lumpings.append(downstream)
+    return lumpings[::-1]
 
 
 def _small_rows(rows: np.ndarray, eps: float, precision: float) -> np.ndarray:
@@ -253,7 +263,8 @@ def _symmetry_transform(
     """Per-neuron (scale, offset) with a_j = scale_j * sigma(canonical row_j) + offset_j;
     ``constant`` rows are left out of the median norm."""
     n = len(bias)
-    scale, offset = np.ones(n), np.zeros(n)
+    scale: np.ndarray = np.ones(n)
+    offset: np.ndarray = np.zeros(n)
     kind = activation.kind
     if options.symmetries and n:
         sign = stats.sign
@@ -271,7 +282,7 @@ def _symmetry_transform(
 
 
 def _lumping_from_groups(
-    rows: np.ndarray,
+    rows: np.ndarray | CanonicalRows | DataRows,
     removed: np.ndarray,
     scale: np.ndarray,
     offset: np.ndarray,
@@ -295,17 +306,23 @@ def _lumping_from_groups(
         removed[0], scale[0], offset[0] = False, 1.0, 0.0
     linked = np.ones(len(removed), dtype=bool) if unlinked is None else ~unlinked
     linked |= ~removed
+    index = None
     if linked.all():
         candidates = rows  # wide layers: avoid a copy
-        l1 = _row_l1(rows) if row_l1 is None else row_l1
     else:
         index = np.flatnonzero(linked)
         candidates = rows[index] if isinstance(rows, np.ndarray) else rows.subset(index)
-        l1 = _row_l1(candidates) if row_l1 is None else row_l1[index]
+    if row_l1 is None:
+        assert isinstance(candidates, np.ndarray), "a row source comes with its rows' L1 norms"
+        l1 = _row_l1(candidates)
+    else:
+        l1 = row_l1 if index is None else row_l1[index]
     eps = options.eps + _ROUNDING_UNITS * precision * float(l1.max())
     groups = np.full(len(removed), -1, dtype=np.int64)
-    group = group_data_rows if isinstance(candidates, DataRows) else group_rows  # long rows
-    groups[linked] = group(candidates, eps, options.linkage)
+    if isinstance(candidates, DataRows):  # long rows
+        groups[linked] = group_data_rows(candidates, eps, options.linkage)
+    else:
+        groups[linked] = group_rows(candidates, eps, options.linkage)
     kept = np.flatnonzero(~removed)
     block = np.full(len(removed), -1, dtype=np.int64)
     block[kept] = number_by_first_row(groups[kept])

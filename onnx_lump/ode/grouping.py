@@ -101,9 +101,8 @@ def group_rows(
     edges = [_small_block_edges(source, order, starts[small], sizes[small], eps)]
     for start, size in zip(starts[sizes > SMALL_BLOCK], sizes[sizes > SMALL_BLOCK], strict=True):
         members = order[start : start + size]
-        local = _projected_components(source, members, projections[members], eps)
-        if local is None:
-            local = _components(source.take(members), eps)
+        projected = _projected_components(source, members, projections[members], eps)
+        local = _components(source.take(members), eps) if projected is None else projected
         _, first = np.unique(local, return_index=True)
         edges.append((members[first[local]], members))
     left = np.concatenate([e[0] for e in edges])
@@ -198,7 +197,7 @@ def _projected_components(
     counts = reach - np.arange(n) - 1  # rows after each, within eps along the first
     if int(counts.sum()) > n * n // 8:
         return None
-    left, right, gaps = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0)]
+    lefts, rights, gaps = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0)]
     # pairs of a few rows at a time, dropped projection by projection
     step = max(1, (_MAX_DISTANCE_ENTRIES >> 4) // max(int(counts.max(initial=0)), 1))
     for start in range(0, n, step):
@@ -213,10 +212,10 @@ def _projected_components(
             apart = np.abs(ranked[i, k] - ranked[j, k])
             near = apart <= eps
             i, j, gap = i[near], j[near], np.maximum(gap[near], apart[near])
-        left.append(order[i])
-        right.append(order[j])
+        lefts.append(order[i])
+        rights.append(order[j])
         gaps.append(gap)
-    left, right, gap = np.concatenate(left), np.concatenate(right), np.concatenate(gaps)
+    left, right, gap = np.concatenate(lefts), np.concatenate(rights), np.concatenate(gaps)
     if left.size > SMALL_BLOCK * n:
         return None
     first = np.argsort(gap, kind="stable")  # likeliest links first

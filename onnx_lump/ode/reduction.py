@@ -12,6 +12,7 @@ merges with nothing keeps its original weights bit for bit.
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 import scipy.sparse as sp
 
 from onnx_lump.activations import Activation, ActivationKind
@@ -46,7 +47,7 @@ def reduce_layer(
     bias: np.ndarray,
     lumping: Lumping,
     activation: Activation,
-    dtype: np.dtype | None = None,
+    dtype: npt.DTypeLike | None = None,
 ) -> tuple[ReducedLayer, Lumping]:
     """One neuron per block, and how the layer's original neurons are expressed through
     the kept ones (the lumping the next layer must be aggregated with).
@@ -67,8 +68,8 @@ def reduce_layer(
     anchor = block_anchors(lumping)
     # In the coefficients' dtype: a float32 layer's merged rows are averaged in float64 and
     # rounded once, which is what storing them in the model does.
-    dtype = coefficients.dtype if dtype is None else np.dtype(dtype)
-    weight = np.empty((lumping.n_blocks, coefficients.shape[1]), dtype=dtype)
+    stored = coefficients.dtype if dtype is None else np.dtype(dtype)
+    weight = np.empty((lumping.n_blocks, coefficients.shape[1]), dtype=stored)
     kept_bias = np.empty(lumping.n_blocks)
     if lumping.representative is not None:
         alone = np.ones(lumping.n_blocks, dtype=bool)
