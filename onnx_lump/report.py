@@ -95,14 +95,14 @@ class Report:
 
     def error_text(self, value: float) -> str:
         """An error of this report as printed, in its metric's words
-        (:func:`onnx_lump.types.format_error`): ``4.23%`` or ``1-cos 0.0123 (cosine
-        0.9877)``."""
-        return format_error(value, self.metric)
+        (:func:`onnx_lump.types.format_error`; the value's own where it carries one, as a
+        :class:`HeldOutError` does): ``4.23%`` or ``1-cos 0.0123 (cosine 0.9877)``."""
+        return format_error(value, getattr(value, "metric", self.metric))
 
     def error_phrase(self, value: float, prefix: str = "error") -> str:
         """``error 4.23%`` for the relative RMSE, ``1-cos 0.0123 (cosine 0.9877)`` for
         the cosine metric (its own name says what it is)."""
-        if self.metric == COSINE:
+        if getattr(value, "metric", self.metric) == COSINE:
             return self.error_text(value)
         return f"{prefix} {self.error_text(value)}"
 

@@ -194,6 +194,11 @@ def test_several_outputs_report_the_worst_and_labels_keep_their_share():
     assert error.worst == "far" and float(error) == scores["far"].error
     assert scores["label"].error == pytest.approx(0.3) and error.metric == "cosine"
     assert error.to_dict()["metric"] == "cosine"
+    # labels alone: the error is their share of changed rows, printed as a percentage
+    only = output_error(
+        stack_outputs({"label": labels}), stack_outputs({"label": changed}), metric="cosine"
+    )
+    assert only == pytest.approx(0.3) and only.metric == "rmse"
 
 
 def test_stacked_mask_leaves_padding_out_of_a_token_output():

@@ -304,7 +304,8 @@ def output_errors(
         )
     graded = [s for s in scores if s.kind == (FLOAT if floats else LABEL)]
     worst = max(graded, key=lambda s: s.error)
-    return HeldOutError(worst.error, tuple(scores), worst.name, metric)
+    # without a float output the error is a share of rows (printed as a percentage)
+    return HeldOutError(worst.error, tuple(scores), worst.name, metric if floats else RMSE)
 
 
 def _float_error(reference, output, targets, metric: str = RMSE, shape=(), mask=None) -> float:
