@@ -252,3 +252,27 @@ def test_cosine_error_is_zero_for_identical_outputs_and_blind_to_positive_scalin
         base, abs=1e-12
     )
     assert base == pytest.approx(numpy_cosine_distance(reference, output), abs=1e-12)
+
+
+def test_cosine_against_targets_is_the_distance_added():
+    rng = np.random.default_rng(2)
+    targets = rng.standard_normal((20, 5))
+    reference = targets + 0.1 * rng.standard_normal(targets.shape)
+    output = reference + 0.3 * rng.standard_normal(targets.shape)
+    added = numpy_cosine_distance(targets, output) - numpy_cosine_distance(targets, reference)
+    assert output_error(reference, output, targets, metric="cosine") == pytest.approx(added)
+    stacked = output_error(
+        stack_outputs({"y": reference}), stack_outputs({"y": output}), targets, metric="cosine"
+    )
+    assert stacked == pytest.approx(added) and stacked.metric == "cosine"
+
+
+def test_sweep_table_holds_the_cosine_error(tmp_path):
+    table = tmp_path / "t.json"
+    argv = [TANH, table, "--calib", CALIB, "--sweep", "0.5", "--no-refine"]
+    assert main([*argv, "--metric", "cosine", "-q"]) == 0
+    (row,) = json.loads(table.read_text())
+    _, report = lump(
+        onnx.load(TANH), 0.5, calibration=dict(np.load(CALIB)), refine=False, metric="cosine"
+    )
+    assert row["error"] == pytest.approx(float(report.holdout_error), rel=1e-9)
