@@ -6,12 +6,14 @@ on the same inputs and prints widths, parameters and output errors. With --atol/
 or a --target-params/--max-error target that cannot be met, it writes nothing and exits 1.
 With --calib, a seeded 20% of its rows is held out: lumping refits each next layer and
 refines the reduced network on the other rows, and every error printed or searched on is
-measured by onnxruntime on the held-out rows, on the written file.
+measured by onnxruntime on the held-out rows, on the written file: the relative RMSE
+of the outputs, or with --metric cosine the mean 1 - cosine of their rows (embeddings).
 
 examples:
   python -m onnx_lump model.onnx model.lumped.onnx --eps 0.05
   python -m onnx_lump model.onnx small.onnx --calib train.npz --max-error 0.01
   python -m onnx_lump model.onnx small.onnx --calib train.npz --target-params 0.3
+  python -m onnx_lump encoder.onnx small.onnx --calib tokens.npz --max-error 0.02 --metric cosine
   python -m onnx_lump model.onnx small.int8.onnx --calib train.npz --max-error 0.05 --quantize int8
   python -m onnx_lump model.onnx small.onnx --calib train.npz --eps 1 --refine-iters 3000
   python -m onnx_lump model.onnx table.csv --calib train.npz --sweep 0:2:0.1
