@@ -27,6 +27,7 @@ from onnx_lump.data.calibration import (
 from onnx_lump.data.holdout import (
     DEFAULT_HOLDOUT,
     CalibrationSplit,
+    check_metric,
     output_error,
     split_calibration,
     stack_outputs,
@@ -41,6 +42,7 @@ from onnx_lump.graph.modelsource import to_model_proto
 from onnx_lump.graph.rewrite import rewrite_chain
 from onnx_lump.graph.saving import check_model
 from onnx_lump.graph.spill import Spill
+from onnx_lump.graph.tensordata import stored_parameters
 from onnx_lump.graph.weightstats import (
     chain_maxima,
     chain_weight_ranges,
@@ -53,7 +55,7 @@ from onnx_lump.ode.grouping import Linkage
 from onnx_lump.ode.partition import Equivalence, PartitionOptions, Similarity
 from onnx_lump.report import LayerStats, Report
 from onnx_lump.runtime import resolve_providers, run_model
-from onnx_lump.types import ChainResult
+from onnx_lump.types import RMSE, ChainResult
 from onnx_lump.verify import compare_outputs
 
 __all__ = [
@@ -138,6 +140,7 @@ def compress(
     rtol: float | None = None,
     mask_input: str | None = AUTO_MASK_INPUT,
     sequential: bool = False,
+    metric: str = RMSE,
 ) -> tuple[onnx.ModelProto, Report]:
     """Compress every dense chain of ``model`` with ``method``.
 
@@ -161,7 +164,13 @@ def compress(
     is fitted on its inputs in the model whose earlier chains are already compressed,
     onto the original chain's outputs on the original inputs, so that it corrects what
     the chains before it changed (GPTQ's sequential mode).
+
+    ``metric`` is how ``report.holdout_error`` measures a float output: ``"rmse"`` (the
+    relative RMSE of the output change) or ``"cosine"`` (the mean 1 - cosine of its
+    rows, the last axis, padding positions of ``mask_input`` left out; see
+    :mod:`onnx_lump.data.holdout`). Refinement keeps its own chain-level loss.
     """
+    check_metric(metric)
     model = to_model_proto(model)
     if method.needs_data and calibration is None:
         raise LumpError(f"method '{method.name}' needs calibration inputs (--calib)")
@@ -291,6 +300,9 @@ def compress(
         results=results,
         refine=refined,
         widths_after=widths_after,
+        metric=metric,
+        model_params_before=stored_parameters(model),
+        model_params_after=stored_parameters(reduced_model),
     )
     if changed:
         report.weight_ranges = ranges
@@ -306,8 +318,9 @@ def compress(
         expected = cache.held_out_reference(model, split, run_on)
         actual = run_model(reduced_model, split.holdout, run_on)
         if measure_holdout:
+            mask = token_mask(split.holdout, mask_input)
             report.holdout_error = output_error(
-                stack_outputs(expected), stack_outputs(actual), split.targets
+                stack_outputs(expected, mask), stack_outputs(actual, mask), split.targets, metric
             )
     if verify:
         feeds = inputs if inputs is not None else (split.holdout if split else None)

@@ -6,12 +6,14 @@ on the same inputs and prints widths, parameters and output errors. With --atol/
 or a --target-params/--max-error target that cannot be met, it writes nothing and exits 1.
 With --calib, a seeded 20% of its rows is held out: lumping refits each next layer and
 refines the reduced network on the other rows, and every error printed or searched on is
-measured by onnxruntime on the held-out rows, on the written file.
+measured by onnxruntime on the held-out rows, on the written file: the relative RMSE
+of the outputs, or with --metric cosine the mean 1 - cosine of their rows (embeddings).
 
 examples:
   python -m onnx_lump model.onnx model.lumped.onnx --eps 0.05
   python -m onnx_lump model.onnx small.onnx --calib train.npz --max-error 0.01
   python -m onnx_lump model.onnx small.onnx --calib train.npz --target-params 0.3
+  python -m onnx_lump encoder.onnx small.onnx --calib tokens.npz --max-error 0.02 --metric cosine
   python -m onnx_lump model.onnx small.int8.onnx --calib train.npz --max-error 0.05 --quantize int8
   python -m onnx_lump model.onnx small.onnx --calib train.npz --eps 1 --refine-iters 3000
   python -m onnx_lump model.onnx table.csv --calib train.npz --sweep 0:2:0.1
@@ -28,8 +30,6 @@ import sys
 import time
 import traceback
 from pathlib import Path
-
-import onnx
 
 from onnx_lump.api import compress, refines_by_default
 from onnx_lump.cli_checks import (
@@ -51,7 +51,7 @@ from onnx_lump.cli_console import (
     stderr_logging,
 )
 from onnx_lump.cli_parser import explicit_options, make_parser
-from onnx_lump.data.calibration import check_feeds, load_inputs, random_inputs
+from onnx_lump.data.calibration import check_feeds, load_inputs, random_inputs, token_mask
 from onnx_lump.data.holdout import (
     carve_audit,
     output_error,
@@ -67,11 +67,11 @@ from onnx_lump.errors import (
     EXIT_SIGNAL_BASE,
     LumpError,
 )
-from onnx_lump.graph.inventory import comparison_table, take_inventory
+from onnx_lump.graph.inventory import Inventory, comparison_table, take_inventory
 from onnx_lump.graph.modelio import load_model
 from onnx_lump.graph.paths import check_paths
 from onnx_lump.graph.saving import check_model_file, stage_model
-from onnx_lump.graph.tensordata import file_size
+from onnx_lump.graph.tensordata import file_size, parse_model_file
 from onnx_lump.methods import (
     EliminationCompensation,
     Exact,
@@ -99,6 +99,7 @@ from onnx_lump.search import (
     sweep,
     write_table,
 )
+from onnx_lump.types import format_error
 from onnx_lump.verify import compare_outputs
 
 # When the audit rows disagree with the rows the search chose on, search again this many
@@ -283,7 +284,13 @@ def run_parsed(args: argparse.Namespace) -> int:
                 )
             write_table(points, args.output, knob_name)
             if args.plot is not None:
-                plot_sweep(points, args.plot, knob_name, f"{args.method} (labels: {knob_name})")
+                plot_sweep(
+                    points,
+                    args.plot,
+                    knob_name,
+                    f"{args.method} (labels: {knob_name})",
+                    args.metric,
+                )
             print(f"DONE | {len(points)} points of {args.method} | wrote {args.output}")
             return EXIT_OK
         budget, runtime = args.max_error, resolve_providers(providers)
@@ -305,13 +312,13 @@ def run_parsed(args: argparse.Namespace) -> int:
             reduced, report = evaluate.finish(knob, **verify_options)
             if audit is None or args.max_error is None:
                 break
-            audited = _audit_error(loaded.model, reduced, audit.audit, runtime, args.quantize)
+            audited = _audit_error(loaded.model, reduced, audit.audit, runtime, args)
             if audited <= args.max_error:
                 break
             found = (
-                f"error {100 * audited:.3g}% on the {audit.n_audit} audit rows, over the "
-                f"{100 * args.max_error:g}% asked for, at {100 * point.error:.3g}% on the rows "
-                "the search chose on"
+                f"error {_err(audited, args)} on the {audit.n_audit} audit rows, over the "
+                f"{_err(args.max_error, args)} asked for, at {_err(point.error, args)} on the "
+                "rows the search chose on"
             )
             if attempt == AUDIT_RETRIES:
                 rows = audit.n_audit + len(next(iter(audit.rest.values())))
@@ -326,7 +333,7 @@ def run_parsed(args: argparse.Namespace) -> int:
             # above it may choose the same point again).
             budget = point.error * min(AUDIT_TIGHTEN, max(args.max_error / audited, 0.25))
             if not args.quiet:
-                print(f"search: {found}; searching again within {100 * budget:.3g}%")
+                print(f"search: {found}; searching again within {_err(budget, args)}")
     else:
         reduced, report = compress(
             loaded.model,
@@ -338,6 +345,7 @@ def run_parsed(args: argparse.Namespace) -> int:
             seed=args.seed,
             refine=_refine_option(args),
             providers=providers,
+            metric=args.metric,
             **_data_options(args),
             **verify_options,
         )
@@ -364,6 +372,13 @@ def run_parsed(args: argparse.Namespace) -> int:
             report.notes.append(_QUANTIZE_NOTE)
             check_model_file(staged.path)
         _measure_written(args, staged.path, split, audit, feeds, reference, report)
+        # quantized, the file written is no longer the pass's model: read it back
+        written = parse_model_file(staged.path) if args.quantize else reduced
+        inventories = (
+            take_inventory(loaded.model, args.input),
+            take_inventory(written, staged.path),
+        )
+        _count_whole_model(report, *inventories)
         if report.quantization is not None:
             report.quantization.int8_error = report.holdout_error
             if report.verification is not None:
@@ -386,11 +401,7 @@ def run_parsed(args: argparse.Namespace) -> int:
             _write_text(args.report_json, report.to_json() + "\n")
         staged.commit()
     if not args.quiet:
-        # quantized, the file written is no longer the pass's model: read it back
-        written = (
-            onnx.load(str(args.output), load_external_data=False) if args.quantize else reduced
-        )
-        print(_inventory_table(loaded.model, args.input, written, args.output))
+        print(comparison_table(*inventories))
     print(f"{_success_word(args)} | {verdict} | wrote {args.output}")
     return EXIT_OK
 
@@ -400,6 +411,19 @@ _QUANTIZE_NOTE = (
     "the original float model, so they include the quantization's error (at --eps 0, "
     "they are the quantization's alone); --atol/--rtol/--max-error judge that total"
 )
+
+
+def _err(value: float, args: argparse.Namespace) -> str:
+    """An error in --metric's words: ``4.23%`` or ``1-cos 0.0123 (cosine 0.9877)``."""
+    return format_error(value, args.metric)
+
+
+def _count_whole_model(report: Report, before: Inventory, after: Inventory) -> None:
+    """The whole model's stored parameters (8-bit ones of a quantized file included) and
+    file bytes, before -> after, for the summary and the JSON report."""
+    report.model_params_before = before.parameters + before.int8_parameters
+    report.model_params_after = after.parameters + after.int8_parameters
+    report.model_bytes_before, report.model_bytes_after = before.bytes, after.bytes
 
 
 class _Reference:
@@ -445,17 +469,20 @@ def _measure(args, path: Path, split, audit, feeds, reference: _Reference):
             actual[id(rows)] = run_model(path, rows, reference.providers)
         return actual[id(rows)]
 
-    if split is not None:
-        holdout_error = output_error(
-            stack_outputs(reference.outputs(split.holdout)),
-            stack_outputs(run(split.holdout)),
-            split.targets,
+    def error(rows, targets=None) -> float:
+        mask = token_mask(rows, _data_options(args)["mask_input"])
+        return output_error(
+            stack_outputs(reference.outputs(rows), mask),
+            stack_outputs(run(rows), mask),
+            targets,
+            args.metric,
         )
+
+    if split is not None:
+        holdout_error = error(split.holdout, split.targets)
     if audit is not None:
         chosen_error = holdout_error
-        holdout_error = output_error(
-            stack_outputs(reference.outputs(audit.audit)), stack_outputs(run(audit.audit))
-        )
+        holdout_error = error(audit.audit)
     if feeds is not None:
         verification = compare_outputs(
             reference.outputs(feeds),
@@ -468,14 +495,17 @@ def _measure(args, path: Path, split, audit, feeds, reference: _Reference):
     return holdout_error, chosen_error, verification
 
 
-def _audit_error(original, reduced, rows, providers, quantize: str | None) -> float:
-    """The error of ``reduced`` (quantized first with --quantize, as it would be written)
-    against ``original`` on the audit ``rows``, by onnxruntime."""
-    expected = stack_outputs(run_model(original, rows, providers))
-    if quantize is None:
-        return output_error(expected, stack_outputs(run_model(reduced, rows, providers)))
-    with quantized_copy(reduced, quantize) as (path, _):
-        return output_error(expected, stack_outputs(run_model(path, rows, providers)))
+def _audit_error(original, reduced, rows, providers, args: argparse.Namespace) -> float:
+    """The error (by --metric) of ``reduced`` (quantized first with --quantize, as it
+    would be written) against ``original`` on the audit ``rows``, by onnxruntime."""
+    mask = token_mask(rows, _data_options(args)["mask_input"])
+    expected = stack_outputs(run_model(original, rows, providers), mask)
+    if args.quantize is None:
+        actual = run_model(reduced, rows, providers)
+        return output_error(expected, stack_outputs(actual, mask), metric=args.metric)
+    with quantized_copy(reduced, args.quantize) as (path, _):
+        actual = run_model(path, rows, providers)
+        return output_error(expected, stack_outputs(actual, mask), metric=args.metric)
 
 
 def _quantize_staged(args, staged, split, audit, feeds, reference: _Reference) -> QuantizeStep:
@@ -514,8 +544,8 @@ def _quantized_over_budget(report: Report, args: argparse.Namespace) -> str | No
     if report.holdout_error <= args.max_error:
         return None
     return (
-        f"the {args.quantize} file's held-out error {100 * report.holdout_error:.3g}% "
-        f"exceeds --max-error {100 * args.max_error:g}%"
+        f"the {args.quantize} file's held-out error {_err(report.holdout_error, args)} "
+        f"exceeds --max-error {_err(args.max_error, args)}"
     )
 
 
@@ -564,6 +594,7 @@ def _evaluator(
         progress=_search_progress(args),
         quantize=args.quantize,
         deadline=getattr(args, "deadline", None),
+        metric=args.metric,
         **_data_options(args),
     )
 
@@ -585,7 +616,7 @@ def _search_progress(args: argparse.Namespace):
 
     def show(point) -> None:
         bar.update(1)
-        bar.set_postfix_str(f"knob {point.knob:.4g}: {point.summary()}")
+        bar.set_postfix_str(f"knob {point.knob:.4g}: {point.summary(args.metric)}")
 
     return show
 
@@ -597,16 +628,32 @@ def _target_line(knob_name: str, point, met: bool, args, budget: float | None) -
     if args.target_params is not None:
         wanted.append(f"params <= {100 * args.target_params:g}%")
     if budget is not None:
-        wanted.append(f"error <= {100 * budget:.3g}%")
+        wanted.append(f"{_metric_name(args)} <= {_budget(budget, args)}")
     status = "met" if met else "NOT met"
     # a size search does not measure its steps: the error comes with the written file
-    error = "" if math.isnan(point.error) else f" at error {100 * point.error:.3g}%"
+    error = "" if math.isnan(point.error) else f" at {_phrase(point.error, args)}"
     if error and args.quantize:
         error += f" ({args.quantize})"
     return (
         f"search: {knob_name}={point.knob:.6g} keeps {100 * point.retained:.1f}% of the "
         f"parameters{error} ({' and '.join(wanted)}: {status})"
     )
+
+
+def _metric_name(args) -> str:
+    return "1-cos" if getattr(args, "metric", "rmse") == "cosine" else "error"
+
+
+def _budget(value: float, args) -> str:
+    """A budget as given: ``1%`` or, with --metric cosine, ``0.01``."""
+    return f"{value:.3g}" if getattr(args, "metric", "rmse") == "cosine" else f"{100 * value:.3g}%"
+
+
+def _phrase(value: float, args) -> str:
+    """``error 4.23%``, or ``1-cos 0.0123 (cosine 0.9877)``."""
+    metric = getattr(args, "metric", "rmse")
+    text = format_error(value, metric)
+    return text if metric == "cosine" else f"error {text}"
 
 
 def _ode_dump(report: Report, erode: bool) -> str:
@@ -630,13 +677,6 @@ def _success_word(args: argparse.Namespace) -> str:
     return "PASSED" if _tolerance_given(args) else "DONE"
 
 
-def _inventory_table(
-    before: onnx.ModelProto, before_path: Path, after: onnx.ModelProto, after_path: Path
-) -> str:
-    """Op counts, stored parameters and bytes on disk, input against written output."""
-    return comparison_table(take_inventory(before, before_path), take_inventory(after, after_path))
-
-
 def _headline(report: Report, args: argparse.Namespace | None = None) -> str:
     """``params A -> B (x% kept)``, then the error and which inputs it was measured on."""
     parts = [
@@ -655,7 +695,7 @@ def _headline(report: Report, args: argparse.Namespace | None = None) -> str:
         detail = report.holdout_detail()
         audited = getattr(report, "chosen_error", None) is not None
         parts.append(
-            f"held-out error {100 * held_out:.3g}%"
+            f"held-out {report.error_phrase(held_out)}"
             + (f" on {rows} {'audit ' if audited else ''}rows" if rows else "")
             + (f" ({detail})" if detail else "")
         )

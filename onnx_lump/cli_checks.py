@@ -159,6 +159,8 @@ def no_effect(args: argparse.Namespace) -> list[str]:
     if not calib:
         unused.append(("sequential", "without --calib: nothing is fitted on data"))
         unused.append(("mask_input", "without --calib: no calibration rows to mask"))
+        if not searching and args.val is None:
+            unused.append(("metric", "without --calib or --val: no error is measured"))
     if calib:
         unused.append(("check", "with --calib: the check runs on held-out calibration rows"))
         unused.append(("input_shape", "with --calib: shapes come from the data"))

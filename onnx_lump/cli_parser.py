@@ -25,6 +25,7 @@ from onnx_lump.ode.grouping import Linkage
 from onnx_lump.ode.partition import Equivalence, Similarity
 from onnx_lump.plotting import plot_path
 from onnx_lump.quantize import QUANTIZE_SCHEMES
+from onnx_lump.types import METRICS, RMSE
 
 __all__ = [
     "EXIT_CODES",
@@ -216,7 +217,8 @@ def make_parser(doc: str) -> argparse.ArgumentParser:
         "--max-error",
         type=float,
         metavar="E",
-        help="largest relative RMSE increase of the outputs allowed (0.01 = 1%%)",
+        help="largest error of the outputs allowed, in --metric's units: relative RMSE "
+        "(0.01 = 1%%), or with --metric cosine the mean 1 - cosine (0.01 = cosine 0.99)",
     )
     auto.add_argument(
         "--time-limit",
@@ -261,6 +263,16 @@ def make_parser(doc: str) -> argparse.ArgumentParser:
         f"measure the reported error on (default {DEFAULT_HOLDOUT:g}; --val replaces it)",
     )
     check.add_argument("--seed", type=int, default=0, help="seed of the held-out split (default 0)")
+    check.add_argument(
+        "--metric",
+        choices=METRICS,
+        default=RMSE,
+        help="how the error printed, searched on (--max-error) and audited measures a float "
+        "output: rmse, its RMSE change relative to the original's spread (default); cosine, "
+        "the mean over rows (the last axis: an embedding; each real position of a token "
+        "output, --mask-input's padding left out) of 1 - cosine to the original's row. "
+        "Label outputs keep their share of changed rows; refinement keeps its own loss",
+    )
     check.add_argument(
         "--mask-input",
         default=AUTO_MASK_INPUT,

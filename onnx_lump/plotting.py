@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from onnx_lump.errors import LumpError
-from onnx_lump.types import SweepPoint
+from onnx_lump.types import COSINE, RMSE, SweepPoint
 
 __all__ = ["PLOT_FORMATS", "plot_path", "plot_sweep"]
 
@@ -35,9 +35,11 @@ def plot_sweep(
     path: str | os.PathLike,
     knob_name: str = "knob",
     title: str | None = None,
+    metric: str = RMSE,
 ) -> Path:
-    """Draw parameters kept (%) against the error, one marker per knob value, to ``path``
-    (any format matplotlib writes: .png, .svg, .pdf). Needs matplotlib."""
+    """Draw parameters kept (%) against the error (``metric``'s: relative RMSE in %, or
+    1 - cosine), one marker per knob value, to ``path`` (any format matplotlib writes:
+    .png, .svg, .pdf). Needs matplotlib."""
     if not points:
         raise LumpError("the sweep has no points to plot")
     try:
@@ -49,7 +51,8 @@ def plot_sweep(
     path = Path(path)
     ordered = sorted(points, key=lambda p: p.retained)
     kept = [100 * p.retained for p in ordered]
-    errors = [100 * p.error for p in ordered]
+    scale = 1.0 if metric == COSINE else 100.0
+    errors = [scale * p.error for p in ordered]
     figure = Figure(figsize=(6.4, 4.2))
     axes = figure.subplots()
     axes.plot(kept, errors, marker="o", linewidth=1.5)
@@ -58,7 +61,7 @@ def plot_sweep(
             f"{point.knob:.3g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7
         )
     axes.set_xlabel("parameters kept (%)")
-    axes.set_ylabel("error (%)")
+    axes.set_ylabel("1 - cosine" if metric == COSINE else "error (%)")
     axes.set_title(title or f"size/error trade-off (labels: {knob_name})")
     axes.invert_xaxis()  # smaller models to the right, as the knob grows
     axes.grid(True, alpha=0.3)

@@ -29,6 +29,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnx_lump.errors import LumpError
+from onnx_lump.types import RMSE, format_error
 
 __all__ = [
     "QUANTIZE_SCHEMES",
@@ -95,7 +96,8 @@ class QuantizeStep:
             data[key] = None if data[key] is None else float(data[key])
         return data
 
-    def summary_lines(self) -> list[str]:
+    def summary_lines(self, metric: str = RMSE) -> list[str]:
+        """The quantization's lines of the summary, errors in ``metric``'s words."""
         lines = [f"{self.info.scheme}: {self.info.describe()}"]
         ratio = self.bytes_int8 / self.bytes_input if self.bytes_input else 1.0
         lines.append(
@@ -103,9 +105,10 @@ class QuantizeStep:
             f"{self.bytes_int8:,} after {self.info.scheme} ({100 * ratio:.1f}% of the input)"
         )
         if self.int8_error is not None:
-            lumped = "n/a" if self.lumped_error is None else f"{100 * self.lumped_error:.3g}%"
+            lumped = "n/a" if self.lumped_error is None else format_error(self.lumped_error, metric)
             lines.append(
-                f"held-out error: {lumped} after the pass -> {100 * self.int8_error:.3g}% "
+                f"held-out error: {lumped} after the pass -> "
+                f"{format_error(self.int8_error, metric)} "
                 f"after {self.info.scheme} (the written file)"
             )
         if self.int8_max_abs is not None:

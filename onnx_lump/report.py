@@ -11,7 +11,7 @@ from onnx_lump.data.refine import RefineStats
 from onnx_lump.graph.weightstats import WeightRange
 from onnx_lump.ode.encoding import OdeSystem
 from onnx_lump.quantize import QuantizeStep
-from onnx_lump.types import ChainResult
+from onnx_lump.types import COSINE, RMSE, ChainResult, format_error
 from onnx_lump.verify import VerificationResult
 
 __all__ = ["LayerStats", "Report"]
@@ -58,6 +58,15 @@ class Report:
     # --quantize: the bytes and errors of the pass and of the quantization (the file
     # written); holdout_error and verification are then the quantized file's
     quantization: QuantizeStep | None = None
+    # how holdout_error (and chosen_error) measure a float output: "rmse" or "cosine"
+    metric: str = RMSE
+    # the whole model, not only its chains: stored parameters (floating-point tensors,
+    # and 8-bit ones once quantized) and bytes of the file with its external data (the
+    # bytes where a file was written and measured; None otherwise)
+    model_params_before: int | None = None
+    model_params_after: int | None = None
+    model_bytes_before: int | None = None
+    model_bytes_after: int | None = None
 
     @property
     def params_before(self) -> int:
@@ -83,6 +92,37 @@ class Report:
         label output): reported beside :attr:`holdout_error`, which is the worst float
         output's error and what a search is steered by."""
         return getattr(self.holdout_error, "label_changed", None)
+
+    def error_text(self, value: float) -> str:
+        """An error of this report as printed, in its metric's words
+        (:func:`onnx_lump.types.format_error`; the value's own where it carries one, as a
+        :class:`HeldOutError` does): ``4.23%`` or ``1-cos 0.0123 (cosine 0.9877)``."""
+        return format_error(value, getattr(value, "metric", self.metric))
+
+    def error_phrase(self, value: float, prefix: str = "error") -> str:
+        """``error 4.23%`` for the relative RMSE, ``1-cos 0.0123 (cosine 0.9877)`` for
+        the cosine metric (its own name says what it is)."""
+        if getattr(value, "metric", self.metric) == COSINE:
+            return self.error_text(value)
+        return f"{prefix} {self.error_text(value)}"
+
+    def model_line(self) -> str | None:
+        """The whole model, before -> after: stored parameters and file bytes (None when
+        not counted)."""
+        if self.model_params_before is None or self.model_params_after is None:
+            return None
+        before, after = self.model_params_before, self.model_params_after
+        kept = f" ({100 * after / before:.1f}% kept)" if before else ""
+        line = f"whole model: stored parameters {before:,} -> {after:,}{kept}"
+        if self.model_bytes_before is not None and self.model_bytes_after is not None:
+            share = (
+                self.model_bytes_after / self.model_bytes_before if self.model_bytes_before else 1
+            )
+            line += (
+                f", file {self.model_bytes_before:,} -> {self.model_bytes_after:,} bytes "
+                f"({100 * share:.1f}%)"
+            )
+        return line
 
     def holdout_detail(self) -> str | None:
         """What the one error number leaves out, for the headline: which output it is
@@ -117,6 +157,7 @@ class Report:
             "refine": [vars(r) for r in self.refine],
             "holdout": self.holdout,
             "holdout_rows": self.holdout_rows,
+            "metric": self.metric,
             "holdout_error": None if self.holdout_error is None else float(self.holdout_error),
             "holdout_outputs": [asdict(o) for o in self.holdout_outputs] or None,
             "holdout_label_changed": self.label_changed,
@@ -124,6 +165,12 @@ class Report:
             "chosen_error": None if self.chosen_error is None else float(self.chosen_error),
             "weight_ranges": [vars(w) for w in self.weight_ranges],
             "quantization": None if self.quantization is None else self.quantization.to_dict(),
+            "model": {
+                "params_before": self.model_params_before,
+                "params_after": self.model_params_after,
+                "bytes_before": self.model_bytes_before,
+                "bytes_after": self.model_bytes_after,
+            },
         }
 
     def to_json(self) -> str:
@@ -148,12 +195,17 @@ class Report:
             f"{'total':>5}  {'':<28} {'':<18} {'':>13} "
             f"{self.params_before:>9}->{self.params_after:<9} ({100 * self.retained:.1f}% kept)"
         )
+        model_line = self.model_line()
+        if model_line is not None:
+            lines.append(model_line)
+        # refinement's own measure: the chain output's relative RMSE, whatever the metric
+        own = "chain output RMSE (refinement's loss) " if self.metric == COSINE else "error "
         for index, r in enumerate(self.refine):
             trials = r.trial_iterations
             probed = f" (+{trials} probing other strengths)" if trials else ""
             lines.append(
                 f"refine: {r.iterations} iterations{probed} in {r.seconds:.2f}s, jitter "
-                f"{r.jitter:g}, held-out error "
+                f"{r.jitter:g}, held-out {own}"
                 f"{100 * r.holdout_before:.3g}% -> {100 * r.holdout_after:.3g}%"
                 + ("" if r.improved else " (no gain: kept the unrefined weights)")
                 + (
@@ -168,11 +220,11 @@ class Report:
             after = max(w.weight_after for w in self.weight_ranges)
             lines.append(f"max |weight|: {before:.3g} -> {after:.3g}")
         if self.quantization is not None:
-            lines += self.quantization.summary_lines()
+            lines += self.quantization.summary_lines(self.metric)
         if self.holdout_error is not None:
-            lines.append(f"error {100 * self.holdout_error:.3g}% on {self.holdout}")
+            lines.append(f"{self.error_phrase(self.holdout_error)} on {self.holdout}")
             if self.chosen_error is not None:
-                lines.append(f"error {100 * self.chosen_error:.3g}% on {self.chosen_on}")
+                lines.append(f"{self.error_phrase(self.chosen_error)} on {self.chosen_on}")
             lines += self._holdout_lines()
         if self.verification is not None:
             v = self.verification
@@ -205,7 +257,8 @@ class Report:
                 reported = getattr(self.holdout_error, "worst", None)
                 worst = " (the worst: reported)" if score.name == reported else ""
                 lines.append(
-                    f"  held-out output '{score.name}': error {100 * score.error:.3g}%{worst}{note}"
+                    f"  held-out output '{score.name}': {self.error_phrase(score.error)}"
+                    f"{worst}{note}"
                 )
             elif score.kind == LABEL and score.error is not None:
                 lines.append(

@@ -4,8 +4,10 @@ Every method has one knob that trades size for accuracy, larger meaning smaller:
 for lumping, sparsity for pruning, 1 - tau for linear folding. A point of the trade-off
 is the network the user would get at that knob, refined when refinement is on, and its
 error is measured by onnxruntime on the held-out calibration rows (or on ``--val``), which
-no fit saw: the relative RMSE increase against targets when the data carries them,
-otherwise the RMSE of the output change relative to the spread of the original outputs.
+no fit saw, by the ``metric`` chosen (:mod:`onnx_lump.data.holdout`): for ``rmse``, the
+relative RMSE increase against targets when the data carries them, otherwise the RMSE of
+the output change relative to the spread of the original outputs; for ``cosine``, the
+mean 1 - cosine of the output rows to the original's.
 
 Refinement inside the search is warm-started: each search step refines for a share of
 the budget, and the chosen point continues from where its search step stopped for the
@@ -33,6 +35,7 @@ from onnx_lump.data.cache import SearchCache
 from onnx_lump.data.calibration import AUTO_MASK_INPUT, check_feeds
 from onnx_lump.data.holdout import (
     DEFAULT_HOLDOUT,
+    check_metric,
     output_error,
     split_calibration,
     stacked_outputs,
@@ -43,7 +46,7 @@ from onnx_lump.methods import Method
 from onnx_lump.quantize import quantized_copy
 from onnx_lump.report import Report
 from onnx_lump.runtime import resolve_providers
-from onnx_lump.types import SweepPoint
+from onnx_lump.types import RMSE, SweepPoint, format_error
 
 __all__ = [
     "FINAL_REFINE_FLOOR_SECONDS",
@@ -72,7 +75,9 @@ class Evaluator:
     compress's default; False: off). With ``caches`` (the default) the steps share what
     does not depend on the knob (:mod:`onnx_lump.data.cache`). With ``quantize``
     (``"int8"``) every error measured is that of the step's network quantized
-    (:func:`onnx_lump.quantize.quantized_copy`), against the original."""
+    (:func:`onnx_lump.quantize.quantized_copy`), against the original. ``metric``
+    (``"rmse"`` or ``"cosine"``) is how every step's error is measured, and so what an
+    error budget is in."""
 
     def __init__(
         self,
@@ -92,11 +97,13 @@ class Evaluator:
         sequential: bool = False,
         quantize: str | None = None,
         deadline: float | None = None,
+        metric: str = RMSE,
     ) -> None:
         if calibration is None and validation is None:
             raise LumpError(
                 "choosing the knob needs data to measure the error on: give --calib or --val"
             )
+        self.metric = check_metric(metric)
         self.model = model
         self.make_method = make_method
         # checked once: every step's compress then gets the same dict (caches key on it)
@@ -201,10 +208,13 @@ class Evaluator:
             return float(report.holdout_error)
         # data-free method judged on --val: nothing was fitted on it
         assert self.validation is not None  # without calibration (checked in __init__)
+        mask_input = self.options["mask_input"]
         if self._reference is None:
-            self._reference = stacked_outputs(self.model, self.validation, self._runtime)
-        output = stacked_outputs(model, self.validation, self._runtime)
-        return output_error(self._reference, output, self.validation_targets)
+            self._reference = stacked_outputs(
+                self.model, self.validation, self._runtime, mask_input
+            )
+        output = stacked_outputs(model, self.validation, self._runtime, mask_input)
+        return output_error(self._reference, output, self.validation_targets, self.metric)
 
     def _quantized_error(self, model: onnx.ModelProto) -> float:
         """The error of ``model`` quantized, by onnxruntime on the held-out rows (or
@@ -224,11 +234,14 @@ class Evaluator:
             else:
                 assert self.validation is not None  # without calibration (checked in __init__)
                 feeds, targets = self.validation, self.validation_targets
-            self._rows = (feeds, targets, stacked_outputs(self.model, feeds, self._runtime))
+            reference = stacked_outputs(
+                self.model, feeds, self._runtime, self.options["mask_input"]
+            )
+            self._rows = (feeds, targets, reference)
         feeds, targets, reference = self._rows
         with quantized_copy(model, self.quantize) as (path, _):
-            output = stacked_outputs(path, feeds, self._runtime)
-        return output_error(reference, output, targets)
+            output = stacked_outputs(path, feeds, self._runtime, self.options["mask_input"])
+        return output_error(reference, output, targets, self.metric)
 
     def __call__(self, knob: float) -> tuple[onnx.ModelProto, Report, SweepPoint]:
         knob = float(knob)
@@ -248,6 +261,7 @@ class Evaluator:
             # quantized, the float network's own error is not the one steered by
             measure_holdout=self._refine_steps and self.quantize is None,
             sequential=self.sequential,
+            metric=self.metric,
             **self.options,
         )
         point = SweepPoint(
@@ -258,7 +272,7 @@ class Evaluator:
             self._error(reduced, report),
             time.perf_counter() - started,
         )
-        logger.info("knob %.6g: %s", knob, point.summary())
+        logger.info("knob %.6g: %s", knob, point.summary(self.metric))
         if self.progress is not None:
             self.progress(point)
         self.cache[knob] = (reduced, report, point)
@@ -325,6 +339,7 @@ class Evaluator:
             cache=self.data_cache,
             measure_holdout=False,
             sequential=self.sequential,
+            metric=self.metric,
             **self.options,
         )
         logger.info(
@@ -370,6 +385,7 @@ class Evaluator:
             warm_start=report.results,
             cache=self.data_cache,
             sequential=self.sequential,
+            metric=self.metric,
             **self.options,
             **verify_options,
         )
@@ -381,17 +397,18 @@ class Evaluator:
             error = self._quantized_error(final)
             if error > step_point.error:
                 logger.info(
-                    "knob %.6g: the refined network quantizes worse (%.3g%% > %.3g%%): "
+                    "knob %.6g: the refined network quantizes worse (%s > %s): "
                     "handing over the search step's",
                     knob,
-                    100 * error,
-                    100 * step_point.error,
+                    format_error(error, self.metric),
+                    format_error(step_point.error, self.metric),
                 )
                 final = step
                 final_report = dataclasses.replace(step_report, notes=list(step_report.notes))
                 final_report.notes.append(
                     f"the network of the search step is handed over: refined further, it "
-                    f"quantized worse ({100 * error:.3g}% > {100 * step_point.error:.3g}%)"
+                    f"quantized worse ({format_error(error, self.metric)} > "
+                    f"{format_error(step_point.error, self.metric)})"
                 )
         if self.calibration is None:
             final_report.holdout_error = self._error(final, final_report)

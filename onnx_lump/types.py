@@ -1,7 +1,8 @@
 """The objects the stages hand each other, at the bottom of the package so that a stage
 imports the types it reads, not the stage that made them: ``ReducedLayer`` (stage 4's
 new weights, read by refinement and the graph rewrite), ``Shortcut`` and ``ChainResult``
-(what a compression method returns), ``SweepPoint`` (one step of a knob search or sweep)."""
+(what a compression method returns), ``SweepPoint`` (one step of a knob search or sweep),
+and the error measures every stage names (``METRICS``, :func:`format_error`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,31 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["ChainResult", "ReducedLayer", "Shortcut", "SweepPoint"]
+__all__ = [
+    "COSINE",
+    "METRICS",
+    "RMSE",
+    "ChainResult",
+    "ReducedLayer",
+    "Shortcut",
+    "SweepPoint",
+    "format_error",
+]
+
+# The error measures of a float output (--metric): the RMSE of the output change relative
+# to the spread of the original's outputs, or the mean cosine distance (1 - cosine) of
+# the output rows (the last axis: an embedding vector) to the original's.
+RMSE = "rmse"
+COSINE = "cosine"
+METRICS = (RMSE, COSINE)
+
+
+def format_error(value: float, metric: str = RMSE) -> str:
+    """An error as printed: ``4.23%`` (relative RMSE) or ``1-cos 0.0123 (cosine 0.9877)``
+    (cosine distance, so that the number is not read as an RMSE)."""
+    if metric == COSINE:
+        return f"1-cos {value:.3g} (cosine {1.0 - value:.4g})"
+    return f"{100 * value:.3g}%"
 
 
 @dataclass(frozen=True, eq=False)
@@ -52,7 +77,10 @@ class SweepPoint:
     error: float  # NaN where not measured (the steps of a size search)
     seconds: float
 
-    def summary(self) -> str:
-        """``12.3% kept, error 4.56%`` (the error only where it was measured)."""
+    def summary(self, metric: str = RMSE) -> str:
+        """``12.3% kept, error 4.56%`` (the error only where it was measured, in
+        ``metric``'s words: :func:`format_error`)."""
         kept = f"{100 * self.retained:.1f}% kept"
-        return kept if np.isnan(self.error) else f"{kept}, error {100 * self.error:.3g}%"
+        if np.isnan(self.error):
+            return kept
+        return f"{kept}, {'' if metric == COSINE else 'error '}{format_error(self.error, metric)}"

@@ -17,6 +17,15 @@ A model with several outputs is measured output by output (:func:`output_error`)
 float output on its own scale, the worst reported and searched on; an integer, boolean or
 text output is a label, reported as the share of rows whose label changed; skl2onnx's
 ZipMap (a sequence of maps) is read as probabilities by sorted key.
+
+A float output's error is one of two measures (``metric``, the CLI's ``--metric``):
+``rmse`` (the default), the RMSE of the output change relative to the spread of the
+original's outputs; or ``cosine``, the mean over output rows of 1 - cos(original row,
+reduced row), a row being the output's last axis (an embedding vector; for a
+[batch, sequence, hidden] output, each position). Where the rows were read with a padding
+mask (:func:`onnx_lump.data.calibration.token_mask`, the ``attention_mask`` input by
+default) and the output is laid out by position like it, the padding positions do not
+count. A zero row against a zero row is at distance 0, a zero row against another at 1.
 """
 
 from __future__ import annotations
@@ -29,8 +38,10 @@ from typing import cast
 import numpy as np
 import onnx
 
+from onnx_lump.data.calibration import AUTO_MASK_INPUT, token_mask
 from onnx_lump.errors import LumpError
 from onnx_lump.runtime import run_model
+from onnx_lump.types import COSINE, METRICS, RMSE
 
 __all__ = [
     "DEFAULT_HOLDOUT",
@@ -42,6 +53,8 @@ __all__ = [
     "OutputScore",
     "StackedOutputs",
     "carve_audit",
+    "check_metric",
+    "cosine_distance",
     "error_rows",
     "holdout_error",
     "output_error",
@@ -127,17 +140,26 @@ LEFT_OUT = "left out"
 ZIPMAP_NOTE = "sequence of maps (ZipMap): probabilities by sorted key"
 
 
+def check_metric(metric: str) -> str:
+    """``metric`` if it is one of ``METRICS``; else a LumpError that names them."""
+    if metric not in METRICS:
+        raise LumpError(f"unknown error metric '{metric}': choose {' or '.join(METRICS)}")
+    return metric
+
+
 @dataclass(frozen=True)
 class OutputColumns:
     """Which columns of stacked outputs hold one model output, and its kind: ``float``
     (measured on its own scale), ``label`` (compared row by row) or ``left out``
-    (no columns; ``note`` says why)."""
+    (no columns; ``note`` says why). ``shape`` is one row's shape (the output's shape
+    past axis 0), whose last axis the cosine metric compares."""
 
     name: str
     kind: str
     start: int
     stop: int
     note: str = ""
+    shape: tuple[int, ...] = ()
 
     @property
     def width(self) -> int:
@@ -146,12 +168,15 @@ class OutputColumns:
 
 class StackedOutputs(np.ndarray):
     """A (rows x values) float64 array of every model output, with the ``layout`` of its
-    columns (:func:`stack_outputs`); it is an ordinary array everywhere else."""
+    columns and the padding ``mask`` of the rows' inputs (rows x positions, or None)
+    (:func:`stack_outputs`); it is an ordinary array everywhere else."""
 
     layout: tuple[OutputColumns, ...] | None = None
+    mask: np.ndarray | None = None
 
     def __array_finalize__(self, obj) -> None:
         self.layout = getattr(obj, "layout", None)
+        self.mask = getattr(obj, "mask", None)
 
 
 @dataclass(frozen=True)
@@ -170,19 +195,27 @@ class OutputScore:
 
 class HeldOutError(float):
     """The error :func:`output_error` reports (the worst float output's; the worst label
-    change share when the model has no float output), with each output's score beside it.
-    It is a float everywhere (arithmetic on it gives plain floats)."""
+    change share when the model has no float output), with each output's score beside it
+    and the ``metric`` of the float outputs. It is a float everywhere (arithmetic on it
+    gives plain floats)."""
 
     outputs: tuple[OutputScore, ...]
     worst: str
+    metric: str
 
-    def __new__(cls, value: float, outputs: Sequence[OutputScore] = (), worst: str = ""):
+    def __new__(
+        cls,
+        value: float,
+        outputs: Sequence[OutputScore] = (),
+        worst: str = "",
+        metric: str = RMSE,
+    ):
         self = super().__new__(cls, value)
-        self.outputs, self.worst = tuple(outputs), worst
+        self.outputs, self.worst, self.metric = tuple(outputs), worst, metric
         return self
 
     def __reduce__(self):
-        return (HeldOutError, (float(self), self.outputs, self.worst))
+        return (HeldOutError, (float(self), self.outputs, self.worst, self.metric))
 
     @property
     def label_changed(self) -> float | None:
@@ -193,6 +226,7 @@ class HeldOutError(float):
     def to_dict(self) -> dict:
         return {
             "error": float(self),
+            "metric": self.metric,
             "worst": self.worst,
             "label_changed": self.label_changed,
             "outputs": [asdict(s) for s in self.outputs],
@@ -200,12 +234,18 @@ class HeldOutError(float):
 
 
 def output_error(
-    reference: np.ndarray, output: np.ndarray, targets: np.ndarray | None = None
+    reference: np.ndarray,
+    output: np.ndarray,
+    targets: np.ndarray | None = None,
+    metric: str = RMSE,
 ) -> float:
-    """The error the tool reports and searches on: with ``targets``, the relative increase
-    of the RMSE against them (dRMSE); otherwise the RMSE of the output change relative to
-    the standard deviation of the reference outputs (0 = identical, 1 = no better than
-    their mean).
+    """The error the tool reports and searches on. With ``metric`` ``rmse``: with
+    ``targets``, the relative increase of the RMSE against them (dRMSE); otherwise the
+    RMSE of the output change relative to the standard deviation of the reference
+    outputs (0 = identical, 1 = no better than their mean). With ``cosine``: the mean
+    over output rows (the last axis) of 1 - cos(reference row, output row), padding
+    positions left out (see the module's docstring); with ``targets``, how much that
+    distance to them grew (output's minus reference's).
 
     Outputs stacked by :func:`stack_outputs` are measured one at a time (see
     :func:`output_errors`): each float output on its own scale, and the value is the worst
@@ -213,20 +253,31 @@ def output_error(
     the value only when the model has no float output. The value returned is then a
     :class:`HeldOutError` (a float) that carries that breakdown. A plain array is one
     output, measured as a whole."""
+    check_metric(metric)
     layout = _layout_of(reference, output)
     if layout is None:
-        return _float_error(reference, output, targets)
-    return output_errors(reference, output, targets)
+        return _float_error(reference, output, targets, metric, np.shape(reference)[1:])
+    return output_errors(reference, output, targets, metric)
 
 
 def output_errors(
-    reference: np.ndarray, output: np.ndarray, targets: np.ndarray | None = None
+    reference: np.ndarray,
+    output: np.ndarray,
+    targets: np.ndarray | None = None,
+    metric: str = RMSE,
 ) -> HeldOutError:
     """:func:`output_error` output by output (a plain array is one float output)."""
+    check_metric(metric)
     reference_layout = _layout_of(reference, output)
+    mask = getattr(reference, "mask", None)
+    if mask is None:
+        mask = getattr(output, "mask", None)
+    shape = np.shape(reference)[1:]
     reference = np.asarray(reference, np.float64).reshape(len(reference), -1)
     output = np.asarray(output, np.float64).reshape(reference.shape)
-    layout = reference_layout or (OutputColumns("output", FLOAT, 0, reference.shape[1]),)
+    layout = reference_layout or (
+        OutputColumns("output", FLOAT, 0, reference.shape[1], shape=tuple(shape)),
+    )
     measured = [c for c in layout if c.kind != LEFT_OUT]
     floats = [c for c in layout if c.kind == FLOAT]
     split_targets = _split_targets(targets, layout, reference.shape)
@@ -243,7 +294,9 @@ def output_errors(
             share = changed / len(ref) if len(ref) else 0.0
             scores.append(OutputScore(columns.name, LABEL, share, columns.note, changed, len(ref)))
         else:
-            error = _float_error(ref, out, split_targets.get(columns.name))
+            error = _float_error(
+                ref, out, split_targets.get(columns.name), metric, columns.shape, mask
+            )
             scores.append(OutputScore(columns.name, FLOAT, error, columns.note))
     if not measured:
         raise LumpError(
@@ -252,13 +305,28 @@ def output_errors(
         )
     graded = [s for s in scores if s.kind == (FLOAT if floats else LABEL)]
     worst = max(graded, key=lambda s: cast(float, s.error))  # measured: an error each
-    return HeldOutError(cast(float, worst.error), tuple(scores), worst.name)
+    # without a float output the error is a share of rows (printed as a percentage)
+    return HeldOutError(
+        cast(float, worst.error), tuple(scores), worst.name, metric if floats else RMSE
+    )
 
 
-def _float_error(reference, output, targets) -> float:
-    """The one-output measure (the formula the tool has always used)."""
+def _float_error(reference, output, targets, metric: str = RMSE, shape=(), mask=None) -> float:
+    """The one-output measure: ``rmse`` (the formula the tool has always used) or
+    ``cosine`` over rows of the last axis of ``shape`` (one row's shape)."""
     reference = np.asarray(reference, np.float64).reshape(len(reference), -1)
     output = np.asarray(output, np.float64).reshape(reference.shape)
+    if metric == COSINE:
+        shape = tuple(shape) or (1,)
+        width = shape[-1] if reference.shape[1] == int(np.prod(shape)) else reference.shape[1]
+        keep = _kept_positions(mask, len(reference), shape)
+        now = cosine_distance(reference, output, width, keep)
+        if targets is None:
+            return now
+        targets = np.asarray(targets, np.float64).reshape(reference.shape)
+        return cosine_distance(targets, output, width, keep) - cosine_distance(
+            targets, reference, width, keep
+        )
     if targets is not None:
         targets = np.asarray(targets, np.float64).reshape(reference.shape)
         base = float(np.sqrt(np.mean((reference - targets) ** 2)))
@@ -266,6 +334,42 @@ def _float_error(reference, output, targets) -> float:
         return (now - base) / base if base > 0 else now
     spread = float(reference.std()) or 1.0
     return float(np.sqrt(np.mean((output - reference) ** 2))) / spread
+
+
+def _kept_positions(mask, rows: int, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The padding mask as one boolean per output row of the last axis (rows x
+    positions, flattened), where the output is laid out by position like the mask;
+    else None (every row counts)."""
+    if mask is None or len(shape) < 2 or tuple(np.shape(mask)) != (rows, *shape[:-1]):
+        return None
+    return np.asarray(mask, bool).reshape(-1)
+
+
+def cosine_distance(
+    reference: np.ndarray, output: np.ndarray, width: int, keep: np.ndarray | None = None
+) -> float:
+    """The mean over rows of 1 - cos(reference row, output row), the arrays read as rows
+    of ``width`` values (C order), only the rows ``keep`` marks where it is given. A zero
+    row against a zero row is at distance 0, a zero row against another at 1; no rows
+    at all are at 0."""
+    if width <= 0 or np.size(reference) == 0:
+        return 0.0
+    reference = np.asarray(reference, np.float64).reshape(-1, width)
+    output = np.asarray(output, np.float64).reshape(-1, width)
+    if keep is not None:
+        reference, output = reference[keep], output[keep]
+    if len(reference) == 0:
+        return 0.0
+    # 1 - cos(x, y) = |x/|x| - y/|y||^2 / 2: no cancellation for close rows (identical
+    # rows are at 0 exactly)
+    norm_r = np.linalg.norm(reference, axis=1, keepdims=True)
+    norm_o = np.linalg.norm(output, axis=1, keepdims=True)
+    zero_r, zero_o = norm_r[:, 0] == 0, norm_o[:, 0] == 0
+    units_r = reference / np.where(zero_r[:, None], 1.0, norm_r)
+    units_o = output / np.where(zero_o[:, None], 1.0, norm_o)
+    distances = np.clip(0.5 * np.sum((units_r - units_o) ** 2, axis=1), 0.0, 2.0)
+    distances = np.where(zero_r | zero_o, np.where(zero_r & zero_o, 0.0, 1.0), distances)
+    return float(np.mean(distances))
 
 
 def _layout_of(reference, output) -> tuple[OutputColumns, ...] | None:
@@ -317,13 +421,21 @@ def _split_targets(
     return {c.name: flat[:, a:b] for c, a, b in spans}
 
 
-def stacked_outputs(model, feeds: Mapping[str, np.ndarray], providers: Sequence) -> np.ndarray:
+def stacked_outputs(
+    model,
+    feeds: Mapping[str, np.ndarray],
+    providers: Sequence,
+    mask_input: str | None = AUTO_MASK_INPUT,
+) -> np.ndarray:
     """Every output of ``model`` on ``feeds`` from onnxruntime, as one (rows x values)
-    float64 array (see :func:`stack_outputs`)."""
-    return stack_outputs(run_model(model, feeds, providers))
+    float64 array (see :func:`stack_outputs`), with the padding mask of ``feeds``
+    (:func:`onnx_lump.data.calibration.token_mask` of ``mask_input``)."""
+    return stack_outputs(run_model(model, feeds, providers), token_mask(feeds, mask_input))
 
 
-def stack_outputs(values: Mapping[str, np.ndarray]) -> StackedOutputs:
+def stack_outputs(
+    values: Mapping[str, np.ndarray], mask: np.ndarray | None = None
+) -> StackedOutputs:
     """Outputs by name (as :func:`onnx_lump.runtime.run_model` returns them) as one
     (rows x values) float64 array whose ``layout`` says which columns are which output
     and of which kind, for :func:`output_error` to measure them one at a time.
@@ -332,6 +444,8 @@ def stack_outputs(values: Mapping[str, np.ndarray]) -> StackedOutputs:
     output (strings as stable numeric codes); a sequence of maps (skl2onnx's ZipMap) is
     a float output, one column per key in sorted key order. Anything else (a sequence of
     tensors, a tensor without the rows on axis 0) is left out (zero columns) with a note.
+    ``mask`` (rows x positions, :func:`onnx_lump.data.calibration.token_mask` of the
+    inputs) rides along for the cosine metric, which leaves padding positions out.
     """
     rows = _row_count(values)
     blocks, layout, start = [], [], 0
@@ -341,12 +455,14 @@ def stack_outputs(values: Mapping[str, np.ndarray]) -> StackedOutputs:
             layout.append(OutputColumns(name, LEFT_OUT, start, start, note))
             continue
         blocks.append(block)
-        layout.append(OutputColumns(name, kind, start, start + block.shape[1], note))
+        shape = tuple(np.shape(value)[1:]) if not isinstance(value, list) else block.shape[1:]
+        layout.append(OutputColumns(name, kind, start, start + block.shape[1], note, shape))
         start += block.shape[1]
     stacked = (
         np.concatenate(blocks, axis=1) if blocks else np.zeros((rows or 0, 0), np.float64)
     ).view(StackedOutputs)
     stacked.layout = tuple(layout)
+    stacked.mask = None if mask is None else np.asarray(mask, bool)
     return stacked
 
 
@@ -457,11 +573,15 @@ def error_rows(
 
 
 def holdout_error(
-    original: onnx.ModelProto, reduced, split: CalibrationSplit, providers: Sequence
+    original: onnx.ModelProto,
+    reduced,
+    split: CalibrationSplit,
+    providers: Sequence,
+    metric: str = RMSE,
+    mask_input: str | None = AUTO_MASK_INPUT,
 ) -> float:
     """:func:`output_error` of ``reduced`` against ``original`` on the held-out rows,
     both run by onnxruntime (``reduced`` may be a model or the path of a written file)."""
-    reference = stacked_outputs(original, split.holdout, providers)
-    return output_error(
-        reference, stacked_outputs(reduced, split.holdout, providers), split.targets
-    )
+    reference = stacked_outputs(original, split.holdout, providers, mask_input)
+    output = stacked_outputs(reduced, split.holdout, providers, mask_input)
+    return output_error(reference, output, split.targets, metric)
