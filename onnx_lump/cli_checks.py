@@ -222,6 +222,8 @@ def preflight(args: argparse.Namespace, model: onnx.ModelProto) -> None:
     names = {v.name for v in model.graph.input} - {t.name for t in model.graph.initializer}
     shapes = parse_shapes(args.input_shape)
     warnings_ = list(getattr(args, "option_warnings", []))
+    if getattr(args, "metric", None) == "cosine":
+        warnings_ += _scalar_output_warnings(model)
     for name in sorted(set(shapes) - names):
         warnings_.append(
             f"--input-shape {name}: the model has no input '{name}' "
@@ -280,3 +282,26 @@ def parse_shapes(specs: list[str]) -> dict[str, list[int]]:
         if not name or any(d < 1 for d in shapes[name]):
             raise LumpError(f"--input-shape '{spec}' needs a name and positive dimensions")
     return shapes
+
+
+def _scalar_output_warnings(model: onnx.ModelProto) -> list[str]:
+    """--metric cosine on a float output whose rows are single numbers compares signs
+    only (1 - cosine is 0 or 2): one warning per such output."""
+    found = []
+    for output in model.graph.output:
+        tensor = output.type.tensor_type
+        dims = tensor.shape.dim if tensor.HasField("shape") else []
+        floating = tensor.elem_type in (
+            onnx.TensorProto.FLOAT,
+            onnx.TensorProto.DOUBLE,
+            onnx.TensorProto.FLOAT16,
+            onnx.TensorProto.BFLOAT16,
+        )
+        if floating and (
+            len(dims) <= 1 or (dims[-1].HasField("dim_value") and dims[-1].dim_value == 1)
+        ):
+            found.append(
+                f"--metric cosine: output '{output.name}' has one number a row, whose cosine "
+                "only compares signs; use the default --metric rmse for it"
+            )
+    return found

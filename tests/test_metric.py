@@ -276,3 +276,38 @@ def test_sweep_table_holds_the_cosine_error(tmp_path):
         onnx.load(TANH), 0.5, calibration=dict(np.load(CALIB)), refine=False, metric="cosine"
     )
     assert row["error"] == pytest.approx(float(report.holdout_error), rel=1e-9)
+
+
+def test_cosine_on_a_one_number_output_is_warned_about(tmp_path, capsys):
+    """scikit-learn's regressor outputs one number a row: its cosine compares signs only,
+    so --metric cosine warns (and the default does not)."""
+    calib = tmp_path / "calib.npz"
+    model = onnx.load(str(FIXTURES / "skl_relu.onnx"))
+    width = model.graph.input[0].type.tensor_type.shape.dim[1].dim_value
+    np.savez(
+        calib,
+        **{
+            model.graph.input[0].name: np.random.default_rng(0)
+            .normal(size=(200, width))
+            .astype(np.float32)
+        },
+    )
+    source = str(FIXTURES / "skl_relu.onnx")
+    assert (
+        main(
+            [
+                source,
+                str(tmp_path / "a.onnx"),
+                "--calib",
+                str(calib),
+                "--eps",
+                "0.1",
+                "--metric",
+                "cosine",
+            ]
+        )
+        == 0
+    )
+    assert "output 'variable' has one number a row" in capsys.readouterr().err
+    assert main([source, str(tmp_path / "b.onnx"), "--calib", str(calib), "--eps", "0.1"]) == 0
+    assert "one number a row" not in capsys.readouterr().err
