@@ -40,6 +40,7 @@ from onnx_lump.data.holdout import (
 from onnx_lump.data.refine import RefineOptions
 from onnx_lump.errors import LumpError
 from onnx_lump.methods import Method
+from onnx_lump.progress import stage
 from onnx_lump.quantize import quantized_copy
 from onnx_lump.report import Report
 from onnx_lump.runtime import resolve_providers
@@ -137,6 +138,8 @@ class Evaluator:
         # step exists, and refinement gets only the time left
         self.deadline = deadline
         self.timed_out = False
+        # how progress names the steps (the command line's sweep calls them so)
+        self.label = "search"
 
     @property
     def cache(self) -> dict[float, tuple[onnx.ModelProto, Report, SweepPoint]]:
@@ -228,7 +231,9 @@ class Evaluator:
         if knob in self.cache:
             return self.cache[knob]
         self._check_deadline()
-        logger.info("step %d: knob %.6g", len(self.cache) + 1, knob)
+        step = len(self.cache) + 1
+        logger.info("step %d: knob %.6g", step, knob)
+        stage(f"{self.label} step {step}: knob {knob:.6g}, compressing", log=False)
         started = time.perf_counter()
         method = self.make_method(knob)
         reduced, report = compress(
@@ -251,7 +256,12 @@ class Evaluator:
             self._error(reduced, report),
             time.perf_counter() - started,
         )
-        logger.info("knob %.6g: %s", knob, point.summary())
+        widths = "; ".join(" ".join(map(str, chain)) for chain in report.widths_after)
+        logger.info("knob %.6g: %s, hidden widths %s", knob, point.summary(), widths)
+        stage(
+            f"{self.label} step {step}: knob {knob:.6g}: {point.summary()}, widths {widths}",
+            log=False,
+        )
         if self.progress is not None:
             self.progress(point)
         self.cache[knob] = (reduced, report, point)
@@ -268,6 +278,7 @@ class Evaluator:
         if self.calibration is None:
             return None
         started = time.perf_counter()
+        stage(f"{self.label}: estimating the knob for {100 * target_params:.4g}% kept", log=False)
         cache = self.data_cache if self.data_cache is not None else SearchCache(across_calls=False)
         method = self.make_method(0.0)
         knob = knob_hint(
@@ -308,6 +319,7 @@ class Evaluator:
         self._check_deadline()
         method = self.make_method(float(knob)).probe()
         started = time.perf_counter()
+        stage(f"{self.label}: probing knob {knob:.6g} ({method.describe()})", log=False)
         _, report = compress(
             self.model,
             method,
@@ -333,6 +345,7 @@ class Evaluator:
         refined for the rest of the budget (warm start), and verified with
         ``verify_options`` (``atol``, ``rtol``, ``n_check``, ...)."""
         knob = float(knob)
+        stage(f"final network at knob {knob:.6g}")
         method = self.make_method(knob)
         full = self._full_refine(method)
         unrefined = knob not in self._steps[True] and knob in self._steps[False]

@@ -326,6 +326,7 @@ def refine_chain(
     strengths = options.jitter if jitter is not None else (0.0,)
     probe = max(1, round(options.probe_share * options.max_iters)) if len(strengths) > 1 else 0
     bar = _progress(options, label, options.max_iters + probe * (len(strengths) - 1))
+    logged = [time.perf_counter()]
     # Adam's steps are noisy: it stalls only after a few iterations
     least = _ADAM_STALL_ITERATIONS if dtype == np.float32 else 0
     window = max(least, int(np.ceil(options.stall_share * options.max_iters)))
@@ -342,6 +343,18 @@ def refine_chain(
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix_str(f"held-out error {100 * run.best_error:.3g}%")
+            elif time.perf_counter() >= logged[0] + PROGRESS_LOG_SECONDS:
+                # off a terminal: a line every few seconds (shown with -v)
+                logged[0] = time.perf_counter()
+                logger.info(
+                    "%s: %d iterations%s in %.0f s, held-out error %.4g -> %.4g so far",
+                    label,
+                    run.iterations,
+                    f" at jitter {strength:g}" if probe else "",
+                    logged[0] - started,
+                    before,
+                    run.best_error,
+                )
             if run.ended or run.iterations >= run.limit or clock.out():
                 raise StopIteration
 
@@ -604,6 +617,10 @@ def blas_threads(network: ChainNetwork, n_samples: int):
     if products >= _THREADED_PRODUCTS:
         return contextlib.nullcontext()
     return threadpoolctl.threadpool_limits(limits=1, user_api="blas")
+
+
+# seconds between refinement's progress log lines where no bar is drawn
+PROGRESS_LOG_SECONDS = 5.0
 
 
 def _progress(options: RefineOptions, label: str, total: int):
