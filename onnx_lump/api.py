@@ -209,7 +209,7 @@ def compress(
             problem = ChainProblem(system, fit_inputs[index], held_inputs[index], memo)
         result = warm_start[index] if warm_start is not None else method.compress(problem)
         if refine_options is not None and _differs(problem, result):
-            stage(f"chain {index}: refining, widths {_widths(result)}", log=False)
+            stage(f"chain {index}: refining, widths {_widths(result)}")
             left = refine_options.max_seconds - (time.perf_counter() - refine_started)
             run = functools.partial(
                 refine_result,

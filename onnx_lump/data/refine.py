@@ -415,14 +415,20 @@ def refine_chain(
 
 
 class _Clock:
-    """The wall-time cap, a safety net: ``capped`` once it was found spent."""
+    """The wall-time cap, a safety net: ``capped`` once it was found spent, or once the
+    next iteration, as long as the last one, would end past it (an iteration of a wide
+    network can take seconds: the cap is kept, not overrun by one)."""
 
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline
         self.capped = False
+        self._tick: float | None = None  # when out() was last asked (an iteration ended)
 
     def out(self) -> bool:
-        self.capped = self.capped or time.perf_counter() >= self.deadline
+        now = time.perf_counter()
+        last = 0.0 if self._tick is None else now - self._tick
+        self._tick = now
+        self.capped = self.capped or now + last >= self.deadline
         return self.capped
 
 
