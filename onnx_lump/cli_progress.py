@@ -10,6 +10,7 @@ and log lines are written above it (:func:`onnx_lump.cli_console.print_line`).""
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import threading
 import time
@@ -63,13 +64,15 @@ class RunProgress:
             if self._bar is None:
                 from tqdm import tqdm
 
+                columns, rows = _size()
                 self._bar = tqdm(
                     desc=text,
                     total=None,
                     bar_format="{desc} [{elapsed}]",
                     leave=False,
                     file=sys.stderr,
-                    dynamic_ncols=True,
+                    ncols=columns,
+                    nrows=rows,
                     position=0,
                 )
                 self._bar.start_t = self._started
@@ -90,3 +93,14 @@ class RunProgress:
                         self._bar.refresh()
                     except Exception:  # a redraw must never take the run down
                         return
+
+
+def _size() -> tuple[int, int]:
+    """stderr's columns and rows; 100 x 24 where the terminal does not say (tqdm draws
+    nothing on a pseudo-terminal of size 0 x 0)."""
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+        columns, rows = size.columns, size.lines
+    except (AttributeError, OSError, ValueError):
+        columns = rows = 0
+    return (columns if columns > 0 else 100), (rows if rows > 0 else 24)
