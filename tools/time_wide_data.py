@@ -316,7 +316,7 @@ def _seconds(value: float | None) -> str:
 
 def _step_count(lines: list[str]) -> int:
     """Search steps (compressions) among the search's log lines, hints not counted."""
-    return sum(1 for line in lines if "  knob " in line)
+    return sum(1 for line in lines if re.search(r"(^|\s)knob [0-9.e+-]+: ", line))
 
 
 def markdown(result: dict) -> str:

@@ -330,6 +330,14 @@ def refine_chain(
     # Adam's steps are noisy: it stalls only after a few iterations
     least = _ADAM_STALL_ITERATIONS if dtype == np.float32 else 0
     window = max(least, int(np.ceil(options.stall_share * options.max_iters)))
+    logger.info(
+        "%s: up to %d iterations on %d fitting rows%s, %.0f s left",
+        label,
+        options.max_iters,
+        fit.n_samples,
+        f" (+{jitter.copies} jittered copies)" if jitter is not None else "",
+        clock.deadline - time.perf_counter(),
+    )
 
     def leg(strength: float, run: _Run | None, iterations: int) -> _Run:
         """``iterations`` more of ``run`` (a new one from the start if None) on the
@@ -337,6 +345,7 @@ def refine_chain(
         run = run or _Run(network.theta0, before, strength)
         run.limit = run.iterations + iterations
         data = fit if strength == 0 else jitter.data(strength)
+        clock.lap()
 
         def callback(intermediate_result) -> None:
             run.step(intermediate_result.x, holdout_error(intermediate_result.x), options, window)
@@ -423,6 +432,10 @@ class _Clock:
         self.deadline = deadline
         self.capped = False
         self._tick: float | None = None  # when out() was last asked (an iteration ended)
+
+    def lap(self) -> None:
+        """An iteration starts now (the first of a leg: its length is measured too)."""
+        self._tick = time.perf_counter()
 
     def out(self) -> bool:
         now = time.perf_counter()
