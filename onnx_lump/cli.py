@@ -273,7 +273,7 @@ def _run_parsed(args: argparse.Namespace, display: RunProgress) -> int:
         )
         if args.sweep:
             knobs = parse_knobs(args.sweep)
-            evaluate.label = "sweep"
+            evaluate.label = f"sweep ({len(knobs)} knobs)"
             points = sweep(evaluate, knobs)
             display.pause()
             if evaluate.timed_out:
