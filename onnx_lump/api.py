@@ -53,6 +53,7 @@ from onnx_lump.methods.lumping import DEFAULT_RIDGE, DEFAULT_SIMILARITY_WITH_DAT
 from onnx_lump.ode.encoding import OdeSystem, encode_chain
 from onnx_lump.ode.grouping import Linkage
 from onnx_lump.ode.partition import Equivalence, PartitionOptions, Similarity
+from onnx_lump.progress import stage
 from onnx_lump.report import LayerStats, Report
 from onnx_lump.runtime import resolve_providers, run_model
 from onnx_lump.types import RMSE, ChainResult
@@ -214,6 +215,7 @@ def compress(
         follow = False
         scan.notes.append("sequential calibration skipped: the model keeps its weights on disk")
     for index, chain in enumerate(scan.chains):
+        stage(f"chain {index}: {method.name}, hidden widths {chain.hidden_widths}", log=False)
         memo = None if cache is None else cache.chain(index)
         # the steps of a search share one encoding: its float64 weights are made once
         system = _encoding(chain, index, memo if spill is None else None)
@@ -232,6 +234,7 @@ def compress(
             problem = ChainProblem(system, fit_inputs[index], held_inputs[index], memo)
         result = warm_start[index] if warm_start is not None else method.compress(problem)
         if refine_options is not None and _differs(problem, result):
+            stage(f"chain {index}: refining, widths {_widths(result)}")
             left = refine_options.max_seconds - (time.perf_counter() - refine_started)
             run = functools.partial(
                 refine_result,
@@ -446,6 +449,10 @@ def width_ratios(report: Report, chains: Sequence[DenseChain]) -> list[list[floa
     return ratios
 
 
+def _widths(result: ChainResult) -> str:
+    return " ".join(str(layer.out_features) for layer in result.layers[:-1])
+
+
 def _chain_rows(
     model,
     chains,
@@ -467,16 +474,14 @@ def _chain_rows(
         "split",
         lambda: split_calibration(calibration, holdout, seed, validation, validation_targets),
     )
-    fit = cache.get(
-        ("fit", str(run_on)),
-        lambda: chain_inputs(model, chains, split.fit, run_on, token_mask(split.fit, mask_input)),
-    )
-    held = cache.get(
-        ("held", str(run_on)),
-        lambda: chain_inputs(
-            model, chains, split.holdout, run_on, token_mask(split.holdout, mask_input)
-        ),
-    )
+
+    def collect(rows, which: str):
+        count = int(next(iter(rows.values())).shape[0]) if rows else 0
+        stage(f"collecting the chains' inputs on the {count} {which} rows")
+        return chain_inputs(model, chains, rows, run_on, token_mask(rows, mask_input))
+
+    fit = cache.get(("fit", str(run_on)), lambda: collect(split.fit, "fitting"))
+    held = cache.get(("held", str(run_on)), lambda: collect(split.holdout, "held-out"))
     return split, fit, held
 
 
@@ -561,7 +566,9 @@ def refine_result(
     index: int,
 ) -> tuple[ChainResult, RefineStats]:
     """Refine one chain onto the original chain's outputs; the unstructured methods keep
-    their zero pattern."""
+    their zero pattern. ``seconds`` counts from this call: the original chain's outputs
+    on the rows (for a wide chain, seconds of work) are within it."""
+    started = time.perf_counter()
     system = problem.system
     activations = [layer.activation for layer in system.layers]
     # refinement runs with a calibration split: the problem has both sets of rows
@@ -584,7 +591,7 @@ def refine_result(
         held,
         options,
         masks,
-        max(seconds, 1e-3),
+        max(seconds - (time.perf_counter() - started), 1e-3),
         f"refine chain {index}",
         teacher,
     )

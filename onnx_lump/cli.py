@@ -51,6 +51,7 @@ from onnx_lump.cli_console import (
     stderr_logging,
 )
 from onnx_lump.cli_parser import explicit_options, make_parser
+from onnx_lump.cli_progress import RunProgress
 from onnx_lump.data.calibration import check_feeds, load_inputs, random_inputs, token_mask
 from onnx_lump.data.holdout import (
     carve_audit,
@@ -88,6 +89,7 @@ from onnx_lump.methods.lumping import DEFAULT_SIMILARITY_WITH_DATA
 from onnx_lump.ode.grouping import Linkage
 from onnx_lump.ode.partition import Equivalence, PartitionOptions, Similarity
 from onnx_lump.plotting import plot_sweep
+from onnx_lump.progress import stage
 from onnx_lump.quantize import QuantizeInfo, QuantizeStep, quantize_file, quantized_copy
 from onnx_lump.report import Report
 from onnx_lump.runtime import resolve_providers, run_model
@@ -225,6 +227,12 @@ def run_parsed(args: argparse.Namespace) -> int:
     validate(args)
     # --time-limit counts from here: the whole run, reading the inputs included
     args.deadline = None if args.time_limit is None else time.monotonic() + args.time_limit
+    display = RunProgress.for_args(args.quiet)
+    with display.active():
+        return _run_parsed(args, display)
+
+
+def _run_parsed(args: argparse.Namespace, display: RunProgress) -> int:
     # Nothing written may be something read, or another output (symlinks and hard links
     # included), before any work starts.
     check_paths(
@@ -232,9 +240,11 @@ def run_parsed(args: argparse.Namespace) -> int:
         [args.output, args.dump_ode, args.report_json, args.plot],
         models=[] if args.sweep else [args.output],
     )
+    stage(f"reading the model {args.input}")
     loaded = load_model(args.input)
     calibration = None
     if args.calib:  # held to the API's checks too: capped, seeded, where very large
+        stage(f"reading the calibration rows {args.calib}")
         calibration = check_feeds(
             load_inputs(args.calib, loaded.model), loaded.model, str(args.calib)
         )
@@ -244,6 +254,7 @@ def run_parsed(args: argparse.Namespace) -> int:
 
     validation, targets = None, None
     if args.val is not None:
+        stage(f"reading the validation rows {args.val}")
         validation, targets = load_inputs(args.val, loaded.model, with_targets=True)
     # Half of the held-out share is set aside as audit rows that nothing chooses on: the
     # error printed and judged is measured there (see data.holdout).
@@ -276,7 +287,9 @@ def run_parsed(args: argparse.Namespace) -> int:
         )
         if args.sweep:
             knobs = parse_knobs(args.sweep)
+            evaluate.label = f"sweep ({len(knobs)} knobs)"
             points = sweep(evaluate, knobs)
+            display.pause()
             if evaluate.timed_out:
                 print(
                     f"sweep: time limit of {args.time_limit:g} s reached after "
@@ -299,6 +312,7 @@ def run_parsed(args: argparse.Namespace) -> int:
                 evaluate, _knob_limit(args, limit), args.target_params, budget
             )
             target_line = _target_line(knob_name, point, met, args, budget)
+            display.pause()
             if evaluate.timed_out and not args.quiet:
                 print(
                     f"search: time limit of {args.time_limit:g} s reached after "
@@ -312,7 +326,9 @@ def run_parsed(args: argparse.Namespace) -> int:
             reduced, report = evaluate.finish(knob, **verify_options)
             if audit is None or args.max_error is None:
                 break
+            stage(f"measuring the chosen network on the {audit.n_audit} audit rows")
             audited = _audit_error(loaded.model, reduced, audit.audit, runtime, args)
+            display.pause()
             if audited <= args.max_error:
                 break
             found = (
@@ -364,6 +380,7 @@ def run_parsed(args: argparse.Namespace) -> int:
     # place: a file that fails is never written, and what passed is what the user gets.
     # With --quantize the staged file is quantized in place first (the pass's own file
     # measured before), so what is checked, measured and written is the quantized file.
+    stage(f"writing and checking the network ({args.output.name}, staged beside it)")
     with stage_model(reduced, args.output, external_data=loaded.external_data) as staged:
         check_model_file(staged.path)
         reference = _Reference(args.input, resolve_providers(providers))
@@ -371,6 +388,7 @@ def run_parsed(args: argparse.Namespace) -> int:
             report.quantization = _quantize_staged(args, staged, split, audit, feeds, reference)
             report.notes.append(_QUANTIZE_NOTE)
             check_model_file(staged.path)
+        stage("running the written network against the input model")
         _measure_written(args, staged.path, split, audit, feeds, reference, report)
         # quantized, the file written is no longer the pass's model: read it back
         written = parse_model_file(staged.path) if args.quantize else reduced
@@ -379,6 +397,7 @@ def run_parsed(args: argparse.Namespace) -> int:
             take_inventory(written, staged.path),
         )
         _count_whole_model(report, *inventories)
+        display.pause()
         if report.quantization is not None:
             report.quantization.int8_error = report.holdout_error
             if report.verification is not None:
@@ -591,7 +610,6 @@ def _evaluator(
         seed=args.seed,
         refine=_refine_option(args),
         providers=providers,
-        progress=_search_progress(args),
         quantize=args.quantize,
         deadline=getattr(args, "deadline", None),
         metric=args.metric,
@@ -603,22 +621,6 @@ def _data_options(args: argparse.Namespace) -> dict:
     """How the calibration rows are read: the padding mask and sequential fitting."""
     mask = None if args.mask_input.lower() == "none" else args.mask_input
     return {"mask_input": mask, "sequential": args.sequential}
-
-
-def _search_progress(args: argparse.Namespace):
-    """A callback showing each search or sweep step on a tqdm bar (stderr, TTY only)."""
-    if args.quiet or not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-
-    total = len(parse_knobs(args.sweep)) if args.sweep else None
-    bar = tqdm(total=total, desc="sweep" if args.sweep else "search", unit="step", leave=False)
-
-    def show(point) -> None:
-        bar.update(1)
-        bar.set_postfix_str(f"knob {point.knob:.4g}: {point.summary(args.metric)}")
-
-    return show
 
 
 def _target_line(knob_name: str, point, met: bool, args, budget: float | None) -> str:

@@ -32,8 +32,13 @@ SIGPIPE = int(getattr(signal, "SIGPIPE", 13))
 
 def print_line(text: str) -> None:
     """One line on stderr, whatever line breaks the text carries (onnx and onnxruntime
-    messages often span several)."""
-    print(re.sub(r"\s*\n\s*", " ", str(text).strip()), file=sys.stderr)
+    messages often span several); above the progress bars where some are drawn."""
+    line = re.sub(r"\s*\n\s*", " ", str(text).strip())
+    bars = sys.modules.get("tqdm")
+    if bars is not None and getattr(bars.tqdm, "_instances", None):
+        bars.tqdm.write(line, file=sys.stderr)
+    else:
+        print(line, file=sys.stderr)
 
 
 class _StderrHandler(logging.Handler):

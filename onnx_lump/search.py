@@ -43,6 +43,7 @@ from onnx_lump.data.holdout import (
 from onnx_lump.data.refine import RefineOptions
 from onnx_lump.errors import LumpError
 from onnx_lump.methods import Method
+from onnx_lump.progress import stage
 from onnx_lump.quantize import quantized_copy
 from onnx_lump.report import Report
 from onnx_lump.runtime import resolve_providers
@@ -146,6 +147,8 @@ class Evaluator:
         # step exists, and refinement gets only the time left
         self.deadline = deadline
         self.timed_out = False
+        # how progress names the steps (the command line's sweep calls them so)
+        self.label = "search"
 
     @property
     def cache(self) -> dict[float, tuple[onnx.ModelProto, Report, SweepPoint]]:
@@ -248,7 +251,9 @@ class Evaluator:
         if knob in self.cache:
             return self.cache[knob]
         self._check_deadline()
-        logger.info("step %d: knob %.6g", len(self.cache) + 1, knob)
+        step = len(self.cache) + 1
+        logger.info("step %d: knob %.6g", step, knob)
+        stage(f"{self.label} step {step}: knob {knob:.6g}, compressing", log=False)
         started = time.perf_counter()
         method = self.make_method(knob)
         reduced, report = compress(
@@ -272,7 +277,10 @@ class Evaluator:
             self._error(reduced, report),
             time.perf_counter() - started,
         )
-        logger.info("knob %.6g: %s", knob, point.summary(self.metric))
+        widths = "; ".join(" ".join(map(str, chain)) for chain in report.widths_after)
+        summary = point.summary(self.metric)
+        logger.info("knob %.6g: %s, hidden widths %s", knob, summary, widths)
+        stage(f"{self.label} step {step}: knob {knob:.6g}: {summary}, widths {widths}", log=False)
         if self.progress is not None:
             self.progress(point)
         self.cache[knob] = (reduced, report, point)
@@ -289,6 +297,7 @@ class Evaluator:
         if self.calibration is None:
             return None
         started = time.perf_counter()
+        stage(f"{self.label}: estimating the knob for {100 * target_params:.4g}% kept", log=False)
         cache = self.data_cache if self.data_cache is not None else SearchCache(across_calls=False)
         method = self.make_method(0.0)
         knob = knob_hint(
@@ -330,6 +339,7 @@ class Evaluator:
         method = self.make_method(float(knob)).probe()
         assert method is not None  # self.probes
         started = time.perf_counter()
+        stage(f"{self.label}: probing knob {knob:.6g} ({method.describe()})", log=False)
         _, report = compress(
             self.model,
             method,
@@ -356,6 +366,7 @@ class Evaluator:
         refined for the rest of the budget (warm start), and verified with
         ``verify_options`` (``atol``, ``rtol``, ``n_check``, ...)."""
         knob = float(knob)
+        stage(f"final network at knob {knob:.6g}")
         method = self.make_method(knob)
         full = self._full_refine(method)
         unrefined = knob not in self._steps[True] and knob in self._steps[False]

@@ -20,7 +20,7 @@ def _write(folder: Path, name: str, command: str, body: str) -> None:
 
 def test_sections_in_fixed_order_with_commands(tmp_path):
     names = [s.name for s in speed_report.SECTIONS]
-    assert names == ["datafree", "search", "memory", "chain_memory", "latency"]
+    assert names == ["datafree", "search", "progress", "memory", "chain_memory", "latency"]
     for name in reversed(names):  # written out of order: the order is the assembler's
         _write(tmp_path / "speed", name, f"python tools/x.py --{name}", f"### {name} body")
     path, missing = speed_report.write_report(tmp_path)
@@ -39,7 +39,7 @@ def test_missing_section_is_reported(tmp_path, capsys):
     for name in ("datafree", "latency"):
         _write(tmp_path / "speed", name, "python tools/x.py", f"### {name} body")
     path, missing = speed_report.write_report(tmp_path)
-    assert missing == ["search", "memory", "chain_memory"]
+    assert missing == ["search", "progress", "memory", "chain_memory"]
     text = path.read_text()
     err = capsys.readouterr().err
     for name in missing:

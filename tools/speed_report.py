@@ -54,6 +54,11 @@ SECTIONS = (
     Section("datafree", "Data-free compression time", "python tools/time_wide.py --repeats 3"),
     Section("search", "Data-aware search", "python tools/time_wide_data.py"),
     Section(
+        "progress",
+        "Data-aware search: progress and time limit",
+        "python tools/time_wide_data.py --runs p20,p20limit --cli-repeats 1",
+    ),
+    Section(
         "memory",
         "Data path memory",
         "python tools/time_wide.py --skip-timing --memory 1024 2048",

@@ -15,7 +15,11 @@ normal rows of its 64 inputs. In one run, interleaved, this measures:
   the floor of a search that lands there);
 * the same search with refinement on at the default budget (``--target-params 0.05``), and at
   20 seconds (``--refine-seconds 20``); the held-out error of each written file and its
-  refinement's iterations, seconds and held-out error before and after are reported.
+  refinement's iterations, seconds and held-out error before and after are reported;
+* with ``--runs p20,p20limit`` (issue 22 item 3), ``--target-params 0.2`` with the default
+  refinement, without and with ``--time-limit 60``, each in a child process with ``-v``:
+  the time to its first stderr line and to its first search step's, the longest wait
+  between two stderr lines, its wall time, its peak RSS and whether the target was met.
 
 Each search step is logged with the time it ended (``onnx_lump.search``), and with
 ``--profile DIR`` every run is profiled with cProfile into ``DIR/<run>.prof``.
@@ -24,7 +28,8 @@ Each search step is logged with the time it ended (``onnx_lump.search``), and wi
         [--cli-repeats 3] [--runs norefine,fixed,refine,refine20] [--workdir /tmp] [--out DIR]
         [--profile DIR]
 
-The markdown goes to ``tools/results/speed/search.md`` and ``tools/results/speed.md`` is
+The markdown goes to ``tools/results/speed/search.md`` (``progress.md`` when only the
+child-process runs were asked for) and ``tools/results/speed.md`` is
 rebuilt (``tools/speed_report.py``); ``--out /tmp/x`` keeps a smoke run out of it.
 """
 
@@ -33,12 +38,15 @@ from __future__ import annotations
 import argparse
 import cProfile
 import gc
+import itertools
 import json
 import logging
 import os
 import re
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -58,7 +66,16 @@ RUNS = {
     # no search: one compression at the knob the norefine run's search chose (the floor a
     # search at that size can reach)
     "fixed": ("--eps KNOB --no-refine (KNOB: the search's)", None),
+    # issue 22 item 3: a larger target with the default refinement, with and without a
+    # time limit; run as a child process (-v) to read its first stderr line and peak RSS
+    "p20": ("--target-params 0.2", ["--target-params", "0.2"]),
+    "p20limit": (
+        "--target-params 0.2 --time-limit 60",
+        ["--target-params", "0.2", "--time-limit", "60"],
+    ),
 }
+# the runs made in a child process: time to the first stderr line (-v), peak RSS
+PROCESS_RUNS = {"p20", "p20limit"}
 
 
 class _Steps(logging.Handler):
@@ -130,6 +147,80 @@ def _cli(flags: list[str], model: Path, calib: Path, out: Path, profile: Path | 
     }
 
 
+def _cli_process(flags: list[str], model: Path, calib: Path, out: Path, root: Path) -> dict:
+    """The CLI in a child process with -v: its wall time, when its first stderr line
+    (and its first search step's) came, its peak RSS (``os.wait4``), and the network."""
+    summary = out.with_suffix(".json")
+    argv = [str(model), str(out), "--calib", str(calib), *flags, "--report-json", str(summary)]
+    env = dict(os.environ, PYTHONPATH=str(root))
+    gc.collect()
+    started = time.perf_counter()
+    child = subprocess.Popen(
+        [sys.executable, "-m", "onnx_lump", *argv, "-v"],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[tuple[float, str]] = []
+    stdout: list[str] = []
+
+    def read_stderr() -> None:
+        for line in child.stderr:
+            lines.append((time.perf_counter() - started, line.rstrip()))
+            print(f"{lines[-1][0]:8.1f}s  {lines[-1][1]}", file=sys.stderr, flush=True)
+
+    readers = [
+        threading.Thread(target=read_stderr),
+        threading.Thread(target=lambda: stdout.extend(child.stdout)),
+    ]
+    for reader in readers:
+        reader.start()
+    _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - started
+    child.returncode = os.waitstatus_to_exitcode(status)
+    for reader in readers:
+        reader.join()
+    kept = error = chosen = None
+    refined = []
+    if child.returncode == 0 and out.exists():
+        reduced = onnx.load(out, load_external_data=False)
+        kept = sum(int(np.prod(t.dims)) for t in reduced.graph.initializer)
+        report = json.loads(summary.read_text())
+        error, refined = report["holdout_error"], report.get("refine") or []
+        chosen = re.search(r"eps=([0-9.e+-]+)", report.get("method", ""))
+    summary.unlink(missing_ok=True)
+    target = next((line for line in stdout if line.startswith("search: ")), "").strip()
+    first_step = next((t for t, line in lines if re.search(r"step 1: knob", line)), None)
+    return {
+        "code": child.returncode,
+        "wall": wall,
+        "cpu": usage.ru_utime + usage.ru_stime,
+        "peak_rss": usage.ru_maxrss * 1024,  # kB on Linux
+        "first_line": lines[0][0] if lines else None,
+        "first_step": first_step,
+        # from the start to the first line, between lines, and from the last to the end
+        "longest_silence": max(
+            b - a for a, b in itertools.pairwise([0.0, *(t for t, _ in lines), wall])
+        ),
+        "target_line": target,
+        "met": child.returncode == 0 and target.endswith(": met)"),
+        "steps": [
+            f"{t:8.1f}s  {line}"
+            for t, line in lines
+            if "onnx_lump.search" in line or "onnx_lump.progress" in line
+        ],
+        "params_after": kept,
+        "error": error,
+        "knob": None if chosen is None else float(chosen.group(1)),
+        "refine": [
+            {k: r[k] for k in ("iterations", "seconds", "holdout_before", "holdout_after")}
+            for r in refined
+        ],
+    }
+
+
 def measure(
     width: int = 4096,
     rows: int = 2048,
@@ -138,6 +229,7 @@ def measure(
     workdir: Path | None = None,
     profile: Path | None = None,
     cli_repeats: int = 3,
+    root: Path = ROOT,
 ) -> dict:
     """Medians of the I/O baseline and ``cli_repeats`` timed CLI runs per entry of
     ``runs`` (the runs interleaved with each other and with the I/O rounds)."""
@@ -177,7 +269,10 @@ def measure(
                 if chosen is None:
                     raise SystemExit("run 'fixed' needs 'norefine' before it in --runs")
                 flags = ["--eps", repr(chosen), "--no-refine"]
-            run = _cli(flags, path, calib, out, prof)
+            if name in PROCESS_RUNS:
+                run = _cli_process(flags, path, calib, out, root)
+            else:
+                run = _cli(flags, path, calib, out, prof)
             out.unlink(missing_ok=True)
             after = io_round()
             # against the I/O rounds just before and after it: the machine's speed drifts
@@ -209,12 +304,19 @@ def _median_run(done: list[dict]) -> dict:
     median["paired"] = float(np.median([run["paired"] for run in done]))
     median["pairs"] = [run["paired"] for run in done]
     median["same"] = len({(run["params_after"], run["error"]) for run in done}) == 1
+    if "peak_rss" in median:
+        median["first_lines"] = [run["first_line"] for run in done]
+        median["peak_rsses"] = [run["peak_rss"] for run in done]
     return median
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def _step_count(lines: list[str]) -> int:
     """Search steps (compressions) among the search's log lines, hints not counted."""
-    return sum(1 for line in lines if "  knob " in line)
+    return sum(1 for line in lines if re.search(r"(^|\s)knob [0-9.e+-]+: ", line))
 
 
 def markdown(result: dict) -> str:
@@ -256,6 +358,36 @@ def markdown(result: dict) -> str:
             f"{'' if run.get('same', True) else ' (networks differ)'} | "
             f"{', '.join(f'{r:.1f}x' for r in run.get('pairs', []))} |"
         )
+    process = {name: run for name, run in result["runs"].items() if "peak_rss" in run}
+    if process:
+        lines += [
+            "",
+            "Runs in a child process with `-v` (issue 22 item 3: what a user sees, and when): "
+            "time to its first line on stderr, to its first search step's line, the longest "
+            "wait between two stderr lines, wall time, peak RSS (`os.wait4`), and whether "
+            "the target was met (the search's line on stdout):",
+            "",
+            "| run | exit | first stderr line s | step 1 line s | longest silence s | wall s "
+            "| peak RSS MB | target | params kept | held-out error | refinement |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, run in process.items():
+            kept = run["params_after"]
+            share = "-" if kept is None else f"{100 * kept / result['params']:.2f}%"
+            error = "-" if run["error"] is None else f"{100 * run['error']:.4g}%"
+            refined = "; ".join(
+                f"{r['iterations']} it, {r['seconds']:.0f} s, "
+                f"{100 * r['holdout_before']:.3g}% -> {100 * r['holdout_after']:.3g}%"
+                for r in run["refine"]
+            )
+            lines.append(
+                f"| `{RUNS[name][0]}` | {run['code']} | "
+                f"{', '.join(f'{t:.1f}' for t in run['first_lines'])} | "
+                f"{_seconds(run['first_step'])} | {_seconds(run['longest_silence'])} | "
+                f"{', '.join(f'{w:.1f}' for w in run['walls'])} | "
+                f"{', '.join(f'{m / 2**20:.0f}' for m in run['peak_rsses'])} | "
+                f"{'met' if run['met'] else 'NOT met'} | {share} | {error} | {refined or '-'} |"
+            )
     for name, run in result["runs"].items():
         if not run["steps"]:
             continue
@@ -303,13 +435,22 @@ def main() -> None:
         args.profile.mkdir(parents=True, exist_ok=True)
     runs = tuple(r.strip() for r in args.runs.split(",") if r.strip())
     measured = measure(
-        args.width, args.rows, args.repeats, runs, args.workdir, args.profile, args.cli_repeats
+        args.width,
+        args.rows,
+        args.repeats,
+        runs,
+        args.workdir,
+        args.profile,
+        args.cli_repeats,
+        args.root,
     )
     text = markdown(measured)
     print(text)
     from speed_report import command_line, write_sections
 
-    write_sections(args.out, {"search": text}, command_line("time_wide_data.py"))
+    # the child-process runs alone (issue 22 item 3) have their own section
+    section = "progress" if set(runs) <= PROCESS_RUNS else "search"
+    write_sections(args.out, {section: text}, command_line("time_wide_data.py"))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ and refit on.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, TypeVar
 
@@ -17,6 +16,7 @@ import numpy as np
 
 from onnx_lump.data.calibration import forward_chain
 from onnx_lump.ode.encoding import OdeLayer, OdeSystem
+from onnx_lump.progress import stage
 from onnx_lump.types import ReducedLayer
 
 if TYPE_CHECKING:
@@ -129,6 +129,7 @@ class ReferenceRows:
     def output(self) -> np.ndarray:
         """The original chain's output on these rows, float64."""
         if self._output is None:
+            stage(f"the original chain's output on {self.inputs.shape[0]} rows (float64)")
             self._forward(np.float64, False, True)
         assert self._output is not None
         return self._output
@@ -208,7 +209,12 @@ def original_rows(problem: ChainProblem, which: str) -> ReferenceRows:
     else:
         inputs, source = problem.holdout, problem.original_holdout
     assert inputs is not None, f"original rows ({which}) of a problem without them"
-    make = functools.partial(ReferenceRows, problem, inputs, which != "fit", source)
+
+    def make() -> ReferenceRows:
+        rows = "fitting" if which == "fit" else "held-out"
+        stage(f"the original chain on the {inputs.shape[0]} {rows} rows")
+        return ReferenceRows(problem, inputs, which != "fit", source)
+
     if problem.cache is None:
         return make()
     return problem.cache.get(("original rows", which), make, pin=True)

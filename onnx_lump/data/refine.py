@@ -328,9 +328,18 @@ def refine_chain(
     strengths = options.jitter if jitter is not None else (0.0,)
     probe = max(1, round(options.probe_share * options.max_iters)) if len(strengths) > 1 else 0
     bar = _progress(options, label, options.max_iters + probe * (len(strengths) - 1))
+    logged = [time.perf_counter()]
     # Adam's steps are noisy: it stalls only after a few iterations
     least = _ADAM_STALL_ITERATIONS if dtype == np.float32 else 0
     window = max(least, int(np.ceil(options.stall_share * options.max_iters)))
+    logger.info(
+        "%s: up to %d iterations on %d fitting rows%s, %.0f s left",
+        label,
+        options.max_iters,
+        fit.n_samples,
+        f" (+{jitter.copies} jittered copies)" if jitter is not None else "",
+        clock.deadline - time.perf_counter(),
+    )
 
     def leg(strength: float, run: _Run | None, iterations: int) -> _Run:
         """``iterations`` more of ``run`` (a new one from the start if None) on the
@@ -342,12 +351,25 @@ def refine_chain(
         else:
             assert jitter is not None  # strengths other than 0 come from the jitter
             data = jitter.data(strength)
+        clock.lap()
 
         def callback(intermediate_result) -> None:
             run.step(intermediate_result.x, holdout_error(intermediate_result.x), options, window)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix_str(f"held-out error {100 * run.best_error:.3g}%")
+            elif time.perf_counter() >= logged[0] + PROGRESS_LOG_SECONDS:
+                # off a terminal: a line every few seconds (shown with -v)
+                logged[0] = time.perf_counter()
+                logger.info(
+                    "%s: %d iterations%s in %.0f s, held-out error %.4g -> %.4g so far",
+                    label,
+                    run.iterations,
+                    f" at jitter {strength:g}" if probe else "",
+                    logged[0] - started,
+                    before,
+                    run.best_error,
+                )
             if run.ended or run.iterations >= run.limit or clock.out():
                 raise StopIteration
 
@@ -408,14 +430,24 @@ def refine_chain(
 
 
 class _Clock:
-    """The wall-time cap, a safety net: ``capped`` once it was found spent."""
+    """The wall-time cap, a safety net: ``capped`` once it was found spent, or once the
+    next iteration, as long as the last one, would end past it (an iteration of a wide
+    network can take seconds: the cap is kept, not overrun by one)."""
 
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline
         self.capped = False
+        self._tick: float | None = None  # when out() was last asked (an iteration ended)
+
+    def lap(self) -> None:
+        """An iteration starts now (the first of a leg: its length is measured too)."""
+        self._tick = time.perf_counter()
 
     def out(self) -> bool:
-        self.capped = self.capped or time.perf_counter() >= self.deadline
+        now = time.perf_counter()
+        last = 0.0 if self._tick is None else now - self._tick
+        self._tick = now
+        self.capped = self.capped or now + last >= self.deadline
         return self.capped
 
 
@@ -610,6 +642,10 @@ def blas_threads(network: ChainNetwork, n_samples: int):
     if products >= _THREADED_PRODUCTS:
         return contextlib.nullcontext()
     return threadpoolctl.threadpool_limits(limits=1, user_api="blas")
+
+
+# seconds between refinement's progress log lines where no bar is drawn
+PROGRESS_LOG_SECONDS = 5.0
 
 
 def _progress(options: RefineOptions, label: str, total: int):

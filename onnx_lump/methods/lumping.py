@@ -25,6 +25,7 @@ from onnx_lump.ode.equivalence import compute_partition
 from onnx_lump.ode.partition import Equivalence, PartitionOptions, Similarity
 from onnx_lump.ode.reduction import reduce_layer, reduce_system
 from onnx_lump.ode.span import SpanOrder, span_order
+from onnx_lump.progress import stage
 from onnx_lump.types import ChainResult, ReducedLayer
 
 __all__ = [
@@ -202,6 +203,10 @@ class Lump(Method):
         refitting = False  # whether a layer before this one was refit
         prefix: tuple = ()  # digests of the lumpings so far
         for index, layer in enumerate(system.hidden):
+            stage(
+                f"{'refit' if refit else 'merge-only'} path: layer {index + 1} of "
+                f"{len(system.hidden)}"
+            )
             selection = rebased = None
             if span:
                 order = self._span_order(problem, index, weight, bias, inputs)
