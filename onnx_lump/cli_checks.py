@@ -19,7 +19,7 @@ from onnx_lump.graph.importer import import_graph
 from onnx_lump.ode.partition import Similarity
 from onnx_lump.quantize import check_quantizable
 from onnx_lump.runtime import session
-from onnx_lump.search import parse_knobs
+from onnx_lump.search.sweeps import parse_knobs
 
 __all__ = [
     "KNOBS",

@@ -11,9 +11,9 @@ import pytest
 from conftest import MODELS
 from test_search_steps import FakeEvaluator
 
-from onnx_lump.bisection import TimeLimitReached, bisect
 from onnx_lump.cli import main
 from onnx_lump.search import Evaluator
+from onnx_lump.search.bisection import TimeLimitReached, bisect
 from onnx_lump.types import SweepPoint
 
 DEMO = MODELS / "rn_tanh_2x64.onnx"
