@@ -6,7 +6,7 @@ The pass runs in stages, one module each, data flowing one way:
 refine onto the original) -> ``graph.rewrite`` (graph surgery) -> ``verify``
 (onnxruntime). ``data.holdout`` splits the calibration inputs, ``methods`` holds the
 compression methods, ``api.compress`` strings the stages together, ``search`` chooses the
-knob, ``cli`` is ``python -m onnx_lump`` and ``passes`` the onnx-ir pass.
+knob, ``cli`` is ``python -m onnx_lump`` and ``integrations`` the onnx-ir and Olive passes.
 """
 
 from onnx_lump._version import __version__
