@@ -87,14 +87,14 @@ from onnx_lump.methods import (
 from onnx_lump.methods.lumping import DEFAULT_SIMILARITY_WITH_DATA
 from onnx_lump.ode.grouping import Linkage
 from onnx_lump.ode.partition import Equivalence, PartitionOptions, Similarity
-from onnx_lump.quantize import QuantizeInfo, QuantizeStep, quantize_file, quantized_copy
-from onnx_lump.report import Report
+from onnx_lump.pipeline.quantize import QuantizeInfo, QuantizeStep, quantize_file, quantized_copy
+from onnx_lump.pipeline.report import Report
+from onnx_lump.pipeline.verify import compare_outputs
 from onnx_lump.runtime import resolve_providers, run_model
 from onnx_lump.search.bisection import bisect
 from onnx_lump.search.evaluator import FINAL_REFINE_FLOOR_SECONDS, Evaluator
 from onnx_lump.search.sweeps import parse_knobs, plot_sweep, sweep, write_table
 from onnx_lump.types import format_error
-from onnx_lump.verify import compare_outputs
 
 # When the audit rows disagree with the rows the search chose on, search again this many
 # times, each within the chosen point's error times min(AUDIT_TIGHTEN, budget / audit

@@ -17,7 +17,7 @@ from onnx_lump.errors import LumpError
 from onnx_lump.graph.chains import scan_graph
 from onnx_lump.graph.importer import import_graph
 from onnx_lump.ode.partition import Similarity
-from onnx_lump.quantize import check_quantizable
+from onnx_lump.pipeline.quantize import check_quantizable
 from onnx_lump.runtime import session
 from onnx_lump.search.sweeps import parse_knobs
 

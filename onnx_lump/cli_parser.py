@@ -23,7 +23,7 @@ from onnx_lump.methods import Reduction, Scope
 from onnx_lump.methods.lumping import DEFAULT_RIDGE, DEFAULT_SIMILARITY_WITH_DATA
 from onnx_lump.ode.grouping import Linkage
 from onnx_lump.ode.partition import Equivalence, Similarity
-from onnx_lump.quantize import QUANTIZE_SCHEMES
+from onnx_lump.pipeline.quantize import QUANTIZE_SCHEMES
 from onnx_lump.search.sweeps import plot_path
 from onnx_lump.types import METRICS, RMSE
 

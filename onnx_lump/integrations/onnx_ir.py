@@ -34,7 +34,7 @@ from onnx_lump.methods import Method
 from onnx_lump.methods.lumping import DEFAULT_RIDGE
 from onnx_lump.ode.grouping import Linkage
 from onnx_lump.ode.partition import Equivalence, Similarity
-from onnx_lump.report import Report
+from onnx_lump.pipeline.report import Report
 
 __all__ = ["LumpPass"]
 

@@ -38,8 +38,8 @@ from onnx_lump.data.holdout import (
 from onnx_lump.data.refine import RefineOptions
 from onnx_lump.errors import LumpError
 from onnx_lump.methods import Method
-from onnx_lump.quantize import quantized_copy
-from onnx_lump.report import Report
+from onnx_lump.pipeline.quantize import quantized_copy
+from onnx_lump.pipeline.report import Report
 from onnx_lump.runtime import resolve_providers
 from onnx_lump.search.bisection import TimeLimitReached
 from onnx_lump.types import RMSE, SweepPoint, format_error
@@ -63,7 +63,7 @@ class Evaluator:
     compress's default; False: off). With ``caches`` (the default) the steps share what
     does not depend on the knob (:mod:`onnx_lump.data.cache`). With ``quantize``
     (``"int8"``) every error measured is that of the step's network quantized
-    (:func:`onnx_lump.quantize.quantized_copy`), against the original. ``metric``
+    (:func:`onnx_lump.pipeline.quantize.quantized_copy`), against the original. ``metric``
     (``"rmse"`` or ``"cosine"``) is how every step's error is measured, and so what an
     error budget is in."""
 
