@@ -110,7 +110,7 @@ def test_evaluator_steps_measure_the_quantized_network():
     model = onnx.load(str(TANH))
     calib = dict(np.load(CALIB))
     from onnx_lump.cli import build_method
-    from onnx_lump.cli_parser import make_parser
+    from onnx_lump.cli.parser import make_parser
 
     args = make_parser("x\n\ny").parse_args([str(TANH), "out.onnx", "--calib", str(CALIB)])
     evaluate = Evaluator(

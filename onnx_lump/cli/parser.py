@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from onnx_lump._version import __version__
-from onnx_lump.cli_console import print_line
+from onnx_lump.cli.console import print_line
 from onnx_lump.data.calibration import AUTO_MASK_INPUT
 from onnx_lump.data.holdout import DEFAULT_HOLDOUT
 from onnx_lump.data.refine import RefineOptions

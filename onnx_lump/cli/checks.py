@@ -11,7 +11,7 @@ import math
 
 import onnx
 
-from onnx_lump.cli_console import print_line
+from onnx_lump.cli.console import print_line
 from onnx_lump.data.calibration import MAX_RANDOM_BYTES, random_inputs_bytes, random_inputs_note
 from onnx_lump.errors import LumpError
 from onnx_lump.graph.chains import scan_graph

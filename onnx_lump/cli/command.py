@@ -32,7 +32,7 @@ import traceback
 from pathlib import Path
 
 from onnx_lump.api import compress, refines_by_default
-from onnx_lump.cli_checks import (
+from onnx_lump.cli.checks import (
     KNOBS,
     LUMPING_METHODS,
     is_searching,
@@ -40,7 +40,7 @@ from onnx_lump.cli_checks import (
     preflight,
     validate,
 )
-from onnx_lump.cli_console import (
+from onnx_lump.cli.console import (
     SIGPIPE,
     Stopped,
     graphsurgeon_logging,
@@ -50,7 +50,7 @@ from onnx_lump.cli_console import (
     signals_raise,
     stderr_logging,
 )
-from onnx_lump.cli_parser import explicit_options, make_parser
+from onnx_lump.cli.parser import explicit_options, make_parser
 from onnx_lump.data.calibration import check_feeds, load_inputs, random_inputs, token_mask
 from onnx_lump.data.holdout import (
     carve_audit,
