@@ -3,10 +3,10 @@
 The pass runs in stages, one module each, data flowing one way:
 ``graph.chains`` (read the graph) -> ``ode.encoding`` (encode) -> ``ode.equivalence``
 (partition) -> ``ode.reduction`` (new weights) -> ``data.refine`` (with calibration data:
-refine onto the original) -> ``graph.rewrite`` (graph surgery) -> ``verify``
+refine onto the original) -> ``graph.rewrite`` (graph surgery) -> ``pipeline.verify``
 (onnxruntime). ``data.holdout`` splits the calibration inputs, ``methods`` holds the
 compression methods, ``api.compress`` strings the stages together, ``search`` chooses the
-knob, ``cli`` is ``python -m onnx_lump`` and ``passes`` the onnx-ir pass.
+knob, ``cli`` is ``python -m onnx_lump`` and ``integrations`` the onnx-ir and Olive passes.
 """
 
 from onnx_lump._version import __version__
@@ -18,9 +18,9 @@ from onnx_lump.ode.equivalence import compute_partition
 from onnx_lump.ode.grouping import Linkage
 from onnx_lump.ode.partition import Equivalence, Partition, PartitionOptions
 from onnx_lump.ode.reduction import reduce_system
-from onnx_lump.report import LayerStats, Report
+from onnx_lump.pipeline.report import LayerStats, Report
+from onnx_lump.pipeline.verify import VerificationResult, compare_models
 from onnx_lump.types import ReducedLayer
-from onnx_lump.verify import VerificationResult, compare_models
 
 __all__ = [
     "DenseChain",

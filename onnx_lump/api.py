@@ -53,11 +53,11 @@ from onnx_lump.methods.lumping import DEFAULT_RIDGE, DEFAULT_SIMILARITY_WITH_DAT
 from onnx_lump.ode.encoding import OdeSystem, encode_chain
 from onnx_lump.ode.grouping import Linkage
 from onnx_lump.ode.partition import Equivalence, PartitionOptions, Similarity
+from onnx_lump.pipeline.report import LayerStats, Report
+from onnx_lump.pipeline.verify import compare_outputs
 from onnx_lump.progress import stage
-from onnx_lump.report import LayerStats, Report
 from onnx_lump.runtime import resolve_providers, run_model
 from onnx_lump.types import RMSE, ChainResult
-from onnx_lump.verify import compare_outputs
 
 __all__ = [
     "DataOptions",

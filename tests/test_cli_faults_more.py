@@ -20,7 +20,9 @@ import pytest
 from builders import mlp, random_layers
 from conftest import MODELS
 
-from onnx_lump import cli, cli_parser, runtime
+from onnx_lump import runtime
+from onnx_lump.cli import command as cli
+from onnx_lump.cli import parser as cli_parser
 from onnx_lump.errors import LumpError
 from onnx_lump.search import parse_knobs
 

@@ -26,7 +26,8 @@ import pytest
 from builders import mlp, random_layers
 from conftest import MODELS
 
-from onnx_lump import __version__, cli
+from onnx_lump import __version__
+from onnx_lump.cli import command as cli
 
 DEMO = MODELS / "rn_tanh_2x64.onnx"
 CALIB = MODELS / "rn_calib.npz"

@@ -188,7 +188,7 @@ def test_the_search_chooses_again_when_the_audit_rows_disagree(monkeypatch, tmp_
     """Audit rows far from the rows that chose (here: the same rows scaled by 2.5) show a
     larger error than the search measured: the CLI searches again within a tighter
     budget and passes only when the audit rows are within the budget."""
-    import onnx_lump.cli as cli
+    import onnx_lump.cli.command as cli
 
     def shifted(calibration, share, seed):
         audit = carve_audit(calibration, share, seed)

@@ -28,7 +28,8 @@ from builders import mlp, random_layers
 from conftest import FIXTURES, MODELS
 from onnx import TensorProto, helper, numpy_helper
 
-from onnx_lump import cli, scan_graph
+from onnx_lump import scan_graph
+from onnx_lump.cli import command as cli
 from onnx_lump.data.calibration import (
     DEFAULT_DYNAMIC_DIM,
     load_inputs,

@@ -27,7 +27,7 @@ from onnx_lump.graph.paths import check_paths
 from onnx_lump.graph.saving import save_model, stage_model
 from onnx_lump.graph.serialize import INLINE_LIMIT
 from onnx_lump.graph.tensordata import file_size, stored_parameters
-from onnx_lump.verify import compare_files
+from onnx_lump.pipeline.verify import compare_files
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -31,8 +31,8 @@ from onnx_lump.data.holdout import (
 from onnx_lump.errors import LumpError
 from onnx_lump.methods import Lump
 from onnx_lump.ode.partition import PartitionOptions
-from onnx_lump.report import Report
-from onnx_lump.verify import compare_outputs
+from onnx_lump.pipeline.report import Report
+from onnx_lump.pipeline.verify import compare_outputs
 
 CLASSIFIERS = {
     "digits": FIXTURES / "skl_clf_digits_zipmap.onnx",

@@ -25,8 +25,8 @@ from onnx_ir.passes.common import (
 
 from onnx_lump import lump
 from onnx_lump.errors import LumpError
+from onnx_lump.integrations.onnx_ir import LumpPass
 from onnx_lump.methods import Magnitude, Scope
-from onnx_lump.passes import LumpPass
 
 TOOLS = Path(__file__).resolve().parent.parent / "tools"
 FEEDS = {"x": np.random.default_rng(5).standard_normal((32, 4)).astype(np.float32)}
@@ -236,7 +236,7 @@ def test_olive_workflow_runs_the_pass(tmp_path, monkeypatch):
     pytest.importorskip("olive", reason="Olive not installed (pip install onnx_lump[olive])")
     from olive.workflows import run as olive_run
 
-    from onnx_lump.olive_pass import package_config
+    from onnx_lump.integrations.olive import package_config
 
     workflow = json.loads((TOOLS / "olive_example.json").read_text())
     source = FIXTURES / "skl_relu.onnx"
@@ -263,7 +263,7 @@ def test_olive_package_config_names_the_pass(tmp_path):
     pytest.importorskip("olive", reason="Olive not installed (pip install onnx_lump[olive])")
     from olive.package_config import OlivePackageConfig
 
-    from onnx_lump.olive_pass import OnnxLump, write_package_config
+    from onnx_lump.integrations.olive import OnnxLump, write_package_config
 
     config = OlivePackageConfig.parse_file_or_obj(str(write_package_config(tmp_path / "p.json")))
     assert config.import_pass_module("OnnxLump") is OnnxLump
@@ -280,7 +280,7 @@ def test_olive_pass_with_calibration_writes_external_data(tmp_path, monkeypatch)
     from olive.hardware import DEFAULT_CPU_ACCELERATOR
     from olive.model import ONNXModelHandler
 
-    from onnx_lump.olive_pass import OnnxLump
+    from onnx_lump.integrations.olive import OnnxLump
 
     source = tmp_path / "model.onnx"
     onnx.save_model(mlp(random_layers([4, 24, 16, 2], seed=4), ["Tanh", "Tanh"]), source)

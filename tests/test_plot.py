@@ -11,7 +11,7 @@ from builders import mlp, random_layers
 
 from onnx_lump.cli import main
 from onnx_lump.errors import LumpError
-from onnx_lump.plotting import plot_sweep
+from onnx_lump.search.sweeps import plot_sweep
 from onnx_lump.types import SweepPoint
 
 pytest.importorskip("matplotlib", reason="matplotlib not installed (pip install matplotlib)")

@@ -10,7 +10,7 @@ import sys
 
 from conftest import MODELS
 
-import onnx_lump.search as search
+import onnx_lump.search.evaluator as search
 from onnx_lump.cli import main
 
 DEMO = MODELS / "rn_tanh_2x64.onnx"

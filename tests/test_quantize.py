@@ -17,7 +17,7 @@ from onnx_lump.cli import main
 from onnx_lump.data.holdout import error_rows, output_error, split_calibration, stacked_outputs
 from onnx_lump.errors import LumpError
 from onnx_lump.graph.tensordata import file_size
-from onnx_lump.quantize import gemm_as_matmul, quantize_file, quantized_copy
+from onnx_lump.pipeline.quantize import gemm_as_matmul, quantize_file, quantized_copy
 from onnx_lump.search import Evaluator
 
 TANH = MODELS / "rn_tanh_2x64.onnx"
@@ -110,7 +110,7 @@ def test_evaluator_steps_measure_the_quantized_network():
     model = onnx.load(str(TANH))
     calib = dict(np.load(CALIB))
     from onnx_lump.cli import build_method
-    from onnx_lump.cli_parser import make_parser
+    from onnx_lump.cli.parser import make_parser
 
     args = make_parser("x\n\ny").parse_args([str(TANH), "out.onnx", "--calib", str(CALIB)])
     evaluate = Evaluator(

@@ -15,7 +15,7 @@ from onnx_lump.api import compress
 from onnx_lump.data.cache import SearchCache
 from onnx_lump.methods import Lump
 from onnx_lump.ode.partition import PartitionOptions
-from onnx_lump.report import LayerStats, Report
+from onnx_lump.pipeline.report import LayerStats, Report
 from onnx_lump.search import bisect
 from onnx_lump.types import SweepPoint
 

@@ -11,9 +11,9 @@ import pytest
 from conftest import MODELS
 from test_search_steps import FakeEvaluator
 
-from onnx_lump.bisection import TimeLimitReached, bisect
 from onnx_lump.cli import main
 from onnx_lump.search import Evaluator
+from onnx_lump.search.bisection import TimeLimitReached, bisect
 from onnx_lump.types import SweepPoint
 
 DEMO = MODELS / "rn_tanh_2x64.onnx"
@@ -75,7 +75,7 @@ def test_the_evaluator_takes_one_step_then_stops_past_its_deadline():
     model = onnx.load(str(DEMO))
     calib = dict(np.load(CALIB))
     from onnx_lump.cli import build_method
-    from onnx_lump.cli_parser import make_parser
+    from onnx_lump.cli.parser import make_parser
 
     args = make_parser("x\n\ny").parse_args([str(DEMO), "out.onnx", "--calib", str(CALIB)])
     evaluate = Evaluator(

@@ -102,7 +102,7 @@ def int8_rows(tanh: dict, folder: Path) -> dict:
     --quantize int8``), the first command's network quantized afterwards (outside its
     budget), and the first command with ``--quantize int8`` (one budget for both)."""
     from onnx_lump.data.holdout import error_rows, output_error, stacked_outputs
-    from onnx_lump.quantize import quantize_file
+    from onnx_lump.pipeline.quantize import quantize_file
 
     model = MODELS / DEMO_MODELS[0]
     alone = _quantized_run(model, folder, "int8_alone")

@@ -17,9 +17,9 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnx_lump import activations as act
-from onnx_lump import expressions as ex
-from onnx_lump.activation_matching import hint_for_ops, match_expression
 from onnx_lump.activations import Activation
+from onnx_lump.activations import expressions as ex
+from onnx_lump.activations.matching import hint_for_ops, match_expression
 from onnx_lump.graph.dense import ConstantRef, DenseLayer, qualified
 from onnx_lump.graph.dense_reader import DenseReader
 from onnx_lump.graph.elementwise import HANDLERS, NoMatch, Walk, op_domain, tensor_rank

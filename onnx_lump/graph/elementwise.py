@@ -1,7 +1,7 @@
 """The element-wise ops an activation subgraph may hold, read as expressions.
 
 Each handler turns one ONNX node into the canonical expression that
-``onnx_lump.activation_matching`` matches against the registry, so a decomposed activation
+``onnx_lump.activations.matching`` matches against the registry, so a decomposed activation
 (the erf Gelu, ``x * Sigmoid(x)``) is recognised whatever ops the exporter chose. The
 table sits apart from the walk that uses it because dense-layer reading needs it too:
 the rank of an unannotated tensor is traced back through these same ops.
@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import onnx_graphsurgeon as gs
 
 from onnx_lump import activations as act
-from onnx_lump import expressions as ex
+from onnx_lump.activations import expressions as ex
 
 __all__ = [
     "HANDLERS",

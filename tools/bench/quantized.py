@@ -14,7 +14,7 @@ from bench.metrics import HAS_REFINE, Network, measure, run_compress
 from bench.refined import refine_budget, refine_knobs
 from onnx_lump.graph.tensordata import file_size
 from onnx_lump.methods import Method
-from onnx_lump.quantize import quantized_copy
+from onnx_lump.pipeline.quantize import quantized_copy
 
 __all__ = ["int8_points", "quantized"]
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from onnx_lump._version import __version__
-from onnx_lump.cli_console import print_line
+from onnx_lump.cli.console import print_line
 from onnx_lump.data.calibration import AUTO_MASK_INPUT
 from onnx_lump.data.holdout import DEFAULT_HOLDOUT
 from onnx_lump.data.refine import RefineOptions
@@ -23,8 +23,8 @@ from onnx_lump.methods import Reduction, Scope
 from onnx_lump.methods.lumping import DEFAULT_RIDGE, DEFAULT_SIMILARITY_WITH_DATA
 from onnx_lump.ode.grouping import Linkage
 from onnx_lump.ode.partition import Equivalence, Similarity
-from onnx_lump.plotting import plot_path
-from onnx_lump.quantize import QUANTIZE_SCHEMES
+from onnx_lump.pipeline.quantize import QUANTIZE_SCHEMES
+from onnx_lump.search.sweeps import plot_path
 from onnx_lump.types import METRICS, RMSE
 
 __all__ = [

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from onnx_lump.errors import LumpError
-from onnx_lump.report import Report
+from onnx_lump.pipeline.report import Report
 from onnx_lump.types import SweepPoint
 
 __all__ = ["HintedSearchTarget", "SearchTarget", "TimeLimitReached", "bisect"]

@@ -11,15 +11,15 @@ import math
 
 import onnx
 
-from onnx_lump.cli_console import print_line
+from onnx_lump.cli.console import print_line
 from onnx_lump.data.calibration import MAX_RANDOM_BYTES, random_inputs_bytes, random_inputs_note
 from onnx_lump.errors import LumpError
 from onnx_lump.graph.chains import scan_graph
 from onnx_lump.graph.importer import import_graph
 from onnx_lump.ode.partition import Similarity
-from onnx_lump.quantize import check_quantizable
+from onnx_lump.pipeline.quantize import check_quantizable
 from onnx_lump.runtime import session
-from onnx_lump.search import parse_knobs
+from onnx_lump.search.sweeps import parse_knobs
 
 __all__ = [
     "KNOBS",

@@ -1,6 +1,6 @@
 """Numpy forwards, derivatives and symmetry rules behind the activation registry.
 
-These are kept apart from :mod:`onnx_lump.activations` so the registry table reads as a
+These are kept apart from :mod:`onnx_lump.activations.registry` so the registry table reads as a
 table; the functions serve it alone (internal, though public by name) and read an
 activation's parameters through the :class:`Parameters` protocol
 (:class:`~onnx_lump.activations.Activation` is one), so this module does not import the

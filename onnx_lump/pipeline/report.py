@@ -10,9 +10,9 @@ from onnx_lump.data.holdout import FLOAT, LABEL, LEFT_OUT, OutputScore
 from onnx_lump.data.refine import RefineStats
 from onnx_lump.graph.weightstats import WeightRange
 from onnx_lump.ode.encoding import OdeSystem
-from onnx_lump.quantize import QuantizeStep
+from onnx_lump.pipeline.quantize import QuantizeStep
+from onnx_lump.pipeline.verify import VerificationResult
 from onnx_lump.types import COSINE, RMSE, ChainResult, format_error
-from onnx_lump.verify import VerificationResult
 
 __all__ = ["LayerStats", "Report"]
 

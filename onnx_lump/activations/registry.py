@@ -16,8 +16,8 @@ onnxruntime's fused ``BiasGelu(x, b)`` and ``FastGelu(x, b)`` compute the activa
 graph reader makes ``b`` the bias of the dense layer before them.
 
 Decomposed forms are matched on a canonical expression of the subgraph (see
-:mod:`onnx_lump.expressions`, :mod:`onnx_lump.activation_patterns` for the matchers and
-:mod:`onnx_lump.activation_matching` for the match against this registry). The graph
+:mod:`onnx_lump.activations.expressions`, :mod:`onnx_lump.activations.patterns` for the matchers and
+:mod:`onnx_lump.activations.matching` for the match against this registry). The graph
 reader (``chains.py``) builds the expression; this module only knows numbers.
 """
 
@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import special
 
-from onnx_lump.activation_forms import (
+from onnx_lump.activations.forms import (
     SELU_ALPHA,
     SELU_GAMMA,
     SQRT_HALF,
@@ -55,7 +55,7 @@ from onnx_lump.activation_forms import (
     softplus_slope,
     swish_slope,
 )
-from onnx_lump.activation_patterns import (
+from onnx_lump.activations.patterns import (
     clip,
     gelu_erf,
     gelu_op,

@@ -30,7 +30,7 @@ __all__ = [
     "compare_outputs",
 ]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("onnx_lump.verify")  # the notes keep their name
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ __all__ = [
     "quantized_copy",
 ]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("onnx_lump.quantize")  # the notes keep their name
 
 QUANTIZE_SCHEMES = ("int8",)
 # Ops onnxruntime's dynamic quantization turns into integer ops (weights int8).

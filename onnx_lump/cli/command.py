@@ -32,7 +32,7 @@ import traceback
 from pathlib import Path
 
 from onnx_lump.api import compress, refines_by_default
-from onnx_lump.cli_checks import (
+from onnx_lump.cli.checks import (
     KNOBS,
     LUMPING_METHODS,
     is_searching,
@@ -40,7 +40,7 @@ from onnx_lump.cli_checks import (
     preflight,
     validate,
 )
-from onnx_lump.cli_console import (
+from onnx_lump.cli.console import (
     SIGPIPE,
     Stopped,
     graphsurgeon_logging,
@@ -50,8 +50,8 @@ from onnx_lump.cli_console import (
     signals_raise,
     stderr_logging,
 )
-from onnx_lump.cli_parser import explicit_options, make_parser
-from onnx_lump.cli_progress import RunProgress
+from onnx_lump.cli.parser import explicit_options, make_parser
+from onnx_lump.cli.progress import RunProgress
 from onnx_lump.data.calibration import check_feeds, load_inputs, random_inputs, token_mask
 from onnx_lump.data.holdout import (
     carve_audit,
@@ -88,21 +88,15 @@ from onnx_lump.methods import (
 from onnx_lump.methods.lumping import DEFAULT_SIMILARITY_WITH_DATA
 from onnx_lump.ode.grouping import Linkage
 from onnx_lump.ode.partition import Equivalence, PartitionOptions, Similarity
-from onnx_lump.plotting import plot_sweep
+from onnx_lump.pipeline.quantize import QuantizeInfo, QuantizeStep, quantize_file, quantized_copy
+from onnx_lump.pipeline.report import Report
+from onnx_lump.pipeline.verify import compare_outputs
 from onnx_lump.progress import stage
-from onnx_lump.quantize import QuantizeInfo, QuantizeStep, quantize_file, quantized_copy
-from onnx_lump.report import Report
 from onnx_lump.runtime import resolve_providers, run_model
-from onnx_lump.search import (
-    FINAL_REFINE_FLOOR_SECONDS,
-    Evaluator,
-    bisect,
-    parse_knobs,
-    sweep,
-    write_table,
-)
+from onnx_lump.search.bisection import bisect
+from onnx_lump.search.evaluator import FINAL_REFINE_FLOOR_SECONDS, Evaluator
+from onnx_lump.search.sweeps import parse_knobs, plot_sweep, sweep, write_table
 from onnx_lump.types import format_error
-from onnx_lump.verify import compare_outputs
 
 # When the audit rows disagree with the rows the search chose on, search again this many
 # times, each within the chosen point's error times min(AUDIT_TIGHTEN, budget / audit

@@ -1,10 +1,10 @@
 """Which registered activation a canonical expression computes, and what to suggest when
 none does.
 
-:func:`match_expression` runs the registry's matchers (:mod:`onnx_lump.activation_patterns`)
+:func:`match_expression` runs the registry's matchers (:mod:`onnx_lump.activations.patterns`)
 and confirms every proposal by :func:`evaluate`-ing the expression against the registered
 forward on a fixed probe; :func:`hint_for_ops` names the registered forms nearest to a
-subgraph that matched nothing. Kept apart from :mod:`onnx_lump.activations` so the
+subgraph that matched nothing. Kept apart from :mod:`onnx_lump.activations.registry` so the
 registry stays a table of numbers; this module builds on it, never the other way round.
 """
 
@@ -15,7 +15,8 @@ from collections.abc import Callable
 import numpy as np
 from scipy import special
 
-from onnx_lump.activations import (
+from onnx_lump.activations.expressions import X
+from onnx_lump.activations.registry import (
     IDENTITY,
     REGISTRY,
     SPECS,
@@ -23,7 +24,6 @@ from onnx_lump.activations import (
     Activation,
     ActivationKind,
 )
-from onnx_lump.expressions import X
 
 __all__ = ["evaluate", "hint_for_ops", "match_expression"]
 

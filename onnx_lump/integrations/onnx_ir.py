@@ -2,7 +2,7 @@
 
     import onnx_ir as ir
     from onnx_ir.passes.common import IdentityEliminationPass, RemoveUnusedNodesPass
-    from onnx_lump.passes import LumpPass
+    from onnx_lump.integrations.onnx_ir import LumpPass
 
     model = ir.load("model.onnx")  # weights may stay in external data
     pipeline = ir.passes.PassManager(
@@ -34,11 +34,11 @@ from onnx_lump.methods import Method
 from onnx_lump.methods.lumping import DEFAULT_RIDGE
 from onnx_lump.ode.grouping import Linkage
 from onnx_lump.ode.partition import Equivalence, Similarity
-from onnx_lump.report import Report
+from onnx_lump.pipeline.report import Report
 
 __all__ = ["LumpPass"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("onnx_lump.passes")  # the pass's notes keep their name
 
 _NO_CHAIN = "no dense chain found"
 

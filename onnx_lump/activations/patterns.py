@@ -3,7 +3,7 @@
 Each registered activation lists the decomposed forms exporters write for it; the code
 that recognises those forms is long, fiddly and only about expression shapes, so it lives
 here rather than in the registry. A matcher only proposes parameters:
-:func:`onnx_lump.activation_matching.match_expression` confirms every match numerically
+:func:`onnx_lump.activations.matching.match_expression` confirms every match numerically
 before trusting it.
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from onnx_lump.activation_forms import GELU_TANH_CUBIC, GELU_TANH_SCALE, SQRT_HALF
-from onnx_lump.expressions import X, add, constant, factors_of, mul, terms_of
+from onnx_lump.activations.expressions import X, add, constant, factors_of, mul, terms_of
+from onnx_lump.activations.forms import GELU_TANH_CUBIC, GELU_TANH_SCALE, SQRT_HALF
 
 __all__ = [
     "clip",

@@ -4,7 +4,7 @@ Olive finds a pass through a package config that maps its name to a module path.
 ``--package-config`` file replaces Olive's own list, so write one that holds Olive's
 passes and this one:
 
-    python -m onnx_lump.olive_pass olive_packages.json
+    python -m onnx_lump.integrations.olive olive_packages.json
     olive run --config workflow.json --package-config olive_packages.json
 
 or, from Python, ``olive.workflows.run(workflow, package_config=package_config())``.
@@ -30,20 +30,20 @@ from olive.passes.onnx.common import get_external_data_config, ir_model_to_olive
 from olive.passes.pass_config import BasePassConfig, PassConfigParam
 
 from onnx_lump.data.calibration import load_inputs
+from onnx_lump.integrations.onnx_ir import LumpPass
 from onnx_lump.methods.lumping import DEFAULT_RIDGE
 from onnx_lump.ode.grouping import Linkage
 from onnx_lump.ode.partition import Equivalence, Similarity
-from onnx_lump.passes import LumpPass
 
 __all__ = ["PACKAGE_CONFIG", "OnnxLump", "package_config", "write_package_config"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("onnx_lump.olive_pass")  # the pass's notes keep their name
 
 # The entry Olive needs to find the pass by name (the key is what a workflow's "type" says).
 PACKAGE_CONFIG = {
     "passes": {
         "OnnxLump": {
-            "module_path": "onnx_lump.olive_pass.OnnxLump",
+            "module_path": "onnx_lump.integrations.olive.OnnxLump",
             "supported_providers": ["*"],
             "supported_accelerators": ["*"],
             "supported_precisions": ["*"],
@@ -177,5 +177,5 @@ def write_package_config(path: str | Path) -> Path:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m onnx_lump.olive_pass PACKAGE_CONFIG.json")
+        sys.exit("usage: python -m onnx_lump.integrations.olive PACKAGE_CONFIG.json")
     logger.info("wrote %s", write_package_config(sys.argv[1]))

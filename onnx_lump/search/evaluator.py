@@ -17,20 +17,15 @@ rest, so the whole search costs a few refinements rather than one per step.
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 import onnx
 
 from onnx_lump.api import DataOptions, compress, knob_hint, refines_by_default
-from onnx_lump.bisection import TimeLimitReached, bisect
 from onnx_lump.data.cache import SearchCache
 from onnx_lump.data.calibration import AUTO_MASK_INPUT, check_feeds
 from onnx_lump.data.holdout import (
@@ -43,23 +38,16 @@ from onnx_lump.data.holdout import (
 from onnx_lump.data.refine import RefineOptions
 from onnx_lump.errors import LumpError
 from onnx_lump.methods import Method
+from onnx_lump.pipeline.quantize import quantized_copy
+from onnx_lump.pipeline.report import Report
 from onnx_lump.progress import stage
-from onnx_lump.quantize import quantized_copy
-from onnx_lump.report import Report
 from onnx_lump.runtime import resolve_providers
+from onnx_lump.search.bisection import TimeLimitReached
 from onnx_lump.types import RMSE, SweepPoint, format_error
 
-__all__ = [
-    "FINAL_REFINE_FLOOR_SECONDS",
-    "Evaluator",
-    "SweepPoint",
-    "bisect",
-    "parse_knobs",
-    "sweep",
-    "write_table",
-]
+__all__ = ["FINAL_REFINE_FLOOR_SECONDS", "Evaluator"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("onnx_lump.search")  # the search's notes keep their name
 
 # The share of the refinement budget each search step spends; the chosen point gets the rest.
 SEARCH_REFINE_SHARE = 0.2
@@ -76,7 +64,7 @@ class Evaluator:
     compress's default; False: off). With ``caches`` (the default) the steps share what
     does not depend on the knob (:mod:`onnx_lump.data.cache`). With ``quantize``
     (``"int8"``) every error measured is that of the step's network quantized
-    (:func:`onnx_lump.quantize.quantized_copy`), against the original. ``metric``
+    (:func:`onnx_lump.pipeline.quantize.quantized_copy`), against the original. ``metric``
     (``"rmse"`` or ``"cosine"``) is how every step's error is measured, and so what an
     error budget is in."""
 
@@ -445,56 +433,3 @@ def _merge_refine(search: list, final: list) -> list:
             )
         )
     return merged
-
-
-def parse_knobs(spec: str) -> list[float]:
-    """``0,0.1,0.5`` or ``start:stop:step`` (stop included) as a list of values; an empty
-    item (``0,,1``, ``,1``, ``1,``) is an error, not a value skipped."""
-    items = spec.split(":" if ":" in spec else ",")
-    if spec.strip() and (empty := [i for i, item in enumerate(items, 1) if not item.strip()]):
-        raise LumpError(
-            f"--sweep '{spec}': item {empty[0]} of {len(items)} is empty; "
-            "give a list 'a,b,c' or a range 'start:stop:step'"
-        )
-    try:
-        if ":" in spec:
-            start, stop, step = (float(v) for v in spec.split(":"))
-            if step <= 0 or stop < start:
-                raise ValueError
-            count = int(np.floor((stop - start) / step + 1e-9)) + 1
-            return [round(start + i * step, 12) for i in range(count)]
-        knobs = [float(v) for v in items]
-        if not knobs or not all(np.isfinite(knobs)):
-            raise ValueError
-        return knobs
-    except ValueError:
-        raise LumpError(
-            f"--sweep '{spec}' is not a list 'a,b,c' or a range 'start:stop:step'"
-        ) from None
-
-
-def sweep(evaluate: Evaluator, knobs: Sequence[float]) -> list[SweepPoint]:
-    """The points at ``knobs``; past the evaluator's deadline, those reached."""
-    points = []
-    for knob in knobs:
-        try:
-            points.append(evaluate(knob)[2])
-        except TimeLimitReached:
-            break
-    return points
-
-
-def write_table(points: Sequence[SweepPoint], path: Path, knob_name: str) -> None:
-    rows = [
-        {knob_name: p.knob, **{k: v for k, v in asdict(p).items() if k != "knob"}} for p in points
-    ]
-    try:
-        if path.suffix.lower() == ".json":
-            path.write_text(json.dumps(rows, indent=1) + "\n")
-            return
-        with path.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-    except OSError as exc:
-        raise LumpError(f"cannot write '{path}': {exc.strerror or exc}") from exc
