@@ -319,6 +319,19 @@ def _step_count(lines: list[str]) -> int:
     return sum(1 for line in lines if re.search(r"(^|\s)knob [0-9.e+-]+: ", line))
 
 
+def _run_cells(run: dict, params: int) -> tuple[str, str, str]:
+    """A run's share of parameters kept, held-out error and refinement, as table cells."""
+    kept = run["params_after"]
+    share = "-" if kept is None else f"{100 * kept / params:.2f}%"
+    error = "-" if run["error"] is None else f"{100 * run['error']:.4g}%"
+    refined = "; ".join(
+        f"{r['iterations']} it, {r['seconds']:.0f} s, "
+        f"{100 * r['holdout_before']:.3g}% -> {100 * r['holdout_after']:.3g}%"
+        for r in run["refine"]
+    )
+    return share, error, refined
+
+
 def markdown(result: dict) -> str:
     io_wall, io_cpu = result["io_wall"], result["io_cpu"]
     lines = [
@@ -339,14 +352,7 @@ def markdown(result: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, run in result["runs"].items():
-        kept = run["params_after"]
-        share = "-" if kept is None else f"{100 * kept / result['params']:.2f}%"
-        error = "-" if run["error"] is None else f"{100 * run['error']:.4g}%"
-        refined = "; ".join(
-            f"{r['iterations']} it, {r['seconds']:.0f} s, {100 * r['holdout_before']:.3g}% -> "
-            f"{100 * r['holdout_after']:.3g}%"
-            for r in run["refine"]
-        )
+        share, error, refined = _run_cells(run, result["params"])
         lines.append(
             f"| `{RUNS[name][0]}` | {run['code']} | "
             f"{_step_count(run['steps']) if RUNS[name][1] else '-'} | {share} | "
@@ -372,14 +378,7 @@ def markdown(result: dict) -> str:
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for name, run in process.items():
-            kept = run["params_after"]
-            share = "-" if kept is None else f"{100 * kept / result['params']:.2f}%"
-            error = "-" if run["error"] is None else f"{100 * run['error']:.4g}%"
-            refined = "; ".join(
-                f"{r['iterations']} it, {r['seconds']:.0f} s, "
-                f"{100 * r['holdout_before']:.3g}% -> {100 * r['holdout_after']:.3g}%"
-                for r in run["refine"]
-            )
+            share, error, refined = _run_cells(run, result["params"])
             lines.append(
                 f"| `{RUNS[name][0]}` | {run['code']} | "
                 f"{', '.join(f'{t:.1f}' for t in run['first_lines'])} | "
