@@ -37,6 +37,7 @@ from bench.refined import (
     DONE_DRMSE,
     ONNXSIM_SLOW_LEARNING_RATE,
     onnxsim_points,
+    refine_budget,
     refine_knobs,
     refined_points,
     same_sizes,
@@ -220,6 +221,10 @@ GRID_KEYS = {
     "baselines": ("baseline_budget", "sparsities", "taus", "scratch", "variants"),
     "int8": ("budget", "refine_targets", "int8_targets"),
 }
+# The groups that run onnx_lump's refine stage: their cache key also holds its budget
+# (RefineOptions: iterations, jitter strengths, ...), so a changed refinement redoes them
+# and leaves the peer's and the baselines' cached sweeps alone.
+REFINE_GROUPS = ("refined", "refined-extra", "int8")
 
 
 def run_network(
@@ -242,6 +247,8 @@ def run_network(
     for group in groups:
         settings = [PROTOCOL_VERSION, ref.path.name, HAS_REFINE, group]
         settings += [grid[k] for k in GRID_KEYS[group]]
+        if group in REFINE_GROUPS and HAS_REFINE:
+            settings.append(repr(refine_budget(quick)))
         key = hashlib.sha1(json.dumps(settings, default=str).encode()).hexdigest()[:10]
         stored = cache / "points" / f"{ref.path.stem}_{group}_{key}.json"
         if stored.exists() and not fresh:
