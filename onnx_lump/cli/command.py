@@ -105,7 +105,7 @@ AUDIT_RETRIES = 3
 AUDIT_TIGHTEN = 0.8
 # Below this many audit rows (1,024 calibration rows at the default --holdout), 3 of 8
 # --max-error runs on the demo printed 2.7-4.9% where new trajectories showed 12.6-20.4%;
-# with 205 (2,048 rows) 8 of 8 stayed within 5.2% (README, "honest errors").
+# with 205 (2,048 rows) 8 of 8 stayed within 5.2% (README: Calibration inputs, split).
 FEW_AUDIT_ROWS = 200
 
 __all__ = [
@@ -264,7 +264,8 @@ def _run_parsed(args: argparse.Namespace, display: RunProgress) -> int:
                 f"warning: {rows} calibration rows leave "
                 f"{audit.n_audit if audit else 'no'} audit rows to check --max-error: with "
                 f"fewer than {FEW_AUDIT_ROWS} the error printed has missed errors several "
-                "times larger on new inputs (README: honest errors); give more rows or --val"
+                "times larger on new inputs (README: Calibration inputs, split); give more "
+                "rows or --val"
             )
     shapes = parse_shapes(args.input_shape)
     verify_options = {
