@@ -110,17 +110,27 @@ STYLES = {
 }
 
 
-def plot_task(task: str, points: list[Point], networks: list[str], path: Path) -> None:
+def _network_axes(points: list[Point], networks: list[str]):
+    """A figure with one axis a network: (plt, fig, axes, [(axis, network, its points, the
+    original's test RMSE)])."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(networks), figsize=(4.6 * len(networks), 4.0), squeeze=False)
+    panels = []
     for ax, network in zip(axes[0], networks, strict=True):
         mine = [p for p in points if p.network == network]
         base = next((p.test_rmse for p in mine if p.method == "original"), None)
         base = min(p.test_rmse for p in mine) if base is None else base
+        panels.append((ax, network, mine, base))
+    return plt, fig, axes, panels
+
+
+def plot_task(task: str, points: list[Point], networks: list[str], path: Path) -> None:
+    plt, fig, axes, panels = _network_axes(points, networks)
+    for ax, network, _, base in panels:
         for method in METHOD_ORDER:
             sel = sorted(
                 (p for p in points if p.network == network and p.method == method),
@@ -149,16 +159,8 @@ def plot_task_bytes(task: str, points: list[Point], networks: list[str], path: P
     point of the task has bytes (sweeps cached before they were recorded)."""
     if not any(p.bytes for p in points if p.method in QUANTIZED):
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(networks), figsize=(4.6 * len(networks), 4.0), squeeze=False)
-    for ax, network in zip(axes[0], networks, strict=True):
-        mine = [p for p in points if p.network == network]
-        base = next((p.test_rmse for p in mine if p.method == "original"), None)
-        base = min(p.test_rmse for p in mine) if base is None else base
+    plt, fig, axes, panels = _network_axes(points, networks)
+    for ax, network, mine, base in panels:
         for method in ("original", *METHOD_ORDER):
             if method in UNSTRUCTURED:  # zeros are stored: the file is not smaller
                 continue
