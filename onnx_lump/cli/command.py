@@ -23,6 +23,7 @@ examples:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import signal
@@ -276,6 +277,8 @@ def _run_parsed(args: argparse.Namespace, display: RunProgress) -> int:
         "atol": args.atol,
         "rtol": args.rtol,
     }
+    # the input file's outputs, run once on each set of rows compared (audit, held-out)
+    reference = _Reference(args.input, resolve_providers(providers))
     if is_searching(args):
         evaluate = _evaluator(
             args, loaded.model, calibration, validation, targets, providers, holdout_share
@@ -301,7 +304,7 @@ def _run_parsed(args: argparse.Namespace, display: RunProgress) -> int:
                 )
             print(f"DONE | {len(points)} points of {args.method} | wrote {args.output}")
             return EXIT_OK
-        budget, runtime = args.max_error, resolve_providers(providers)
+        budget = args.max_error
         for attempt in range(AUDIT_RETRIES + 1):
             knob, point, met = bisect(
                 evaluate, _knob_limit(args, limit), args.target_params, budget
@@ -322,7 +325,7 @@ def _run_parsed(args: argparse.Namespace, display: RunProgress) -> int:
             if audit is None or args.max_error is None:
                 break
             stage(f"measuring the chosen network on the {audit.n_audit} audit rows")
-            audited = _audit_error(loaded.model, reduced, audit.audit, runtime, args)
+            audited = _audit_error(reference, reduced, audit.audit, args)
             display.pause()
             if audited <= args.max_error:
                 break
@@ -378,7 +381,6 @@ def _run_parsed(args: argparse.Namespace, display: RunProgress) -> int:
     stage(f"writing and checking the network ({args.output.name}, staged beside it)")
     with stage_model(reduced, args.output, external_data=loaded.external_data) as staged:
         check_model_file(staged.path)
-        reference = _Reference(args.input, resolve_providers(providers))
         if args.quantize:
             report.quantization = _quantize_staged(args, staged, split, audit, feeds, reference)
             report.notes.append(_QUANTIZE_NOTE)
@@ -509,17 +511,17 @@ def _measure(args, path: Path, split, audit, feeds, reference: _Reference):
     return holdout_error, chosen_error, verification
 
 
-def _audit_error(original, reduced, rows, providers, args: argparse.Namespace) -> float:
+def _audit_error(reference: _Reference, reduced, rows, args: argparse.Namespace) -> float:
     """The error (by --metric) of ``reduced`` (quantized first with --quantize, as it
-    would be written) against ``original`` on the audit ``rows``, by onnxruntime."""
+    would be written) against the input file on the audit ``rows``, by onnxruntime; the
+    input file runs on them once however often the search chooses again."""
     mask = token_mask(rows, _data_options(args)["mask_input"])
-    expected = stack_outputs(run_model(original, rows, providers), mask)
-    if args.quantize is None:
-        actual = run_model(reduced, rows, providers)
-        return output_error(expected, stack_outputs(actual, mask), metric=args.metric)
-    with quantized_copy(reduced, args.quantize) as (path, _):
-        actual = run_model(path, rows, providers)
-        return output_error(expected, stack_outputs(actual, mask), metric=args.metric)
+    with contextlib.ExitStack() as stack:
+        if args.quantize is not None:
+            reduced, _ = stack.enter_context(quantized_copy(reduced, args.quantize))
+        actual = run_model(reduced, rows, reference.providers)
+    expected = stack_outputs(reference.outputs(rows), mask)
+    return output_error(expected, stack_outputs(actual, mask), metric=args.metric)
 
 
 def _quantize_staged(args, staged, split, audit, feeds, reference: _Reference) -> QuantizeStep:
