@@ -128,6 +128,23 @@ def _network_axes(points: list[Point], networks: list[str]):
     return plt, fig, axes, panels
 
 
+def _finish_panel(ax, title: str, base: float, xlabel: str) -> None:
+    """A network's panel: log x axis, test RMSE up to 3x the original's, the 5% line."""
+    ax.axhline(base * 1.05, color="grey", lw=0.8, ls=":")
+    ax.set_xscale("log")
+    ax.set_ylim(0, base * 3)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test RMSE (standardised)")
+
+
+def _save_figure(plt, fig, axes, path: Path) -> None:
+    axes[0][0].legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def plot_task(task: str, points: list[Point], networks: list[str], path: Path) -> None:
     plt, fig, axes, panels = _network_axes(points, networks)
     for ax, network, _, base in panels:
@@ -140,17 +157,9 @@ def plot_task(task: str, points: list[Point], networks: list[str], path: Path) -
                 plain = {"lw": 0.9, "ls": "--" if method in UNSTRUCTURED else "-"}
                 style = {"marker": ".", **STYLES.get(method, plain)}
                 ax.plot([p.grp for p in sel], [p.test_rmse for p in sel], label=method, **style)
-        ax.axhline(base * 1.05, color="grey", lw=0.8, ls=":")
-        ax.set_xscale("log")
-        ax.set_ylim(0, base * 3)
         ax.set_xlim(0.5, 105)
-        ax.set_title(f"{task}, {network}")
-        ax.set_xlabel("retained parameters (%, log scale)")
-        ax.set_ylabel("test RMSE (standardised)")
-    axes[0][0].legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+        _finish_panel(ax, f"{task}, {network}", base, "retained parameters (%, log scale)")
+    _save_figure(plt, fig, axes, path)
 
 
 def plot_task_bytes(task: str, points: list[Point], networks: list[str], path: Path) -> bool:
@@ -170,16 +179,8 @@ def plot_task_bytes(task: str, points: list[Point], networks: list[str], path: P
                 if method == "original":
                     style = {"marker": "*", "color": "grey", "lw": 0, "ms": 9}
                 ax.plot([p.bytes for p in sel], [p.test_rmse for p in sel], label=method, **style)
-        ax.axhline(base * 1.05, color="grey", lw=0.8, ls=":")
-        ax.set_xscale("log")
-        ax.set_ylim(0, base * 3)
-        ax.set_title(f"{task}, {network}")
-        ax.set_xlabel("model bytes (log scale)")
-        ax.set_ylabel("test RMSE (standardised)")
-    axes[0][0].legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+        _finish_panel(ax, f"{task}, {network}", base, "model bytes (log scale)")
+    _save_figure(plt, fig, axes, path)
     return True
 
 
