@@ -13,6 +13,7 @@ from onnx_lump._version import __version__
 from onnx_lump.api import compress, lump
 from onnx_lump.errors import LumpError
 from onnx_lump.graph.chains import DenseChain, DenseLayer, scan_graph
+from onnx_lump.methods.lumping import LumpOptions
 from onnx_lump.ode.encoding import Lumping, OdeSystem, encode_chain
 from onnx_lump.ode.equivalence import compute_partition
 from onnx_lump.ode.grouping import Linkage
@@ -29,6 +30,7 @@ __all__ = [
     "LayerStats",
     "Linkage",
     "LumpError",
+    "LumpOptions",
     "Lumping",
     "OdeSystem",
     "Partition",

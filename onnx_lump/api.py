@@ -49,10 +49,8 @@ from onnx_lump.graph.weightstats import (
     weight_range_warnings,
 )
 from onnx_lump.methods import ChainProblem, Lump, Method
-from onnx_lump.methods.lumping import DEFAULT_RIDGE, DEFAULT_SIMILARITY_WITH_DATA
+from onnx_lump.methods.lumping import LumpOptions
 from onnx_lump.ode.encoding import OdeSystem, encode_chain
-from onnx_lump.ode.grouping import Linkage
-from onnx_lump.ode.partition import Equivalence, PartitionOptions, Similarity
 from onnx_lump.pipeline.report import LayerStats, Report
 from onnx_lump.pipeline.verify import compare_outputs
 from onnx_lump.progress import stage
@@ -88,35 +86,28 @@ def lump(
     model: onnx.ModelProto,
     eps: float = 0.0,
     *,
-    equivalence: str | Equivalence = Equivalence.BACKWARD,
-    linkage: str | Linkage = Linkage.SINGLE,
-    symmetries: bool = True,
-    similarity: str | Similarity | None = None,
+    options: LumpOptions | None = None,
     calibration: Mapping[str, np.ndarray] | None = None,
-    refit: bool = True,
-    ridge: float | None = DEFAULT_RIDGE,
     **kwargs,
 ) -> tuple[onnx.ModelProto, Report]:
     """Merge epsilon-equivalent neurons of every dense chain of ``model``.
 
     Data-free unless ``calibration`` inputs are given; then each next layer is refit in
     closed form (unless ``refit`` is False) and ``similarity`` defaults to
-    ``DEFAULT_SIMILARITY_WITH_DATA``. Other keyword arguments go to
-    :func:`compress`. Returns a new model (``model`` is not modified) and a Report.
+    ``DEFAULT_SIMILARITY_WITH_DATA``. The lumping options are ``options`` or, one by one,
+    keyword arguments named after :class:`LumpOptions`' fields (``equivalence``,
+    ``linkage``, ``symmetries``, ``similarity``, ``refit``, ``ridge``, ``reduction``,
+    ``force_refit``); other keyword arguments go to :func:`compress`. Returns a new model
+    (``model`` is not modified) and a Report.
     """
-    model = to_model_proto(model)
-    if similarity is None:
-        similarity = Similarity.WEIGHTS if calibration is None else DEFAULT_SIMILARITY_WITH_DATA
-    options = PartitionOptions(
-        float(eps),
-        Equivalence(equivalence),
-        Linkage(linkage),
-        bool(symmetries),
-        Similarity(similarity),
-    )
-    return compress(
-        model, Lump(options, refit=refit, ridge=ridge), calibration=calibration, **kwargs
-    )
+    given = len(kwargs)
+    named = LumpOptions.take(kwargs)
+    if options is None:
+        options = named
+    elif len(kwargs) != given:
+        raise LumpError("give the lumping options either as options=LumpOptions(...) or by name")
+    method = options.method(eps, with_data=calibration is not None)
+    return compress(to_model_proto(model), method, calibration=calibration, **kwargs)
 
 
 def compress(
@@ -526,8 +517,8 @@ def _small_calibration_notes(chains, fit_inputs) -> list[str]:
 
 def refines_by_default(method: Method) -> bool:
     """Whether ``compress`` refines after ``method`` when calibration inputs are given and
-    ``refine`` is left at None: structured methods that do not promise losslessness."""
-    return method.structured and not method.lossless
+    ``refine`` is left at None (:attr:`Method.refined_by_default`)."""
+    return method.refined_by_default
 
 
 def _refine_options(

@@ -16,6 +16,13 @@ from onnx_lump.data.calibration import MAX_RANDOM_BYTES, random_inputs_bytes, ra
 from onnx_lump.errors import LumpError
 from onnx_lump.graph.chains import scan_graph
 from onnx_lump.graph.importer import import_graph
+from onnx_lump.methods.registry import (
+    EPS,
+    METHODS,
+    ONE_MINUS_TAU,
+    SPARSITY,
+    MethodSettings,
+)
 from onnx_lump.ode.partition import Similarity
 from onnx_lump.pipeline.quantize import check_quantizable
 from onnx_lump.runtime import session
@@ -23,6 +30,7 @@ from onnx_lump.search.sweeps import parse_knobs
 
 __all__ = [
     "KNOBS",
+    "KNOB_OPTIONS",
     "LUMPING_METHODS",
     "PRUNING_METHODS",
     "is_searching",
@@ -33,14 +41,7 @@ __all__ = [
 ]
 
 # The knob each method trades size for accuracy with (larger = smaller), and its limit.
-KNOBS = {
-    "lump": ("eps", None),
-    "lump+linear": ("eps", None),
-    "magnitude": ("sparsity", 0.999),
-    "wanda": ("sparsity", 0.999),
-    "ec": ("sparsity", 0.999),
-    "linear": ("1-tau", 0.999),
-}
+KNOBS = {name: (spec.knob or "", spec.knob_limit) for name, spec in METHODS.items()}
 
 
 # Range of every numeric option: (test, what the test says). None values are "not given".
@@ -62,12 +63,22 @@ _RANGES = {
 }
 # The range of each method's knob, for --sweep values (1 - tau for linear).
 _KNOB_RANGES = {
-    "eps": (lambda v: v >= 0, ">= 0"),
-    "sparsity": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "1-tau": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    EPS: (lambda v: v >= 0, ">= 0"),
+    SPARSITY: (lambda v: 0 <= v < 1, "in [0, 1)"),
+    ONE_MINUS_TAU: (lambda v: 0 <= v < 1, "in [0, 1)"),
 }
-LUMPING_METHODS = ("lump", "lump+linear")
-PRUNING_METHODS = ("magnitude", "wanda", "ec")
+# The option that holds each knob's value when no search sets it.
+KNOB_OPTIONS = {EPS: "eps", SPARSITY: "sparsity", ONE_MINUS_TAU: "tau"}
+LUMPING_METHODS = tuple(name for name, spec in METHODS.items() if spec.is_lumping)
+PRUNING_METHODS = tuple(name for name, spec in METHODS.items() if spec.is_pruning)
+
+
+# The methods' own option groups, and what the warning says of a method that ignores one.
+_GROUP_WARNINGS = {
+    "sparsity": "a pruning option",
+    "scope": "magnitude and ec only",
+    "tau": "linear folding only",
+}
 
 
 def _flag(dest: str) -> str:
@@ -124,31 +135,23 @@ def no_effect(args: argparse.Namespace) -> list[str]:
     """One warning per option the user gave that this run would silently ignore."""
     given: set[str] = getattr(args, "given_options", set())
     method, calib, searching = args.method, args.calib is not None, is_searching(args)
-    knob_name = KNOBS.get(method, ("", None))[0]
+    spec = METHODS[method]
     unused: list[tuple[str, str]] = []  # (dest, why)
     lumping_only = ("eps", "equivalence", "linkage", "similarity", "no_symmetries", "reduction")
     needs_data = ("no_refit", "ridge", "force_refit")
     for dest in (*lumping_only, *needs_data):
-        if method not in LUMPING_METHODS:
+        if not spec.is_lumping:
             unused.append((dest, f"with --method {method} (a lumping option)"))
         elif dest in needs_data and not calib:
             unused.append((dest, "without --calib: the refit needs data"))
-    if (
-        method in LUMPING_METHODS
-        and not calib
-        and getattr(args, "reduction", "partition") != "partition"
-    ):
+    if spec.is_lumping and not calib and getattr(args, "reduction", "partition") != "partition":
         unused.append(("reduction", "without --calib: span reads the activations"))
-    if method not in PRUNING_METHODS:
-        unused.append(("sparsity", f"with --method {method} (a pruning option)"))
-    if method not in ("magnitude", "ec"):
-        unused.append(("scope", f"with --method {method} (magnitude and ec only)"))
-    if method not in ("linear", "lump+linear"):
-        unused.append(("tau", f"with --method {method} (linear folding only)"))
-    if searching:  # the search sets the knob itself
-        knob_dest = {"eps": "eps", "sparsity": "sparsity", "1-tau": "tau"}.get(knob_name)
-        if knob_dest and method in (LUMPING_METHODS if knob_dest == "eps" else (method,)):
-            unused.append((knob_dest, f"with a search or sweep, which chooses {knob_name}"))
+    for group, why in _GROUP_WARNINGS.items():
+        if group not in spec.reads:
+            unused.append((group, f"with --method {method} ({why})"))
+    if searching and spec.knob is not None:  # the search sets the knob itself
+        why = f"with a search or sweep, which chooses {spec.knob}"
+        unused.append((KNOB_OPTIONS[spec.knob], why))
     if args.sweep is not None:
         for dest in ("target_params", "max_error", "atol", "rtol", "no_verify"):
             unused.append((dest, "with --sweep, which writes only the table"))
@@ -175,7 +178,7 @@ def no_effect(args: argparse.Namespace) -> list[str]:
     refine = ("refine_iters", "refine_seconds")
     if getattr(args, "no_refine", False):
         unused += [(d, "with --no-refine") for d in refine]
-    elif method in ("exact", *PRUNING_METHODS):
+    elif not spec.build(0.0, MethodSettings()).refined_by_default:
         unused += [(d, f"with --method {method}, which is not refined") for d in refine]
     elif not calib:
         unused += [(d, "without --calib: refining needs data") for d in (*refine, "no_refine")]

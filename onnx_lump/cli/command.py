@@ -34,6 +34,7 @@ from pathlib import Path
 
 from onnx_lump.api import compress, refines_by_default
 from onnx_lump.cli.checks import (
+    KNOB_OPTIONS,
     KNOBS,
     LUMPING_METHODS,
     is_searching,
@@ -74,21 +75,8 @@ from onnx_lump.graph.modelio import load_model
 from onnx_lump.graph.paths import check_paths
 from onnx_lump.graph.saving import check_model_file, stage_model
 from onnx_lump.graph.tensordata import file_size, parse_model_file
-from onnx_lump.methods import (
-    EliminationCompensation,
-    Exact,
-    LinearFolding,
-    Lump,
-    Magnitude,
-    Method,
-    Reduction,
-    Scope,
-    Sequence,
-    Wanda,
-)
-from onnx_lump.methods.lumping import DEFAULT_SIMILARITY_WITH_DATA
-from onnx_lump.ode.grouping import Linkage
-from onnx_lump.ode.partition import Equivalence, PartitionOptions, Similarity
+from onnx_lump.methods import Method, Reduction, Scope, registry
+from onnx_lump.methods.lumping import LumpOptions
 from onnx_lump.pipeline.quantize import QuantizeInfo, QuantizeStep, quantize_file, quantized_copy
 from onnx_lump.pipeline.report import Report
 from onnx_lump.pipeline.verify import compare_outputs
@@ -181,41 +169,32 @@ def _main(argv: list[str] | None) -> int:
 
 def build_method(name: str, knob: float, args: argparse.Namespace) -> Method:
     """The method ``name`` with its knob set to ``knob`` and the rest from ``args``."""
-    if name in ("lump", "lump+linear"):
-        default = DEFAULT_SIMILARITY_WITH_DATA if args.calib else Similarity.WEIGHTS
-        similarity = Similarity(args.similarity) if args.similarity else default
-        options = PartitionOptions(
-            knob,
-            Equivalence(args.equivalence),
-            Linkage(args.linkage),
-            not args.no_symmetries,
-            similarity,
-        )
-        lump = Lump(
-            options,
-            refit=not args.no_refit,
-            ridge=args.ridge,
-            reduction=Reduction(args.reduction),
-            force_refit=args.force_refit,
-        )
-        return Sequence(lump, LinearFolding(args.tau)) if name == "lump+linear" else lump
-    if name == "exact":
-        return Exact()
-    if name == "magnitude":
-        return Magnitude(knob, Scope(args.scope or Scope.LAYER.value))
-    if name == "wanda":
-        return Wanda(knob)
-    if name == "ec":
-        return EliminationCompensation(knob, Scope(args.scope or Scope.GLOBAL.value))
-    return LinearFolding(1.0 - knob)
+    return registry.build_method(name, knob, method_settings(args))
+
+
+def method_settings(args: argparse.Namespace) -> registry.MethodSettings:
+    """The method options of a command line (all but the knob)."""
+    lumping = LumpOptions(
+        equivalence=args.equivalence,
+        linkage=args.linkage,
+        symmetries=not args.no_symmetries,
+        similarity=args.similarity,
+        refit=not args.no_refit,
+        ridge=args.ridge,
+        reduction=args.reduction,
+        force_refit=args.force_refit,
+    )
+    scope = Scope(args.scope) if args.scope else None
+    return registry.MethodSettings(lumping, scope, args.tau, with_data=bool(args.calib))
 
 
 def _initial_knob(args: argparse.Namespace) -> float:
-    if args.method in ("lump", "lump+linear"):
-        return args.eps
-    if args.method == "linear":
-        return 1.0 - args.tau
-    return args.sparsity
+    """The knob's value as given (a search starts elsewhere): --eps, 1 - --tau, --sparsity."""
+    knob = registry.method_spec(args.method).knob
+    if knob is None:
+        return 0.0
+    value = getattr(args, KNOB_OPTIONS[knob])
+    return 1.0 - value if knob == registry.ONE_MINUS_TAU else value
 
 
 def run_parsed(args: argparse.Namespace) -> int:

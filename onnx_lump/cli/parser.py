@@ -19,7 +19,7 @@ from onnx_lump.errors import (
     EXIT_OK,
     EXIT_SIGNAL_BASE,
 )
-from onnx_lump.methods import Reduction, Scope
+from onnx_lump.methods import Reduction, Scope, registry
 from onnx_lump.methods.lumping import DEFAULT_RIDGE, DEFAULT_SIMILARITY_WITH_DATA
 from onnx_lump.ode.grouping import Linkage
 from onnx_lump.ode.partition import Equivalence, Similarity
@@ -35,7 +35,7 @@ __all__ = [
     "program_name",
 ]
 
-METHODS = ("lump", "exact", "magnitude", "wanda", "ec", "linear", "lump+linear")
+METHODS = tuple(registry.METHODS)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -90,7 +90,7 @@ def make_parser(doc: str) -> argparse.ArgumentParser:
         "--method",
         choices=METHODS,
         default="lump",
-        help="lump (default), exact, magnitude, wanda, ec, linear, lump+linear",
+        help=", ".join(f"{name} (default)" if name == "lump" else name for name in METHODS),
     )
 
     lumping = parser.add_argument_group("lumping")

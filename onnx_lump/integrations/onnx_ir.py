@@ -19,21 +19,19 @@ external data stay so in the result.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Mapping
-from typing import TypedDict
 
 import numpy as np
 import onnx
 import onnx_ir as ir
 
-from onnx_lump.api import compress, lump
+from onnx_lump.api import compress
 from onnx_lump.errors import LumpError
 from onnx_lump.graph.modelsource import ir_to_proto
 from onnx_lump.methods import Method
-from onnx_lump.methods.lumping import DEFAULT_RIDGE
-from onnx_lump.ode.grouping import Linkage
-from onnx_lump.ode.partition import Equivalence, Similarity
+from onnx_lump.methods.lumping import LumpOptions
 from onnx_lump.pipeline.report import Report
 
 __all__ = ["LumpPass"]
@@ -41,26 +39,22 @@ __all__ = ["LumpPass"]
 logger = logging.getLogger("onnx_lump.passes")  # the pass's notes keep their name
 
 _NO_CHAIN = "no dense chain found"
-
-
-class _LumpOptions(TypedDict):
-    """The lumping options the pass hands to ``lump()``."""
-
-    equivalence: str | Equivalence
-    linkage: str | Linkage
-    symmetries: bool
-    similarity: str | Similarity | None
-    refit: bool
-    ridge: float | None
+# compress()'s keywords the pass hands on (calibration is the pass's own)
+_COMPRESS_KEYWORDS = {
+    name
+    for name, parameter in inspect.signature(compress).parameters.items()
+    if parameter.kind is inspect.Parameter.KEYWORD_ONLY and name != "calibration"
+}
 
 
 class LumpPass(ir.passes.FunctionalPass):
-    """Merge epsilon-equivalent neurons of every dense chain; configured like ``lump()``.
+    """Merge epsilon-equivalent neurons of every dense chain; configured like ``lump()``:
+    ``options`` or the :class:`~onnx_lump.LumpOptions` fields by name (``equivalence``,
+    ``similarity``, ``reduction``...), checked here, when the pass is made.
 
-    Keyword arguments not named here (``verify``, ``atol``, ``rtol``, ``inputs``,
-    ``providers``, and any option ``lump()`` gains later) go to :func:`onnx_lump.lump`.
-    With ``method``, that method runs through :func:`onnx_lump.compress` instead and the
-    lumping options are ignored.
+    Other keyword arguments (``verify``, ``atol``, ``rtol``, ``inputs``, ``providers``...)
+    go to :func:`onnx_lump.compress`. With ``method``, that method runs instead and no
+    lumping option may be given.
 
     A model without a dense chain passes through unchanged (``modified`` False) unless
     ``require_chain``. When verification ran with ``atol``/``rtol`` and failed, the pass
@@ -72,26 +66,27 @@ class LumpPass(ir.passes.FunctionalPass):
         self,
         eps: float = 0.0,
         *,
-        equivalence: str | Equivalence = Equivalence.BACKWARD,
-        linkage: str | Linkage = Linkage.SINGLE,
-        symmetries: bool = True,
-        similarity: str | Similarity | None = None,
+        options: LumpOptions | None = None,
         calibration: Mapping[str, np.ndarray] | None = None,
-        refit: bool = True,
-        ridge: float | None = DEFAULT_RIDGE,
         method: Method | None = None,
         require_chain: bool = False,
         **kwargs,
     ) -> None:
         super().__init__()
-        self.options: _LumpOptions = {
-            "equivalence": equivalence,
-            "linkage": linkage,
-            "symmetries": symmetries,
-            "similarity": similarity,
-            "refit": refit,
-            "ridge": ridge,
-        }
+        given = len(kwargs)
+        named = LumpOptions.take(kwargs)
+        if (options is not None or method is not None) and len(kwargs) != given:
+            raise LumpError(
+                "give the lumping options either as options=LumpOptions(...) or by name, "
+                "and none with method="
+            )
+        if options is not None and method is not None:
+            raise LumpError("options= is for lumping; a given method= carries its own")
+        unknown = sorted(set(kwargs) - _COMPRESS_KEYWORDS)
+        if unknown:
+            known = sorted({*_COMPRESS_KEYWORDS, *LumpOptions.__dataclass_fields__})
+            raise LumpError(f"LumpPass does not take {unknown}; it takes {known}")
+        self.options = named if options is None else options
         self.eps = float(eps)
         self.calibration = calibration
         self.method = method
@@ -151,9 +146,8 @@ class LumpPass(ir.passes.FunctionalPass):
         return ir.passes.PassResult(result, modified=True)
 
     def _run(self, proto: onnx.ModelProto) -> tuple[onnx.ModelProto, Report]:
-        if self.method is not None:
-            return compress(proto, self.method, calibration=self.calibration, **self.kwargs)
-        return lump(proto, self.eps, calibration=self.calibration, **self.options, **self.kwargs)
+        method = self.method or self.options.method(self.eps, self.calibration is not None)
+        return compress(proto, method, calibration=self.calibration, **self.kwargs)
 
 
 def _interface(model: ir.Model) -> tuple:

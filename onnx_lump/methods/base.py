@@ -53,6 +53,12 @@ class Method(abc.ABC):
     def compress(self, problem: ChainProblem) -> ChainResult:
         """Compress one chain."""
 
+    @property
+    def refined_by_default(self) -> bool:
+        """Whether refinement follows when calibration inputs are given and nothing says
+        otherwise: after structured methods that do not promise losslessness."""
+        return self.structured and not self.lossless
+
     def knob_hint(
         self, problem: ChainProblem, width_share: float, slack: float = 0.0
     ) -> float | None:

@@ -18,10 +18,12 @@ from onnx_lump.data.reference import (
     original_rows,
     reference_error,
 )
+from onnx_lump.errors import LumpError
 from onnx_lump.methods.base import ChainProblem, Method
 from onnx_lump.methods.layer_lumping import eps_for_width, layer_lumping, lumping_digest
 from onnx_lump.ode.encoding import Lumping, aggregate
 from onnx_lump.ode.equivalence import compute_partition
+from onnx_lump.ode.grouping import Linkage
 from onnx_lump.ode.partition import Equivalence, PartitionOptions, Similarity
 from onnx_lump.ode.reduction import reduce_layer, reduce_system
 from onnx_lump.ode.span import SpanOrder, span_order
@@ -33,6 +35,7 @@ __all__ = [
     "DEFAULT_SIMILARITY_WITH_DATA",
     "Exact",
     "Lump",
+    "LumpOptions",
     "Reduction",
 ]
 
@@ -54,6 +57,65 @@ class Reduction(enum.Enum):
     @property
     def is_span(self) -> bool:
         return self is not Reduction.PARTITION
+
+
+@dataclass(frozen=True)
+class LumpOptions:
+    """Every lumping option but eps, in one place: ``lump()``, ``LumpPass``, the Olive
+    pass and the CLI all build their :class:`Lump` from one of these (strings are read
+    as the enums' values, so a config file can spell them). ``similarity`` None is the
+    default of the data at hand: weights without calibration, data similarity with it."""
+
+    equivalence: Equivalence = Equivalence.BACKWARD
+    linkage: Linkage = Linkage.SINGLE
+    symmetries: bool = True
+    similarity: Similarity | None = None
+    refit: bool = True
+    ridge: float | None = DEFAULT_RIDGE
+    reduction: Reduction = Reduction.PARTITION
+    force_refit: bool = False
+
+    def __post_init__(self) -> None:
+        for name, kind in (
+            ("equivalence", Equivalence),
+            ("linkage", Linkage),
+            ("similarity", Similarity),
+            ("reduction", Reduction),
+        ):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, kind):
+                try:
+                    object.__setattr__(self, name, kind(value))
+                except ValueError:
+                    known = ", ".join(repr(k.value) for k in kind)
+                    raise LumpError(f"{name} must be one of {known}, got {value!r}") from None
+        object.__setattr__(self, "symmetries", bool(self.symmetries))
+        object.__setattr__(self, "refit", bool(self.refit))
+        object.__setattr__(self, "force_refit", bool(self.force_refit))
+
+    @classmethod
+    def take(cls, kwargs: dict) -> LumpOptions:
+        """The options named in ``kwargs``, removed from it (the rest are someone
+        else's: :func:`onnx_lump.compress`'s keywords)."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        return cls(**{name: kwargs.pop(name) for name in names if name in kwargs})
+
+    def method(self, eps: float, with_data: bool) -> Lump:
+        """The lumping method at ``eps`` for a run with (``with_data``) or without
+        calibration inputs."""
+        similarity = self.similarity
+        if similarity is None:
+            similarity = DEFAULT_SIMILARITY_WITH_DATA if with_data else Similarity.WEIGHTS
+        partition = PartitionOptions(
+            float(eps), self.equivalence, self.linkage, self.symmetries, similarity
+        )
+        return Lump(
+            partition,
+            refit=self.refit,
+            ridge=self.ridge,
+            reduction=self.reduction,
+            force_refit=self.force_refit,
+        )
 
 
 @dataclass
