@@ -5,7 +5,8 @@ The pass runs in stages, one module each, data flowing one way:
 (partition) -> ``ode.reduction`` (new weights) -> ``data.refine`` (with calibration data:
 refine onto the original) -> ``graph.rewrite`` (graph surgery) -> ``pipeline.verify``
 (onnxruntime). ``data.holdout`` splits the calibration inputs, ``methods`` holds the
-compression methods, ``api.compress`` strings the stages together, ``search`` chooses the
+compression methods, ``pipeline.run`` strings the stages together (``api.compress`` and
+``api.lump`` are its keyword front), ``search`` chooses the
 knob, ``cli`` is ``python -m onnx_lump`` and ``integrations`` the onnx-ir and Olive passes.
 """
 

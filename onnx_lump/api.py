@@ -1,60 +1,31 @@
-"""The pass as one call: read chains, encode, compress with a method, rewrite, verify."""
+"""The pass as one call: :func:`lump` and :func:`compress` (keyword options, handed to
+:func:`onnx_lump.pipeline.run.run` in groups), and the size search's estimates that read
+the same chains and rows (:func:`knob_hint`, :func:`uniform_width_share`)."""
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import json
-import logging
-import time
 from collections.abc import Mapping, Sequence
 from typing import TypedDict
 
 import numpy as np
 import onnx
 
-from onnx_lump._version import __version__
-from onnx_lump.data.cache import SearchCache, digest
-from onnx_lump.data.calibration import (
-    AUTO_MASK_INPUT,
-    chain_inputs,
-    check_feeds,
-    forward_chain,
-    random_inputs,
-    random_inputs_note,
-    token_mask,
-)
-from onnx_lump.data.holdout import (
-    DEFAULT_HOLDOUT,
-    CalibrationSplit,
-    check_metric,
-    output_error,
-    split_calibration,
-    stack_outputs,
-)
-from onnx_lump.data.reference import original_output
-from onnx_lump.data.refine import ChainData, RefineOptions, RefineStats, refine_chain
+from onnx_lump.data.cache import SearchCache
+from onnx_lump.data.calibration import AUTO_MASK_INPUT
+from onnx_lump.data.holdout import DEFAULT_HOLDOUT
+from onnx_lump.data.refine import RefineOptions
 from onnx_lump.errors import LumpError
 from onnx_lump.graph.chains import DenseChain, scan_graph
-from onnx_lump.graph.export import export_model
 from onnx_lump.graph.importer import import_graph, release_chain
 from onnx_lump.graph.modelsource import to_model_proto
-from onnx_lump.graph.rewrite import rewrite_chain
-from onnx_lump.graph.saving import check_model
 from onnx_lump.graph.spill import Spill
-from onnx_lump.graph.tensordata import stored_parameters
-from onnx_lump.graph.weightstats import (
-    chain_maxima,
-    chain_weight_ranges,
-    weight_range_warnings,
-)
-from onnx_lump.methods import ChainProblem, Lump, Method
+from onnx_lump.methods import ChainProblem, Method
 from onnx_lump.methods.lumping import LumpOptions
-from onnx_lump.ode.encoding import OdeSystem, encode_chain
-from onnx_lump.pipeline.report import LayerStats, Report
-from onnx_lump.pipeline.verify import compare_outputs
-from onnx_lump.progress import stage
-from onnx_lump.runtime import resolve_providers, run_model
+from onnx_lump.pipeline.options import CalibrationOptions, CheckOptions
+from onnx_lump.pipeline.prepare import chain_encoding, chain_rows
+from onnx_lump.pipeline.report import Report
+from onnx_lump.pipeline.run import run
+from onnx_lump.runtime import resolve_providers
 from onnx_lump.types import RMSE, ChainResult
 
 __all__ = [
@@ -62,12 +33,9 @@ __all__ = [
     "compress",
     "knob_hint",
     "lump",
-    "refine_result",
     "refines_by_default",
     "uniform_width_share",
 ]
-
-logger = logging.getLogger(__name__)
 
 
 class DataOptions(TypedDict, total=False):
@@ -162,172 +130,20 @@ def compress(
     rows, the last axis, padding positions of ``mask_input`` left out; see
     :mod:`onnx_lump.data.holdout`). Refinement keeps its own chain-level loss.
     """
-    check_metric(metric)
-    model = to_model_proto(model)
-    if method.needs_data and calibration is None:
-        raise LumpError(f"method '{method.name}' needs calibration inputs (--calib)")
-    started = time.perf_counter()
-    run_on = resolve_providers(providers)
-    graph = import_graph(model)  # lazy constants; nodes tagged for export_model
-    scan = scan_graph(graph)
-    if not scan.chains:
-        raise LumpError(
-            "no dense chain found: need two or more Gemm/MatMul(+Add) layers with constant "
-            "weights joined by element-wise activations or nothing" + scan.why_no_chain()
-        )
-    if warm_start is not None and len(warm_start) != len(scan.chains):
-        raise LumpError(f"warm start has {len(warm_start)} chains, the model {len(scan.chains)}")
-    split = None
-    fit_inputs: Sequence[np.ndarray | None] = [None] * len(scan.chains)
-    held_inputs: Sequence[np.ndarray | None] = fit_inputs
-    if calibration is not None:
-        calibration = check_feeds(calibration, model, "calibration")
-        if validation is not None:
-            validation = check_feeds(validation, model, "validation")
-        if cache is None:
-            cache = SearchCache(across_calls=False)  # one call: nothing is kept beyond it
-        split, fit_inputs, held_inputs = _chain_rows(
-            model, scan.chains, calibration, holdout, seed, validation, validation_targets,
-            cache, run_on, mask_input,
-        )  # fmt: skip
-        # once per search (the cache's lifetime): its steps all have the same rows
-        scan.notes.extend(
-            cache.get(
-                "small calibration", lambda: _small_calibration_notes(scan.chains, fit_inputs)
-            )
-        )
-    refine_options = _refine_options(refine, method, split)
-    refine_started = time.perf_counter()
-    stats, systems, results, refined = [], [], [], []
-    widths_before, widths_after, shortcut_params, changed = [], [], 0, False
-    spill, ranges = Spill.for_model(model), []
-    follow = sequential and split is not None
-    if sequential and spill is not None:
-        follow = False
-        scan.notes.append("sequential calibration skipped: the model keeps its weights on disk")
-    for index, chain in enumerate(scan.chains):
-        stage(f"chain {index}: {method.name}, hidden widths {chain.hidden_widths}", log=False)
-        memo = None if cache is None else cache.chain(index)
-        # the steps of a search share one encoding: its float64 weights are made once
-        system = _encoding(chain, index, memo if spill is None else None)
-        if follow and changed:
-            # its rows depend on how the chains before it were compressed: nothing of
-            # them is kept for another call
-            assert split is not None  # follow: sequential with a split
-            fit_rows, held_rows = _sequential_rows(
-                export_model(graph, model, {}), chain, split, run_on, mask_input
-            )
-            problem = ChainProblem(
-                system, fit_rows, held_rows, None, fit_inputs[index], held_inputs[index]
-            )
-            memo = None
-        else:
-            problem = ChainProblem(system, fit_inputs[index], held_inputs[index], memo)
-        result = warm_start[index] if warm_start is not None else method.compress(problem)
-        if refine_options is not None and _differs(problem, result):
-            stage(f"chain {index}: refining, widths {_widths(result)}")
-            left = refine_options.max_seconds - (time.perf_counter() - refine_started)
-            run = functools.partial(
-                refine_result,
-                problem,
-                result,
-                method,
-                refine_options,
-                left / (len(scan.chains) - index),
-                index,
-            )
-            if memo is None or not memo.across_calls or spill is not None:
-                result, refine_stats = run()
-            else:
-                # a knob that merges as an earlier one did gives the same network: a search
-                # refines it once (the same start and options refine the same way)
-                key = ("refined", _result_digest(result), refine_options, method.structured)
-                refined_result, refine_stats = memo.get(key, run)
-                result = dataclasses.replace(refined_result, notes=result.notes)
-            refined.append(refine_stats)
-        scan.notes.extend(f"chain {index}: {note}" for note in result.notes)
-        stats += _layer_stats(index, chain, result, method.structured)
-        shortcut_params += sum(_count(s.weight, method.structured) for s in result.shortcuts)
-        maxima = (
-            None if memo is None else memo.get("maxima", functools.partial(chain_maxima, chain))
-        )
-        ranges += chain_weight_ranges(chain, result.layers, maxima)
-        # One chain in memory at a time when the model lives on disk: what the report
-        # keeps and what the rewrite writes go to disk, and the chain's arrays are dropped.
-        kept = (system, result) if spill is None else spill.keep(chain, system, result)
-        changed |= rewrite_chain(graph, chain, result.layers, result.shortcuts, spill)
-        release_chain(chain)
-        system, result = kept
-        del problem  # its system holds the chain's float64 weights
-        systems.append(system)
-        results.append(result)
-        widths_before.append(chain.hidden_widths)
-        widths_after.append([layer.out_features for layer in result.layers[:-1]])
-        logger.info("chain %d: hidden widths %s -> %s", index, widths_before[-1], widths_after[-1])
-    metadata = {
-        "pkg.onnx_lump.version": __version__,
-        "pkg.onnx_lump.method": method.describe(),
-        "pkg.onnx_lump.widths_before": json.dumps(widths_before),
-        "pkg.onnx_lump.widths_after": json.dumps(widths_after),
-    }
-    if isinstance(method, Lump):
-        metadata["pkg.onnx_lump.eps"] = repr(method.options.eps)
-        metadata["pkg.onnx_lump.ode.equivalence"] = method.options.equivalence.value
-        metadata["pkg.onnx_lump.linkage"] = method.options.linkage.value
-    if follow:
-        metadata["pkg.onnx_lump.sequential"] = "1"
-    if refined:
-        metadata["pkg.onnx_lump.refine_iterations"] = json.dumps([r.iterations for r in refined])
-    if spill is not None:
-        spill.close()
-    reduced_model = export_model(graph if changed else None, model, metadata)
-    if changed:  # else the graph is the input's own: nothing of ours to check
-        check_model(reduced_model)  # any size, external data included
-    report = Report(
-        method.describe(),
-        method.structured,
-        stats,
-        scan.notes,
-        time.perf_counter() - started,
-        shortcut_params,
-        systems=systems,
-        results=results,
-        refine=refined,
-        widths_after=widths_after,
+    data = CalibrationOptions(holdout, seed, validation, validation_targets, mask_input, sequential)
+    check = CheckOptions(verify, inputs, n_check, input_shapes, atol, rtol, measure_holdout)
+    return run(
+        to_model_proto(model),
+        method,
+        calibration,
+        data=data,
+        refine=refine,
+        check=check,
+        providers=providers,
         metric=metric,
-        model_params_before=stored_parameters(model),
-        model_params_after=stored_parameters(reduced_model),
+        warm_start=warm_start,
+        cache=cache,
     )
-    if changed:
-        report.weight_ranges = ranges
-        report.notes.extend(weight_range_warnings(report.weight_ranges))
-    if split is not None:
-        report.holdout = split.description
-        report.holdout_rows = split.n_holdout
-    # Each model runs once on the held-out rows, for the error and the verification both
-    # (the original once per search).
-    expected = actual = None
-    if split is not None and (measure_holdout or (verify and inputs is None)):
-        assert cache is not None  # made with the split
-        expected = cache.held_out_reference(model, split, run_on)
-        actual = run_model(reduced_model, split.holdout, run_on)
-        if measure_holdout:
-            mask = token_mask(split.holdout, mask_input)
-            report.holdout_error = output_error(
-                stack_outputs(expected, mask), stack_outputs(actual, mask), split.targets, metric
-            )
-    if verify:
-        feeds = inputs if inputs is not None else (split.holdout if split else None)
-        if feeds is None:
-            feeds = random_inputs(model, n_check, input_shapes)
-            note = random_inputs_note(model, n_check, input_shapes)
-            if note:
-                report.notes.append(note)
-        if expected is None or actual is None or split is None or feeds is not split.holdout:
-            expected = run_model(model, feeds, run_on)
-            actual = run_model(reduced_model, feeds, run_on)
-        report.verification = compare_outputs(expected, actual, feeds, run_on, atol, rtol)
-    return reduced_model, report
 
 
 def knob_hint(
@@ -363,16 +179,14 @@ def knob_hint(
     scan = scan_graph(import_graph(model))
     if not scan.chains:
         return None
-    _, fit_inputs, held_inputs = _chain_rows(
-        model, scan.chains, calibration, holdout, seed, validation, validation_targets,
-        cache, run_on, mask_input,
-    )  # fmt: skip
+    options = CalibrationOptions(holdout, seed, validation, validation_targets, mask_input)
+    _, fit_inputs, held_inputs = chain_rows(model, scan.chains, calibration, options, cache, run_on)
     ratios = None if after is None else width_ratios(after, scan.chains)
     share = uniform_width_share(scan.chains, target_params, ratios)
     logs, weights = [], []
     for index, chain in enumerate(scan.chains):
         memo = cache.chain(index)
-        system = _encoding(chain, index, None if on_disk else memo)
+        system = chain_encoding(chain, index, None if on_disk else memo)
         hint = method.knob_hint(
             ChainProblem(system, fit_inputs[index], held_inputs[index], memo), share, slack
         )
@@ -440,182 +254,7 @@ def width_ratios(report: Report, chains: Sequence[DenseChain]) -> list[list[floa
     return ratios
 
 
-def _widths(result: ChainResult) -> str:
-    return " ".join(str(layer.out_features) for layer in result.layers[:-1])
-
-
-def _chain_rows(
-    model,
-    chains,
-    calibration,
-    holdout,
-    seed,
-    validation,
-    validation_targets,
-    cache,
-    run_on,
-    mask_input,
-) -> tuple[CalibrationSplit, list[np.ndarray], list[np.ndarray]]:
-    """The calibration split and every chain's input on its fitting and held-out rows
-    (padding left out, see :func:`token_mask`), computed once per ``cache``."""
-    cache.bind(
-        model, calibration, holdout, seed, id(validation), id(validation_targets), mask_input
-    )
-    split = cache.get(
-        "split",
-        lambda: split_calibration(calibration, holdout, seed, validation, validation_targets),
-    )
-
-    def collect(rows, which: str):
-        count = int(next(iter(rows.values())).shape[0]) if rows else 0
-        stage(f"collecting the chains' inputs on the {count} {which} rows")
-        return chain_inputs(model, chains, rows, run_on, token_mask(rows, mask_input))
-
-    fit = cache.get(("fit", str(run_on)), lambda: collect(split.fit, "fitting"))
-    held = cache.get(("held", str(run_on)), lambda: collect(split.holdout, "held-out"))
-    return split, fit, held
-
-
-def _sequential_rows(
-    partial: onnx.ModelProto,
-    chain: DenseChain,
-    split: CalibrationSplit,
-    run_on,
-    mask_input: str | None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """``chain``'s input on the fitting and held-out rows in ``partial``, the model whose
-    chains before it are compressed already."""
-    fit, held = (
-        chain_inputs(partial, [chain], feeds, run_on, token_mask(feeds, mask_input))[0]
-        for feeds in (split.fit, split.holdout)
-    )
-    return fit, held
-
-
-def _encoding(chain: DenseChain, index: int, memo) -> OdeSystem:
-    """The chain's ODE encoding, made once per ``memo`` (a search's chain cache) when
-    there is one."""
-    encode = functools.partial(encode_chain, chain, name=f"chain{index}")
-    return encode() if memo is None else memo.get("system", encode, pin=True)
-
-
-def _small_calibration_notes(chains, fit_inputs) -> list[str]:
-    """A warning per chain whose fitting rows cannot pin down its widest layer: a refit
-    (or refinement) from fewer rows than a layer's inputs interpolates the rows."""
-    notes = []
-    for index, (chain, rows) in enumerate(zip(chains, fit_inputs, strict=True)):
-        widest = max(layer.in_features for layer in chain.layers)
-        if rows.shape[0] <= widest:
-            message = (
-                f"chain {index}: only {rows.shape[0]} fitting rows for layers with up to "
-                f"{widest} inputs; give at least {widest + 1} calibration rows (more is better)"
-            )
-            logger.warning(message)
-            notes.append(message)
-    return notes
-
-
 def refines_by_default(method: Method) -> bool:
     """Whether ``compress`` refines after ``method`` when calibration inputs are given and
     ``refine`` is left at None (:attr:`Method.refined_by_default`)."""
     return method.refined_by_default
-
-
-def _refine_options(
-    refine: RefineOptions | bool | None, method: Method, split: CalibrationSplit | None
-) -> RefineOptions | None:
-    """The refinement to run after ``method``, or None."""
-    if refine is False or (refine is None and not refines_by_default(method)):
-        return None
-    if split is None:
-        if refine is None:
-            return None
-        raise LumpError("refinement needs calibration inputs (--calib)")
-    if method.lossless:
-        raise LumpError(f"method '{method.name}' is lossless on every input: nothing to refine")
-    return RefineOptions() if refine is None or refine is True else refine
-
-
-def _differs(problem: ChainProblem, result: ChainResult) -> bool:
-    """False when ``result`` is the chain exactly as it was (nothing to refine)."""
-    if result.shortcuts:
-        return True
-    for (weight, bias), new in zip(problem.weights, result.layers, strict=True):
-        if new.weight.shape != weight.shape:
-            return True
-        if not (np.array_equal(new.weight, weight) and np.array_equal(new.bias, bias)):
-            return True
-    return False
-
-
-def refine_result(
-    problem: ChainProblem,
-    result: ChainResult,
-    method: Method,
-    options: RefineOptions,
-    seconds: float,
-    index: int,
-) -> tuple[ChainResult, RefineStats]:
-    """Refine one chain onto the original chain's outputs; the unstructured methods keep
-    their zero pattern. ``seconds`` counts from this call: the original chain's outputs
-    on the rows (for a wide chain, seconds of work) are within it."""
-    started = time.perf_counter()
-    system = problem.system
-    activations = [layer.activation for layer in system.layers]
-    # refinement runs with a calibration split: the problem has both sets of rows
-    assert problem.calibration is not None and problem.holdout is not None
-    fit = ChainData(
-        problem.calibration, original_output(problem, "fit"), problem.original_calibration
-    )
-    held = ChainData(problem.holdout, original_output(problem, "held"))
-    masks = None if method.structured else [layer.weight != 0 for layer in result.layers]
-    weights = problem.weights
-
-    def teacher(rows: np.ndarray) -> np.ndarray:
-        """The original chain's output on jittered rows (float64, as the targets)."""
-        return forward_chain(weights, system, rows)[-1]
-
-    return refine_chain(
-        result,
-        activations,
-        fit,
-        held,
-        options,
-        masks,
-        max(seconds - (time.perf_counter() - started), 1e-3),
-        f"refine chain {index}",
-        teacher,
-    )
-
-
-def _result_digest(result: ChainResult) -> bytes:
-    """A key for a chain result's weights, biases and shortcuts."""
-    arrays = [a for layer in result.layers for a in (layer.weight, layer.bias)]
-    arrays += [s.weight for s in result.shortcuts]
-    shape = [(s.source, s.target) for s in result.shortcuts]
-    return digest(*arrays, np.asarray(shape, dtype=np.int64))
-
-
-def _count(weight: np.ndarray, structured: bool) -> int:
-    return int(weight.size if structured else np.count_nonzero(weight))
-
-
-def _layer_stats(
-    index: int, chain: DenseChain, result: ChainResult, structured: bool
-) -> list[LayerStats]:
-    stats = []
-    acts = [a.describe() for a in chain.activations] + ["(chain output)"]
-    for layer, new, act in zip(chain.layers, result.layers, acts, strict=True):
-        has_bias = layer.bias_ref is not None or bool(new.bias.any())
-        stats.append(
-            LayerStats(
-                chain=index,
-                layer=layer.name,
-                activation=act,
-                width_before=layer.out_features,
-                width_after=new.out_features,
-                params_before=layer.n_params,
-                params_after=_count(new.weight, structured) + (new.out_features if has_bias else 0),
-            )
-        )
-    return stats

@@ -199,11 +199,11 @@ def test_compress_runs_each_model_once_on_the_held_out_rows(monkeypatch):
 def test_a_network_two_knobs_give_alike_is_refined_once(monkeypatch):
     """Knobs that merge alike give the same network: an error search refines it once, and
     both steps report what a search without caches measures."""
-    import onnx_lump.api as api
+    import onnx_lump.pipeline.compress as stage
 
     calls = []
-    original = api.refine_result
-    monkeypatch.setattr(api, "refine_result", lambda *a: calls.append(1) or original(*a))
+    original = stage.refine_result
+    monkeypatch.setattr(stage, "refine_result", lambda *a: calls.append(1) or original(*a))
     refine = RefineOptions(max_iters=30)
     cached, plain = evaluator(True, refine=refine), evaluator(False, refine=refine)
     knobs = (0.2, 0.2 * (1 + 1e-6))

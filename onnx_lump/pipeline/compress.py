@@ -1,0 +1,258 @@
+"""Stage 2 of the pipeline: each chain in turn is encoded, compressed by the method,
+refined onto the original's outputs where that is asked, and rewritten into the graph;
+one chain's arrays at a time where the model keeps its weights on disk."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from onnx_lump.data.cache import digest
+from onnx_lump.data.calibration import chain_inputs, forward_chain, token_mask
+from onnx_lump.data.holdout import CalibrationSplit
+from onnx_lump.data.reference import original_output
+from onnx_lump.data.refine import ChainData, RefineOptions, RefineStats, refine_chain
+from onnx_lump.errors import LumpError
+from onnx_lump.graph.chains import DenseChain
+from onnx_lump.graph.export import export_model
+from onnx_lump.graph.importer import release_chain
+from onnx_lump.graph.rewrite import rewrite_chain
+from onnx_lump.graph.spill import Spill
+from onnx_lump.graph.weightstats import chain_maxima, chain_weight_ranges
+from onnx_lump.methods import ChainProblem, Method
+from onnx_lump.ode.encoding import OdeSystem
+from onnx_lump.pipeline.prepare import Prepared, chain_encoding
+from onnx_lump.pipeline.report import LayerStats
+from onnx_lump.progress import stage
+from onnx_lump.types import ChainResult
+
+__all__ = ["Compressed", "compress_chains", "refine_options_for", "refine_result"]
+
+logger = logging.getLogger("onnx_lump.api")
+
+
+@dataclass(eq=False)
+class Compressed:
+    """What stage 2 hands on: per chain its encoding, result, layer statistics and
+    refinement (where it ran), the widths before and after, and whether the graph
+    changed."""
+
+    systems: list[OdeSystem] = field(default_factory=list)
+    results: list[ChainResult] = field(default_factory=list)
+    stats: list[LayerStats] = field(default_factory=list)
+    refined: list[RefineStats] = field(default_factory=list)
+    widths_before: list[list[int]] = field(default_factory=list)
+    widths_after: list[list[int]] = field(default_factory=list)
+    weight_ranges: list = field(default_factory=list)
+    shortcut_params: int = 0
+    changed: bool = False
+    sequential: bool = False  # the chains after the first were fed by the compressed ones
+
+
+def refine_options_for(
+    refine: RefineOptions | bool | None, method: Method, split: CalibrationSplit | None
+) -> RefineOptions | None:
+    """The refinement to run after ``method``, or None: ``refine`` None is the method's
+    default (:attr:`Method.refined_by_default`, with calibration inputs only)."""
+    if refine is False or (refine is None and not method.refined_by_default):
+        return None
+    if split is None:
+        if refine is None:
+            return None
+        raise LumpError("refinement needs calibration inputs (--calib)")
+    if method.lossless:
+        raise LumpError(f"method '{method.name}' is lossless on every input: nothing to refine")
+    return RefineOptions() if refine is None or refine is True else refine
+
+
+def compress_chains(
+    prepared: Prepared,
+    method: Method,
+    refine_options: RefineOptions | None,
+    warm_start: Sequence[ChainResult] | None,
+) -> Compressed:
+    """Compress, refine and rewrite every chain of ``prepared`` in order."""
+    scan, split, cache = prepared.scan, prepared.split, prepared.cache
+    out = Compressed()
+    refine_started = time.perf_counter()
+    spill = Spill.for_model(prepared.model)
+    out.sequential = prepared.options.sequential and split is not None
+    if prepared.options.sequential and spill is not None:
+        out.sequential = False
+        scan.notes.append("sequential calibration skipped: the model keeps its weights on disk")
+    for index, chain in enumerate(scan.chains):
+        stage(f"chain {index}: {method.name}, hidden widths {chain.hidden_widths}", log=False)
+        memo = None if cache is None else cache.chain(index)
+        # the steps of a search share one encoding: its float64 weights are made once
+        system = chain_encoding(chain, index, memo if spill is None else None)
+        fit_inputs, held_inputs = prepared.fit_inputs[index], prepared.held_inputs[index]
+        if out.sequential and out.changed:
+            # its rows depend on how the chains before it were compressed: nothing of
+            # them is kept for another call
+            assert split is not None  # sequential with a split
+            partial = export_model(prepared.graph, prepared.model, {})
+            fit_rows, held_rows = _sequential_rows(
+                partial, chain, split, prepared.run_on, prepared.options.mask_input
+            )
+            problem = ChainProblem(system, fit_rows, held_rows, None, fit_inputs, held_inputs)
+            memo = None
+        else:
+            problem = ChainProblem(system, fit_inputs, held_inputs, memo)
+        result = warm_start[index] if warm_start is not None else method.compress(problem)
+        if refine_options is not None and _differs(problem, result):
+            stage(f"chain {index}: refining, widths {_widths(result)}")
+            left = refine_options.max_seconds - (time.perf_counter() - refine_started)
+            run = functools.partial(
+                refine_result,
+                problem,
+                result,
+                method,
+                refine_options,
+                left / (len(scan.chains) - index),
+                index,
+            )
+            if memo is None or not memo.across_calls or spill is not None:
+                result, refine_stats = run()
+            else:
+                # a knob that merges as an earlier one did gives the same network: a search
+                # refines it once (the same start and options refine the same way)
+                key = ("refined", _result_digest(result), refine_options, method.structured)
+                refined_result, refine_stats = memo.get(key, run)
+                result = dataclasses.replace(refined_result, notes=result.notes)
+            out.refined.append(refine_stats)
+        scan.notes.extend(f"chain {index}: {note}" for note in result.notes)
+        out.stats += _layer_stats(index, chain, result, method.structured)
+        out.shortcut_params += sum(_count(s.weight, method.structured) for s in result.shortcuts)
+        maxima = (
+            None if memo is None else memo.get("maxima", functools.partial(chain_maxima, chain))
+        )
+        out.weight_ranges += chain_weight_ranges(chain, result.layers, maxima)
+        # One chain in memory at a time when the model lives on disk: what the report
+        # keeps and what the rewrite writes go to disk, and the chain's arrays are dropped.
+        kept = (system, result) if spill is None else spill.keep(chain, system, result)
+        out.changed |= rewrite_chain(prepared.graph, chain, result.layers, result.shortcuts, spill)
+        release_chain(chain)
+        system, result = kept
+        del problem  # its system holds the chain's float64 weights
+        out.systems.append(system)
+        out.results.append(result)
+        out.widths_before.append(chain.hidden_widths)
+        out.widths_after.append([layer.out_features for layer in result.layers[:-1]])
+        logger.info(
+            "chain %d: hidden widths %s -> %s", index, out.widths_before[-1], out.widths_after[-1]
+        )
+    if spill is not None:
+        spill.close()
+    return out
+
+
+def _sequential_rows(
+    partial: onnx.ModelProto,
+    chain: DenseChain,
+    split: CalibrationSplit,
+    run_on,
+    mask_input: str | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``chain``'s input on the fitting and held-out rows in ``partial``, the model whose
+    chains before it are compressed already."""
+    fit, held = (
+        chain_inputs(partial, [chain], feeds, run_on, token_mask(feeds, mask_input))[0]
+        for feeds in (split.fit, split.holdout)
+    )
+    return fit, held
+
+
+def _widths(result: ChainResult) -> str:
+    return " ".join(str(layer.out_features) for layer in result.layers[:-1])
+
+
+def _differs(problem: ChainProblem, result: ChainResult) -> bool:
+    """False when ``result`` is the chain exactly as it was (nothing to refine)."""
+    if result.shortcuts:
+        return True
+    for (weight, bias), new in zip(problem.weights, result.layers, strict=True):
+        if new.weight.shape != weight.shape:
+            return True
+        if not (np.array_equal(new.weight, weight) and np.array_equal(new.bias, bias)):
+            return True
+    return False
+
+
+def refine_result(
+    problem: ChainProblem,
+    result: ChainResult,
+    method: Method,
+    options: RefineOptions,
+    seconds: float,
+    index: int,
+) -> tuple[ChainResult, RefineStats]:
+    """Refine one chain onto the original chain's outputs; the unstructured methods keep
+    their zero pattern. ``seconds`` counts from this call: the original chain's outputs
+    on the rows (for a wide chain, seconds of work) are within it."""
+    started = time.perf_counter()
+    system = problem.system
+    activations = [layer.activation for layer in system.layers]
+    # refinement runs with a calibration split: the problem has both sets of rows
+    assert problem.calibration is not None and problem.holdout is not None
+    fit = ChainData(
+        problem.calibration, original_output(problem, "fit"), problem.original_calibration
+    )
+    held = ChainData(problem.holdout, original_output(problem, "held"))
+    masks = None if method.structured else [layer.weight != 0 for layer in result.layers]
+    weights = problem.weights
+
+    def teacher(rows: np.ndarray) -> np.ndarray:
+        """The original chain's output on jittered rows (float64, as the targets)."""
+        return forward_chain(weights, system, rows)[-1]
+
+    return refine_chain(
+        result,
+        activations,
+        fit,
+        held,
+        options,
+        masks,
+        max(seconds - (time.perf_counter() - started), 1e-3),
+        f"refine chain {index}",
+        teacher,
+    )
+
+
+def _result_digest(result: ChainResult) -> bytes:
+    """A key for a chain result's weights, biases and shortcuts."""
+    arrays = [a for layer in result.layers for a in (layer.weight, layer.bias)]
+    arrays += [s.weight for s in result.shortcuts]
+    shape = [(s.source, s.target) for s in result.shortcuts]
+    return digest(*arrays, np.asarray(shape, dtype=np.int64))
+
+
+def _count(weight: np.ndarray, structured: bool) -> int:
+    return int(weight.size if structured else np.count_nonzero(weight))
+
+
+def _layer_stats(
+    index: int, chain: DenseChain, result: ChainResult, structured: bool
+) -> list[LayerStats]:
+    stats = []
+    acts = [a.describe() for a in chain.activations] + ["(chain output)"]
+    for layer, new, act in zip(chain.layers, result.layers, acts, strict=True):
+        has_bias = layer.bias_ref is not None or bool(new.bias.any())
+        stats.append(
+            LayerStats(
+                chain=index,
+                layer=layer.name,
+                activation=act,
+                width_before=layer.out_features,
+                width_after=new.out_features,
+                params_before=layer.n_params,
+                params_after=_count(new.weight, structured) + (new.out_features if has_bias else 0),
+            )
+        )
+    return stats
