@@ -11,7 +11,7 @@ import pytest
 from builders import mlp, random_layers
 from conftest import MODELS, run_ort
 
-import onnx_lump.api as api
+import onnx_lump.pipeline.compress as chain_stage
 import onnx_lump.data.refine as refine
 from onnx_lump import lump
 from onnx_lump.activations import IDENTITY, Activation, ActivationKind
@@ -121,7 +121,7 @@ def test_compress_labels_jitter_with_the_original_network(monkeypatch):
         seen["teacher"] = kwargs.get("teacher", args[8] if len(args) > 8 else None)
         return refine_chain(*args, **kwargs)
 
-    monkeypatch.setattr(api, "refine_chain", spy)
+    monkeypatch.setattr(chain_stage, "refine_chain", spy)
     calibration = {"x": np.random.default_rng(4).normal(size=(200, 3)).astype(np.float32)}
     lump(model, 2.0, calibration=calibration, refine=RefineOptions(max_iters=5), verify=False)
     rows = np.random.default_rng(5).normal(size=(7, 3))
