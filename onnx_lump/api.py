@@ -49,6 +49,7 @@ from onnx_lump.graph.weightstats import (
     weight_range_warnings,
 )
 from onnx_lump.methods import ChainProblem, Lump, Method
+from onnx_lump.methods.gated import compress_gated, gated_knob_hint
 from onnx_lump.methods.lumping import DEFAULT_RIDGE, DEFAULT_SIMILARITY_WITH_DATA
 from onnx_lump.ode.encoding import OdeSystem, encode_chain
 from onnx_lump.ode.grouping import Linkage
@@ -232,8 +233,19 @@ def compress(
             memo = None
         else:
             problem = ChainProblem(system, fit_inputs[index], held_inputs[index], memo)
-        result = warm_start[index] if warm_start is not None else method.compress(problem)
-        if refine_options is not None and _differs(problem, result):
+        if warm_start is not None:
+            result = warm_start[index]
+        elif chain.gate is not None:  # its own compressor: neurons are (gate, up) pairs
+            result = compress_gated(chain, problem, method)
+        else:
+            result = method.compress(problem)
+        if refine_options is not None and chain.gate is not None:
+            skipped = (
+                "refinement skipped: gated FFNs are not refined yet (their down projection is "
+                "refit by least squares instead)"
+            )
+            result = dataclasses.replace(result, notes=[*result.notes, skipped])
+        elif refine_options is not None and _differs(problem, result):
             stage(f"chain {index}: refining, widths {_widths(result)}")
             left = refine_options.max_seconds - (time.perf_counter() - refine_started)
             run = functools.partial(
@@ -264,7 +276,7 @@ def compress(
         # One chain in memory at a time when the model lives on disk: what the report
         # keeps and what the rewrite writes go to disk, and the chain's arrays are dropped.
         kept = (system, result) if spill is None else spill.keep(chain, system, result)
-        changed |= rewrite_chain(graph, chain, result.layers, result.shortcuts, spill)
+        changed |= rewrite_chain(graph, chain, result.layers, result.shortcuts, spill, result.gate)
         release_chain(chain)
         system, result = kept
         del problem  # its system holds the chain's float64 weights
@@ -382,15 +394,18 @@ def knob_hint(
     for index, chain in enumerate(scan.chains):
         memo = cache.chain(index)
         system = _encoding(chain, index, None if on_disk else memo)
-        hint = method.knob_hint(
-            ChainProblem(system, fit_inputs[index], held_inputs[index], memo), share, slack
-        )
+        problem = ChainProblem(system, fit_inputs[index], held_inputs[index], memo)
+        if chain.gate is not None:
+            hint = gated_knob_hint(chain, problem, method, share)
+        else:
+            hint = method.knob_hint(problem, share, slack)
+        del problem
         del system
         release_chain(chain)
         if hint is None or hint <= 0:
             return None
         logs.append(np.log(hint))
-        weights.append(sum(layer.n_params for layer in chain.layers))
+        weights.append(chain.n_params)
     return float(np.exp(np.average(logs, weights=weights)))
 
 
@@ -425,6 +440,9 @@ def uniform_width_share(
                 linear += bias * out
             else:
                 constant += bias
+        if chain.gate is not None:  # the gate's rows go with the up rows
+            total += chain.gate.n_params
+            linear += chain.gate.n_params * ratio[0]
     goal = target_params * total - constant
     if goal <= 0 or quadratic + linear == 0:
         return 0.0
@@ -614,7 +632,13 @@ def _layer_stats(
 ) -> list[LayerStats]:
     stats = []
     acts = [a.describe() for a in chain.activations] + ["(chain output)"]
-    for layer, new, act in zip(chain.layers, result.layers, acts, strict=True):
+    pairs = list(zip(chain.layers, result.layers, acts, strict=True))
+    if chain.gate is not None:
+        assert result.gate is not None, "a gated FFN's result has the gate's parameters"
+        act = f"{acts[0]} gate (x up)"
+        pairs.insert(0, (chain.gate, result.gate, act))
+        pairs[1] = (pairs[1][0], pairs[1][1], "(x gate)")
+    for layer, new, act in pairs:
         has_bias = layer.bias_ref is not None or bool(new.bias.any())
         stats.append(
             LayerStats(
