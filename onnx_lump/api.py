@@ -49,7 +49,7 @@ from onnx_lump.graph.weightstats import (
     weight_range_warnings,
 )
 from onnx_lump.methods import ChainProblem, Lump, Method
-from onnx_lump.methods.gated import compress_gated, gated_knob_hint
+from onnx_lump.methods.gated import compress_gated, gated_knob_hint, handles_gated
 from onnx_lump.methods.lumping import DEFAULT_RIDGE, DEFAULT_SIMILARITY_WITH_DATA
 from onnx_lump.ode.encoding import OdeSystem, encode_chain
 from onnx_lump.ode.grouping import Linkage
@@ -267,7 +267,9 @@ def compress(
                 result = dataclasses.replace(refined_result, notes=result.notes)
             refined.append(refine_stats)
         scan.notes.extend(f"chain {index}: {note}" for note in result.notes)
-        stats += _layer_stats(index, chain, result, method.structured)
+        if chain.gate is None or handles_gated(method):
+            # a gated FFN the method leaves as it is counts as before it was read: not at all
+            stats += _layer_stats(index, chain, result, method.structured)
         shortcut_params += sum(_count(s.weight, method.structured) for s in result.shortcuts)
         maxima = (
             None if memo is None else memo.get("maxima", functools.partial(chain_maxima, chain))
@@ -392,6 +394,8 @@ def knob_hint(
     share = uniform_width_share(scan.chains, target_params, ratios)
     logs, weights = [], []
     for index, chain in enumerate(scan.chains):
+        if chain.gate is not None and not handles_gated(method):
+            continue  # left as it is, and out of the counts
         memo = cache.chain(index)
         system = _encoding(chain, index, None if on_disk else memo)
         problem = ChainProblem(system, fit_inputs[index], held_inputs[index], memo)
@@ -406,6 +410,8 @@ def knob_hint(
             return None
         logs.append(np.log(hint))
         weights.append(chain.n_params)
+    if not logs:
+        return None
     return float(np.exp(np.average(logs, weights=weights)))
 
 
@@ -440,9 +446,10 @@ def uniform_width_share(
                 linear += bias * out
             else:
                 constant += bias
-        if chain.gate is not None:  # the gate's rows go with the up rows
-            total += chain.gate.n_params
-            linear += chain.gate.n_params * ratio[0]
+        gate = getattr(chain, "gate", None)  # anything with layers will do (no gate)
+        if gate is not None:  # the gate's rows go with the up rows
+            total += gate.n_params
+            linear += gate.n_params * ratio[0]
     goal = target_params * total - constant
     if goal <= 0 or quadratic + linear == 0:
         return 0.0
@@ -635,9 +642,8 @@ def _layer_stats(
     pairs = list(zip(chain.layers, result.layers, acts, strict=True))
     if chain.gate is not None:
         assert result.gate is not None, "a gated FFN's result has the gate's parameters"
-        act = f"{acts[0]} gate (x up)"
-        pairs.insert(0, (chain.gate, result.gate, act))
-        pairs[1] = (pairs[1][0], pairs[1][1], "(x gate)")
+        pairs.insert(0, (chain.gate, result.gate, f"{acts[0]} (gate)"))
+        pairs[1] = (pairs[1][0], pairs[1][1], f"* {acts[0]}(gate)")
     for layer, new, act in pairs:
         has_bias = layer.bias_ref is not None or bool(new.bias.any())
         stats.append(

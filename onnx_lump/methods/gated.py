@@ -39,7 +39,14 @@ from onnx_lump.ode.grouping import Linkage, group_rows
 from onnx_lump.ode.span import SpanOrder, span_order
 from onnx_lump.types import ChainResult, ReducedLayer
 
-__all__ = ["GatedFFN", "compress_gated", "gated_ffn", "gated_knob_hint", "merge_pairs"]
+__all__ = [
+    "GatedFFN",
+    "compress_gated",
+    "gated_ffn",
+    "gated_knob_hint",
+    "handles_gated",
+    "merge_pairs",
+]
 
 # rounding allowed in an exact merge, in units of the weights' precision times the
 # largest row's L1 norm: scaled up rows are divided back, which rounds
@@ -151,6 +158,12 @@ def _lump_of(method: Method) -> Lump | None:
     return method if isinstance(method, Lump) else None
 
 
+def handles_gated(method: Method) -> bool:
+    """Whether ``method`` compresses gated FFNs (the lumpings do); the pipeline leaves
+    them out of the other methods' parameter counts, as it did before it read them."""
+    return _lump_of(method) is not None
+
+
 def compress_gated(chain: DenseChain, problem: ChainProblem, method: Method) -> ChainResult:
     """The gated FFN of ``chain`` compressed as ``method`` would (its lumping's eps and
     reduction); methods that are no lumping leave it as it is, and say so."""
@@ -161,12 +174,14 @@ def compress_gated(chain: DenseChain, problem: ChainProblem, method: Method) -> 
             [f"gated FFN left as it is: {method.name} does not compress gated FFNs yet"]
         )
     options = lump.options
+    notes = []
+    if isinstance(method, Sequence):
+        notes.append(f"gated FFN: only the lumping of {method.name} is applied")
     merged = merge_pairs(ffn, 0.0, options.linkage, options.symmetries)
     if problem.calibration is None or options.eps <= 0:
         if options.eps > 0:
             merged = merge_pairs(ffn, options.eps, options.linkage, options.symmetries)
-        return merged.result()
-    notes = []
+        return merged.result(notes)
     if not lump.reduction.is_span:
         notes.append(
             "gated FFN: pairs kept by the span of their activations (eps: the share of "
