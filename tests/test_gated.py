@@ -260,3 +260,38 @@ def test_planted_duplicate_pairs_always_merge_exactly(seed, distinct, copies, ac
     feeds = {"x": rng.standard_normal((32, 5)).astype(np.float32)}
     (expected,), (actual,) = run_ort(model, feeds), run_ort(reduced, feeds)
     assert float(np.abs(actual - expected).max()) <= 1e-5 * max(1.0, float(np.abs(expected).max()))
+
+
+def test_a_gated_ffn_joined_to_another_layer_is_left_and_named():
+    """A dense layer with an activation after the down projection would join the gated
+    FFN to a longer chain: it is not read, and the note says why."""
+    rng = np.random.default_rng(2)
+    model = gated_model(*planted_ffn(rng, 6, 5, 12, 4), "swiglu")
+    graph = model.graph
+    graph.initializer.append(
+        numpy_helper.from_array(rng.standard_normal((4, 3)).astype("f4"), "W2")
+    )
+    graph.node[-1].output[0] = "y_down"
+    graph.node.extend(
+        [
+            helper.make_node("Relu", ["y_down"], ["r"]),
+            helper.make_node("MatMul", ["r", "W2"], ["y"], name="after"),
+        ]
+    )
+    graph.output[0].type.tensor_type.shape.dim[1].dim_value = 3
+
+    scan = scan_graph(import_graph(model))
+
+    assert all(chain.gate is None for chain in scan.chains)
+    assert any("joined to other dense layers" in stop for stop in scan.stops)
+
+
+def test_the_knob_hint_reads_a_gated_ffn():
+    from onnx_lump.api import knob_hint
+    from onnx_lump.data.cache import SearchCache
+    from onnx_lump.methods import Lump
+
+    calib = {"input_ids": CALIB}
+    hint = knob_hint(onnx.load(MODEL), Lump(), 0.5, calib, SearchCache())
+
+    assert hint is not None and 0.0 < hint < 1.0

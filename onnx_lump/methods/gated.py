@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 
 from onnx_lump.activations import Activation
 from onnx_lump.data.compensation import centred_gram, refit_layer, residual
@@ -143,9 +144,12 @@ def merge_pairs(
     labels = group_rows(rows, eps + tolerance, linkage)  # numbered by first row
     first = np.unique(labels, return_index=True)[1]
     factor = scale / scale[first[labels]]  # member's hidden value over the kept one's
-    membership = np.zeros((alive.size, first.size))
-    membership[np.arange(alive.size), labels] = factor
-    down = ReducedLayer(ffn.down.weight[:, alive] @ membership, ffn.down.bias.copy())
+    # sparse: a dense (width x groups) membership of an 11,008-wide MLP would take a GB
+    membership = sp.csr_matrix(
+        (factor, (np.arange(alive.size), labels)), shape=(alive.size, first.size)
+    )
+    weight = np.asarray((membership.T @ ffn.down.weight[:, alive].T).T)
+    down = ReducedLayer(weight, ffn.down.bias.copy())
     return ffn.keep(alive[first], down)
 
 
