@@ -20,6 +20,7 @@ from onnx_lump.graph.importer import import_graph, release_chain
 from onnx_lump.graph.modelsource import to_model_proto
 from onnx_lump.graph.spill import Spill
 from onnx_lump.methods import ChainProblem, Method
+from onnx_lump.methods.gated import gated_knob_hint, handles_gated
 from onnx_lump.methods.lumping import LumpOptions
 from onnx_lump.pipeline.options import CalibrationOptions, CheckOptions
 from onnx_lump.pipeline.prepare import chain_encoding, chain_rows
@@ -185,17 +186,24 @@ def knob_hint(
     share = uniform_width_share(scan.chains, target_params, ratios)
     logs, weights = [], []
     for index, chain in enumerate(scan.chains):
+        if chain.gate is not None and not handles_gated(method):
+            continue  # left as it is, and out of the counts
         memo = cache.chain(index)
         system = chain_encoding(chain, index, None if on_disk else memo)
-        hint = method.knob_hint(
-            ChainProblem(system, fit_inputs[index], held_inputs[index], memo), share, slack
-        )
+        problem = ChainProblem(system, fit_inputs[index], held_inputs[index], memo)
+        if chain.gate is not None:
+            hint = gated_knob_hint(chain, problem, method, share)
+        else:
+            hint = method.knob_hint(problem, share, slack)
+        del problem
         del system
         release_chain(chain)
         if hint is None or hint <= 0:
             return None
         logs.append(np.log(hint))
-        weights.append(sum(layer.n_params for layer in chain.layers))
+        weights.append(chain.n_params)
+    if not logs:
+        return None
     return float(np.exp(np.average(logs, weights=weights)))
 
 
@@ -230,6 +238,10 @@ def uniform_width_share(
                 linear += bias * out
             else:
                 constant += bias
+        gate = getattr(chain, "gate", None)  # anything with layers will do (no gate)
+        if gate is not None:  # the gate's rows go with the up rows
+            total += gate.n_params
+            linear += gate.n_params * ratio[0]
     goal = target_params * total - constant
     if goal <= 0 or quadratic + linear == 0:
         return 0.0

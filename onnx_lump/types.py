@@ -61,11 +61,14 @@ class Shortcut:
 
 @dataclass(eq=False)
 class ChainResult:
-    """New parameters for every dense layer of a chain, plus any shortcuts to add."""
+    """New parameters for every dense layer of a chain, plus any shortcuts to add; for a
+    gated FFN (``layers`` its up and down projections) also the gate's, whose rows pair
+    with the up rows."""
 
     layers: list[ReducedLayer]
     shortcuts: list[Shortcut] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # what the method chose not to do, and why
+    gate: ReducedLayer | None = None
 
 
 @dataclass(frozen=True)

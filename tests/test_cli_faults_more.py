@@ -396,9 +396,9 @@ def test_very_large_calibration_is_subsampled_with_a_warning(monkeypatch, tmp_pa
     assert json.loads(report.read_text())["holdout_rows"] == 50  # 10% of 500: the audit rows
 
 
-def test_a_gated_ffn_is_named_without_verbose(tmp_path, capsys):
-    """SwiGLU (silu(x Wg) * (x Wu) -> Wd) is not read: the one error line says why, in
-    the user's terms, without -v, and nothing is written."""
+def _gated_graph(path, extra_add: bool) -> None:
+    """SwiGLU, silu(x Wg) * (x Wu) -> Wd; with ``extra_add`` the up branch is added once
+    more after the product (``act(g) * u + u``), which is no gated FFN."""
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
@@ -413,9 +413,11 @@ def test_a_gated_ffn_is_named_without_verbose(tmp_path, capsys):
         helper.make_node("Sigmoid", ["g"], ["sg"]),
         helper.make_node("Mul", ["g", "sg"], ["silu"]),
         helper.make_node("MatMul", ["x", "Wu"], ["u"]),
-        helper.make_node("Mul", ["silu", "u"], ["h"]),
+        helper.make_node("Mul", ["silu", "u"], ["hm" if extra_add else "h"]),
         helper.make_node("MatMul", ["h", "Wd"], ["y"]),
     ]
+    if extra_add:
+        nodes.insert(5, helper.make_node("Add", ["hm", "u"], ["h"]))
     graph = helper.make_graph(
         nodes,
         "swiglu",
@@ -423,9 +425,22 @@ def test_a_gated_ffn_is_named_without_verbose(tmp_path, capsys):
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])],
         inits,
     )
-    path, out = tmp_path / "swiglu.onnx", tmp_path / "out.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def test_a_gated_ffn_is_read(tmp_path):
+    path, out = tmp_path / "swiglu.onnx", tmp_path / "out.onnx"
+    _gated_graph(path, extra_add=False)
+    assert cli.main([str(path), str(out), "--eps", "0.1", "-q"]) == 0
+    assert out.exists()
+
+
+def test_a_gated_ffn_not_read_is_named_without_verbose(tmp_path, capsys):
+    """A subgraph over two dense layers that is no act(gate) * up is not read: the one
+    error line says why, in the user's terms, without -v, and nothing is written."""
+    path, out = tmp_path / "swiglu_add.onnx", tmp_path / "out.onnx"
+    _gated_graph(path, extra_add=True)
     assert cli.main([str(path), str(out), "--eps", "0.1"]) == 2
     err = capsys.readouterr().err
-    assert "gated FFN" in err and "SwiGLU" in err and len(err.strip().splitlines()) == 1
+    assert "gated FFN" in err and "act(gate) * up" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()

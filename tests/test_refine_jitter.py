@@ -11,8 +11,8 @@ import pytest
 from builders import mlp, random_layers
 from conftest import MODELS, run_ort
 
-import onnx_lump.pipeline.compress as chain_stage
 import onnx_lump.data.refine as refine
+import onnx_lump.pipeline.compress as chain_stage
 from onnx_lump import lump
 from onnx_lump.activations import IDENTITY, Activation, ActivationKind
 from onnx_lump.cli import main

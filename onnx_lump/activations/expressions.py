@@ -15,13 +15,16 @@ import math
 
 __all__ = [
     "X",
+    "Y",
     "add",
     "constant",
     "factors_of",
     "fn",
+    "mentions",
     "mul",
     "power",
     "render",
+    "swapped",
     "terms_of",
 ]
 
@@ -29,6 +32,7 @@ __all__ = [
 # -- canonical expressions -------------------------------------------------------------
 #
 # ("x",)                         the pre-activation
+# ("y",)                         a second dense layer's output (the up branch of a gated FFN)
 # ("const", v)                   a scalar
 # ("mul", coef, factors)         coef * prod(factors), factors sorted, never a const
 # ("add", offset, terms)         offset + sum(terms), terms sorted, never a const
@@ -38,6 +42,7 @@ __all__ = [
 # ("where", cond, a, b)
 
 X = ("x",)
+Y = ("y",)
 
 
 def constant(value: float) -> tuple:
@@ -138,11 +143,40 @@ def terms_of(e: tuple) -> tuple[float, tuple]:
     return 0.0, (e,)
 
 
+def mentions(expr: tuple, variable: tuple) -> bool:
+    """Whether ``variable`` (X or Y) occurs in ``expr``."""
+    # operands sit directly in the tuple or in a tuple of factors/terms: search every level
+    return expr == variable or any(
+        isinstance(part, tuple) and mentions(part, variable) for part in expr
+    )
+
+
+def swapped(expr: tuple) -> tuple:
+    """``expr`` with X and Y exchanged, canonical again (the sort order of products and
+    sums depends on the names): a gate read second is then the activation's x."""
+    head = expr[0]
+    if head in ("x", "y"):
+        return Y if head == "x" else X
+    if head == "const":
+        return expr
+    if head == "mul":
+        return mul(constant(expr[1]), *(swapped(f) for f in expr[2]))
+    if head == "add":
+        return add(constant(expr[1]), *(swapped(t) for t in expr[2]))
+    if head == "pow":
+        return power(swapped(expr[2]), expr[1])
+    if head == "fn":
+        return (head, expr[1], expr[2], swapped(expr[3]))
+    if head == "cmp":
+        return (head, expr[1], swapped(expr[2]), expr[3])
+    return (head, *(swapped(part) for part in expr[1:]))  # where
+
+
 def render(expr: tuple) -> str:
     """A short human-readable form of a canonical expression, for notes."""
     head = expr[0]
-    if head == "x":
-        return "x"
+    if head in ("x", "y"):
+        return head
     if head == "const":
         return f"{expr[1]:.6g}"
     if head == "mul":

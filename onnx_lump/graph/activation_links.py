@@ -5,6 +5,10 @@ reads that subgraph as one expression (through :mod:`onnx_lump.graph.elementwise
 asks the activation registry what it computes. It also decides where a chain must end:
 a tensor that is read outside the subgraph, or a constant that varies per feature,
 would make merging neurons observable, so the walk notes why and gives up there.
+
+A subgraph that reads two dense layers of the same input is a gated FFN when it computes
+``act(gate) * up`` (SwiGLU, GeGLU): the link is then from the up projection, and its
+region carries the gate layer, whose rows pair with the up rows neuron by neuron.
 """
 
 from __future__ import annotations
@@ -45,7 +49,8 @@ class ActivationRegion:
     nodes: tuple[gs.Node, ...]
     tensors: tuple[gs.Tensor, ...]
     feature_constants: tuple[ConstantRef, ...] = ()
-    expression: tuple = ex.X
+    expression: tuple = ex.X  # of the gate's output, for a gated FFN
+    gate: DenseLayer | None = None  # hidden = activation(gate(x)) * up(x) where given
 
 
 @dataclass(eq=False)
@@ -53,7 +58,12 @@ class DenseChain:
     """Dense layers joined by element-wise activations; ``activations[i]`` sits between
     ``layers[i]`` and ``layers[i + 1]`` (identity when ``activation_nodes[i]`` is None;
     for a decomposed activation ``activation_nodes[i]`` is its last node and
-    ``regions[i]`` holds all of them)."""
+    ``regions[i]`` holds all of them).
+
+    A gated FFN is a chain of its own, ``[up, down]`` with ``gate`` set: hidden neuron i is
+    ``activations[0](gate row i . x) * (up row i . x)``; the reader joins no other layer
+    to it, so the compressors that read it (:mod:`onnx_lump.methods.gated`) see exactly
+    these three layers."""
 
     layers: list[DenseLayer]
     activations: list[Activation]
@@ -61,12 +71,23 @@ class DenseChain:
     regions: list[ActivationRegion | None] = field(default_factory=list)
 
     @property
+    def gate(self) -> DenseLayer | None:
+        """The gate layer of a gated FFN (None for an ordinary chain)."""
+        return self.regions[0].gate if self.regions and self.regions[0] is not None else None
+
+    @property
+    def all_layers(self) -> list[DenseLayer]:
+        """Every dense layer the chain owns: ``layers`` and the gate, if any."""
+        gate = self.gate
+        return [*self.layers, gate] if gate is not None else list(self.layers)
+
+    @property
     def hidden_widths(self) -> list[int]:
         return [layer.out_features for layer in self.layers[:-1]]
 
     @property
     def n_params(self) -> int:
-        return sum(layer.n_params for layer in self.layers)
+        return sum(layer.n_params for layer in self.all_layers)
 
     def hidden_tensors(self, index: int) -> list[gs.Tensor]:
         """Every tensor whose last axis is hidden layer ``index``."""
@@ -75,6 +96,8 @@ class DenseChain:
         node = self.activation_nodes[index]
         if region is not None:
             tensors += region.tensors
+            if region.gate is not None:
+                tensors += region.gate.output_tensors
         elif node is not None:
             tensors.append(node.outputs[0])
         following = self.layers[index + 1]
@@ -90,16 +113,23 @@ class DenseChain:
         in_width_ref = self.layers[index + 1].in_width_ref
         if in_width_ref is not None:
             refs.append(in_width_ref)
+        region = self.regions[index] if index < len(self.regions) else None
+        if region is not None and region.gate is not None:
+            refs += region.gate.width_refs
         for ref in refs:
             value = np.array(ref.value, copy=True)
             value[-1] = width
             yield ref, value
-        region = self.regions[index] if index < len(self.regions) else None
         for ref in () if region is None else region.feature_constants:
             shape = (*ref.value.shape[:-1], 1)
             yield ref, np.full(shape, ref.value.reshape(-1)[0], dtype=ref.value.dtype)
 
     def describe(self) -> str:
+        gate = self.gate
+        if gate is not None:
+            up, down = self.layers
+            act_name = self.activations[0].describe()
+            return f"gated FFN {act_name}({gate.describe()}) * {up.describe()} -> {down.describe()}"
         parts = [self.layers[0].describe()]
         for activation, layer in zip(self.activations, self.layers[1:], strict=True):
             parts += [activation.describe(), layer.describe()]
@@ -112,6 +142,7 @@ class _Walk:
 
     by_output: dict[int, DenseLayer]
     source: gs.Tensor | None = None
+    second: gs.Tensor | None = None  # another dense layer's output: a gated FFN's
     nodes: dict[int, gs.Node] = field(default_factory=dict)
     memo: dict[int, tuple] = field(default_factory=dict)
     constants: list[ConstantRef] = field(default_factory=list)
@@ -193,6 +224,12 @@ class ChainReader(DenseReader):
             self._note_no_match(failure, walk, nxt)
             return None
         prev = by_output[id(walk.source)]
+        gate = None
+        if walk.second is not None:
+            found = self._gated(expression, walk, nxt)
+            if found is None:
+                return None
+            gate, prev, expression = found
         if prev.dtype != nxt.dtype or not self._region_is_closed(walk, prev, nxt):
             return None
         activation = match_expression(expression)
@@ -209,8 +246,49 @@ class ChainReader(DenseReader):
             return None
         ordered = tuple(n for n in self.graph.nodes if id(n) in walk.nodes)
         tensors = tuple(t for n in ordered for t in n.outputs)
-        region = ActivationRegion(ordered, tensors, features, expression)
+        region = ActivationRegion(ordered, tensors, features, expression, gate)
         return prev, activation, region
+
+    def _gated(
+        self, expression: tuple, walk: _Walk, nxt: DenseLayer
+    ) -> tuple[DenseLayer, DenseLayer, tuple] | None:
+        """(gate, up, the gate's activation as an expression in x) of a subgraph that
+        reads two dense layers, or None (noted) when it is no ``act(gate) * up`` of one
+        input."""
+        assert walk.source is not None and walk.second is not None, "two dense layers read"
+        first, second = walk.by_output[id(walk.source)], walk.by_output[id(walk.second)]
+        for expr, gate, up in (
+            (expression, first, second),
+            (ex.swapped(expression), second, first),
+        ):
+            coef, factors = ex.factors_of(expr)
+            if factors.count(ex.Y) != 1:
+                continue
+            rest = list(factors)
+            rest.remove(ex.Y)
+            gated = ex.mul(ex.constant(coef), *rest)
+            if ex.mentions(gated, ex.Y) or not ex.mentions(gated, ex.X):
+                continue
+            if match_expression(gated) is None:
+                continue
+            same_input = gate.input is up.input and gate.in_reshape is None
+            if not same_input or up.in_reshape is not None or gate.shape != up.shape:
+                self.stop(
+                    f"the gated FFN {gate.describe()} * {up.describe()} before "
+                    f"{nxt.describe()} reads two inputs or two shapes",
+                    "; only act(x Wg) * (x Wu) of one input x is read",
+                )
+                return None
+            if gate.dtype != up.dtype:
+                return None
+            return gate, up, gated
+        self.stop(
+            f"the subgraph between {first.describe()}, {second.describe()} and "
+            f"{nxt.describe()} computes {ex.render(expression)}, which is no gated FFN "
+            "act(gate) * up of a registered activation",
+            "; the chain ends there",
+        )
+        return None
 
     def _only_reader(self, tensor: gs.Tensor, reader: gs.Node, prev: DenseLayer) -> bool:
         readers = self._readers(tensor)
@@ -223,7 +301,8 @@ class ChainReader(DenseReader):
         """No tensor of the subgraph is read outside it (but the last, by ``nxt`` only)."""
         inside = walk.nodes
         last = nxt.entry
-        for tensor in [walk.source, *(t for n in inside.values() for t in n.outputs)]:
+        sources = [walk.source] if walk.second is None else [walk.source, walk.second]
+        for tensor in [*sources, *(t for n in inside.values() for t in n.outputs)]:
             readers = self._readers(tensor)
             if tensor is last:
                 ok = readers == [nxt.entry_node]
@@ -292,6 +371,8 @@ class ChainReader(DenseReader):
             for region in chain.regions:
                 if region is not None:
                     in_chains.update(id(n) for n in region.nodes)
+                if region is not None and region.gate is not None:
+                    in_chains.update(id(n) for n in region.gate.nodes)
             in_chains.update(id(n) for n in chain.activation_nodes if n is not None)
         others = collections.Counter(
             qualified(n) for n in self.graph.nodes if id(n) not in in_chains and n.op != "Constant"
@@ -320,14 +401,14 @@ class ChainReader(DenseReader):
         if key in walk.memo:
             return walk.memo[key]
         if key in walk.by_output:
-            if walk.source is not None and walk.source is not tensor:
-                # act(x Wg) * (x Wu): SwiGLU/GeGLU, whose neurons are (gate, up) pairs
-                raise NoMatch(
-                    "it reads two dense layers (a gated FFN, act(x Wg) * (x Wu) as in "
-                    "SwiGLU/GeGLU, is not read yet)"
-                )
-            walk.source = tensor
-            return ex.X
+            if walk.source is None or walk.source is tensor:
+                walk.source = tensor
+                return ex.X
+            if walk.second is None or walk.second is tensor:
+                # act(x Wg) * (x Wu), SwiGLU/GeGLU: :meth:`_gated` tells gate from up
+                walk.second = tensor
+                return ex.Y
+            raise NoMatch("it reads three dense layers (only a gated FFN's two are read)")
         if isinstance(tensor, gs.Constant) or len(tensor.inputs) != 1:
             raise NoMatch("it reads a graph input or a constant only")
         node = tensor.inputs[0]

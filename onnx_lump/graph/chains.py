@@ -19,6 +19,12 @@ recognises these forms exporters emit:
    ``Gelu(x)`` of the layer's output with its bias) or ``SkipLayerNormalization``'s 5th
    input ``b`` after an FFN's down projection; the bias is rewritten where it lives.
 
+7. a gated FFN (SwiGLU/GeGLU): ``down(act(gate(x)) * up(x))`` with gate and up dense
+   layers of the same input and ``act`` any registered activation on the gate branch; it
+   is a chain ``[up, down]`` of its own whose link carries the gate (see
+   :class:`DenseChain`), and is read only where no other dense layer joins it through
+   an activation.
+
 A chain is a maximal run ``dense -> activation -> dense -> ...`` where the activation is
 absent or any element-wise subgraph that ``onnx_lump.activations`` recognises (a single
 op or a decomposed form such as the erf Gelu). The reader reads a subgraph as a
@@ -104,6 +110,7 @@ def scan_graph(graph: gs.Graph) -> GraphScan:
         if found is not None and id(found[0]) not in links:
             prev, activation, region = found
             links[id(prev)] = (activation, region, nxt)
+    _drop_joined_gates(reader, links, {id(layer): layer for layer in dense})
     targets = {id(nxt) for _, _, nxt in links.values()}
     chains = []
     for layer in dense:
@@ -120,3 +127,21 @@ def scan_graph(graph: gs.Graph) -> GraphScan:
             chains.append(DenseChain(layers, acts, act_nodes, regions))
     reader.note_untouched(chains)
     return GraphScan(chains, reader.notes, reader.stops, len(dense), layer_notes)
+
+
+def _drop_joined_gates(reader: ChainReader, links: dict, layers: dict[int, DenseLayer]) -> None:
+    """Remove the gated links whose layers are joined to other dense layers (an input
+    from an activation after another layer, an output into another's activation): a
+    gated FFN is compressed on its own, as three layers."""
+    targets = {id(nxt) for _, _, nxt in links.values()}
+    for key, (_, region, nxt) in list(links.items()):
+        gate = None if region is None else region.gate
+        if gate is None:
+            continue
+        if key in targets or id(gate) in targets or id(nxt) in links:
+            del links[key]
+            reader.stop(
+                f"the gated FFN {gate.describe()} * {layers[key].describe()} -> "
+                f"{nxt.describe()} is joined to other dense layers through activations",
+                "; it is left unchanged (a gated FFN is read on its own only)",
+            )

@@ -106,7 +106,7 @@ def release_chain(chain: DenseChain) -> None:
     """Return the memory of the chain: the layers' float64 weights, and the values of the
     constants the rewrite did not change (lazy again, read from disk or proto if needed
     later)."""
-    for layer in chain.layers:
+    for layer in chain.all_layers:
         layer.release()
         for ref in (layer.weight_ref, layer.bias_ref):
             if ref is None:

@@ -52,15 +52,21 @@ def rewrite_chain(
     reduced: list[ReducedLayer],
     shortcuts: Sequence[Shortcut] = (),
     spill: Spill | None = None,
+    gate: ReducedLayer | None = None,
 ) -> bool:
-    """Replace the parameters of every layer of ``chain`` by ``reduced`` and add
+    """Replace the parameters of every layer of ``chain`` by ``reduced`` (and of a gated
+    FFN's gate by ``gate``: its rows are sliced as the up rows are) and add
     ``shortcuts``, in place; returns whether anything changed. With ``spill``, every
     tensor written is moved to its file at once, so the graph holds references only."""
     names = _NameSource(graph, spill)
     changed = bool(shortcuts)
     # Listed before the writes: a bias Add given to a bias-free MatMul takes over its output.
     hidden = [chain.hidden_tensors(index) for index in range(len(chain.layers) - 1)]
-    for layer, new in zip(chain.layers, reduced, strict=True):
+    pairs = list(zip(chain.layers, reduced, strict=True))
+    if chain.gate is not None:
+        assert gate is not None, "a gated FFN's result has the gate's parameters"
+        pairs.append((chain.gate, gate))
+    for layer, new in pairs:
         if layer.holds(new.weight, new.bias):
             continue
         changed = True

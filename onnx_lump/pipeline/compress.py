@@ -27,6 +27,7 @@ from onnx_lump.graph.rewrite import rewrite_chain
 from onnx_lump.graph.spill import Spill
 from onnx_lump.graph.weightstats import chain_maxima, chain_weight_ranges
 from onnx_lump.methods import ChainProblem, Method
+from onnx_lump.methods.gated import compress_gated, handles_gated
 from onnx_lump.ode.encoding import OdeSystem
 from onnx_lump.pipeline.prepare import Prepared, chain_encoding
 from onnx_lump.pipeline.report import LayerStats
@@ -105,8 +106,19 @@ def compress_chains(
             memo = None
         else:
             problem = ChainProblem(system, fit_inputs, held_inputs, memo)
-        result = warm_start[index] if warm_start is not None else method.compress(problem)
-        if refine_options is not None and _differs(problem, result):
+        if warm_start is not None:
+            result = warm_start[index]
+        elif chain.gate is not None:  # its own compressor: neurons are (gate, up) pairs
+            result = compress_gated(chain, problem, method)
+        else:
+            result = method.compress(problem)
+        if refine_options is not None and chain.gate is not None:
+            skipped = (
+                "refinement skipped: gated FFNs are not refined yet (their down projection is "
+                "refit by least squares instead)"
+            )
+            result = dataclasses.replace(result, notes=[*result.notes, skipped])
+        elif refine_options is not None and _differs(problem, result):
             stage(f"chain {index}: refining, widths {_widths(result)}")
             left = refine_options.max_seconds - (time.perf_counter() - refine_started)
             run = functools.partial(
@@ -128,7 +140,9 @@ def compress_chains(
                 result = dataclasses.replace(refined_result, notes=result.notes)
             out.refined.append(refine_stats)
         scan.notes.extend(f"chain {index}: {note}" for note in result.notes)
-        out.stats += _layer_stats(index, chain, result, method.structured)
+        if chain.gate is None or handles_gated(method):
+            # a gated FFN the method leaves as it is counts as before it was read: not at all
+            out.stats += _layer_stats(index, chain, result, method.structured)
         out.shortcut_params += sum(_count(s.weight, method.structured) for s in result.shortcuts)
         maxima = (
             None if memo is None else memo.get("maxima", functools.partial(chain_maxima, chain))
@@ -137,7 +151,9 @@ def compress_chains(
         # One chain in memory at a time when the model lives on disk: what the report
         # keeps and what the rewrite writes go to disk, and the chain's arrays are dropped.
         kept = (system, result) if spill is None else spill.keep(chain, system, result)
-        out.changed |= rewrite_chain(prepared.graph, chain, result.layers, result.shortcuts, spill)
+        out.changed |= rewrite_chain(
+            prepared.graph, chain, result.layers, result.shortcuts, spill, result.gate
+        )
         release_chain(chain)
         system, result = kept
         del problem  # its system holds the chain's float64 weights
@@ -242,7 +258,12 @@ def _layer_stats(
 ) -> list[LayerStats]:
     stats = []
     acts = [a.describe() for a in chain.activations] + ["(chain output)"]
-    for layer, new, act in zip(chain.layers, result.layers, acts, strict=True):
+    pairs = list(zip(chain.layers, result.layers, acts, strict=True))
+    if chain.gate is not None:
+        assert result.gate is not None, "a gated FFN's result has the gate's parameters"
+        pairs.insert(0, (chain.gate, result.gate, f"{acts[0]} (gate)"))
+        pairs[1] = (pairs[1][0], pairs[1][1], f"* {acts[0]}(gate)")
+    for layer, new, act in pairs:
         has_bias = layer.bias_ref is not None or bool(new.bias.any())
         stats.append(
             LayerStats(
