@@ -287,9 +287,9 @@ def test_a_gated_ffn_joined_to_another_layer_is_left_and_named():
 
 
 def test_the_knob_hint_reads_a_gated_ffn():
-    from onnx_lump.api import knob_hint
     from onnx_lump.data.cache import SearchCache
     from onnx_lump.methods import Lump
+    from onnx_lump.search.hints import knob_hint
 
     calib = {"input_ids": CALIB}
     hint = knob_hint(onnx.load(MODEL), Lump(), 0.5, calib, SearchCache())

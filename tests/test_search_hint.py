@@ -1,5 +1,5 @@
 """Where a size search starts: the width share a target implies, the knob at which the
-first hidden layer keeps it (``api.knob_hint``), and the float32 pieces of the data path
+first hidden layer keeps it (``search.hints.knob_hint``), and the float32 pieces of the data path
 that make each step cheaper."""
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ import pytest
 from conftest import MODELS
 
 from onnx_lump.activations import REGISTRY, Activation
-from onnx_lump.api import compress, knob_hint, uniform_width_share, width_ratios
+from onnx_lump.api import compress
 from onnx_lump.data.cache import SearchCache
 from onnx_lump.methods import Lump
 from onnx_lump.methods.layer_lumping import eps_for_width
 from onnx_lump.ode.partition import Equivalence, PartitionOptions, Similarity
 from onnx_lump.search import Evaluator, bisect
+from onnx_lump.search.hints import knob_hint, uniform_width_share, width_ratios
 
 DEMO = MODELS / "rn_tanh_2x64.onnx"
 CALIB = dict(np.load(MODELS / "rn_calib.npz"))

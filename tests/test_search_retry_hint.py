@@ -12,9 +12,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from onnx_lump.api import uniform_width_share, width_ratios
 from onnx_lump.pipeline.report import LayerStats, Report
 from onnx_lump.search import bisect
+from onnx_lump.search.hints import uniform_width_share, width_ratios
 from onnx_lump.types import SweepPoint
 
 

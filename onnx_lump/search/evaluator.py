@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import onnx
 
-from onnx_lump.api import DataOptions, compress, knob_hint, refines_by_default
+from onnx_lump.api import DataOptions, compress, refines_by_default
 from onnx_lump.data.cache import SearchCache
 from onnx_lump.data.calibration import AUTO_MASK_INPUT, check_feeds
 from onnx_lump.data.holdout import (
@@ -43,6 +43,7 @@ from onnx_lump.pipeline.report import Report
 from onnx_lump.progress import stage
 from onnx_lump.runtime import resolve_providers
 from onnx_lump.search.bisection import TimeLimitReached
+from onnx_lump.search.hints import knob_hint
 from onnx_lump.types import RMSE, SweepPoint, format_error
 
 __all__ = ["FINAL_REFINE_FLOOR_SECONDS", "Evaluator"]
@@ -278,7 +279,7 @@ class Evaluator:
         self, target_params: float, after: Report | None = None, slack: float = 0.0
     ) -> float | None:
         """A knob near the one keeping ``target_params`` of the parameters, from the
-        method's cheap estimate (:func:`onnx_lump.api.knob_hint`, with the report of the
+        method's cheap estimate (:func:`onnx_lump.search.hints.knob_hint`, with the report of the
         step ``after`` when there is one, and ``slack``; None when it has none, or
         without calibration data). Without caches it reads the chains afresh: the same
         hint, slower."""
