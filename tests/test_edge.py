@@ -60,7 +60,9 @@ def test_quantized_reduced_model_errs_like_the_quantized_original(
 ):
     original = planted_model()
     reference = run_ort(original, data)[0].astype(np.float64)
-    reduced, report = lump(original, eps, calibration=data if with_data else None)
+    reduced, report = lump(
+        original, eps, calibration=data if with_data else None, reduction="partition"
+    )
     assert report.retained < 0.7
     float_error = error(reduced, reference, data)
     assert float_error < loss_bound

@@ -75,13 +75,22 @@ def rarely_active_model() -> onnx.ModelProto:
     return model
 
 
-def test_a_neuron_silent_on_the_fitting_rows_is_kept_without_a_margin():
+@pytest.mark.parametrize("reduction", ["partition", "span"])
+def test_a_neuron_silent_on_the_fitting_rows_is_kept_without_a_margin(reduction):
+    """Span saw no energy in it and folded it in as its mean (bug found by hand: the
+    neuron then never fires again); both reductions keep it."""
     model = rarely_active_model()
     rng = np.random.default_rng(1)
     calib = {"input": rng.standard_normal((256, 6)).astype(np.float32)}
     calib["input"][:, 0] = np.clip(calib["input"][:, 0], -5, 2.5)  # it never fires here
-    _, report = lump(model, 1e-6, calibration=calib, refine=False, verify=False)
+    reduced, report = lump(
+        model, 1e-6, calibration=calib, refine=False, verify=False, reduction=reduction
+    )
     assert report.layers[0].width_after == 10  # a margin of 0.1 is not 3 deviations
+    firing = {"input": rng.standard_normal((200, 6)).astype(np.float32)}
+    firing["input"][:, 0] = 4.0  # beyond its threshold: it fires, 50x weighted
+    expected, actual = run_ort(model, firing)[0], run_ort(reduced, firing)[0]
+    np.testing.assert_allclose(actual, expected, atol=1e-3 * np.abs(expected).max())
 
 
 def test_a_neuron_far_below_its_threshold_is_folded():

@@ -24,7 +24,7 @@ from onnx_lump.data.holdout import (
 from onnx_lump.errors import LumpError
 from onnx_lump.graph.tensordata import file_size, stored_parameters
 from onnx_lump.methods import Lump
-from onnx_lump.ode.partition import PartitionOptions, Similarity
+from onnx_lump.methods.lumping import LumpOptions
 from onnx_lump.search import Evaluator
 
 TANH = MODELS / "rn_tanh_2x64.onnx"
@@ -140,8 +140,8 @@ def test_api_compress_and_evaluator_take_the_metric():
     assert report.to_dict()["metric"] == "cosine"
     assert report.model_params_before == 4998 and report.model_params_after < 4998
 
-    def method(knob: float) -> Lump:
-        return Lump(PartitionOptions(knob, similarity=Similarity.DATA))
+    def method(knob: float) -> Lump:  # lump()'s own method with data
+        return LumpOptions().method(knob, with_data=True)
 
     evaluate = Evaluator(model, method, calibration, refine=False, metric="cosine")
     _, step_report, point = evaluate(0.5)

@@ -144,7 +144,11 @@ def no_effect(args: argparse.Namespace) -> list[str]:
             unused.append((dest, f"with --method {method} (a lumping option)"))
         elif dest in needs_data and not calib:
             unused.append((dest, "without --calib: the refit needs data"))
-    if spec.is_lumping and not calib and getattr(args, "reduction", "partition") != "partition":
+    if (
+        spec.is_lumping
+        and not calib
+        and getattr(args, "reduction", None) not in (None, "partition")
+    ):
         unused.append(("reduction", "without --calib: span reads the activations"))
     for group, why in _GROUP_WARNINGS.items():
         if group not in spec.reads:

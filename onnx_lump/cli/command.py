@@ -75,7 +75,7 @@ from onnx_lump.graph.modelio import load_model
 from onnx_lump.graph.paths import check_paths
 from onnx_lump.graph.saving import check_model_file, stage_model
 from onnx_lump.graph.tensordata import file_size, parse_model_file
-from onnx_lump.methods import Method, Reduction, Scope, registry
+from onnx_lump.methods import Method, Scope, registry
 from onnx_lump.methods.lumping import LumpOptions
 from onnx_lump.pipeline.quantize import QuantizeInfo, QuantizeStep, quantize_file, quantized_copy
 from onnx_lump.pipeline.report import Report
@@ -565,7 +565,8 @@ def _refine_option(args: argparse.Namespace) -> RefineOptions | bool | None:
 
 def _knob_limit(args: argparse.Namespace, limit: float | None) -> float | None:
     """The span reductions' eps is a share (of activation energy or of neurons): at most 1."""
-    if args.method in LUMPING_METHODS and Reduction(args.reduction).is_span:
+    reduction = method_settings(args).lumping.reduction_for(with_data=bool(args.calib))
+    if args.method in LUMPING_METHODS and reduction.is_span:
         return 1.0
     return limit
 

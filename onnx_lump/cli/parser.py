@@ -146,12 +146,12 @@ def make_parser(doc: str) -> argparse.ArgumentParser:
     lumping.add_argument(
         "--reduction",
         choices=[r.value for r in Reduction],
-        default=Reduction.PARTITION.value,
+        default=None,
         help="partition: one neuron per block of equivalent neurons (default); span: with "
         "--calib, keep the neurons chosen by pivoted QR of the activations and fold the rest "
         "in as linear combinations (eps = share of activation energy left out, 0..1); "
-        "span-uniform: the same, keeping the same share of every layer's neurons (eps = the "
-        "share left out; best on transformer FFNs)",
+        "span-uniform: the same, keeping "
+        "the same share of every layer's neurons (eps = the share left out)",
     )
     lumping.add_argument(
         "--dump-ode",

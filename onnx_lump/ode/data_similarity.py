@@ -36,6 +36,7 @@ __all__ = [
     "sample_step",
     "similarity_samples",
     "supported_constants",
+    "unsupported_constants",
 ]
 
 # A neuron whose activation varies this little, relative to the layer's median, is
@@ -282,6 +283,28 @@ def _row_moments(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     mean = values.sum(axis=1, dtype=np.float64) / n
     square_mean = np.einsum("ij,ij->i", values, values, dtype=np.float64) / n
     return mean, np.sqrt(np.maximum(square_mean - mean * mean, 0.0))
+
+
+def unsupported_constants(
+    weight: np.ndarray,
+    bias: np.ndarray,
+    activation: Activation,
+    inputs: np.ndarray,
+    holdout: np.ndarray | None,
+) -> np.ndarray:
+    """Neurons of the layer ``(weight, bias)`` that are constant on the fitting rows
+    ``inputs`` but not shown constant beyond them (:func:`supported_constants`): a span
+    of the activations would fold them in as their mean; they must be kept instead."""
+    pre = (inputs @ weight.T.astype(inputs.dtype, copy=False) + bias).T  # neurons x rows
+    support = Support.of(pre, activation)
+    del pre
+    constant = ~np.any(weight != 0, axis=1)
+    tolerance = DATA_CONSTANT * median_or_one(support.post_std[~constant])
+    quiet = (support.post_std <= tolerance) & ~constant
+    if not quiet.any():
+        return quiet
+    held = None if holdout is None else (holdout @ weight.T + bias).T
+    return quiet & ~supported_constants(support, activation, constant, held)
 
 
 def supported_constants(

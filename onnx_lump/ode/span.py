@@ -35,6 +35,18 @@ class SpanSelection:
     coefficients: np.ndarray  # (removed, kept)
     offset: np.ndarray  # (removed,)
 
+    def keeping(self, neurons: np.ndarray) -> SpanSelection:
+        """The same selection with ``neurons`` (a mask) kept too, each as itself: the
+        removed neurons keep their combinations of the first kept ones (a kept neuron
+        added here gets no share)."""
+        moved = neurons[self.removed]
+        if not moved.any():
+            return self
+        kept = np.union1d(self.kept, self.removed[moved])
+        coefficients = np.zeros((int((~moved).sum()), kept.size))
+        coefficients[:, np.searchsorted(kept, self.kept)] = self.coefficients[~moved]
+        return SpanSelection(kept, self.removed[~moved], coefficients, self.offset[~moved])
+
     def fold(self, weight: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The next layer's ``(weight, bias)`` reading the kept neurons only."""
         removed_columns = weight[:, self.removed]

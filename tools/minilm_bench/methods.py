@@ -1,7 +1,8 @@
 """Each method's compression run: the command it is, and running it in a child.
 
 Ours is our command line, ``python -m onnx_lump IN OUT --calib CALIB --target-params F
---report-json R`` plus the variant's flags; the baselines, the peer and int8 run in
+--report-json R`` plus the variant's flags (without ``--target-params`` where they give
+``--max-error``); the baselines, the peer and int8 run in
 ``python tools/minilm_bench.py --worker SPEC`` (:mod:`minilm_bench.worker`). Every run
 writes into ``CACHE/runs/EXPORT/`` its model, its output (``.log``), ``/usr/bin/time``'s
 statistics (``.time``) and its report or result (``.json``)."""
@@ -80,7 +81,9 @@ def job(
     flags = {**OURS_VARIANTS, **variants}
     if method in flags:
         command = [sys.executable, "-m", "onnx_lump", str(source), str(output)]
-        command += ["--calib", str(calib), "--target-params", f"{share:g}"]
+        command += ["--calib", str(calib)]
+        if "--max-error" not in flags[method]:  # an error target chooses the size itself
+            command += ["--target-params", f"{share:g}"]
         command += ["--report-json", str(result), *flags[method]]
         return Job(export, method, share, command, output, log, result)
     spec = {
