@@ -3,11 +3,11 @@
 After reduction (and any closed-form refit) the reduced chain is a warm start. Refinement
 minimises the mean squared difference between its outputs and the original chain's
 outputs on the fitting share of the calibration inputs, over every weight and bias of
-the reduced chain (shortcut layers included), on analytic gradients: with L-BFGS in
-float64, or, where the products are large (a transformer's FFN over token rows), with
-Adam on mini-batches in float32 (the loss summed in float64; the fitting rows capped at
-``max_rows``, a seeded subset), where one L-BFGS line search would take the whole
-budget. No labels are used: the target is the original network itself.
+the reduced chain (shortcut layers and a gated FFN's gate included), on analytic
+gradients: with L-BFGS in float64, or, where the products are large (a transformer's
+FFN over token rows), with Adam on mini-batches in float32 (the loss summed in float64;
+the fitting rows capped at ``max_rows``, a seeded subset), where one L-BFGS line search
+would take the whole budget. No labels are used: the target is the original network itself.
 
 Where the original chain is at hand (``teacher``), the fitting rows may be joined by
 jittered copies: each fitting row plus Gaussian noise of a few hundredths of each input
@@ -31,7 +31,7 @@ import contextlib
 import logging
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -156,7 +156,15 @@ _LOSS_ROWS = 4096
 
 
 class ChainNetwork:
-    """A reduced chain as a flat parameter vector with a forward pass and its gradient."""
+    """A reduced chain as a flat parameter vector with a forward pass and its gradient.
+
+    A gated FFN (``result.gate`` set) has ``act(x Wg.T + bg) * (x Wu.T + bu)`` as its
+    first hidden layer: ``activations[0]`` opens the gate, the up projection (layer 0)
+    stays linear. The gate's weight and bias come last in the vector, so that the
+    layers' and shortcuts' places are those of an ordinary chain.
+
+    ``masks`` (per layer) mark the weights that may move; ``fixed_biases`` the layers
+    (``n_layers``: the gate) whose biases may not."""
 
     def __init__(
         self,
@@ -164,26 +172,40 @@ class ChainNetwork:
         activations: Sequence[Activation],
         masks: Sequence[np.ndarray | None] | None,
         dtype=np.float64,
+        fixed_biases: Collection[int] = (),
     ) -> None:
         self.dtype = np.dtype(dtype)
         self.activations = list(activations)
         self.shortcuts = list(result.shortcuts)
+        self.gated = result.gate is not None
         arrays = []
         for layer in result.layers:
             arrays += [layer.weight, layer.bias]
         arrays += [s.weight for s in self.shortcuts]
+        if result.gate is not None:
+            arrays += [result.gate.weight, result.gate.bias]
         self.shapes = [a.shape for a in arrays]
         self.sizes = [int(np.prod(s)) for s in self.shapes]
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(int)
         self.n_layers = len(result.layers)
         self.theta0 = np.concatenate([np.asarray(a, np.float64).ravel() for a in arrays])
         self.mask = None
-        if masks is not None and any(m is not None for m in masks):
+        masked = masks is not None and any(m is not None for m in masks)
+        if masked or fixed_biases:
             flat = [np.ones(n, dtype=bool) for n in self.sizes]
-            for index, mask in enumerate(masks):
+            for index, mask in enumerate(masks if masked and masks is not None else ()):
                 if mask is not None:
                     flat[2 * index] = np.asarray(mask, dtype=bool).ravel()
+            if masked and result.gate is not None:
+                # the gate's zeros are kept as the layers' are (its rows pair with up's)
+                flat[-2] = np.asarray(result.gate.weight != 0).ravel()
+            for index in fixed_biases:
+                flat[-1 if index == self.n_layers else 2 * index + 1][:] = False
             self.mask = np.concatenate(flat)
+
+    def _shortcut_arrays(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        start = 2 * self.n_layers
+        return arrays[start : start + len(self.shortcuts)]
 
     def unpack(self, theta: np.ndarray) -> list[np.ndarray]:
         if self.dtype != theta.dtype:
@@ -205,25 +227,33 @@ class ChainNetwork:
         layers = [ReducedLayer(arrays[2 * i], arrays[2 * i + 1]) for i in range(self.n_layers)]
         shortcuts = [
             Shortcut(s.source, s.target, w)
-            for s, w in zip(self.shortcuts, arrays[2 * self.n_layers :], strict=True)
+            for s, w in zip(self.shortcuts, self._shortcut_arrays(arrays), strict=True)
         ]
-        return ChainResult(layers, shortcuts)
+        gate = ReducedLayer(arrays[-2], arrays[-1]) if self.gated else None
+        return ChainResult(layers, shortcuts, gate=gate)
 
     def _forward(self, arrays, inputs):
-        values, pres = [inputs], []
+        """[inputs, hidden values..., output], the layers' pre-activations, and for a
+        gated FFN (gate pre-activation, opened gate), else None."""
+        values, pres, gate = [inputs], [], None
+        single = self.dtype == np.float32
+        shortcut_arrays = self._shortcut_arrays(arrays)
         for index in range(self.n_layers):
             weight, bias = arrays[2 * index], arrays[2 * index + 1]
             pre = values[-1] @ weight.T + bias
-            for shortcut, s_weight in zip(
-                self.shortcuts, arrays[2 * self.n_layers :], strict=False
-            ):
+            for shortcut, s_weight in zip(self.shortcuts, shortcut_arrays, strict=True):
                 if shortcut.target == index:
                     pre += values[shortcut.source] @ s_weight.T
             pres.append(pre)
             activation = self.activations[index]
-            single = self.dtype == np.float32
-            values.append(activation.float32(pre) if single else activation(pre))
-        return values, pres
+            if index == 0 and self.gated:
+                gate_pre = inputs @ arrays[-2].T + arrays[-1]
+                opened = activation.float32(gate_pre) if single else activation(gate_pre)
+                gate = (gate_pre, opened)
+                values.append(opened * pre)
+            else:
+                values.append(activation.float32(pre) if single else activation(pre))
+        return values, pres, gate
 
     def output(self, theta: np.ndarray, inputs: np.ndarray) -> np.ndarray:
         return self._forward(self.unpack(theta), inputs)[0][-1]
@@ -243,27 +273,36 @@ class ChainNetwork:
     ) -> tuple[float, np.ndarray]:
         """Mean of ((output - target) / scale)^2 and its gradient in ``theta``."""
         arrays = self.unpack(theta)
-        values, pres = self._forward(arrays, data.inputs)
+        values, pres, gate = self._forward(arrays, data.inputs)
         residual = values[-1] - data.targets
         count = residual.size * scale * scale
         loss = float(np.einsum("ij,ij->", residual, residual, dtype=np.float64)) / count
         grads: list[np.ndarray | None] = [None] * len(arrays)
         upstream: list[np.ndarray | None] = [None] * (self.n_layers + 1)  # d loss / d values[i]
         upstream[-1] = (2.0 / count) * residual
+        shortcut_arrays = self._shortcut_arrays(arrays)
         for index in reversed(range(self.n_layers)):
             activation = self.activations[index]
-            if self.dtype == np.float32:
-                slope = activation.derivative_float32(pres[index])
+            slope_of = (
+                activation.derivative_float32 if self.dtype == np.float32 else activation.derivative
+            )
+            if index == 0 and gate is not None:
+                # h = act(g) * u: du = dh * act(g), dg = dh * u * act'(g)
+                gate_pre, opened = gate
+                delta = upstream[1] * opened
+                gate_delta = upstream[1] * pres[0] * slope_of(gate_pre)
+                grads[-2] = gate_delta.T @ values[0]
+                grads[-1] = gate_delta.sum(axis=0)
             else:
-                slope = activation.derivative(pres[index])
-            delta = upstream[index + 1] * slope
+                delta = upstream[index + 1] * slope_of(pres[index])
             weight = arrays[2 * index]
             grads[2 * index] = delta.T @ values[index]
             grads[2 * index + 1] = delta.sum(axis=0)
-            back = delta @ weight
-            upstream[index] = back if upstream[index] is None else upstream[index] + back
+            if index:  # the chain's input needs no gradient
+                back = delta @ weight
+                upstream[index] = back if upstream[index] is None else upstream[index] + back
             for k, (shortcut, s_weight) in enumerate(
-                zip(self.shortcuts, arrays[2 * self.n_layers :], strict=False)
+                zip(self.shortcuts, shortcut_arrays, strict=True)
             ):
                 if shortcut.target == index:
                     grads[2 * self.n_layers + k] = delta.T @ values[shortcut.source]
@@ -303,18 +342,21 @@ def refine_chain(
     seconds: float | None = None,
     label: str = "refine",
     teacher: Callable[[np.ndarray], np.ndarray] | None = None,
+    fixed_biases: Collection[int] = (),
 ) -> tuple[ChainResult, RefineStats]:
     """Refine ``result`` (the reduced chain; ``activations[i]`` follows layer i, identity
-    for the last) onto ``fit`` and return the weights with the lowest error on
-    ``holdout``, which are ``result`` itself unless refinement lowered it. ``masks``
-    (one per layer, or None) mark the weights that may change; ``seconds`` overrides
-    ``options.max_seconds``; ``teacher`` (the original chain: chain inputs to outputs)
-    labels jittered copies of the fitting rows, none without it."""
+    for the last; for a gated FFN ``activations[0]`` opens its gate) onto ``fit`` and
+    return the weights with the lowest error on ``holdout``, which are ``result`` itself
+    unless refinement lowered it. ``masks`` (one per layer, or None; a gated FFN's gate
+    keeps its zeros where they are given) mark the weights that may change; ``seconds``
+    overrides ``options.max_seconds``; ``teacher`` (the original chain: chain inputs to outputs)
+    labels jittered copies of the fitting rows, none without it; ``fixed_biases``: the
+    layers (``len(result.layers)``: a gated FFN's gate) whose biases stay as they are."""
     started = time.perf_counter()
     clock = _Clock(started + (options.max_seconds if seconds is None else seconds))
     fit = _capped(fit, options.max_rows)
     dtype = _precision(result, fit.n_samples)
-    network = ChainNetwork(result, activations, masks, dtype)
+    network = ChainNetwork(result, activations, masks, dtype, fixed_biases)
     scale = _spread(fit.targets)
     holdout_scale = _spread(holdout.targets)
     jitter = _jitter(network, fit, options, dtype, teacher)
@@ -534,7 +576,9 @@ FLOAT32_PRODUCTS = 1e9
 
 
 def _precision(result: ChainResult, n_samples: int):
-    products = n_samples * sum(layer.weight.size for layer in result.layers)
+    weights = [layer.weight for layer in result.layers]
+    weights += [] if result.gate is None else [result.gate.weight]
+    products = n_samples * sum(w.size for w in weights)
     return np.float32 if products >= FLOAT32_PRODUCTS else np.float64
 
 

@@ -18,8 +18,9 @@ here keeps, drops or merges pairs, never a gate or an up row alone:
   least squares onto the original FFN's output where that lowers the held-out residual
   (as :class:`~onnx_lump.methods.Lump` refits).
 
-Refinement (:mod:`onnx_lump.data.refine`) does not run on gated FFNs: the pipeline says so
-in the chain's notes.
+Refinement (:mod:`onnx_lump.data.refine`) then moves the gate, up and down weights
+together onto the original FFN's output (:func:`original_gated_output`), as it does an
+ordinary chain's.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import scipy.sparse as sp
 
 from onnx_lump.activations import Activation
 from onnx_lump.data.compensation import centred_gram, refit_layer, residual
+from onnx_lump.data.reference import frozen
 from onnx_lump.graph.chains import DenseChain
 from onnx_lump.methods.base import ChainProblem, Method
 from onnx_lump.methods.combined import Sequence
@@ -47,6 +49,7 @@ __all__ = [
     "gated_knob_hint",
     "handles_gated",
     "merge_pairs",
+    "original_gated_output",
 ]
 
 # rounding allowed in an exact merge, in units of the weights' precision times the
@@ -238,18 +241,32 @@ def _refit_down(
             f"gated FFN not refit: {fit.shape[0]} fitting rows for {kept.width} kept pairs"
         )
         return kept
-    target = ffn.output(_original(problem, "fit"))
+    target = original_gated_output(problem, ffn, "fit")
     hidden = kept.hidden_all(fit)
     held_hidden = held_target = None
     judge = (hidden, target)
     if problem.holdout is not None and problem.holdout.shape[0]:
         held_hidden = kept.hidden_all(problem.holdout)
-        held_target = ffn.output(_original(problem, "held"))
+        held_target = original_gated_output(problem, ffn, "held")
         judge = (held_hidden, held_target)
     fitted, _ = refit_layer(hidden, target, lump.ridge, held_hidden, held_target)
     if residual(fitted, *judge) < residual(kept.down, *judge):
         return GatedFFN(kept.gate, kept.up, fitted, kept.activation, kept.precision)
     return kept
+
+
+def original_gated_output(problem: ChainProblem, ffn: GatedFFN, which: str) -> np.ndarray:
+    """The original gated FFN ``ffn``'s output (float64) on the fitting (``which``
+    "fit") or held-out ("held") rows, once per search: the targets of the down refit and
+    of refinement (the ordinary chain's reference, :mod:`onnx_lump.data.reference`,
+    knows no gate)."""
+
+    def make() -> np.ndarray:
+        return frozen(ffn.output(_original(problem, which)))
+
+    if problem.cache is None:
+        return make()
+    return problem.cache.get(("gated original output", which), make, pin=True)
 
 
 def _original(problem: ChainProblem, which: str) -> np.ndarray:
