@@ -294,16 +294,16 @@ def unsupported_constants(
 ) -> np.ndarray:
     """Neurons of the layer ``(weight, bias)`` that are constant on the fitting rows
     ``inputs`` but not shown constant beyond them (:func:`supported_constants`): a span
-    of the activations would fold them in as their mean; they must be kept instead."""
-    pre = (inputs @ weight.T.astype(inputs.dtype, copy=False) + bias).T  # neurons x rows
-    support = Support.of(pre, activation)
-    del pre
+    of the activations would fold them in as their mean; they must be kept instead. The
+    rows are read a chunk at a time (token data has tens of thousands)."""
+    rows = CanonicalRows(weight, None, bias, np.ones(len(bias)))
+    support = chunked_support(rows, inputs, activation)
     constant = ~np.any(weight != 0, axis=1)
     tolerance = DATA_CONSTANT * median_or_one(support.post_std[~constant])
     quiet = (support.post_std <= tolerance) & ~constant
     if not quiet.any():
         return quiet
-    held = None if holdout is None else (holdout @ weight.T + bias).T
+    held = None if holdout is None else (rows, holdout)
     return quiet & ~supported_constants(support, activation, constant, held)
 
 
