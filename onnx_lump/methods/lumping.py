@@ -66,9 +66,9 @@ class Reduction(enum.Enum):
 # span gave the better test fidelity in 54 of 64 comparisons and was within dRMSE 5% in
 # 15 where partitions were not (partitions alone in 5) (tools/results/span.md). It is
 # not the default yet: on the README's Tanh demo its --max-error 0.05 search kept 47.5%
-# (the audit rows caught its 33.5% point at 11.7%) against 35.5% for partitions, and its
-# folded last layer grew 18.6x in max |weight|, so quantizing it to int8 afterwards cost
-# 49% error against 7% (README, "Where we fall short").
+# (the audit rows caught its 33.5% point at 11.7%) against 35.5% for partitions, and the
+# refit of its last layer grew 18.6x in max |weight|, so quantizing it to int8 afterwards
+# cost 49% error against 7% (README, "Where we fall short").
 DEFAULT_REDUCTION_WITH_DATA = Reduction.PARTITION
 
 
