@@ -31,6 +31,19 @@ def run_ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.nda
     return session.run(None, feeds)
 
 
+def central_differences(network, theta: np.ndarray, data, step: float = 1e-6) -> np.ndarray:
+    """The gradient of ``network.loss_and_gradient`` at ``theta`` by central differences
+    (tiny networks: a loop over a few dozen parameters)."""
+    grad = np.zeros_like(theta)
+    for index in range(theta.size):
+        delta = np.zeros_like(theta)
+        delta[index] = step
+        plus = network.loss_and_gradient(theta + delta, data, 1.0)[0]
+        minus = network.loss_and_gradient(theta - delta, data, 1.0)[0]
+        grad[index] = (plus - minus) / (2 * step)
+    return grad
+
+
 def activation_widths(model: onnx.ModelProto) -> list[int]:
     """Hidden widths in graph order, read from shape inference on the activations' outputs,
     independently of the pass's own graph reader."""

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import onnx
 import pytest
-from conftest import FIXTURES, run_ort
+from conftest import FIXTURES, central_differences, run_ort
 from test_gated import gated_model, planted_ffn
 
 from onnx_lump import lump
@@ -38,18 +38,6 @@ def as_result(ffn: GatedFFN) -> tuple[ChainResult, list[Activation]]:
     return ChainResult([ffn.up, ffn.down], gate=ffn.gate), [ffn.activation, IDENTITY]
 
 
-def central_differences(network: ChainNetwork, data: ChainData, step: float = 1e-6):
-    theta = network.theta0
-    grad = np.zeros_like(theta)
-    for index in range(theta.size):  # a tiny network: a few dozen parameters
-        delta = np.zeros_like(theta)
-        delta[index] = step
-        plus = network.loss_and_gradient(theta + delta, data, 1.0)[0]
-        minus = network.loss_and_gradient(theta - delta, data, 1.0)[0]
-        grad[index] = (plus - minus) / (2 * step)
-    return grad
-
-
 @pytest.mark.parametrize("activation", [SILU, GELU], ids=["silu", "gelu"])
 def test_gated_gradients_match_finite_differences(activation):
     rng = np.random.default_rng(1)
@@ -58,7 +46,7 @@ def test_gated_gradients_match_finite_differences(activation):
     data = ChainData(rng.normal(size=(30, 3)), rng.normal(size=(30, 2)))
 
     _, analytic = network.loss_and_gradient(network.theta0, data, 1.0)
-    numeric = central_differences(network, data)
+    numeric = central_differences(network, network.theta0, data)
 
     np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-8)
     gate = network.unpack(analytic)[-2:]  # the gate's weight and bias come last

@@ -10,7 +10,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from builders import mlp, random_layers
-from conftest import MODELS, run_ort
+from conftest import MODELS, central_differences, run_ort
 
 from onnx_lump import compress, lump
 from onnx_lump.activations import IDENTITY, REGISTRY, Activation, ActivationKind
@@ -34,17 +34,6 @@ def small_chain(activation: Activation, seed: int = 0, shortcut: bool = True):
     ]
     shortcuts = [Shortcut(0, 1, rng.normal(size=(4, 3)))] if shortcut else []
     return ChainResult(layers, shortcuts), [activation, activation, IDENTITY]
-
-
-def central_differences(network, theta, data, step=1e-6):
-    grad = np.zeros_like(theta)
-    for index in range(theta.size):
-        delta = np.zeros_like(theta)
-        delta[index] = step
-        plus = network.loss_and_gradient(theta + delta, data, 1.0)[0]
-        minus = network.loss_and_gradient(theta - delta, data, 1.0)[0]
-        grad[index] = (plus - minus) / (2 * step)
-    return grad
 
 
 @pytest.mark.parametrize("kind", sorted(REGISTRY, key=lambda k: k.value), ids=lambda k: k.value)
