@@ -220,3 +220,26 @@ def test_a_network_two_knobs_give_alike_is_refined_once(monkeypatch):
         )
         assert_same_model(model, fresh_model)
     assert len(calls) == 3  # the plain search refined at both knobs
+
+
+def test_a_search_that_does_not_keep_models_finishes_with_the_same_network():
+    """keep_models=False (the CLI's): the cache holds each step's report and point but
+    not its network, and the network finish() hands over is the same."""
+    refine = RefineOptions(max_iters=20)
+    runs = {}
+    for keep in (True, False):
+        evaluate = Evaluator(
+            onnx.load(DEMO),
+            lambda eps: Lump(PartitionOptions(eps, similarity=Similarity.DATA)),
+            CALIB,
+            refine=refine,
+            keep_models=keep,
+        )
+        knob, point, met = bisect(evaluate, None, max_error=0.05)
+        assert met and len(evaluate.cache) > 2
+        kept = [step[0] is not None for step in evaluate.cache.values()]
+        assert all(kept) if keep else not any(kept)
+        assert evaluate(knob)[2] == point  # a cache hit still has its point
+        runs[keep] = evaluate.finish(knob, verify=False)
+    assert_same_model(runs[True][0], runs[False][0])
+    assert runs[True][1].holdout_error == runs[False][1].holdout_error

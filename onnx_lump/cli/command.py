@@ -588,6 +588,7 @@ def _evaluator(
         refine=_refine_option(args),
         providers=providers,
         quantize=args.quantize,
+        keep_models=False,  # the CLI hands over finish()'s network: one at a time
         deadline=getattr(args, "deadline", None),
         metric=args.metric,
         **_data_options(args),

@@ -50,6 +50,10 @@ __all__ = ["FINAL_REFINE_FLOOR_SECONDS", "Evaluator"]
 
 logger = logging.getLogger("onnx_lump.search")  # the search's notes keep their name
 
+# A step: its network (None in the cache of an evaluator that does not keep them), its
+# report and its point.
+Step = tuple[onnx.ModelProto | None, Report, SweepPoint]
+
 # The share of the refinement budget each search step spends; the chosen point gets the rest.
 SEARCH_REFINE_SHARE = 0.2
 # Past --time-limit, the network handed over still gets this much refinement.
@@ -67,7 +71,11 @@ class Evaluator:
     (``"int8"``) every error measured is that of the step's network quantized
     (:func:`onnx_lump.pipeline.quantize.quantized_copy`), against the original. ``metric``
     (``"rmse"`` or ``"cosine"``) is how every step's error is measured, and so what an
-    error budget is in."""
+    error budget is in. Without ``keep_models`` a step's network is handed to the caller
+    but not kept in :attr:`cache` (its report and point are): a search on a large model
+    then holds one network at a time (MiniLM: 77 MB a step), and :meth:`finish` rebuilds
+    the chosen one from its report; with ``quantize`` they are always kept (``finish``
+    may hand a step's network over)."""
 
     def __init__(
         self,
@@ -88,6 +96,7 @@ class Evaluator:
         quantize: str | None = None,
         deadline: float | None = None,
         metric: str = RMSE,
+        keep_models: bool = True,
     ) -> None:
         if calibration is None and validation is None:
             raise LumpError(
@@ -121,7 +130,7 @@ class Evaluator:
         self._reference: np.ndarray | None = None
         self.progress = progress
         # knob -> step, for steps refined (True) and not (False); see unrefined_steps
-        self._steps: dict[bool, dict[float, tuple[onnx.ModelProto, Report, SweepPoint]]] = {
+        self._steps: dict[bool, dict[float, Step]] = {
             True: {},
             False: {},
         }
@@ -131,6 +140,7 @@ class Evaluator:
         self.data_cache = SearchCache() if caches else None
         # with a quantization scheme, every error measured is the quantized network's
         self.quantize = quantize
+        self.keep_models = keep_models or quantize is not None
         self._rows: tuple[Mapping[str, np.ndarray], np.ndarray | None, np.ndarray] | None = None
         # past ``deadline`` (time.monotonic()), a new step raises TimeLimitReached once a
         # step exists, and refinement gets only the time left
@@ -140,7 +150,7 @@ class Evaluator:
         self.label = "search"
 
     @property
-    def cache(self) -> dict[float, tuple[onnx.ModelProto, Report, SweepPoint]]:
+    def cache(self) -> dict[float, Step]:
         """The steps evaluated so far (in the current mode), by knob."""
         return self._steps[self._refine_steps]
 
@@ -235,7 +245,7 @@ class Evaluator:
             output = stacked_outputs(path, feeds, self._runtime, self.options["mask_input"])
         return output_error(reference, output, targets, self.metric)
 
-    def __call__(self, knob: float) -> tuple[onnx.ModelProto, Report, SweepPoint]:
+    def __call__(self, knob: float) -> Step:
         knob = float(knob)
         if knob in self.cache:
             return self.cache[knob]
@@ -272,8 +282,8 @@ class Evaluator:
         stage(f"{self.label} step {step}: knob {knob:.6g}: {summary}, widths {widths}", log=False)
         if self.progress is not None:
             self.progress(point)
-        self.cache[knob] = (reduced, report, point)
-        return self.cache[knob]
+        self.cache[knob] = (reduced if self.keep_models else None, report, point)
+        return reduced, report, point
 
     def hint(
         self, target_params: float, after: Report | None = None, slack: float = 0.0
@@ -394,6 +404,7 @@ class Evaluator:
             # the budget was judged on the step quantized: the longer refinement may
             # quantize worse, and then the step's network is the one handed over
             step, step_report, step_point = self.cache[knob]
+            assert step is not None  # kept: quantize keeps every step's network
             error = self._quantized_error(final)
             if error > step_point.error:
                 logger.info(
