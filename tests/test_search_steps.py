@@ -4,6 +4,8 @@ resolution that matters instead of spending its whole step budget."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx
 import pytest
@@ -219,3 +221,39 @@ def test_a_plateau_above_the_target_is_bisected_not_crept_along(target, monkeypa
     # 13 steps at 30% when each interpolation off the plateau moved by its margin
     assert len(evaluate.calls) <= 11, evaluate.calls
     assert met and point.params_after == evaluate(1.52)[2].params_after
+
+
+class ShareErrorFakeEvaluator(FakeEvaluator):
+    """A knob that is the share of neurons left out (span-uniform's: width (1 - knob) x
+    1,000 in both layers, up to knob 1), with an error that grows as it shrinks."""
+
+    def __call__(self, knob: float):
+        knob = float(knob)
+        if knob in self.cache:
+            return self.cache[knob]
+        self.calls.append(knob)
+        w = max(1, round(WIDTH * (1.0 - knob)))
+        dims = [(N_IN, WIDTH, w), (WIDTH, WIDTH, w), (WIDTH, N_OUT, N_OUT)]
+        ins = [N_IN, w, w]
+        layers = [
+            LayerStats(0, f"L{i}", "tanh", before, after, (fan_in + 1) * before, (k + 1) * after)
+            for i, ((fan_in, before, after), k) in enumerate(zip(dims, ins, strict=True))
+        ]
+        report = Report("fake", True, layers, [], 0.0, widths_after=[[w, w]])
+        retained = report.retained
+        point = SweepPoint(knob, report.params_before, report.params_after, retained, 0, 0)
+        self.cache[knob] = (None, report, dataclasses.replace(point, error=1.0 - retained))
+        return self.cache[knob]
+
+
+def test_an_error_search_stops_when_its_bracket_is_within_the_size_tolerance():
+    """On 1,000-wide layers one neuron is 0.1% of the chain: an error search stops once
+    the good and the failing step differ by at most 0.5% of the parameters, instead of
+    bisecting to one neuron (MiniLM's 1,536-wide FFNs took 13 refined steps)."""
+    evaluate = ShareErrorFakeEvaluator(0.0)
+    _, point, met = bisect(evaluate, 1.0, max_error=0.5)
+    assert met and point.error <= 0.5
+    failing = [p for _, _, p in evaluate.cache.values() if p.error > 0.5]
+    nearest = max(p.params_after for p in failing)
+    assert point.params_after - nearest <= 0.005 * point.params_before
+    assert len(evaluate.calls) <= 11, evaluate.calls  # to one neuron: 12
