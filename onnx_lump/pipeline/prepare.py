@@ -3,6 +3,7 @@ them and collect every chain's input on the fitting and held-out rows."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import Mapping, Sequence
@@ -71,15 +72,7 @@ def prepare(
     calibration = check_feeds(calibration, model, "calibration")
     if options.validation is not None:
         validation = check_feeds(options.validation, model, "validation")
-        options = CalibrationOptions(
-            options.holdout,
-            options.seed,
-            validation,
-            options.validation_targets,
-            options.mask_input,
-            options.sequential,
-        )
-        prepared.options = options
+        options = prepared.options = dataclasses.replace(options, validation=validation)
     if cache is None:
         cache = SearchCache(across_calls=False)  # one call: nothing is kept beyond it
     prepared.cache = cache
