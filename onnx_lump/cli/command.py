@@ -332,14 +332,7 @@ def _run_parsed(args: argparse.Namespace, display: RunProgress) -> int:
             loaded.model,
             build_method(args.method, _initial_knob(args), args),
             calibration=calibration,
-            validation=validation,
-            validation_targets=targets,
-            holdout=holdout_share,
-            seed=args.seed,
-            refine=_refine_option(args),
-            providers=providers,
-            metric=args.metric,
-            **_data_options(args),
+            **_step_options(args, validation, targets, providers, holdout_share),
             **verify_options,
         )
     split = None
@@ -581,18 +574,26 @@ def _evaluator(
         model,
         lambda knob: build_method(args.method, knob, args),
         calibration,
-        validation=validation,
-        validation_targets=targets,
-        holdout=holdout,
-        seed=args.seed,
-        refine=_refine_option(args),
-        providers=providers,
         quantize=args.quantize,
         keep_models=False,  # the CLI hands over finish()'s network: one at a time
         deadline=getattr(args, "deadline", None),
-        metric=args.metric,
-        **_data_options(args),
+        **_step_options(args, validation, targets, providers, holdout),
     )
+
+
+def _step_options(args: argparse.Namespace, validation, targets, providers, holdout) -> dict:
+    """What a compression with the command line's options is given besides the model,
+    the method and the calibration rows, alike for one compression and a search."""
+    return {
+        "validation": validation,
+        "validation_targets": targets,
+        "holdout": holdout,
+        "seed": args.seed,
+        "refine": _refine_option(args),
+        "providers": providers,
+        "metric": args.metric,
+        **_data_options(args),
+    }
 
 
 def _data_options(args: argparse.Namespace) -> dict:
