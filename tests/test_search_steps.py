@@ -4,8 +4,6 @@ resolution that matters instead of spending its whole step budget."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import onnx
 import pytest
@@ -51,7 +49,7 @@ class FakeEvaluator:
         if knob in self.cache:
             return self.cache[knob]
         self.calls.append(knob)
-        w = _widths(knob, self.cliff)
+        w = self.width(knob)
         dims = [(N_IN, WIDTH, w), (WIDTH, WIDTH, w), (WIDTH, N_OUT, N_OUT)]
         ins = [N_IN, w, w]
         layers = [
@@ -59,9 +57,18 @@ class FakeEvaluator:
             for i, ((fan_in, before, after), k) in enumerate(zip(dims, ins, strict=True))
         ]
         report = Report("fake", True, layers, [], 0.0, widths_after=[[w, w]])
-        point = SweepPoint(knob, report.params_before, report.params_after, report.retained, 0, 0)
+        error = self.error(report.retained)
+        point = SweepPoint(
+            knob, report.params_before, report.params_after, report.retained, error, 0
+        )
         self.cache[knob] = (None, report, point)
         return self.cache[knob]
+
+    def width(self, knob: float) -> int:
+        return _widths(knob, self.cliff)
+
+    def error(self, retained: float) -> float:
+        return 0.0
 
 
 def _assert_closely_met(
@@ -227,23 +234,11 @@ class ShareErrorFakeEvaluator(FakeEvaluator):
     """A knob that is the share of neurons left out (span-uniform's: width (1 - knob) x
     1,000 in both layers, up to knob 1), with an error that grows as it shrinks."""
 
-    def __call__(self, knob: float):
-        knob = float(knob)
-        if knob in self.cache:
-            return self.cache[knob]
-        self.calls.append(knob)
-        w = max(1, round(WIDTH * (1.0 - knob)))
-        dims = [(N_IN, WIDTH, w), (WIDTH, WIDTH, w), (WIDTH, N_OUT, N_OUT)]
-        ins = [N_IN, w, w]
-        layers = [
-            LayerStats(0, f"L{i}", "tanh", before, after, (fan_in + 1) * before, (k + 1) * after)
-            for i, ((fan_in, before, after), k) in enumerate(zip(dims, ins, strict=True))
-        ]
-        report = Report("fake", True, layers, [], 0.0, widths_after=[[w, w]])
-        retained = report.retained
-        point = SweepPoint(knob, report.params_before, report.params_after, retained, 0, 0)
-        self.cache[knob] = (None, report, dataclasses.replace(point, error=1.0 - retained))
-        return self.cache[knob]
+    def width(self, knob: float) -> int:
+        return max(1, round(WIDTH * (1.0 - knob)))
+
+    def error(self, retained: float) -> float:
+        return 1.0 - retained
 
 
 def test_an_error_search_stops_when_its_bracket_is_within_the_size_tolerance():
