@@ -69,6 +69,9 @@ def test_lump_options_read_strings_and_refuse_unknown_values():
     assert options.reduction is Reduction.SPAN_UNIFORM
     with pytest.raises(LumpError, match="reduction must be one of 'partition', 'span'"):
         LumpOptions(reduction="spam")
+    for ridge in (-1.0, float("nan")):  # was taken silently by lump()
+        with pytest.raises(LumpError, match="ridge must be a finite number >= 0"):
+            LumpOptions(ridge=ridge)
     kwargs = {"refit": False, "verify": False}
     assert LumpOptions.take(kwargs) == LumpOptions(refit=False)
     assert kwargs == {"verify": False}  # the rest is compress()'s

@@ -104,6 +104,8 @@ class LumpOptions:
                 except ValueError:
                     known = ", ".join(repr(k.value) for k in kind)
                     raise LumpError(f"{name} must be one of {known}, got {value!r}") from None
+        if self.ridge is not None and not (np.isfinite(self.ridge) and self.ridge >= 0):
+            raise LumpError(f"ridge must be a finite number >= 0 (or None), got {self.ridge}")
         object.__setattr__(self, "symmetries", bool(self.symmetries))
         object.__setattr__(self, "refit", bool(self.refit))
         object.__setattr__(self, "force_refit", bool(self.force_refit))
