@@ -150,8 +150,8 @@ def make_parser(doc: str) -> argparse.ArgumentParser:
         help="partition: one neuron per block of equivalent neurons (default); span: with "
         "--calib, keep the neurons chosen by pivoted QR of the activations and fold the rest "
         "in as linear combinations (eps = share of activation energy left out, 0..1); "
-        "span-uniform: the same, keeping "
-        "the same share of every layer's neurons (eps = the share left out)",
+        "span-uniform: the same, keeping the same share of every layer's neurons (eps = the "
+        "share left out; best on transformer FFNs)",
     )
     lumping.add_argument(
         "--dump-ode",
