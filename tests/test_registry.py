@@ -18,6 +18,8 @@ from onnx_lump.errors import LumpError
 from onnx_lump.integrations.onnx_ir import LumpPass
 from onnx_lump.methods import Lump, Magnitude, Reduction, Scope, Sequence, registry
 from onnx_lump.ode.partition import Equivalence, Similarity
+from onnx_lump.pipeline.options import CalibrationOptions, CheckOptions
+from onnx_lump.pipeline.run import run
 
 FEEDS = {"x": np.random.default_rng(5).standard_normal((200, 4)).astype(np.float32)}
 
@@ -111,3 +113,25 @@ def test_lump_pass_takes_every_lumping_option_and_refuses_unknown_keywords():
     # the pass's option fields and lump()'s are the same dataclass's
     fields = {f.name for f in dataclasses.fields(LumpOptions)}
     assert {"reduction", "force_refit", "similarity"} <= fields
+
+
+def test_the_pipeline_runs_a_registry_method_as_lump_does():
+    """pipeline.run with grouped options and a method built by name is lump() (the
+    README's example of the layer below the keyword API)."""
+    model = mlp(random_layers([4, 10, 8, 2], seed=1), ["Tanh", "Tanh"])
+    method = registry.build_method("lump", 0.05, registry.MethodSettings(with_data=True))
+    reduced, report = run(
+        model,
+        method,
+        FEEDS,
+        data=CalibrationOptions(holdout=0.25, seed=3),
+        refine=False,
+        check=CheckOptions(verify=True),
+    )
+    keyword, keyword_report = lump(
+        model, 0.05, calibration=FEEDS, holdout=0.25, seed=3, refine=False
+    )
+    assert report.method == keyword_report.method
+    assert report.holdout_error == keyword_report.holdout_error
+    assert report.verification is not None and report.verification.n_samples == 50
+    np.testing.assert_array_equal(run_ort(reduced, FEEDS)[0], run_ort(keyword, FEEDS)[0])
