@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TypedDict
 
 import numpy as np
 import onnx
@@ -23,23 +22,10 @@ from onnx_lump.pipeline.run import run
 from onnx_lump.types import RMSE, ChainResult
 
 __all__ = [
-    "DataOptions",
     "compress",
     "lump",
     "refines_by_default",
 ]
-
-
-class DataOptions(TypedDict, total=False):
-    """The options of :func:`compress` and :func:`onnx_lump.search.hints.knob_hint`
-    about the data and where the model runs, as a search passes them to every step."""
-
-    holdout: float
-    seed: int
-    validation: Mapping[str, np.ndarray] | None
-    validation_targets: np.ndarray | None
-    providers: Sequence[str]
-    mask_input: str | None
 
 
 def lump(

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import onnx
 
-from onnx_lump.api import DataOptions, compress, refines_by_default
+from onnx_lump.api import refines_by_default
 from onnx_lump.data.cache import SearchCache
 from onnx_lump.data.calibration import AUTO_MASK_INPUT, check_feeds
 from onnx_lump.data.holdout import (
@@ -37,9 +37,12 @@ from onnx_lump.data.holdout import (
 )
 from onnx_lump.data.refine import RefineOptions
 from onnx_lump.errors import LumpError
+from onnx_lump.graph.modelsource import to_model_proto
 from onnx_lump.methods import Method
+from onnx_lump.pipeline.options import CalibrationOptions, CheckOptions
 from onnx_lump.pipeline.quantize import quantized_copy
 from onnx_lump.pipeline.report import Report
+from onnx_lump.pipeline.run import run
 from onnx_lump.progress import stage
 from onnx_lump.runtime import resolve_providers
 from onnx_lump.search.bisection import TimeLimitReached
@@ -63,11 +66,12 @@ FINAL_REFINE_FLOOR_SECONDS = 2.0
 class Evaluator:
     """Compress with the method a knob value builds, and measure size and held-out error.
 
-    ``compress_options`` go to :func:`onnx_lump.api.compress` (``holdout``, ``seed``,
-    ``validation``, ``validation_targets``, ``providers``, ``mask_input``,
-    ``sequential``). ``refine`` is the budget of the network finally returned (None:
-    compress's default; False: off). With ``caches`` (the default) the steps share what
-    does not depend on the knob (:mod:`onnx_lump.data.cache`). With ``quantize``
+    Every step is one :func:`onnx_lump.pipeline.run.run` with the search's calibration
+    options (``holdout``, ``seed``, ``validation``, ``validation_targets``,
+    ``mask_input``, ``sequential``) and ``providers``. ``refine`` is the budget of the
+    network finally returned (None: compress's default; False: off). With ``caches``
+    (the default) the steps share what does not depend on the knob
+    (:mod:`onnx_lump.data.cache`). With ``quantize``
     (``"int8"``) every error measured is that of the step's network quantized
     (:func:`onnx_lump.pipeline.quantize.quantized_copy`), against the original. ``metric``
     (``"rmse"`` or ``"cosine"``) is how every step's error is measured, and so what an
@@ -103,7 +107,7 @@ class Evaluator:
                 "choosing the knob needs data to measure the error on: give --calib or --val"
             )
         self.metric = check_metric(metric)
-        self.model = model
+        self.model = to_model_proto(model)
         self.make_method = make_method
         # checked once: every step's compress then gets the same dict (caches key on it)
         if calibration is not None:
@@ -113,18 +117,18 @@ class Evaluator:
         self.calibration = calibration
         self.validation = validation
         self.validation_targets = validation_targets
-        self.options: DataOptions = {
-            "holdout": holdout,
-            "seed": seed,
-            "providers": list(providers),
-            "mask_input": mask_input,
-        }
-        # compress's only: the hint reads the chains of the original model
-        self.sequential = sequential
-        if calibration is not None:
-            self.options.update(
-                {"validation": validation, "validation_targets": validation_targets}
-            )
+        # what every step is given: --val replaces the held-out share only where there is
+        # calibration to hold out from (else it is what a data-free step is judged on)
+        with_data = calibration is not None
+        self.data = CalibrationOptions(
+            holdout,
+            seed,
+            validation if with_data else None,
+            validation_targets if with_data else None,
+            mask_input,
+            sequential,
+        )
+        self.providers = list(providers)
         self.final_refine = refine
         self._runtime = resolve_providers(list(providers))
         self._reference: np.ndarray | None = None
@@ -210,7 +214,7 @@ class Evaluator:
             return float(report.holdout_error)
         # data-free method judged on --val: nothing was fitted on it
         assert self.validation is not None  # without calibration (checked in __init__)
-        mask_input = self.options["mask_input"]
+        mask_input = self.data.mask_input
         if self._reference is None:
             self._reference = stacked_outputs(
                 self.model, self.validation, self._runtime, mask_input
@@ -227,8 +231,8 @@ class Evaluator:
             if self.calibration is not None:
                 split = split_calibration(
                     self.calibration,
-                    self.options["holdout"],
-                    self.options["seed"],
+                    self.data.holdout,
+                    self.data.seed,
                     self.validation,
                     self.validation_targets,
                 )
@@ -236,14 +240,33 @@ class Evaluator:
             else:
                 assert self.validation is not None  # without calibration (checked in __init__)
                 feeds, targets = self.validation, self.validation_targets
-            reference = stacked_outputs(
-                self.model, feeds, self._runtime, self.options["mask_input"]
-            )
+            reference = stacked_outputs(self.model, feeds, self._runtime, self.data.mask_input)
             self._rows = (feeds, targets, reference)
         feeds, targets, reference = self._rows
         with quantized_copy(model, self.quantize) as (path, _):
-            output = stacked_outputs(path, feeds, self._runtime, self.options["mask_input"])
+            output = stacked_outputs(path, feeds, self._runtime, self.data.mask_input)
         return output_error(reference, output, targets, self.metric)
+
+    def _run(
+        self,
+        method: Method,
+        refine: RefineOptions | bool | None,
+        check: CheckOptions,
+        warm_start: list | None = None,
+    ) -> tuple[onnx.ModelProto, Report]:
+        """One pass of the pipeline over the search's model, rows and caches."""
+        return run(
+            self.model,
+            method,
+            self.calibration,
+            data=self.data,
+            refine=refine,
+            check=check,
+            providers=self.providers,
+            metric=self.metric,
+            warm_start=warm_start,
+            cache=self.data_cache,
+        )
 
     def __call__(self, knob: float) -> Step:
         knob = float(knob)
@@ -255,18 +278,11 @@ class Evaluator:
         stage(f"{self.label} step {step}: knob {knob:.6g}, compressing", log=False)
         started = time.perf_counter()
         method = self.make_method(knob)
-        reduced, report = compress(
-            self.model,
+        reduced, report = self._run(
             method,
-            calibration=self.calibration,
-            refine=self._search_refine(method),
-            verify=False,
-            cache=self.data_cache,
+            self._search_refine(method),
             # quantized, the float network's own error is not the one steered by
-            measure_holdout=self._refine_steps and self.quantize is None,
-            sequential=self.sequential,
-            metric=self.metric,
-            **self.options,
+            CheckOptions(verify=False, measure_holdout=self._refine_steps and not self.quantize),
         )
         point = SweepPoint(
             knob,
@@ -305,9 +321,10 @@ class Evaluator:
             target_params,
             self.calibration,
             cache,
+            data=self.data,
+            providers=self.providers,
             after=after,
             slack=slack,
-            **self.options,
         )
         if knob is not None:
             logger.info(
@@ -339,18 +356,7 @@ class Evaluator:
         assert method is not None  # self.probes
         started = time.perf_counter()
         stage(f"{self.label}: probing knob {knob:.6g} ({method.describe()})", log=False)
-        _, report = compress(
-            self.model,
-            method,
-            calibration=self.calibration,
-            refine=False,
-            verify=False,
-            cache=self.data_cache,
-            measure_holdout=False,
-            sequential=self.sequential,
-            metric=self.metric,
-            **self.options,
-        )
+        _, report = self._run(method, False, CheckOptions(verify=False, measure_holdout=False))
         logger.info(
             "probe at knob %.6g (%s): %.1f%% kept (%.1f s)",
             knob,
@@ -387,17 +393,8 @@ class Evaluator:
                     max(full.max_seconds - spent, 1e-3), FINAL_REFINE_FLOOR_SECONDS
                 ),
             )
-        final, final_report = compress(
-            self.model,
-            method,
-            calibration=self.calibration,
-            refine=refine,
-            warm_start=report.results,
-            cache=self.data_cache,
-            sequential=self.sequential,
-            metric=self.metric,
-            **self.options,
-            **verify_options,
+        final, final_report = self._run(
+            method, refine, CheckOptions(**verify_options), warm_start=report.results
         )
         final_report.refine = _merge_refine(report.refine, final_report.refine)
         if self.quantize is not None and not unrefined and knob in self.cache:

@@ -12,8 +12,6 @@ import numpy as np
 import onnx
 
 from onnx_lump.data.cache import SearchCache
-from onnx_lump.data.calibration import AUTO_MASK_INPUT
-from onnx_lump.data.holdout import DEFAULT_HOLDOUT
 from onnx_lump.graph.chains import DenseChain, scan_graph
 from onnx_lump.graph.importer import import_graph, release_chain
 from onnx_lump.graph.modelsource import to_model_proto
@@ -35,14 +33,10 @@ def knob_hint(
     calibration: Mapping[str, np.ndarray],
     cache: SearchCache,
     *,
-    holdout: float = DEFAULT_HOLDOUT,
-    seed: int = 0,
-    validation: Mapping[str, np.ndarray] | None = None,
-    validation_targets: np.ndarray | None = None,
+    data: CalibrationOptions | None = None,
     providers: Sequence[str] = ("cpu",),
     after: Report | None = None,
     slack: float = 0.0,
-    mask_input: str | None = AUTO_MASK_INPUT,
 ) -> float | None:
     """A knob of ``method`` near the one keeping ``target_params`` (a fraction) of the
     dense chains' parameters, for a size search to start from (None when the method has
@@ -61,7 +55,7 @@ def knob_hint(
     scan = scan_graph(import_graph(model))
     if not scan.chains:
         return None
-    options = CalibrationOptions(holdout, seed, validation, validation_targets, mask_input)
+    options = data or CalibrationOptions()
     _, fit_inputs, held_inputs = chain_rows(model, scan.chains, calibration, options, cache, run_on)
     ratios = None if after is None else width_ratios(after, scan.chains)
     share = uniform_width_share(scan.chains, target_params, ratios)
