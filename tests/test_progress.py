@@ -43,13 +43,13 @@ def _watch(monkeypatch, stub: io.StringIO) -> list[str]:
     to compress. (Set in the test itself: capsys sets sys.stderr again as a test starts.)"""
     monkeypatch.setattr(sys, "stderr", stub)
     seen: list[str] = []
-    compress = search.compress
+    run = search.run  # each step and probe is one pipeline run
 
     def spy(*args, **kwargs):
         seen.append(stub.getvalue())
-        return compress(*args, **kwargs)
+        return run(*args, **kwargs)
 
-    monkeypatch.setattr(search, "compress", spy)
+    monkeypatch.setattr(search, "run", spy)
     return seen
 
 
