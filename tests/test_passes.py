@@ -274,7 +274,8 @@ def test_olive_package_config_names_the_pass(tmp_path):
     assert config_class.model_validate({"eps": 0.25}).eps == 0.25
 
 
-def test_olive_pass_with_calibration_writes_external_data(tmp_path, monkeypatch):
+@pytest.mark.parametrize("reduction", [None, "span"])
+def test_olive_pass_with_calibration_writes_external_data(tmp_path, monkeypatch, reduction):
     monkeypatch.setenv("OLIVE_DISABLE_TELEMETRY", "1")
     pytest.importorskip("olive", reason="Olive not installed (pip install onnx_lump[olive])")
     from olive.hardware import DEFAULT_CPU_ACCELERATOR
@@ -286,7 +287,10 @@ def test_olive_pass_with_calibration_writes_external_data(tmp_path, monkeypatch)
     onnx.save_model(mlp(random_layers([4, 24, 16, 2], seed=4), ["Tanh", "Tanh"]), source)
     x = np.random.default_rng(1).standard_normal((256, 4)).astype(np.float32)
     np.savez(tmp_path / "calib.npz", x=x)
-    options = {"eps": 0.5, "calibration_path": str(tmp_path / "calib.npz")}
+    eps = 0.5 if reduction is None else 0.05  # span's eps is a share of energy
+    options = {"eps": eps, "calibration_path": str(tmp_path / "calib.npz")}
+    if reduction is not None:  # every LumpOptions field is a config parameter
+        options["reduction"] = reduction
     config = OnnxLump.generate_config(
         DEFAULT_CPU_ACCELERATOR, {**options, "save_as_external_data": True}, disable_search=True
     )
@@ -297,7 +301,7 @@ def test_olive_pass_with_calibration_writes_external_data(tmp_path, monkeypatch)
     assert (written.parent / "small.onnx.data").is_file()
     widths = activation_widths(onnx.load(str(written)))
     assert widths[0] < 24 and widths[1] < 16
-    expected, _ = lump(source, 0.5, calibration={"x": x})
+    expected, _ = lump(source, eps, calibration={"x": x}, reduction=reduction)
     assert activation_widths(expected) == widths
     session = ort.InferenceSession(str(written), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(

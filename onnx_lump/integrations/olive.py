@@ -14,6 +14,8 @@ In the workflow the pass is ``{"type": "OnnxLump", "eps": 0.05}``; see
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import json
 import logging
 import sys
@@ -31,9 +33,7 @@ from olive.passes.pass_config import BasePassConfig, PassConfigParam
 
 from onnx_lump.data.calibration import load_inputs
 from onnx_lump.integrations.onnx_ir import LumpPass
-from onnx_lump.methods.lumping import DEFAULT_RIDGE
-from onnx_lump.ode.grouping import Linkage
-from onnx_lump.ode.partition import Equivalence, Similarity
+from onnx_lump.methods.lumping import LumpOptions
 
 __all__ = ["PACKAGE_CONFIG", "OnnxLump", "package_config", "write_package_config"]
 
@@ -68,39 +68,12 @@ class OnnxLump(Pass):
                 default_value=0.0,
                 description="L1 distance under which neurons merge (0: exact merges only).",
             ),
-            "equivalence": PassConfigParam(
-                type_=str,
-                default_value=Equivalence.BACKWARD.value,
-                description="'backward' (match incoming dynamics) or 'forward'.",
-            ),
-            "linkage": PassConfigParam(
-                type_=str,
-                default_value=Linkage.SINGLE.value,
-                description="'single' (connected components) or 'complete' (all pairs).",
-            ),
-            "symmetries": PassConfigParam(
-                type_=bool,
-                default_value=True,
-                description="Use scale/sign canonical forms and proportional merges.",
-            ),
-            "similarity": PassConfigParam(
-                type_=str | None,
-                default_value=None,
-                description=f"One of {[s.value for s in Similarity]}; all but 'weights' need "
-                "calibration_path (default: weights, or onnx_lump's data default with data).",
-            ),
             "calibration_path": PassConfigParam(
                 type_=str | None,
                 default_value=None,
                 category=ParamCategory.DATA,
                 description="Representative inputs (.npz with one array per model input, "
                 ".npy or .csv); with it each next layer is refit.",
-            ),
-            "refit": PassConfigParam(
-                type_=bool, default_value=True, description="Refit after merges (with data)."
-            ),
-            "ridge": PassConfigParam(
-                type_=float, default_value=DEFAULT_RIDGE, description="Ridge of the refit."
             ),
             "verify": PassConfigParam(
                 type_=bool,
@@ -120,9 +93,11 @@ class OnnxLump(Pass):
             "lump_options": PassConfigParam(
                 type_=dict,
                 default_value={},
-                description="Further keyword arguments for onnx_lump.lump().",
+                description="Further keyword arguments for onnx_lump.lump() (they override "
+                "the lumping options above).",
             ),
         }
+        config.update(_lumping_params())
         config.update(get_external_data_config())
         return config
 
@@ -138,24 +113,38 @@ class OnnxLump(Pass):
             # only the graph inputs are read: the weights need not be loaded for this
             graph_only = onnx.load(str(model.model_path), load_external_data=False)
             calibration = load_inputs(config.calibration_path, graph_only)
+        # the lumping options as the config gives them; lump_options may override them
+        options = {f.name: getattr(config, f.name) for f in dataclasses.fields(LumpOptions)}
+        options.update(config.lump_options or {})
         lump_pass = LumpPass(
             config.eps,
-            equivalence=config.equivalence,
-            linkage=config.linkage,
-            symmetries=config.symmetries,
-            similarity=config.similarity,
             calibration=calibration,
-            refit=config.refit,
-            ridge=config.ridge,
             verify=config.verify,
             atol=config.atol,
             rtol=config.rtol,
-            **dict(config.lump_options or {}),
+            **options,
         )
         result = lump_pass(model.load_ir_model())
         if lump_pass.last_report is not None:
             logger.info("onnx_lump:\n%s", lump_pass.last_report.summary())
         return ir_model_to_olive_model(result.model, output_model_path, config)
+
+
+def _lumping_params() -> dict[str, PassConfigParam]:
+    """One config parameter per LumpOptions field (enums by their values), with its
+    help: the lumping options are spelled out once, in LumpOptions."""
+    params = {}
+    kinds = {"symmetries": bool, "refit": bool, "force_refit": bool, "ridge": float | None}
+    for option in dataclasses.fields(LumpOptions):
+        default = option.default
+        if isinstance(default, enum.Enum):
+            default = default.value
+        params[option.name] = PassConfigParam(
+            type_=kinds.get(option.name, str | None),
+            default_value=default,
+            description=option.metadata["help"],
+        )
+    return params
 
 
 def package_config() -> dict[str, Any]:

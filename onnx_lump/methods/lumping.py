@@ -81,14 +81,40 @@ class LumpOptions:
     similarity and partitions; with it, :data:`DEFAULT_SIMILARITY_WITH_DATA` and
     :data:`DEFAULT_REDUCTION_WITH_DATA`."""
 
-    equivalence: Equivalence = Equivalence.BACKWARD
-    linkage: Linkage = Linkage.SINGLE
-    symmetries: bool = True
-    similarity: Similarity | None = None
-    refit: bool = True
-    ridge: float | None = DEFAULT_RIDGE
-    reduction: Reduction | None = None
-    force_refit: bool = False
+    # each field's "help" is what a config schema (the Olive pass) says of it
+    equivalence: Equivalence = field(
+        default=Equivalence.BACKWARD,
+        metadata={"help": "'backward' (match incoming dynamics) or 'forward'."},
+    )
+    linkage: Linkage = field(
+        default=Linkage.SINGLE,
+        metadata={"help": "'single' (connected components) or 'complete' (all pairs)."},
+    )
+    symmetries: bool = field(
+        default=True, metadata={"help": "Use scale/sign canonical forms and proportional merges."}
+    )
+    similarity: Similarity | None = field(
+        default=None,
+        metadata={
+            "help": f"One of {[s.value for s in Similarity]}; all but 'weights' need "
+            "calibration (default: weights, or the data default with data)."
+        },
+    )
+    refit: bool = field(default=True, metadata={"help": "Refit after merges (with data)."})
+    ridge: float | None = field(
+        default=DEFAULT_RIDGE,
+        metadata={"help": "Ridge of the refit (default: chosen by the held-out rows)."},
+    )
+    reduction: Reduction | None = field(
+        default=None,
+        metadata={
+            "help": f"One of {[r.value for r in Reduction]} (with data; default: partition)."
+        },
+    )
+    force_refit: bool = field(
+        default=False,
+        metadata={"help": "Refit a layer even from fewer fitting rows than it has inputs."},
+    )
 
     def __post_init__(self) -> None:
         for name, kind in (
