@@ -155,6 +155,8 @@ def gated_model(
             helper.make_node("Sigmoid", ["g"], ["g_sig"]),
             helper.make_node("Mul", ["g", "g_sig"], ["g_act"]),
         ]
+    elif activation == "reglu":
+        nodes.append(helper.make_node("Relu", ["g"], ["g_act"]))
     else:
         _gelu_erf(nodes, inits, "g", "g_act")
     nodes += [
@@ -299,3 +301,23 @@ def test_the_knob_hint_reads_a_gated_ffn():
     hint = knob_hint(onnx.load(MODEL), Lump(), 0.5, calib, SearchCache())
 
     assert hint is not None and 0.0 < hint < 1.0
+
+
+def test_a_pair_whose_gate_is_off_on_the_fitting_rows_is_kept():
+    """ReGLU: pair 7's gate opens only past x0 = 2.6, which the calibration never
+    reaches. Span saw no energy in it and folded it in as a constant (bug found by hand,
+    as for ordinary span); without a margin in the data it is kept, and the output stays
+    exact where the gate opens."""
+    rng = np.random.default_rng(5)
+    (wg, bg), (wu, bu), (wd, bd) = planted_ffn(rng, 6, 10, 10, 4)
+    wg[7], bg[7] = np.eye(6)[0], -2.6
+    wd[:, 7] *= 50.0  # and it matters when it opens
+    model = gated_model((wg, bg), (wu, bu), (wd, bd), "reglu")
+    calib = {"x": rng.standard_normal((400, 6)).astype(np.float32)}
+    calib["x"][:, 0] = np.clip(calib["x"][:, 0], -5, 2.5)
+    reduced, report = lump(model, 1e-9, calibration=calib, refine=False, verify=False)
+    assert report.widths_after == [[10]]
+    firing = {"x": rng.standard_normal((200, 6)).astype(np.float32)}
+    firing["x"][:, 0] = 4.0
+    expected, actual = run_ort(model, firing)[0], run_ort(reduced, firing)[0]
+    np.testing.assert_allclose(actual, expected, atol=1e-3 * np.abs(expected).max())

@@ -38,6 +38,7 @@ from onnx_lump.graph.chains import DenseChain
 from onnx_lump.methods.base import ChainProblem, Method
 from onnx_lump.methods.combined import Sequence
 from onnx_lump.methods.lumping import Exact, Lump, Reduction
+from onnx_lump.ode.data_similarity import unsupported_constants
 from onnx_lump.ode.grouping import Linkage, group_rows
 from onnx_lump.ode.span import SpanOrder, span_order
 from onnx_lump.types import ChainResult, ReducedLayer
@@ -202,7 +203,13 @@ def compress_gated(chain: DenseChain, problem: ChainProblem, method: Method) -> 
         width = order.width_for(options.eps)
     if width >= merged.width:
         return merged.result(notes)
-    selection = order.keep(width)
+    # a pair whose gate is off on every fitting row explains nothing and is folded in
+    # as its mean; unless the data shows the gate stays off, it may open elsewhere
+    silent = unsupported_constants(
+        merged.gate.weight, merged.gate.bias, merged.activation, problem.calibration,
+        problem.holdout,
+    )  # fmt: skip
+    selection = order.keep(width).keeping(silent)
     kept = merged.keep(selection.kept, ReducedLayer(*selection.fold(*_layer(merged.down))))
     if not lump.refit:
         return kept.result(notes)
