@@ -24,7 +24,6 @@ from onnx_lump.types import RMSE, ChainResult
 __all__ = [
     "compress",
     "lump",
-    "refines_by_default",
 ]
 
 
@@ -122,9 +121,3 @@ def compress(
         warm_start=warm_start,
         cache=cache,
     )
-
-
-def refines_by_default(method: Method) -> bool:
-    """Whether ``compress`` refines after ``method`` when calibration inputs are given and
-    ``refine`` is left at None (:attr:`Method.refined_by_default`)."""
-    return method.refined_by_default

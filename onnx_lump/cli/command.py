@@ -32,7 +32,7 @@ import time
 import traceback
 from pathlib import Path
 
-from onnx_lump.api import compress, refines_by_default
+from onnx_lump.api import compress
 from onnx_lump.cli.checks import (
     KNOB_OPTIONS,
     KNOBS,
@@ -551,7 +551,7 @@ def _refine_option(args: argparse.Namespace) -> RefineOptions | bool | None:
         progress=not args.quiet,
     )
     method = build_method(args.method, 0.0, args)
-    if args.calib is None or not refines_by_default(method):
+    if args.calib is None or not method.refined_by_default:
         return None  # compress's default: nothing to refine here
     return options
 

@@ -25,7 +25,6 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import onnx
 
-from onnx_lump.api import refines_by_default
 from onnx_lump.data.cache import SearchCache
 from onnx_lump.data.calibration import AUTO_MASK_INPUT, check_feeds
 from onnx_lump.data.holdout import (
@@ -201,7 +200,7 @@ class Evaluator:
         if refine is False or self.calibration is None:
             return False
         if refine is None:  # compress's default
-            return RefineOptions() if refines_by_default(method) else False
+            return RefineOptions() if method.refined_by_default else False
         return RefineOptions() if refine is True else refine
 
     def _error(self, model: onnx.ModelProto, report: Report) -> float:
