@@ -37,9 +37,10 @@ def lump(
 ) -> tuple[onnx.ModelProto, Report]:
     """Merge epsilon-equivalent neurons of every dense chain of ``model``.
 
-    Data-free unless ``calibration`` inputs are given; then each next layer is refit in
-    closed form (unless ``refit`` is False) and ``similarity`` defaults to
-    ``DEFAULT_SIMILARITY_WITH_DATA``. The lumping options are ``options`` or, one by one,
+    Data-free unless ``calibration`` inputs are given; then the reduction defaults to
+    ``DEFAULT_REDUCTION_WITH_DATA`` (span: ``eps`` is the share of activation energy left
+    out, 0..1; partitions where a ``similarity`` is given), and each next layer is refit
+    in closed form (unless ``refit`` is False). The lumping options are ``options`` or, one by one,
     keyword arguments named after :class:`LumpOptions`' fields (``equivalence``,
     ``linkage``, ``symmetries``, ``similarity``, ``refit``, ``ridge``, ``reduction``,
     ``force_refit``); other keyword arguments go to :func:`compress`. Returns a new model

@@ -37,7 +37,7 @@ def test_sweep_writes_the_table_and_the_picture(workspace, capsys):
             "--calib",
             str(workspace / "calib.npz"),
             "--sweep",
-            "0,0.5,1,2",
+            "0,0.01,0.1,0.5",
             "--plot",
             str(picture),
             "--no-refine",

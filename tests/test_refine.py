@@ -111,16 +111,24 @@ def test_eps_zero_with_nothing_merged_stays_bit_identical():
     assert before == after
 
 
-def test_refinement_improves_a_lossy_lumping_through_onnxruntime():
+# (reduction, eps, refined / plain held-out error at most): partitions at eps 1.0 keep
+# 29% at 90% error (refined 0.63x measured); span (the default with data) keeps 28% at
+# 2.3% (refined 0.69x)
+LOSSY = [("partition", 1.0, 0.7), ("span", 0.01, 0.8)]
+
+
+@pytest.mark.parametrize(("reduction", "eps", "ratio"), LOSSY)
+def test_refinement_improves_a_lossy_lumping_through_onnxruntime(reduction, eps, ratio):
     model = onnx.load(DEMO)
-    plain, _ = lump(model, 1.0, calibration=CALIB, refine=False, verify=False)
-    refined, report = lump(model, 1.0, calibration=CALIB, refine=RefineOptions(max_iters=200))
+    options = {"calibration": CALIB, "reduction": reduction}
+    plain, _ = lump(model, eps, refine=False, verify=False, **options)
+    refined, report = lump(model, eps, refine=RefineOptions(max_iters=200), **options)
     (stats,) = report.refine
     feeds = split_calibration(CALIB).holdout
     (reference,) = run_ort(model, feeds)
     plain_error = output_error(reference, run_ort(plain, feeds)[0])
     refined_error = output_error(reference, run_ort(refined, feeds)[0])
-    assert refined_error < 0.7 * plain_error
+    assert refined_error < ratio * plain_error
     assert stats.holdout_after == pytest.approx(refined_error, rel=1e-3)
     assert report.holdout_error == pytest.approx(refined_error, rel=1e-6)
 

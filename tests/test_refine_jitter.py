@@ -123,7 +123,7 @@ def test_compress_labels_jitter_with_the_original_network(monkeypatch):
 
     monkeypatch.setattr(chain_stage, "refine_chain", spy)
     calibration = {"x": np.random.default_rng(4).normal(size=(200, 3)).astype(np.float32)}
-    lump(model, 2.0, calibration=calibration, refine=RefineOptions(max_iters=5), verify=False)
+    lump(model, 0.2, calibration=calibration, refine=RefineOptions(max_iters=5), verify=False)
     rows = np.random.default_rng(5).normal(size=(7, 3))
     expected = run_ort(model, {"x": rows.astype(np.float32)})[0]
     np.testing.assert_allclose(seen["teacher"](rows), expected, rtol=1e-4, atol=1e-4)
@@ -179,7 +179,7 @@ def test_the_cli_summary_and_json_report_the_strength_and_the_time_cap(tmp_path,
     onnx.save(model, tmp_path / "in.onnx")
     rng = np.random.default_rng(6)
     np.savez(tmp_path / "calib.npz", input=rng.normal(size=(300, 3)).astype(np.float32))
-    base = [str(tmp_path / "in.onnx"), str(tmp_path / "out.onnx"), "--eps", "2"]
+    base = [str(tmp_path / "in.onnx"), str(tmp_path / "out.onnx"), "--eps", "0.2"]
     base += ["--calib", str(tmp_path / "calib.npz"), "--no-verify"]
     assert main([*base, "--refine-iters", "20", "--report-json", str(tmp_path / "a.json")]) == 0
     free = capsys.readouterr().out

@@ -9,9 +9,10 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 from builders import mlp, random_layers
-from conftest import activation_widths, run_ort
+from conftest import MODELS, activation_widths, run_ort
 
 from onnx_lump import LumpOptions, lump
+from onnx_lump.cli import main
 from onnx_lump.cli.checks import KNOB_OPTIONS, KNOBS, LUMPING_METHODS, PRUNING_METHODS
 from onnx_lump.cli.command import build_method, build_parser
 from onnx_lump.errors import LumpError
@@ -135,3 +136,32 @@ def test_the_pipeline_runs_a_registry_method_as_lump_does():
     assert report.holdout_error == keyword_report.holdout_error
     assert report.verification is not None and report.verification.n_samples == 50
     np.testing.assert_array_equal(run_ort(reduced, FEEDS)[0], run_ort(keyword, FEEDS)[0])
+
+
+def test_span_is_the_default_with_data_and_a_similarity_asks_for_partitions():
+    assert LumpOptions().reduction_for(with_data=True) is Reduction.SPAN
+    assert LumpOptions().reduction_for(with_data=False) is Reduction.PARTITION
+    assert LumpOptions(similarity="data").reduction_for(with_data=True) is Reduction.PARTITION
+    given = LumpOptions(similarity="weights", reduction="span")
+    assert given.reduction_for(with_data=True) is Reduction.SPAN
+
+
+@pytest.mark.parametrize("eps", [1.5, 1.0001])
+def test_an_eps_outside_a_span_share_is_refused_in_one_line(eps):
+    """An L1 tolerance (say 1.5) given to span, the default with data, kept 1.2% of the
+    Tanh demo at 94% error without a word."""
+    with pytest.raises(LumpError, match="eps is a share from 0 to 1"):
+        LumpOptions().method(eps, with_data=True)
+    assert LumpOptions().method(eps, with_data=False).reduction is Reduction.PARTITION
+
+
+@pytest.mark.parametrize("knob", [["--eps", "2"], ["--sweep", "0,0.5,2"]])
+def test_the_cli_refuses_an_l1_eps_for_span_before_any_work(tmp_path, capsys, knob):
+    model, calib = MODELS / "rn_tanh_2x64.onnx", MODELS / "rn_calib.npz"
+    out = tmp_path / ("out.csv" if "--sweep" in knob else "out.onnx")
+    assert main([str(model), str(out), "--calib", str(calib), *knob]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "eps is a share from 0 to 1" in err[0]
+    assert "--reduction partition" in err[0] and not out.exists()
+    partition = ["--reduction", "partition", "--no-refine", "-q"]
+    assert main([str(model), str(out), "--calib", str(calib), *knob, *partition]) == 0

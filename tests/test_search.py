@@ -177,7 +177,7 @@ def test_cli_sweep_writes_a_table(tmp_path, suffix):
             "--calib",
             str(MODELS / "rn_calib.npz"),
             "--sweep",
-            "0:1.5:0.5",
+            "0:0.15:0.05",
             "-q",
         ]
     )
@@ -186,7 +186,7 @@ def test_cli_sweep_writes_a_table(tmp_path, suffix):
         rows = list(csv.DictReader(table.open()))
     else:
         rows = json.loads(table.read_text())
-    assert [float(r["eps"]) for r in rows] == [0.0, 0.5, 1.0, 1.5]
+    assert [float(r["eps"]) for r in rows] == [0.0, 0.05, 0.1, 0.15]
     assert {"params_before", "params_after", "retained", "error", "seconds"} <= set(rows[0])
 
 

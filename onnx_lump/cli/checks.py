@@ -16,6 +16,7 @@ from onnx_lump.data.calibration import MAX_RANDOM_BYTES, random_inputs_bytes, ra
 from onnx_lump.errors import LumpError
 from onnx_lump.graph.chains import scan_graph
 from onnx_lump.graph.importer import import_graph
+from onnx_lump.methods.lumping import LumpOptions
 from onnx_lump.methods.registry import (
     EPS,
     METHODS,
@@ -111,7 +112,30 @@ def validate(args: argparse.Namespace) -> None:
         raise LumpError("--providers lists no execution provider; give e.g. cpu or cuda")
     if args.sweep is not None:
         _validate_sweep(args)
+    _validate_span_share(args)
     args.option_warnings = no_effect(args)
+
+
+def _validate_span_share(args: argparse.Namespace) -> None:
+    """A span reduction's eps is a share (0..1); with --calib span is the default, so an
+    L1 tolerance from a partition run (say --eps 2) is refused before any work, not
+    after the sweep's first points."""
+    if not METHODS[args.method].is_lumping:
+        return
+    options = LumpOptions(similarity=args.similarity, reduction=args.reduction)
+    reduction = options.reduction_for(with_data=args.calib is not None)
+    if not reduction.is_span:
+        return
+    given = [args.eps] if args.eps is not None else []
+    given += parse_knobs(args.sweep) if args.sweep is not None else []
+    over = [knob for knob in given if knob > 1.0]
+    if over:
+        flag = "--sweep value" if args.sweep is not None else "--eps"
+        raise LumpError(
+            f"{flag} {over[0]:g}: with the {reduction.value} reduction (the default with "
+            "--calib) eps is a share from 0 to 1; for an L1 tolerance between neurons add "
+            "--reduction partition"
+        )
 
 
 def _validate_sweep(args: argparse.Namespace) -> None:

@@ -98,7 +98,9 @@ def make_parser(doc: str) -> argparse.ArgumentParser:
         "--eps",
         type=float,
         default=0.0,
-        help="tolerance: L1 distance under which neurons merge (default 0: exact merges only)",
+        help="tolerance: with partitions the L1 distance under which neurons merge; with a "
+        "span reduction (the default with --calib) the share 0..1 of activation energy left "
+        "out (default 0: exact merges only)",
     )
     lumping.add_argument(
         "--equivalence",
@@ -147,11 +149,12 @@ def make_parser(doc: str) -> argparse.ArgumentParser:
         "--reduction",
         choices=[r.value for r in Reduction],
         default=None,
-        help="partition: one neuron per block of equivalent neurons (default); span: with "
-        "--calib, keep the neurons chosen by pivoted QR of the activations and fold the rest "
-        "in as linear combinations (eps = share of activation energy left out, 0..1); "
-        "span-uniform: the same, keeping the same share of every layer's neurons (eps = the "
-        "share left out; best on transformer FFNs)",
+        help="partition: one neuron per block of equivalent neurons (the default without "
+        "--calib or with --similarity); span: with --calib, keep the neurons chosen by pivoted "
+        "QR of the activations and fold the rest in as linear combinations (eps = share of "
+        "activation energy left out, 0..1; the default with --calib); span-uniform: the same, "
+        "keeping the same share of every layer's neurons (eps = the share left out; best on "
+        "transformer FFNs)",
     )
     lumping.add_argument(
         "--dump-ode",

@@ -64,12 +64,10 @@ class Reduction(enum.Enum):
 # The reduction lumping uses when calibration data is given (LumpOptions' default). Over
 # the benchmark's 32 networks at the sizes that decide its headline, both refined alike,
 # span gave the better test fidelity in 54 of 64 comparisons and was within dRMSE 5% in
-# 15 where partitions were not (partitions alone in 5) (tools/results/span.md). It is
-# not the default yet: on the README's Tanh demo its --max-error 0.05 search kept 47.5%
-# (the audit rows caught its 33.5% point at 11.7%) against 35.5% for partitions, and the
-# refit of its last layer grew 18.6x in max |weight|, so quantizing it to int8 afterwards
-# cost 49% error against 7% (README, "Where we fall short").
-DEFAULT_REDUCTION_WITH_DATA = Reduction.PARTITION
+# 15 where partitions were not (partitions alone in 5) (tools/results/span.md). What held
+# it back, its refit growing the last layer's weights until int8 broke them (Tanh demo:
+# 49% error after quantizing), went with the ridge rule of data.compensation.RIDGE_SLACK.
+DEFAULT_REDUCTION_WITH_DATA = Reduction.SPAN
 
 
 @dataclass(frozen=True)
@@ -79,7 +77,7 @@ class LumpOptions:
     as the enums' values, so a config file can spell them). ``similarity`` and
     ``reduction`` None are the defaults of the data at hand: without calibration, weight
     similarity and partitions; with it, :data:`DEFAULT_SIMILARITY_WITH_DATA` and
-    :data:`DEFAULT_REDUCTION_WITH_DATA`."""
+    :data:`DEFAULT_REDUCTION_WITH_DATA` (partitions where a similarity is given)."""
 
     # each field's "help" is what a config schema (the Olive pass) says of it
     equivalence: Equivalence = field(
@@ -108,7 +106,8 @@ class LumpOptions:
     reduction: Reduction | None = field(
         default=None,
         metadata={
-            "help": f"One of {[r.value for r in Reduction]} (with data; default: partition)."
+            "help": f"One of {[r.value for r in Reduction]} (with data; default: span, or "
+            "partition where a similarity is given)."
         },
     )
     force_refit: bool = field(
@@ -165,7 +164,10 @@ class LumpOptions:
         span needs the activations on data."""
         if self.reduction is not None:
             return self.reduction
-        return DEFAULT_REDUCTION_WITH_DATA if with_data else Reduction.PARTITION
+        # A similarity says how to group neurons into blocks: it asks for partitions.
+        if not with_data or self.similarity is not None:
+            return Reduction.PARTITION
+        return DEFAULT_REDUCTION_WITH_DATA
 
 
 @dataclass
@@ -176,7 +178,8 @@ class Lump(Method):
     its pre-activations with data similarity), keep one neuron a block, compute the
     kept neurons' activations on the calibration inputs, then refit layer l + 1 by
     ridge regression onto the original network's pre-activations of layer l + 1. With
-    held-out rows, the ridge strength is the one that predicts them best, a refit is
+    held-out rows, the ridge strength is the strongest that predicts them within 10% of
+    the best, a refit is
     kept only where it lowers that layer's held-out residual, and the whole result only
     where it lowers the held-out output error against the same merge without refits; so
     eps = 0 stays exact. A layer with fewer fitting rows than inputs is not refit
@@ -194,6 +197,16 @@ class Lump(Method):
     reduction: Reduction = Reduction.PARTITION
     force_refit: bool = False
     name: str = "lump"
+
+    def __post_init__(self) -> None:
+        # An L1 tolerance given to a span reduction (the default with data) would
+        # silently leave every neuron but one out.
+        if self.reduction.is_span and not 0.0 <= self.options.eps <= 1.0:
+            raise LumpError(
+                f"with the {self.reduction.value} reduction (the default with calibration "
+                f"data) eps is a share from 0 to 1, got {self.options.eps:g}; for an L1 "
+                "tolerance between neurons use reduction 'partition' (--reduction partition)"
+            )
 
     def describe(self) -> str:
         o = self.options

@@ -12,6 +12,7 @@ import onnx
 from bench.common import EPS_FRACTIONS, Point
 from bench.metrics import Network, measure, run_compress
 from bench.networks import dense_params, scratch_path
+from onnx_lump.errors import LumpError
 from onnx_lump.methods import Method
 
 __all__ = ["full_merge_eps", "lump_sweep", "scratch_points", "sweep_method", "widths_of"]
@@ -53,7 +54,11 @@ def full_merge_eps(model: onnx.ModelProto, make: Callable[[float], Method], cali
     """The smallest power-of-two epsilon at which (almost) everything merges."""
     eps = 0.125
     for _ in range(16):
-        _, report, _ = run_compress(model, make(eps), calibration)
+        try:
+            method = make(eps)
+        except LumpError:  # past the knob's range (a span reduction's share: 1)
+            return eps / 2
+        _, report, _ = run_compress(model, method, calibration)
         if report.retained <= 0.05:
             return eps
         eps *= 2

@@ -50,7 +50,11 @@ from onnx_lump.methods import (
     Magnitude,
     Wanda,
 )
-from onnx_lump.methods.lumping import DEFAULT_SIMILARITY_WITH_DATA
+from onnx_lump.methods.lumping import (
+    DEFAULT_REDUCTION_WITH_DATA,
+    DEFAULT_SIMILARITY_WITH_DATA,
+    Reduction,
+)
 from onnx_lump.ode.partition import PartitionOptions, Similarity
 
 __all__ = ["GROUPS", "grids", "headline_method", "run_network"]
@@ -86,7 +90,13 @@ def grids(quick: bool) -> dict:
 
 
 def _lump(refit: bool, similarity: Similarity = Similarity.WEIGHTS):
-    return lambda eps: Lump(PartitionOptions(eps, similarity=similarity), refit=refit)
+    """Lumping as the command line builds it: with data similarity (calibration data at
+    hand) the default reduction with data, else partitions."""
+    with_data = similarity is Similarity.DATA
+    reduction = DEFAULT_REDUCTION_WITH_DATA if with_data else Reduction.PARTITION
+    return lambda eps: Lump(
+        PartitionOptions(eps, similarity=similarity), refit=refit, reduction=reduction
+    )
 
 
 def _refined(net: Network, cache: Path, grid: dict, previous: list[Point]) -> list[Point]:
