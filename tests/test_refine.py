@@ -17,6 +17,7 @@ from onnx_lump.activations import IDENTITY, REGISTRY, Activation, ActivationKind
 from onnx_lump.cli import main
 from onnx_lump.data.holdout import error_rows, output_error, split_calibration
 from onnx_lump.data.refine import ChainData, ChainNetwork, RefineOptions, chain_loss, refine_chain
+from onnx_lump.errors import LumpError
 from onnx_lump.methods import Magnitude, RandomInit
 from onnx_lump.types import ChainResult, ReducedLayer, Shortcut
 
@@ -326,3 +327,26 @@ def test_large_chains_refine_by_adam_and_never_worsen_the_held_out_error(seed, m
     assert stats.holdout_after == pytest.approx(after, rel=1e-4)
     assert stats.improved and after < 0.9 * before
     assert stats.iterations >= 1
+
+
+def test_one_rule_decides_the_default_refinement():
+    """default_refine is the rule the pipeline, the search's final step and the CLI's
+    budget read: structured lossy methods with data get the budget given (or the
+    default one), everything else none; asking explicitly goes through the same checks."""
+    from onnx_lump.methods import Exact, Lump, Wanda
+    from onnx_lump.pipeline.compress import default_refine, refine_options_for
+
+    budget = RefineOptions(max_iters=7)
+    assert default_refine(Lump(), True) == RefineOptions()
+    assert default_refine(Lump(), True, budget) is budget
+    assert default_refine(Lump(), False, budget) is None
+    assert default_refine(Exact(), True, budget) is None  # lossless: nothing to refine
+    assert default_refine(Wanda(0.5), True, budget) is None  # unstructured
+    split = split_calibration(CALIB)
+    assert refine_options_for(None, Lump(), split) == RefineOptions()
+    assert refine_options_for(None, Exact(), split) is None
+    assert refine_options_for(budget, Wanda(0.5), split) is budget
+    with pytest.raises(LumpError, match="lossless"):
+        refine_options_for(True, Exact(), split)
+    with pytest.raises(LumpError, match="calibration"):
+        refine_options_for(True, Lump(), None)

@@ -77,6 +77,7 @@ from onnx_lump.graph.saving import check_model_file, stage_model
 from onnx_lump.graph.tensordata import file_size, parse_model_file
 from onnx_lump.methods import Method, Scope, registry
 from onnx_lump.methods.lumping import LumpOptions
+from onnx_lump.pipeline.compress import default_refine
 from onnx_lump.pipeline.quantize import QuantizeInfo, QuantizeStep, quantize_file, quantized_copy
 from onnx_lump.pipeline.report import Report
 from onnx_lump.pipeline.verify import compare_outputs
@@ -556,10 +557,8 @@ def _refine_option(args: argparse.Namespace) -> RefineOptions | bool | None:
         max_seconds=seconds,
         progress=not args.quiet,
     )
-    method = build_method(args.method, 0.0, args)
-    if args.calib is None or not method.refined_by_default:
-        return None  # compress's default: nothing to refine here
-    return options
+    # the budget where the pipeline refines by default; None (nothing) elsewhere
+    return default_refine(build_method(args.method, 0.0, args), args.calib is not None, options)
 
 
 def _knob_limit(args: argparse.Namespace, limit: float | None) -> float | None:

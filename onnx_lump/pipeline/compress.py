@@ -40,7 +40,13 @@ from onnx_lump.pipeline.report import LayerStats
 from onnx_lump.progress import stage
 from onnx_lump.types import ChainResult
 
-__all__ = ["Compressed", "compress_chains", "refine_options_for", "refine_result"]
+__all__ = [
+    "Compressed",
+    "compress_chains",
+    "default_refine",
+    "refine_options_for",
+    "refine_result",
+]
 
 logger = logging.getLogger("onnx_lump.api")
 
@@ -63,20 +69,33 @@ class Compressed:
     sequential: bool = False  # the chains after the first were fed by the compressed ones
 
 
+def default_refine(
+    method: Method, with_data: bool, budget: RefineOptions | None = None
+) -> RefineOptions | None:
+    """The refinement a run that does not ask gets after ``method``: ``budget`` (default
+    :class:`RefineOptions`) where the method is refined by default
+    (:attr:`Method.refined_by_default`) and calibration inputs are given, else none. The
+    one place this rule lives: the pipeline, the search's final step and the CLI's budget
+    all read it."""
+    if not (with_data and method.refined_by_default):
+        return None
+    return RefineOptions() if budget is None else budget
+
+
 def refine_options_for(
     refine: RefineOptions | bool | None, method: Method, split: CalibrationSplit | None
 ) -> RefineOptions | None:
     """The refinement to run after ``method``, or None: ``refine`` None is the method's
-    default (:attr:`Method.refined_by_default`, with calibration inputs only)."""
-    if refine is False or (refine is None and not method.refined_by_default):
+    default (:func:`default_refine`); True or options ask for it."""
+    if refine is None:
+        return default_refine(method, split is not None)
+    if refine is False:
         return None
     if split is None:
-        if refine is None:
-            return None
         raise LumpError("refinement needs calibration inputs (--calib)")
     if method.lossless:
         raise LumpError(f"method '{method.name}' is lossless on every input: nothing to refine")
-    return RefineOptions() if refine is None or refine is True else refine
+    return RefineOptions() if refine is True else refine
 
 
 def compress_chains(

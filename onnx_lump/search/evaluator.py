@@ -38,6 +38,7 @@ from onnx_lump.data.refine import RefineOptions
 from onnx_lump.errors import LumpError
 from onnx_lump.graph.modelsource import to_model_proto
 from onnx_lump.methods import Method
+from onnx_lump.pipeline.compress import default_refine
 from onnx_lump.pipeline.options import CalibrationOptions, CheckOptions
 from onnx_lump.pipeline.quantize import quantized_copy
 from onnx_lump.pipeline.report import Report
@@ -196,11 +197,11 @@ class Evaluator:
             raise TimeLimitReached
 
     def _full_refine(self, method: Method) -> RefineOptions | bool | None:
-        refine = self.final_refine
-        if refine is False or self.calibration is None:
+        refine, with_data = self.final_refine, self.calibration is not None
+        if refine is None:  # the pipeline's default
+            return default_refine(method, with_data) or False
+        if refine is False or not with_data:
             return False
-        if refine is None:  # compress's default
-            return RefineOptions() if method.refined_by_default else False
         return RefineOptions() if refine is True else refine
 
     def _error(self, model: onnx.ModelProto, report: Report) -> float:
