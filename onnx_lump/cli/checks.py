@@ -117,25 +117,20 @@ def validate(args: argparse.Namespace) -> None:
 
 
 def _validate_span_share(args: argparse.Namespace) -> None:
-    """A span reduction's eps is a share (0..1); with --calib span is the default, so an
-    L1 tolerance from a partition run (say --eps 2) is refused before any work, not
-    after the sweep's first points."""
+    """Every eps given is one the lumping takes (:class:`Lump` refuses a span share
+    over 1; with --calib span is the default), checked before any work, not after a
+    sweep's first points."""
     if not METHODS[args.method].is_lumping:
         return
     options = LumpOptions(similarity=args.similarity, reduction=args.reduction)
-    reduction = options.reduction_for(with_data=args.calib is not None)
-    if not reduction.is_span:
-        return
-    given = [args.eps] if args.eps is not None else []
-    given += parse_knobs(args.sweep) if args.sweep is not None else []
-    over = [knob for knob in given if knob > 1.0]
-    if over:
-        flag = "--sweep value" if args.sweep is not None else "--eps"
-        raise LumpError(
-            f"{flag} {over[0]:g}: with the {reduction.value} reduction (the default with "
-            "--calib) eps is a share from 0 to 1; for an L1 tolerance between neurons add "
-            "--reduction partition"
-        )
+    flag, knobs = "--eps", [args.eps]
+    if args.sweep is not None:
+        flag, knobs = "--sweep value", parse_knobs(args.sweep)
+    for knob in knobs:
+        try:
+            options.method(knob, with_data=args.calib is not None)
+        except LumpError as exc:
+            raise LumpError(f"{flag} {knob:g}: {exc}") from None
 
 
 def _validate_sweep(args: argparse.Namespace) -> None:

@@ -564,8 +564,8 @@ def _refine_option(args: argparse.Namespace) -> RefineOptions | bool | None:
 def _knob_limit(args: argparse.Namespace, limit: float | None) -> float | None:
     """The span reductions' eps is a share (of activation energy or of neurons): at most 1."""
     reduction = method_settings(args).lumping.reduction_for(with_data=bool(args.calib))
-    if args.method in LUMPING_METHODS and reduction.is_span:
-        return 1.0
+    if args.method in LUMPING_METHODS and reduction.eps_limit is not None:
+        return reduction.eps_limit
     return limit
 
 

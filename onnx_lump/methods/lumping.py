@@ -60,6 +60,12 @@ class Reduction(enum.Enum):
     def is_span(self) -> bool:
         return self is not Reduction.PARTITION
 
+    @property
+    def eps_limit(self) -> float | None:
+        """The largest eps: a span reduction's is a share (1); a partition's L1
+        tolerance has none."""
+        return 1.0 if self.is_span else None
+
 
 # The reduction lumping uses when calibration data is given (LumpOptions' default). Over
 # the benchmark's 32 networks at the sizes that decide its headline, both refined alike,
@@ -201,7 +207,8 @@ class Lump(Method):
     def __post_init__(self) -> None:
         # An L1 tolerance given to a span reduction (the default with data) would
         # silently leave every neuron but one out.
-        if self.reduction.is_span and not 0.0 <= self.options.eps <= 1.0:
+        limit = self.reduction.eps_limit
+        if limit is not None and not 0.0 <= self.options.eps <= limit:
             raise LumpError(
                 f"with the {self.reduction.value} reduction (the default with calibration "
                 f"data) eps is a share from 0 to 1, got {self.options.eps:g}; for an L1 "
