@@ -238,9 +238,7 @@ def test_a_budget_checked_on_few_audit_rows_is_warned_about(tmp_path, capsys):
     """1,024 calibration rows leave 102 audit rows: on the demo 3 of 8 such runs printed
     a third or less of the error new trajectories showed, so the CLI says so; 2,048 rows
     (205 audit rows) do not warn."""
-    half = tmp_path / "half.npz"
-    rows = np.load(CALIB_2048)["input"]
-    np.savez(half, input=rows[np.sort(np.random.default_rng(0).permutation(len(rows))[:1024])])
+    half = seeded_half(tmp_path)
     model = str(MODELS / "rn_tanh_2x64.onnx")
     options = ["--max-error", "0.05", "--no-refine"]
     main([model, str(tmp_path / "a.onnx"), "--calib", str(half), *options])

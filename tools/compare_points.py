@@ -13,34 +13,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench package beside it
+
+from bench.common import Point, point_from_dict
+from bench.metrics import best_grp, fmt
+from bench.report import networks_of, select
+from benchdata import TASKS
 
 LIMITS = (1.0, 5.0)
 
 
-def best_grp(rows: list[dict], task: str, network: str, method: str, limit: float):
-    """The smallest GRP% of ``method`` on the network within dRMSE ``limit``%, or None."""
-    within = [
-        r["grp"]
-        for r in rows
-        if r["task"] == task
-        and r["network"] == network
-        and r["method"] == method
-        and r["drmse"] <= limit
-    ]
-    return min(within) if within else None
-
-
-def _fmt(value) -> str:
-    return "-" if value is None else f"{value:.1f}"
-
-
-def compare(old: list[dict], new: list[dict], method: str, labels: tuple[str, ...]) -> str:
+def compare(old: list[Point], new: list[Point], method: str, labels: tuple[str, ...]) -> str:
     """The side-by-side table (markdown) of ``method`` in the two runs."""
-    networks = sorted(
-        {(r["task"], r["network"]) for r in new if r["method"] == method},
-        key=lambda key: [r["task"] for r in new].index(key[0]),
-    )
+    ran = [p for p in new if p.method == method]
+    networks = networks_of(ran, [t for t in TASKS if any(p.task == t for p in ran)])
     head = ["task", "network"]
     for limit in LIMITS:
         head += [f"{labels[0]} <={limit:g}%", f"{labels[1]} <={limit:g}%", "change"]
@@ -50,14 +39,14 @@ def compare(old: list[dict], new: list[dict], method: str, labels: tuple[str, ..
     for task, network in networks:
         cells = [task, network]
         for limit in LIMITS:
-            a = best_grp(old, task, network, method, limit)
-            b = best_grp(new, task, network, method, limit)
+            a = best_grp(select(old, task, network, method), limit)
+            b = best_grp(select(new, task, network, method), limit)
             a100, b100 = 100.0 if a is None else a, 100.0 if b is None else b
             totals[(limit, 0)] += a100
             totals[(limit, 1)] += b100
             better[limit][0] += a100 < b100
             better[limit][1] += b100 < a100
-            cells += [_fmt(a), _fmt(b), f"{b100 - a100:+.1f}"]
+            cells += [fmt(a), fmt(b), f"{b100 - a100:+.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     n = max(len(networks), 1)
     lines.append("")
@@ -81,9 +70,10 @@ def main() -> None:
     labels = tuple(args.labels.split(","))
     if len(labels) != 2:
         parser.error("--labels takes two names, comma-separated")
-    table = compare(
-        json.loads(args.old.read_text()), json.loads(args.new.read_text()), args.method, labels
+    old, new = (
+        [point_from_dict(r) for r in json.loads(f.read_text())] for f in (args.old, args.new)
     )
+    table = compare(old, new, args.method, labels)
     print(table, end="")
     if args.out:
         args.out.write_text(table)
