@@ -5,6 +5,12 @@ run and a rerun with another default) and prints, per network, the smallest shar
 parameters kept within dRMSE 1% and 5% (GRP%, lower is better; "-" is no point within
 the limit and counts as 100 in the means), the difference, and the means.
 
+Below it, two readings of the same points that the first crossing of a dRMSE limit
+hides: the test fidelity over the whole size range the two runs share (mean of log
+fidelity, interpolated in GRP, new minus old: negative is new closer to the original),
+and what choosing between the runs per network by their held-out error (the same
+comparison on the rows the tool set aside, never the test rows) would have given.
+
     python tools/compare_points.py OLD.json NEW.json [--method lump+refine]
         [--labels partition,span] [--out FILE.md]
 """
@@ -16,6 +22,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench package beside it
 
 from bench.common import Point, point_from_dict
@@ -24,6 +32,62 @@ from bench.report import networks_of, select
 from benchdata import TASKS
 
 LIMITS = (1.0, 5.0)
+CURVE_POINTS = 20  # GRP values at which the two curves are compared
+
+
+def curve_gap(old: list[Point], new: list[Point], value) -> float | None:
+    """Mean over the GRP range both runs cover of log ``value(new) - log value(old)``,
+    each interpolated in GRP (None where either run has fewer than two points or the
+    ranges do not overlap)."""
+    curves = []
+    for points in (old, new):
+        kept = sorted((p for p in points if value(p) is not None), key=lambda p: p.grp)
+        if len(kept) < 2:
+            return None
+        grp = np.array([p.grp for p in kept])
+        curves.append((grp, np.log(np.maximum([value(p) for p in kept], 1e-12))))
+    low, high = max(c[0][0] for c in curves), min(c[0][-1] for c in curves)
+    if not low < high:
+        return None
+    grid = np.linspace(low, high, CURVE_POINTS)
+    (grp_old, log_old), (grp_new, log_new) = curves
+    return float(np.mean(np.interp(grid, grp_new, log_new) - np.interp(grid, grp_old, log_old)))
+
+
+def curves(old: list[Point], new: list[Point], method: str, labels: tuple[str, ...]) -> str:
+    """Per network: the test-fidelity gap and the held-out gap (:func:`curve_gap`), and
+    the means of GRP at dRMSE 1% / 5% when each network takes the run its held-out
+    gap prefers."""
+    ran = [p for p in new if p.method == method]
+    networks = networks_of(ran, [t for t in TASKS if any(p.task == t for p in ran)])
+    closer, chosen = [0, 0], {limit: 0.0 for limit in LIMITS}
+    lines = [
+        f"| task | network | test fidelity, log {labels[1]} - {labels[0]} | held-out, "
+        f"log {labels[1]} - {labels[0]} | held-out picks |",
+        "|---|---|---|---|---|",
+    ]
+    for task, network in networks:
+        a, b = select(old, task, network, method), select(new, task, network, method)
+        fidelity = curve_gap(a, b, lambda p: p.fidelity)
+        held = curve_gap(a, b, lambda p: p.holdout)
+        if fidelity is not None:
+            closer[fidelity > 0] += 1
+        pick = b if held is None or held <= 0 else a
+        for limit in LIMITS:
+            grp = best_grp(pick, limit)
+            chosen[limit] += 100.0 if grp is None else grp
+        name = labels[1] if pick is b else labels[0]
+        cells = [f"{x:+.2f}" if x is not None else "-" for x in (fidelity, held)]
+        lines.append(f"| {task} | {network} | {cells[0]} | {cells[1]} | {name} |")
+    n = max(len(networks), 1)
+    lines += [
+        "",
+        f"- test fidelity over the shared size range: {labels[1]} closer to the original "
+        f"on {closer[0]}, {labels[0]} on {closer[1]} of {len(networks)} networks",
+        "- each network taking the run its held-out rows prefer: mean GRP% "
+        + ", ".join(f"{chosen[limit] / n:.1f} at dRMSE <= {limit:g}%" for limit in LIMITS),
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def compare(old: list[Point], new: list[Point], method: str, labels: tuple[str, ...]) -> str:
@@ -73,7 +137,7 @@ def main() -> None:
     old, new = (
         [point_from_dict(r) for r in json.loads(f.read_text())] for f in (args.old, args.new)
     )
-    table = compare(old, new, args.method, labels)
+    table = compare(old, new, args.method, labels) + "\n" + curves(old, new, args.method, labels)
     print(table, end="")
     if args.out:
         args.out.write_text(table)

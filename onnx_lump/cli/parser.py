@@ -152,9 +152,9 @@ def make_parser(doc: str) -> argparse.ArgumentParser:
         help="partition: one neuron per block of equivalent neurons (the default without "
         "--calib or with --similarity); span: with --calib, keep the neurons chosen by pivoted "
         "QR of the activations and fold the rest in as linear combinations (eps = share of "
-        "activation energy left out, 0..1; the default with --calib); span-uniform: the same, "
-        "keeping the same share of every layer's neurons (eps = the share left out; best on "
-        "transformer FFNs)",
+        "activation energy left out, 0..1; the default with --calib); span-next: as many "
+        "neurons as span keeps, chosen to explain the next layer's inputs; span-uniform: span "
+        "keeping the same share of every layer's neurons (eps = the share left out)",
     )
     lumping.add_argument(
         "--dump-ode",

@@ -40,7 +40,7 @@ from onnx_lump.methods.combined import Sequence
 from onnx_lump.methods.lumping import Exact, Lump, Reduction
 from onnx_lump.ode.data_similarity import unsupported_constants
 from onnx_lump.ode.grouping import Linkage, group_rows
-from onnx_lump.ode.span import SpanOrder, span_order
+from onnx_lump.ode.span import SpanOrder, next_layer_order, span_order
 from onnx_lump.types import ChainResult, ReducedLayer
 
 __all__ = [
@@ -196,7 +196,7 @@ def compress_gated(chain: DenseChain, problem: ChainProblem, method: Method) -> 
             "their energy left out), not by a partition"
         )
     merged = merged.output_scaled()
-    order = _span_order(problem, merged, (options.linkage, options.symmetries))
+    order = _span_order(problem, merged, lump.reduction, (options.linkage, options.symmetries))
     if lump.reduction is Reduction.SPAN_UNIFORM:
         width = max(1, round((1.0 - options.eps) * ffn.width))
     else:
@@ -220,19 +220,25 @@ def _layer(layer: ReducedLayer) -> tuple[np.ndarray, np.ndarray]:
     return layer.weight, layer.bias
 
 
-def _span_order(problem: ChainProblem, merged: GatedFFN, setting: tuple) -> SpanOrder:
+def _span_order(
+    problem: ChainProblem, merged: GatedFFN, reduction: Reduction, setting: tuple
+) -> SpanOrder:
     """The pivot order of the exactly merged FFN's hidden activations on the fitting
-    rows, made once per search (it depends on no knob; ``setting``: what the merge
-    depends on)."""
+    rows (SPAN_NEXT: chosen for the down projection), made once per search (it depends
+    on no knob; ``setting``: what the merge depends on)."""
     assert problem.calibration is not None, "span on calibration rows"
     rows = problem.calibration
+    next_layer = reduction is Reduction.SPAN_NEXT
 
     def make() -> SpanOrder:
-        return span_order(*centred_gram(merged.hidden(rows)))
+        moments = centred_gram(merged.hidden(rows))
+        if next_layer:
+            return next_layer_order(*moments, merged.down.weight)
+        return span_order(*moments)
 
     if problem.cache is None:
         return make()
-    return problem.cache.get(("gated span order", setting), make, pin=True)
+    return problem.cache.get(("gated span order", next_layer, setting), make, pin=True)
 
 
 def _refit_down(
@@ -303,4 +309,5 @@ def gated_knob_hint(
         return 1.0 - want / ffn.width
     options = lump.options
     merged = merge_pairs(ffn, 0.0, options.linkage, options.symmetries).output_scaled()
-    return _span_order(problem, merged, (options.linkage, options.symmetries)).eps_for(want)
+    setting = (options.linkage, options.symmetries)
+    return _span_order(problem, merged, lump.reduction, setting).eps_for(want)

@@ -27,7 +27,7 @@ from onnx_lump.ode.equivalence import compute_partition
 from onnx_lump.ode.grouping import Linkage
 from onnx_lump.ode.partition import Equivalence, PartitionOptions, Similarity
 from onnx_lump.ode.reduction import reduce_layer, reduce_system
-from onnx_lump.ode.span import SpanOrder, span_order
+from onnx_lump.ode.span import SpanOrder, next_layer_order, span_order
 from onnx_lump.progress import stage
 from onnx_lump.types import ChainResult, ReducedLayer
 
@@ -53,6 +53,8 @@ class Reduction(enum.Enum):
 
     PARTITION = "partition"  # blocks of equivalent neurons, one neuron a block
     SPAN = "span"  # kept neurons by pivoted QR of the activations, the rest a linear map
+    # as many neurons kept as SPAN keeps, chosen to explain the next layer's inputs
+    SPAN_NEXT = "span-next"
     # the same, keeping the same share of every layer's neurons (eps: the share left out)
     SPAN_UNIFORM = "span-uniform"
 
@@ -193,8 +195,10 @@ class Lump(Method):
 
     With ``reduction`` SPAN and eps > 0, the kept neurons are chosen by the span of the
     layer's activations instead (see :mod:`onnx_lump.ode.span`); eps is then the share of
-    their energy left unexplained. SPAN_UNIFORM keeps the first pivots of every layer up
-    to the same share of its neurons: eps is the share left out.
+    their energy left unexplained. SPAN_NEXT keeps as many, chosen to explain the next
+    layer's pre-activations instead.
+    SPAN_UNIFORM keeps the first pivots of every layer up to the same share of its
+    neurons: eps is the share left out.
     """
 
     options: PartitionOptions = field(default_factory=PartitionOptions)
@@ -220,6 +224,8 @@ class Lump(Method):
         parts = [f"eps={o.eps:g}", o.equivalence.value, o.linkage.value]
         if self.reduction is Reduction.SPAN:
             parts = [f"eps={o.eps:g}", "span reduction"]
+        elif self.reduction is Reduction.SPAN_NEXT:
+            parts = [f"eps={o.eps:g}", "span reduction, next-layer pivots"]
         elif self.reduction is Reduction.SPAN_UNIFORM:
             parts = [f"eps={o.eps:g}", "span reduction, uniform widths"]
         elif o.similarity.value != "weights":
@@ -273,7 +279,7 @@ class Lump(Method):
         want = max(1, round(width_share * weight.shape[0]))
         if self.reduction is Reduction.SPAN_UNIFORM:
             return 1.0 - want / weight.shape[0]
-        if self.reduction is Reduction.SPAN:  # the pivot order answers it exactly
+        if self.reduction in (Reduction.SPAN, Reduction.SPAN_NEXT):  # the order answers it
             return self._span_order(problem, 0, weight, bias, calibration).eps_for(want)
         if self.options.equivalence is not Equivalence.BACKWARD:
             return None
@@ -392,22 +398,26 @@ class Lump(Method):
         key = None if memo is None or span else ((setting if refitting else unrefit), prefix)
         return reduced, notes, key
 
-    @staticmethod
     def _span_order(
-        problem: ChainProblem, index: int, weight: np.ndarray, bias: np.ndarray, inputs
+        self, problem: ChainProblem, index: int, weight: np.ndarray, bias: np.ndarray, inputs
     ) -> SpanOrder:
         """Layer ``index``'s pivot order on its activations (float32 rows, float64
-        moments); the first layer's, whose inputs are the chain's own, is made once per
-        search (``problem.cache``): every eps and width reads it."""
+        moments; with SPAN_NEXT, chosen for the next layer's weights); the first layer's,
+        whose inputs are the chain's own, is made once per search (``problem.cache``):
+        every eps and width reads it."""
 
         def make() -> SpanOrder:
             activation = problem.system.hidden[index].activation
             rows = layer_input_chunks(inputs, ReducedLayer(weight, bias), activation)
+            if self.reduction is Reduction.SPAN_NEXT:
+                readout = problem.system.layers[index + 1].coefficients
+                return next_layer_order(*centred_gram(rows), readout)
             return span_order(*centred_gram(rows))
 
         if index or problem.cache is None:
             return make()
-        return problem.cache.get(("span order", 0), make, pin=True)
+        next_layer = self.reduction is Reduction.SPAN_NEXT
+        return problem.cache.get(("span order", next_layer, 0), make, pin=True)
 
     def _refits(self, n_inputs: int, n_rows: int) -> bool:
         """Whether a layer with ``n_inputs`` inputs is refit from ``n_rows`` fitting rows:
