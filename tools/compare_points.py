@@ -35,6 +35,12 @@ LIMITS = (1.0, 5.0)
 CURVE_POINTS = 20  # GRP values at which the two curves are compared
 
 
+def _networks(points: list[Point], method: str) -> list[tuple[str, str]]:
+    """The (task, network) pairs ``method`` ran on, in the summary's order."""
+    ran = [p for p in points if p.method == method]
+    return networks_of(ran, [t for t in TASKS if any(p.task == t for p in ran)])
+
+
 def curve_gap(old: list[Point], new: list[Point], value) -> float | None:
     """Mean over the GRP range both runs cover of log ``value(new) - log value(old)``,
     each interpolated in GRP (None where either run has fewer than two points or the
@@ -58,8 +64,7 @@ def curves(old: list[Point], new: list[Point], method: str, labels: tuple[str, .
     """Per network: the test-fidelity gap and the held-out gap (:func:`curve_gap`), and
     the means of GRP at dRMSE 1% / 5% when each network takes the run its held-out
     gap prefers."""
-    ran = [p for p in new if p.method == method]
-    networks = networks_of(ran, [t for t in TASKS if any(p.task == t for p in ran)])
+    networks = _networks(new, method)
     closer, chosen = [0, 0], {limit: 0.0 for limit in LIMITS}
     lines = [
         f"| task | network | test fidelity, log {labels[1]} - {labels[0]} | held-out, "
@@ -92,8 +97,7 @@ def curves(old: list[Point], new: list[Point], method: str, labels: tuple[str, .
 
 def compare(old: list[Point], new: list[Point], method: str, labels: tuple[str, ...]) -> str:
     """The side-by-side table (markdown) of ``method`` in the two runs."""
-    ran = [p for p in new if p.method == method]
-    networks = networks_of(ran, [t for t in TASKS if any(p.task == t for p in ran)])
+    networks = _networks(new, method)
     head = ["task", "network"]
     for limit in LIMITS:
         head += [f"{labels[0]} <={limit:g}%", f"{labels[1]} <={limit:g}%", "change"]

@@ -196,9 +196,8 @@ class Lump(Method):
     With ``reduction`` SPAN and eps > 0, the kept neurons are chosen by the span of the
     layer's activations instead (see :mod:`onnx_lump.ode.span`); eps is then the share of
     their energy left unexplained. SPAN_NEXT keeps as many, chosen to explain the next
-    layer's pre-activations instead.
-    SPAN_UNIFORM keeps the first pivots of every layer up to the same share of its
-    neurons: eps is the share left out.
+    layer's pre-activations instead. SPAN_UNIFORM keeps the first pivots of every layer
+    up to the same share of its neurons: eps is the share left out.
     """
 
     options: PartitionOptions = field(default_factory=PartitionOptions)
