@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -19,6 +20,8 @@ from onnx_lump.methods.lumping import LumpOptions
 from onnx_lump.pipeline.options import CalibrationOptions, CheckOptions
 from onnx_lump.pipeline.report import Report
 from onnx_lump.pipeline.run import run
+from onnx_lump.pipeline.write import FileChecks, Reference, write_checked
+from onnx_lump.runtime import resolve_providers
 from onnx_lump.types import RMSE, ChainResult
 
 __all__ = [
@@ -79,6 +82,7 @@ def compress(
     mask_input: str | None = AUTO_MASK_INPUT,
     sequential: bool = False,
     metric: str = RMSE,
+    out: str | os.PathLike | None = None,
 ) -> tuple[onnx.ModelProto, Report]:
     """Compress every dense chain of ``model`` with ``method``.
 
@@ -107,11 +111,22 @@ def compress(
     relative RMSE of the output change) or ``"cosine"`` (the mean 1 - cosine of its
     rows, the last axis, padding positions of ``mask_input`` left out; see
     :mod:`onnx_lump.data.holdout`). Refinement keeps its own chain-level loss.
+
+    With ``out``, the model is written there the way the command line writes it: staged
+    beside ``out``, checked, and its held-out error and verification measured by
+    onnxruntime on the staged file itself (not the model in memory); it is moved into
+    place only when the verification is within ``atol``/``rtol``, else a LumpError says
+    by how much it missed and nothing is written.
     """
+    model = to_model_proto(model)
     data = CalibrationOptions(holdout, seed, validation, validation_targets, mask_input, sequential)
-    check = CheckOptions(verify, inputs, n_check, input_shapes, atol, rtol, measure_holdout)
-    return run(
-        to_model_proto(model),
+    written = out is not None
+    # Written, the file is what is measured and checked: not the model in memory too.
+    check = CheckOptions(
+        verify and not written, inputs, n_check, input_shapes, atol, rtol, measure_holdout
+    )
+    reduced, report = run(
+        model,
         method,
         calibration,
         data=data,
@@ -122,3 +137,23 @@ def compress(
         warm_start=warm_start,
         cache=cache,
     )
+    if out is None:
+        return reduced, report
+    checks = FileChecks(
+        metric=metric,
+        mask_input=mask_input,
+        measure_holdout=measure_holdout,
+        verify=verify,
+        inputs=inputs,
+        n_check=n_check,
+        input_shapes=input_shapes,
+        atol=atol,
+        rtol=rtol,
+    )
+    reference = Reference(model, resolve_providers(providers))
+    with write_checked(reduced, out, report, model, reference, checks) as file:
+        if not file.passed:
+            assert file.report.verification is not None  # only a verification fails
+            raise LumpError(f"{file.report.verification.miss()}: '{out}' not written")
+        file.commit()
+    return reduced, file.report

@@ -25,6 +25,7 @@ from onnx_lump.graph.serialize import PROTO_LIMIT
 from onnx_lump.graph.tensordata import all_tensors, external_data_dir, is_spilled, uses_external
 
 __all__ = [
+    "check_versions",
     "resolve_providers",
     "run_model",
     "run_session",
@@ -90,6 +91,31 @@ def session(
 _OPSET_TOO_NEW = re.compile(r"Opset (\d+) is under development")
 _OPSET_MAX = re.compile(r"support for domain (\S+?) is till opset (\d+)")
 _IR_TOO_NEW = re.compile(r"Unsupported model IR version: (\d+), max supported IR version: (\d+)")
+
+
+def check_versions(ir_version: int, opset_imports: Mapping[str, int]) -> None:
+    """Refuse a model stamped with an IR version or opset newer than onnxruntime supports
+    before any work, not when the written file is first run: open a one-node model with
+    the same IR version and standard opset imports (a millisecond). onnx.checker accepts
+    any opset, so this is the first place it shows."""
+    imports = {}
+    for domain, version in opset_imports.items():
+        if domain in ("", "ai.onnx", "ai.onnx.ml"):
+            imports["" if domain == "ai.onnx" else domain] = version
+    if "" not in imports:  # the probe's Identity needs the default domain
+        return
+    value = onnx.helper.make_tensor_value_info
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["x"], ["y"])],
+        "opset_probe",
+        [value("x", onnx.TensorProto.FLOAT, [1])],
+        [value("y", onnx.TensorProto.FLOAT, [1])],
+    )
+    probe = onnx.helper.make_model(
+        graph, opset_imports=[onnx.helper.make_opsetid(d, v) for d, v in imports.items()]
+    )
+    probe.ir_version = ir_version
+    session(probe, ["CPUExecutionProvider"])  # a LumpError in one line where it fails
 
 
 def too_new_message(text: str) -> str | None:

@@ -241,12 +241,12 @@ def test_the_written_file_is_measured_and_verified_with_one_run_of_each_model(
     once on the audit rows (the error printed, and verified there) and once on the rows
     that chose (a second session of a 200 MB input cost ~1 s), and the numbers printed
     are onnxruntime's on the file written."""
-    import onnx_lump.cli.command as cli
+    import onnx_lump.pipeline.write as write
     from onnx_lump.data.holdout import carve_audit, output_error, split_calibration
 
     runs = []
-    original = cli.run_model
-    monkeypatch.setattr(cli, "run_model", lambda m, *a: runs.append(str(m)) or original(m, *a))
+    original = write.run_model
+    monkeypatch.setattr(write, "run_model", lambda m, *a: runs.append(str(m)) or original(m, *a))
     out = tmp_path / "out.onnx"
     calib = MODELS / "rn_calib.npz"
     code = main(

@@ -26,7 +26,7 @@ from onnx_lump.methods.registry import (
 )
 from onnx_lump.ode.partition import Similarity
 from onnx_lump.pipeline.quantize import check_quantizable
-from onnx_lump.runtime import session
+from onnx_lump.runtime import check_versions
 from onnx_lump.search.sweeps import parse_knobs
 
 __all__ = [
@@ -222,7 +222,7 @@ def preflight(args: argparse.Namespace, model: onnx.ModelProto) -> None:
         onnx.checker.check_model(str(args.input))  # by path: external data and > 2 GB work
     except Exception as exc:  # onnx raises ValidationError, and others for odd files
         raise LumpError(f"'{args.input}' fails onnx.checker: {exc}") from exc
-    _check_versions(model)
+    check_versions(model.ir_version, {e.domain: e.version for e in model.opset_import})
     if getattr(args, "quantize", None):
         check_quantizable(model)  # before the pass, not after it
     for index, chain in enumerate(scan_graph(import_graph(model)).chains):
@@ -270,31 +270,6 @@ def preflight(args: argparse.Namespace, model: onnx.ModelProto) -> None:
     # -v the draw itself logs the same line.
     if note and not getattr(args, "quiet", False) and not getattr(args, "verbose", False):
         print_line(f"note: {note}")
-
-
-def _check_versions(model: onnx.ModelProto) -> None:
-    """Refuse a model stamped with an IR version or opset newer than onnxruntime supports
-    before any work, not when the written file is first run: open a one-node model with
-    the same IR version and standard opset imports (a millisecond). onnx.checker accepts
-    any opset, so this is the first place it shows."""
-    imports = {}
-    for entry in model.opset_import:
-        if entry.domain in ("", "ai.onnx", "ai.onnx.ml"):
-            imports["" if entry.domain == "ai.onnx" else entry.domain] = entry.version
-    if "" not in imports:  # the probe's Identity needs the default domain
-        return
-    value = onnx.helper.make_tensor_value_info
-    graph = onnx.helper.make_graph(
-        [onnx.helper.make_node("Identity", ["x"], ["y"])],
-        "opset_probe",
-        [value("x", onnx.TensorProto.FLOAT, [1])],
-        [value("y", onnx.TensorProto.FLOAT, [1])],
-    )
-    probe = onnx.helper.make_model(
-        graph, opset_imports=[onnx.helper.make_opsetid(d, v) for d, v in imports.items()]
-    )
-    probe.ir_version = model.ir_version
-    session(probe, ["CPUExecutionProvider"])  # a LumpError in one line where it fails
 
 
 def parse_shapes(specs: list[str]) -> dict[str, list[int]]:

@@ -23,9 +23,7 @@ examples:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
-import os
 import signal
 import sys
 import time
@@ -54,12 +52,9 @@ from onnx_lump.cli.console import (
 )
 from onnx_lump.cli.parser import explicit_options, make_parser
 from onnx_lump.cli.progress import RunProgress
-from onnx_lump.data.calibration import check_feeds, load_inputs, random_inputs, token_mask
+from onnx_lump.data.calibration import check_feeds, load_inputs
 from onnx_lump.data.holdout import (
     carve_audit,
-    output_error,
-    split_calibration,
-    stack_outputs,
 )
 from onnx_lump.data.refine import RefineOptions
 from onnx_lump.errors import (
@@ -70,19 +65,16 @@ from onnx_lump.errors import (
     EXIT_SIGNAL_BASE,
     LumpError,
 )
-from onnx_lump.graph.inventory import Inventory, comparison_table, take_inventory
+from onnx_lump.graph.inventory import comparison_table
 from onnx_lump.graph.modelio import load_model
 from onnx_lump.graph.paths import check_paths
-from onnx_lump.graph.saving import check_model_file, stage_model
-from onnx_lump.graph.tensordata import file_size, parse_model_file
 from onnx_lump.methods import Method, Scope, registry
 from onnx_lump.methods.lumping import LumpOptions
 from onnx_lump.pipeline.compress import default_refine
-from onnx_lump.pipeline.quantize import QuantizeInfo, QuantizeStep, quantize_file, quantized_copy
 from onnx_lump.pipeline.report import Report
-from onnx_lump.pipeline.verify import compare_outputs
+from onnx_lump.pipeline.write import FileChecks, Reference, write_checked
 from onnx_lump.progress import stage
-from onnx_lump.runtime import resolve_providers, run_model
+from onnx_lump.runtime import resolve_providers
 from onnx_lump.search.bisection import bisect
 from onnx_lump.search.evaluator import FINAL_REFINE_FLOOR_SECONDS, Evaluator
 from onnx_lump.search.sweeps import parse_knobs, plot_sweep, sweep, write_table
@@ -259,7 +251,7 @@ def _run_parsed(args: argparse.Namespace, display: RunProgress) -> int:
         "rtol": args.rtol,
     }
     # the input file's outputs, run once on each set of rows compared (audit, held-out)
-    reference = _Reference(args.input, resolve_providers(providers))
+    reference = Reference(args.input, resolve_providers(providers))
     if is_searching(args):
         evaluate = _evaluator(
             args, loaded.model, calibration, validation, targets, providers, holdout_share
@@ -306,7 +298,9 @@ def _run_parsed(args: argparse.Namespace, display: RunProgress) -> int:
             if audit is None or args.max_error is None:
                 break
             stage(f"measuring the chosen network on the {audit.n_audit} audit rows")
-            audited = _audit_error(reference, reduced, audit.audit, args)
+            audited = reference.error(
+                reduced, audit.audit, _file_checks(args, audit, shapes), args.quantize
+            )
             display.pause()
             if audited <= args.max_error:
                 break
@@ -342,46 +336,30 @@ def _run_parsed(args: argparse.Namespace, display: RunProgress) -> int:
             **_step_options(args, validation, targets, providers, holdout_share),
             **verify_options,
         )
-    split = None
-    if calibration is not None:
-        split = split_calibration(calibration, holdout_share, args.seed, validation, targets)
-    feeds = None
-    if not args.no_verify:  # the audit or held-out rows, else seeded random inputs
-        if audit is not None:
-            feeds = audit.audit
-        elif split is not None:
-            feeds = split.holdout
-        else:
-            feeds = random_inputs(loaded.model, args.check, shapes)
     # Stage beside OUT, check and run the staged file itself, and only then move it into
     # place: a file that fails is never written, and what passed is what the user gets.
     # With --quantize the staged file is quantized in place first (the pass's own file
     # measured before), so what is checked, measured and written is the quantized file.
     stage(f"writing and checking the network ({args.output.name}, staged beside it)")
-    with stage_model(reduced, args.output, external_data=loaded.external_data) as staged:
-        check_model_file(staged.path)
-        if args.quantize:
-            report.quantization = _quantize_staged(args, staged, split, audit, feeds, reference)
-            report.notes.append(_QUANTIZE_NOTE)
-            check_model_file(staged.path)
-        stage("running the written network against the input model")
-        _measure_written(args, staged.path, split, audit, feeds, reference, report)
-        # quantized, the file written is no longer the pass's model: read it back
-        written = parse_model_file(staged.path) if args.quantize else reduced
-        inventories = (
-            take_inventory(loaded.model, args.input),
-            take_inventory(written, staged.path),
-        )
-        _count_whole_model(report, *inventories)
+    checks = _file_checks(args, audit, shapes)
+    with write_checked(
+        reduced,
+        args.output,
+        report,
+        loaded.model,
+        reference,
+        checks,
+        original_path=args.input,
+        external_data=loaded.external_data,
+        quantize=args.quantize,
+    ) as written:
+        report = written.report
+        inventories = (written.before, written.after)
         display.pause()
-        if report.quantization is not None:
-            report.quantization.int8_error = report.holdout_error
-            if report.verification is not None:
-                report.quantization.int8_max_abs = report.verification.max_abs
         if not args.quiet:
             print(report.summary())
         verdict = _headline(report, args)
-        if report.verification is not None and not report.verification:
+        if not written.passed:
             print(f"FAILED | {verdict} | tolerance exceeded, nothing written")
             return EXIT_NOT_MET
         over = _quantized_over_budget(report, args)
@@ -394,18 +372,11 @@ def _run_parsed(args: argparse.Namespace, display: RunProgress) -> int:
             _write_text(args.dump_ode, _ode_dump(report, erode=args.dump_ode.suffix == ".ode"))
         if args.report_json is not None:
             _write_text(args.report_json, report.to_json() + "\n")
-        staged.commit()
+        written.commit()
     if not args.quiet:
         print(comparison_table(*inventories))
     print(f"{_success_word(args)} | {verdict} | wrote {args.output}")
     return EXIT_OK
-
-
-_QUANTIZE_NOTE = (
-    "int8 is lossy: the held-out error and the verification compare the int8 file with "
-    "the original float model, so they include the quantization's error (at --eps 0, "
-    "they are the quantization's alone); --atol/--rtol/--max-error judge that total"
-)
 
 
 def _err(value: float, args: argparse.Namespace) -> str:
@@ -413,121 +384,20 @@ def _err(value: float, args: argparse.Namespace) -> str:
     return format_error(value, args.metric)
 
 
-def _count_whole_model(report: Report, before: Inventory, after: Inventory) -> None:
-    """The whole model's stored parameters (8-bit ones of a quantized file included) and
-    file bytes, before -> after, for the summary and the JSON report."""
-    report.model_params_before = before.parameters + before.int8_parameters
-    report.model_params_after = after.parameters + after.int8_parameters
-    report.model_bytes_before, report.model_bytes_after = before.bytes, after.bytes
-
-
-class _Reference:
-    """The input file's outputs on a set of rows, run once by onnxruntime however many
-    files are compared with it (the pass's file and its quantized form)."""
-
-    _outputs: dict[int, tuple]  # id(rows) -> (rows, outputs)
-
-    def __init__(self, path: Path, providers) -> None:
-        self.path, self.providers, self._outputs = path, providers, {}
-
-    def outputs(self, rows) -> dict:
-        if id(rows) not in self._outputs:
-            self._outputs[id(rows)] = (rows, run_model(self.path, rows, self.providers))
-        return self._outputs[id(rows)][1]
-
-
-def _measure_written(
-    args, path: Path, split, audit, feeds, reference: _Reference, report: Report
-) -> None:
-    """The written file's held-out error (with --calib; on the audit rows when some were
-    set aside, beside the error on the rows that chose) and its verification on ``feeds``
-    (unless --no-verify), both by onnxruntime on the file at ``path`` against the input
-    file; each model runs once on rows both use, one at a time."""
-    holdout_error, chosen_error, verification = _measure(args, path, split, audit, feeds, reference)
-    if holdout_error is not None:  # the error printed is the written file's
-        report.holdout_error = holdout_error
-    if audit is not None:
-        report.chosen_on = f"the {split.n_holdout} held-out rows refinement and the search chose on"
-        report.chosen_error = chosen_error
-        report.holdout, report.holdout_rows = audit.description, audit.n_audit
-    if verification is not None:
-        report.verification = verification
-
-
-def _measure(args, path: Path, split, audit, feeds, reference: _Reference):
-    """(held-out error or None, error on the rows that chose or None, verification or
-    None) of the file at ``path``: with audit rows the held-out error is theirs."""
-    actual, holdout_error, chosen_error, verification = {}, None, None, None
-
-    def run(rows) -> dict:
-        if id(rows) not in actual:
-            actual[id(rows)] = run_model(path, rows, reference.providers)
-        return actual[id(rows)]
-
-    def error(rows, targets=None) -> float:
-        mask = token_mask(rows, _data_options(args)["mask_input"])
-        return output_error(
-            stack_outputs(reference.outputs(rows), mask),
-            stack_outputs(run(rows), mask),
-            targets,
-            args.metric,
-        )
-
-    if split is not None:
-        holdout_error = error(split.holdout, split.targets)
-    if audit is not None:
-        chosen_error = holdout_error
-        holdout_error = error(audit.audit)
-    if feeds is not None:
-        verification = compare_outputs(
-            reference.outputs(feeds),
-            run(feeds),
-            feeds,
-            reference.providers,
-            atol=args.atol,
-            rtol=args.rtol,
-        )
-    return holdout_error, chosen_error, verification
-
-
-def _audit_error(reference: _Reference, reduced, rows, args: argparse.Namespace) -> float:
-    """The error (by --metric) of ``reduced`` (quantized first with --quantize, as it
-    would be written) against the input file on the audit ``rows``, by onnxruntime; the
-    input file runs on them once however often the search chooses again."""
-    mask = token_mask(rows, _data_options(args)["mask_input"])
-    with contextlib.ExitStack() as stack:
-        if args.quantize is not None:
-            reduced, _ = stack.enter_context(quantized_copy(reduced, args.quantize))
-        actual = run_model(reduced, rows, reference.providers)
-    expected = stack_outputs(reference.outputs(rows), mask)
-    return output_error(expected, stack_outputs(actual, mask), metric=args.metric)
-
-
-def _quantize_staged(args, staged, split, audit, feeds, reference: _Reference) -> QuantizeStep:
-    """Measure the pass's staged file (bytes, held-out error, max abs error), then
-    quantize it in place (its data file too): the staged file becomes the one written."""
-    lumped_error, _, lumped_check = _measure(args, staged.path, split, audit, feeds, reference)
-    step = QuantizeStep(
-        QuantizeInfo(args.quantize),
-        bytes_input=file_size(args.input),
-        bytes_lumped=file_size(staged.path),
-        lumped_error=lumped_error,
-        lumped_max_abs=None if lumped_check is None else lumped_check.max_abs,
+def _file_checks(args: argparse.Namespace, audit, shapes) -> FileChecks:
+    """How the written file is measured: on the audit rows where some were set aside,
+    verified there (else on the held-out rows, else seeded random inputs) unless
+    --no-verify."""
+    return FileChecks(
+        metric=args.metric,
+        mask_input=_data_options(args)["mask_input"],
+        audit=audit,
+        verify=not args.no_verify,
+        n_check=args.check,
+        input_shapes=shapes,
+        atol=args.atol,
+        rtol=args.rtol,
     )
-    folder = staged.staging / "quantized"
-    folder.mkdir()
-    target = folder / staged.path.name
-    step.info = quantize_file(
-        staged.path, target, args.quantize, external_data=staged.data_path is not None
-    )
-    try:
-        if staged.data_path is not None:
-            os.replace(folder / staged.data_path.name, staged.data_path)
-        os.replace(target, staged.path)
-    except OSError as exc:
-        raise LumpError(f"cannot write '{args.output}': {exc.strerror or exc}") from exc
-    step.bytes_int8 = file_size(staged.path)
-    return step
 
 
 def _quantized_over_budget(report: Report, args: argparse.Namespace) -> str | None:

@@ -19,6 +19,7 @@ external data stay so in the result.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 from collections.abc import Mapping
@@ -33,8 +34,9 @@ from onnx_lump.graph.modelsource import ir_to_proto
 from onnx_lump.methods import Method
 from onnx_lump.methods.lumping import LumpOptions
 from onnx_lump.pipeline.report import Report
+from onnx_lump.runtime import check_versions
 
-__all__ = ["LumpPass"]
+__all__ = ["LumpPass", "LumpPassResult", "ToleranceExceeded"]
 
 logger = logging.getLogger("onnx_lump.passes")  # the pass's notes keep their name
 
@@ -43,8 +45,21 @@ _NO_CHAIN = "no dense chain found"
 _COMPRESS_KEYWORDS = {
     name
     for name, parameter in inspect.signature(compress).parameters.items()
-    if parameter.kind is inspect.Parameter.KEYWORD_ONLY and name != "calibration"
+    if parameter.kind is inspect.Parameter.KEYWORD_ONLY and name not in ("calibration", "out")
 }
+
+
+@dataclasses.dataclass
+class LumpPassResult(ir.passes.PassResult):
+    """onnx-ir's pass result with the :class:`~onnx_lump.pipeline.report.Report` of the
+    call (None when the model had no dense chain and passed through)."""
+
+    report: Report | None = None
+
+
+class ToleranceExceeded(LumpError, ir.passes.PostconditionError):
+    """The pass's post-condition failed: the outputs differ beyond ``atol``/``rtol``. A
+    LumpError as every error of the pass, and a PostconditionError for onnx-ir."""
 
 
 class LumpPass(ir.passes.FunctionalPass):
@@ -57,9 +72,9 @@ class LumpPass(ir.passes.FunctionalPass):
     lumping option may be given.
 
     A model without a dense chain passes through unchanged (``modified`` False) unless
-    ``require_chain``. When verification ran with ``atol``/``rtol`` and failed, the pass
-    raises :class:`~onnx_lump.errors.LumpError` instead of returning the model.
-    ``last_report`` holds the :class:`~onnx_lump.api.Report` of the latest call.
+    ``require_chain``. The result is a :class:`LumpPassResult` carrying the report;
+    ``last_report`` holds it too. When verification ran with ``atol``/``rtol`` and failed,
+    the post-condition (:meth:`ensures`) raises :class:`ToleranceExceeded`.
     """
 
     def __init__(
@@ -100,12 +115,17 @@ class LumpPass(ir.passes.FunctionalPass):
         return f"{type(self).__name__}({what})"
 
     def requires(self, model: ir.Model) -> None:
-        """onnx-ir's pre-condition: a graph with inputs, and calibration inputs named
-        after them (a PreconditionError names the ones that are not). Records the
+        """onnx-ir's pre-condition: a graph with inputs, calibration inputs named after
+        them (a PreconditionError names the ones that are not), an IR version and opset
+        that onnxruntime runs, and with ``require_chain`` a dense chain. Records the
         graph's interface for :meth:`ensures`."""
         inputs = [value.name for value in model.graph.inputs]
         if not inputs:
             raise ir.passes.PreconditionError(f"{self}: the graph has no inputs")
+        try:
+            check_versions(model.ir_version, model.opset_imports)
+        except LumpError as exc:
+            raise ir.passes.PreconditionError(f"{self}: {exc}") from None
         unknown = sorted(set(self.calibration or {}) - set(inputs))
         if unknown:
             raise ir.passes.PreconditionError(
@@ -115,12 +135,16 @@ class LumpPass(ir.passes.FunctionalPass):
 
     def ensures(self, model: ir.Model) -> None:
         """onnx-ir's post-condition: the graph keeps its inputs and outputs (names, types
-        and order); only the chains inside it changed."""
+        and order), only the chains inside it changed, and where the verification ran
+        with a tolerance, the outputs are within it (else :class:`ToleranceExceeded`)."""
         expected = self._interface
         if expected is not None and _interface(model) != expected:
             raise ir.passes.PostconditionError(
                 f"{self}: the graph's inputs or outputs changed: {expected} -> {_interface(model)}"
             )
+        check = None if self.last_report is None else self.last_report.verification
+        if check is not None and not check:
+            raise ToleranceExceeded(f"{self}: {check.miss()}")
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         proto = ir_to_proto(model)
@@ -131,19 +155,13 @@ class LumpPass(ir.passes.FunctionalPass):
                 raise
             logger.info("%s: %s; model left as it was", self, exc)
             self.last_report = None
-            return ir.passes.PassResult(model.clone(), modified=False)
-        self.last_report = report
-        check = report.verification
-        if check is not None and not check:
-            raise LumpError(
-                f"{self}: outputs differ beyond the tolerance (max abs {check.max_abs:.3g}, "
-                f"max rel {check.max_rel:.3g}; atol {check.atol}, rtol {check.rtol})"
-            )
+            return LumpPassResult(model.clone(), modified=False)
+        self.last_report = report  # ensures() judges its verification
         if reduced.graph == proto.graph:  # nothing merged: hand back the model, unstamped
-            return ir.passes.PassResult(model.clone(), modified=False)
+            return LumpPassResult(model.clone(), modified=False, report=report)
         result = ir.from_proto(reduced)
         _reuse_unchanged_tensors(model, result)
-        return ir.passes.PassResult(result, modified=True)
+        return LumpPassResult(result, modified=True, report=report)
 
     def _run(self, proto: onnx.ModelProto) -> tuple[onnx.ModelProto, Report]:
         method = self.method or self.options.method(self.eps, self.calibration is not None)

@@ -55,38 +55,22 @@ def finish(
     reduced_model = export_model(prepared.graph if c.changed else None, model, metadata)
     if c.changed:  # else the graph is the input's own: nothing of ours to check
         check_model(reduced_model)  # any size, external data included
-    report = Report(
-        method.describe(),
-        method.structured,
-        c.stats,
-        prepared.scan.notes,
-        time.perf_counter() - started,
-        c.shortcut_params,
-        systems=c.systems,
-        results=c.results,
-        refine=c.refined,
-        widths_after=c.widths_after,
-        metric=metric,
-        model_params_before=stored_parameters(model),
-        model_params_after=stored_parameters(reduced_model),
-    )
-    if c.changed:
-        report.weight_ranges = c.weight_ranges
-        report.notes.extend(weight_range_warnings(report.weight_ranges))
+    seconds = time.perf_counter() - started  # the compression's; the checks come on top
     split, run_on, mask_input = prepared.split, prepared.run_on, prepared.options.mask_input
-    if split is not None:
-        report.holdout = split.description
-        report.holdout_rows = split.n_holdout
+    notes = list(prepared.scan.notes)
+    if c.changed:
+        notes.extend(weight_range_warnings(c.weight_ranges))
     # Each model runs once on the held-out rows, for the error and the verification both
     # (the original once per search).
     expected = actual = None
+    holdout_error = verification = None
     if split is not None and (check.measure_holdout or (check.verify and check.inputs is None)):
         assert prepared.cache is not None  # made with the split
         expected = prepared.cache.held_out_reference(model, split, run_on)
         actual = run_model(reduced_model, split.holdout, run_on)
         if check.measure_holdout:
             mask = token_mask(split.holdout, mask_input)
-            report.holdout_error = output_error(
+            holdout_error = output_error(
                 stack_outputs(expected, mask), stack_outputs(actual, mask), split.targets, metric
             )
     if check.verify:
@@ -95,11 +79,30 @@ def finish(
             feeds = random_inputs(model, check.n_check, check.input_shapes)
             note = random_inputs_note(model, check.n_check, check.input_shapes)
             if note:
-                report.notes.append(note)
+                notes.append(note)
         if expected is None or actual is None or split is None or feeds is not split.holdout:
             expected = run_model(model, feeds, run_on)
             actual = run_model(reduced_model, feeds, run_on)
-        report.verification = compare_outputs(
-            expected, actual, feeds, run_on, check.atol, check.rtol
-        )
+        verification = compare_outputs(expected, actual, feeds, run_on, check.atol, check.rtol)
+    report = Report(
+        method.describe(),
+        method.structured,
+        c.stats,
+        notes,
+        seconds,
+        c.shortcut_params,
+        verification=verification,
+        systems=c.systems,
+        results=c.results,
+        refine=c.refined,
+        widths_after=c.widths_after,
+        holdout=None if split is None else split.description,
+        holdout_rows=0 if split is None else split.n_holdout,
+        holdout_error=holdout_error,
+        weight_ranges=c.weight_ranges if c.changed else [],
+        metric=metric,
+        model_params_before=stored_parameters(model),
+        model_params_after=stored_parameters(reduced_model),
+        split=split,
+    )
     return reduced_model, report

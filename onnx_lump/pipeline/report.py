@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
-from onnx_lump.data.holdout import FLOAT, LABEL, LEFT_OUT, OutputScore
+from onnx_lump.data.holdout import FLOAT, LABEL, LEFT_OUT, CalibrationSplit, OutputScore
 from onnx_lump.data.refine import RefineStats
 from onnx_lump.graph.weightstats import WeightRange
 from onnx_lump.ode.encoding import OdeSystem
@@ -33,9 +33,13 @@ class LayerStats:
     params_after: int
 
 
-@dataclass
+@dataclass(frozen=True)
 class Report:
-    """What the pass did; ``verification`` is truthy when the outputs matched."""
+    """What the pass did; ``verification`` is truthy when the outputs matched.
+
+    Built once, by the stage that knows each field: a later stage (the written file's
+    check, a search's final network) makes a new report with :func:`dataclasses.replace`
+    rather than overwriting this one's fields."""
 
     method: str
     structured: bool
@@ -67,6 +71,9 @@ class Report:
     model_params_after: int | None = None
     model_bytes_before: int | None = None
     model_bytes_after: int | None = None
+    # the calibration rows held out (and fitted on): the written file is measured on the
+    # same rows; in memory only, like systems and results
+    split: CalibrationSplit | None = field(default=None, repr=False, compare=False)
 
     @property
     def params_before(self) -> int:

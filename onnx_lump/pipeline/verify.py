@@ -92,6 +92,13 @@ class VerificationResult:
     def __bool__(self) -> bool:
         return self.passed
 
+    def miss(self) -> str:
+        """The outputs' largest errors beside the tolerances they are judged by."""
+        return (
+            f"outputs differ beyond the tolerance (max abs {self.max_abs:.3g}, "
+            f"max rel {self.max_rel:.3g}; atol {self.atol}, rtol {self.rtol})"
+        )
+
     def to_dict(self) -> dict:
         return {**asdict(self), "passed": self.passed}
 

@@ -396,7 +396,9 @@ class Evaluator:
         final, final_report = self._run(
             method, refine, CheckOptions(**verify_options), warm_start=report.results
         )
-        final_report.refine = _merge_refine(report.refine, final_report.refine)
+        final_report = dataclasses.replace(
+            final_report, refine=_merge_refine(report.refine, final_report.refine)
+        )
         if self.quantize is not None and not unrefined and knob in self.cache:
             # the budget was judged on the step quantized: the longer refinement may
             # quantize worse, and then the step's network is the one handed over
@@ -412,14 +414,18 @@ class Evaluator:
                     format_error(step_point.error, self.metric),
                 )
                 final = step
-                final_report = dataclasses.replace(step_report, notes=list(step_report.notes))
-                final_report.notes.append(
+                handed_over = (
                     f"the network of the search step is handed over: refined further, it "
                     f"quantized worse ({format_error(error, self.metric)} > "
                     f"{format_error(step_point.error, self.metric)})"
                 )
+                final_report = dataclasses.replace(
+                    step_report, notes=[*step_report.notes, handed_over]
+                )
         if self.calibration is None:
-            final_report.holdout_error = self._error(final, final_report)
+            final_report = dataclasses.replace(
+                final_report, holdout_error=self._error(final, final_report)
+            )
         return final, final_report
 
 
