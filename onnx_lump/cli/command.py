@@ -71,10 +71,10 @@ from onnx_lump.errors import (
     LumpError,
 )
 from onnx_lump.graph.inventory import Inventory, comparison_table, take_inventory
-from onnx_lump.graph.modelio import load_model
-from onnx_lump.graph.paths import check_paths
-from onnx_lump.graph.saving import check_model_file, stage_model
-from onnx_lump.graph.tensordata import file_size, parse_model_file
+from onnx_lump.graph.io.load import load_model
+from onnx_lump.graph.io.paths import check_paths
+from onnx_lump.graph.io.save import check_model_file, stage_model
+from onnx_lump.graph.io.tensordata import file_size, parse_model_file
 from onnx_lump.methods import Method, Scope, registry
 from onnx_lump.methods.lumping import LumpOptions
 from onnx_lump.pipeline.compress import default_refine

@@ -1,7 +1,7 @@
 """Linking dense layers: the walk from a layer's input back to the previous one.
 
 Between two dense layers there may be nothing or any element-wise subgraph; the walk
-reads that subgraph as one expression (through :mod:`onnx_lump.graph.elementwise`) and
+reads that subgraph as one expression (through :mod:`onnx_lump.graph.read.elementwise`) and
 asks the activation registry what it computes. It also decides where a chain must end:
 a tensor that is read outside the subgraph, or a constant that varies per feature,
 would make merging neurons observable, so the walk notes why and gives up there.
@@ -24,9 +24,9 @@ from onnx_lump import activations as act
 from onnx_lump.activations import Activation
 from onnx_lump.activations import expressions as ex
 from onnx_lump.activations.matching import hint_for_ops, match_expression
-from onnx_lump.graph.dense import ConstantRef, DenseLayer, qualified
-from onnx_lump.graph.dense_reader import DenseReader
-from onnx_lump.graph.elementwise import HANDLERS, NoMatch, Walk, op_domain, tensor_rank
+from onnx_lump.graph.read.dense import ConstantRef, DenseLayer, qualified
+from onnx_lump.graph.read.dense_reader import DenseReader
+from onnx_lump.graph.read.elementwise import HANDLERS, NoMatch, Walk, op_domain, tensor_rank
 
 __all__ = [
     "ActivationRegion",

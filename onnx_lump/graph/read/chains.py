@@ -42,8 +42,8 @@ from dataclasses import dataclass, field
 
 import onnx_graphsurgeon as gs
 
-from onnx_lump.graph.activation_links import ActivationRegion, ChainReader, DenseChain
-from onnx_lump.graph.dense import ConstantRef, DenseLayer
+from onnx_lump.graph.read.dense import ConstantRef, DenseLayer
+from onnx_lump.graph.read.links import ActivationRegion, ChainReader, DenseChain
 
 __all__ = [
     "ActivationRegion",

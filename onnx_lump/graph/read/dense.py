@@ -1,7 +1,7 @@
 """The dense layer the pass works on: :class:`DenseLayer` and the :class:`ConstantRef`
 handles that say where each constant lives, so the rewrite can change it in place and the
 weights stay on disk until a chain needs them. Reading a layer from the many forms
-exporters give is :mod:`onnx_lump.graph.dense_reader`'s.
+exporters give is :mod:`onnx_lump.graph.read.dense_reader`'s.
 """
 
 from __future__ import annotations
@@ -73,9 +73,9 @@ class ConstantRef:
 
     def view(self, shared: bool = False) -> np.ndarray:
         """The value without keeping it: memory-mapped from the external-data file when
-        the graph came from :func:`onnx_lump.graph.rewrite.import_graph` and the constant was not
-        read yet (``shared``: see :func:`onnx_lump.graph.tensordata.tensor_view`); the value read
-        otherwise."""
+        the graph came from :func:`onnx_lump.graph.write.importer.import_graph` and the
+        constant was not read yet (``shared``: see
+        :func:`onnx_lump.graph.io.tensordata.tensor_view`); the value read otherwise."""
         if self._value is not None:
             return self._value
         values = self.constant._values

@@ -16,8 +16,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnx_lump.activations import BIAS_ACTIVATION_OPS
-from onnx_lump.graph.dense import ConstantRef, DenseLayer
-from onnx_lump.graph.elementwise import op_domain, traced_rank
+from onnx_lump.graph.read.dense import ConstantRef, DenseLayer
+from onnx_lump.graph.read.elementwise import op_domain, traced_rank
 
 __all__ = [
     "DenseReader",

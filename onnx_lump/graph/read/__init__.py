@@ -1,0 +1,8 @@
+"""Stage 1, reading the graph: the dense chains (``chains``), the layers they are made of
+(``dense``), the forms exporters give a dense layer (``dense_reader``), the
+walk from one layer to the next (``links``) and the element-wise ops it reads
+(``elementwise``)."""
+
+from onnx_lump.graph.read.chains import DenseChain, DenseLayer, GraphScan, scan_graph
+
+__all__ = ["DenseChain", "DenseLayer", "GraphScan", "scan_graph"]
