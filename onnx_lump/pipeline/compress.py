@@ -20,7 +20,7 @@ from onnx_lump.data.holdout import CalibrationSplit
 from onnx_lump.data.reference import original_output
 from onnx_lump.data.refine import ChainData, RefineOptions, RefineStats, refine_chain
 from onnx_lump.errors import LumpError
-from onnx_lump.graph.read.chains import DenseChain
+from onnx_lump.graph.read.dense import DenseChain
 from onnx_lump.graph.weightstats import chain_maxima, chain_weight_ranges
 from onnx_lump.graph.write.export import export_model
 from onnx_lump.graph.write.importer import release_chain

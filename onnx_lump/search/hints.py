@@ -13,7 +13,8 @@ import onnx
 
 from onnx_lump.data.cache import SearchCache
 from onnx_lump.graph.io.source import to_model_proto
-from onnx_lump.graph.read.chains import DenseChain, scan_graph
+from onnx_lump.graph.read.chains import scan_graph
+from onnx_lump.graph.read.dense import DenseChain
 from onnx_lump.graph.write.importer import import_graph, release_chain
 from onnx_lump.graph.write.spill import Spill
 from onnx_lump.methods import ChainProblem, Method

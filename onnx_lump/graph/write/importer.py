@@ -17,7 +17,7 @@ from onnx.external_data_helper import uses_external_data
 from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
 from onnx_lump.graph.io.tensordata import external_data_dir, tensor_array, tensor_view
-from onnx_lump.graph.read.chains import DenseChain
+from onnx_lump.graph.read.dense import DenseChain
 
 __all__ = [
     "INDEX_ATTR",

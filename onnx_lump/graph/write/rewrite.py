@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnx_lump.graph.read.chains import ConstantRef, DenseChain, DenseLayer
+from onnx_lump.graph.read.dense import ConstantRef, DenseChain, DenseLayer
 from onnx_lump.graph.write.importer import (
     OUTPUTS_ATTR,
     WRITTEN_ATTR,

@@ -40,8 +40,7 @@ from onnx_lump.graph.io.tensordata import (
     release_pages,
     uses_external,
 )
-from onnx_lump.graph.read.chains import DenseChain
-from onnx_lump.graph.read.dense import same_memory
+from onnx_lump.graph.read.dense import DenseChain, same_memory
 from onnx_lump.ode.encoding import OdeSystem
 from onnx_lump.types import ChainResult, ReducedLayer
 
