@@ -1,9 +1,9 @@
 """onnx_lump: shrink dense ONNX networks by merging neurons with equivalent dynamics.
 
 The pass runs in stages, one module each, data flowing one way:
-``graph.chains`` (read the graph) -> ``ode.encoding`` (encode) -> ``ode.equivalence``
+``graph.read`` (read the graph) -> ``ode.encoding`` (encode) -> ``ode.equivalence``
 (partition) -> ``ode.reduction`` (new weights) -> ``data.refine`` (with calibration data:
-refine onto the original) -> ``graph.rewrite`` (graph surgery) -> ``pipeline.verify``
+refine onto the original) -> ``graph.write`` (graph surgery) -> ``pipeline.verify``
 (onnxruntime). ``data.holdout`` splits the calibration inputs, ``methods`` holds the
 compression methods, ``pipeline.run`` strings the stages together (``api.compress`` and
 ``api.lump`` are its keyword front), ``search`` chooses the
@@ -13,7 +13,7 @@ knob, ``cli`` is ``python -m onnx_lump`` and ``integrations`` the onnx-ir and Ol
 from onnx_lump._version import __version__
 from onnx_lump.api import compress, lump
 from onnx_lump.errors import LumpError
-from onnx_lump.graph.chains import DenseChain, DenseLayer, scan_graph
+from onnx_lump.graph.read import DenseChain, DenseLayer, scan_graph
 from onnx_lump.methods.lumping import LumpOptions
 from onnx_lump.ode.encoding import Lumping, OdeSystem, encode_chain
 from onnx_lump.ode.equivalence import compute_partition

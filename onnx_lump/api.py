@@ -14,7 +14,7 @@ from onnx_lump.data.calibration import AUTO_MASK_INPUT
 from onnx_lump.data.holdout import DEFAULT_HOLDOUT
 from onnx_lump.data.refine import RefineOptions
 from onnx_lump.errors import LumpError
-from onnx_lump.graph.modelsource import to_model_proto
+from onnx_lump.graph.io.source import to_model_proto
 from onnx_lump.methods import Method
 from onnx_lump.methods.lumping import LumpOptions
 from onnx_lump.pipeline.options import CalibrationOptions, CheckOptions

@@ -2,7 +2,7 @@
 
 A model is given as a path (onnxruntime reads the file and its external data itself,
 whatever its size) or as a ModelProto. A ModelProto that refers to external data on
-disk (loaded by :func:`onnx_lump.graph.modelio.load_model`) runs with that folder as its data
+disk (loaded by :func:`onnx_lump.graph.io.load.load_model`) runs with that folder as its data
 folder; one too large to serialize, or one that refers to tensors the pass spilled to
 disk (absolute locations, which onnxruntime refuses), is staged as a file first.
 """
@@ -20,9 +20,9 @@ import onnx
 import onnxruntime as ort
 
 from onnx_lump.errors import LumpError
-from onnx_lump.graph.saving import save_model
-from onnx_lump.graph.serialize import PROTO_LIMIT
-from onnx_lump.graph.tensordata import all_tensors, external_data_dir, is_spilled, uses_external
+from onnx_lump.graph.io.save import save_model
+from onnx_lump.graph.io.serialize import PROTO_LIMIT
+from onnx_lump.graph.io.tensordata import all_tensors, external_data_dir, is_spilled, uses_external
 
 __all__ = [
     "check_versions",

@@ -378,7 +378,7 @@ def _probe(act: ActivationOp, dtype: str, opset: int | None = None) -> onnx.Mode
 @functools.cache
 def reader_reads(key: str) -> bool:
     """Whether the pass's reader finds a chain through this activation, as its kind."""
-    from onnx_lump.graph.chains import scan_graph
+    from onnx_lump.graph.read.chains import scan_graph
 
     act = activation_op(key)
     try:

@@ -18,7 +18,7 @@ from conftest import FIXTURES, MODELS, run_ort
 
 from onnx_lump import __version__
 from onnx_lump.cli import build_parser, main
-from onnx_lump.graph.tensordata import stored_parameters
+from onnx_lump.graph.io.tensordata import stored_parameters
 
 DEMO = MODELS / "rn_tanh_2x64.onnx"
 NO_REFINE = ["--no-refine"] if "--no-refine" in build_parser().format_help() else []

@@ -21,8 +21,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnx_lump import lump
 from onnx_lump.cli import main
-from onnx_lump.graph.chains import scan_graph
-from onnx_lump.graph.importer import import_graph
+from onnx_lump.graph.read.chains import scan_graph
+from onnx_lump.graph.write.importer import import_graph
 
 MANIFEST = json.loads((FIXTURES / "gated_manifest.json").read_text())[0]
 MODEL = FIXTURES / MANIFEST["file"]

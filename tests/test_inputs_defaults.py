@@ -38,7 +38,7 @@ from onnx_lump.data.calibration import (
     random_inputs_note,
 )
 from onnx_lump.errors import LumpError
-from onnx_lump.graph.importer import import_graph
+from onnx_lump.graph.write.importer import import_graph
 
 BERT = FIXTURES / "bert_torchscript.onnx"
 DYNAMO = FIXTURES / "transformer_dynamo.onnx"

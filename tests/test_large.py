@@ -227,11 +227,11 @@ def test_a_model_on_disk_is_compressed_bit_for_bit_like_one_in_memory(
     tmp_path, monkeypatch, name, eps
 ):
     from onnx_lump import lump
-    from onnx_lump.graph import spill
-    from onnx_lump.graph.modelio import load_model
-    from onnx_lump.graph.saving import save_model
-    from onnx_lump.graph.tensordata import all_tensors, is_spilled
+    from onnx_lump.graph.io.load import load_model
+    from onnx_lump.graph.io.save import save_model
+    from onnx_lump.graph.io.tensordata import all_tensors, is_spilled
     from onnx_lump.graph.weightstats import weight_ranges
+    from onnx_lump.graph.write import spill
 
     # Spill every tensor, park every array: the fixtures' tensors are below the thresholds.
     monkeypatch.setattr(spill, "INLINE_LIMIT", 0)
@@ -264,8 +264,8 @@ def test_the_report_of_a_model_on_disk_holds_its_arrays_on_disk(tmp_path):
     spill file; the model still verifies (onnxruntime on a staged file), and the results
     warm-start another call to the same model."""
     from onnx_lump import compress
-    from onnx_lump.graph.modelio import load_model
-    from onnx_lump.graph.tensordata import is_spilled
+    from onnx_lump.graph.io.load import load_model
+    from onnx_lump.graph.io.tensordata import is_spilled
     from onnx_lump.methods import Exact
     from onnx_lump.runtime import run_model
 
@@ -293,7 +293,7 @@ def test_a_model_on_disk_is_fitted_and_measured_like_one_in_memory(tmp_path):
     the held-out error (onnxruntime on the staged spilled model) match the in-memory run."""
     from onnx_lump import lump
     from onnx_lump.data.refine import RefineOptions
-    from onnx_lump.graph.modelio import load_model
+    from onnx_lump.graph.io.load import load_model
 
     source = tmp_path / "deep.onnx"
     build_deep_model(source, width=96, chains=2)  # 72 kB float64 layers: parked

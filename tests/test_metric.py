@@ -22,7 +22,7 @@ from onnx_lump.data.holdout import (
     stack_outputs,
 )
 from onnx_lump.errors import LumpError
-from onnx_lump.graph.tensordata import file_size, stored_parameters
+from onnx_lump.graph.io.tensordata import file_size, stored_parameters
 from onnx_lump.methods import Lump
 from onnx_lump.methods.lumping import LumpOptions
 from onnx_lump.search import Evaluator

@@ -22,11 +22,11 @@ from onnx.external_data_helper import uses_external_data
 from onnx_lump import lump
 from onnx_lump.cli import main
 from onnx_lump.errors import LumpError
-from onnx_lump.graph.modelio import load_model
-from onnx_lump.graph.paths import check_paths
-from onnx_lump.graph.saving import save_model, stage_model
-from onnx_lump.graph.serialize import INLINE_LIMIT
-from onnx_lump.graph.tensordata import file_size, stored_parameters
+from onnx_lump.graph.io.load import load_model
+from onnx_lump.graph.io.paths import check_paths
+from onnx_lump.graph.io.save import save_model, stage_model
+from onnx_lump.graph.io.serialize import INLINE_LIMIT
+from onnx_lump.graph.io.tensordata import file_size, stored_parameters
 from onnx_lump.pipeline.verify import compare_files
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -180,8 +180,8 @@ def test_inline_input_gives_inline_output_and_external_input_external(tmp_path):
 
 
 def test_output_over_the_protobuf_limit_goes_external(tmp_path, monkeypatch):
-    import onnx_lump.graph.saving as saving
-    import onnx_lump.graph.serialize as serialize
+    import onnx_lump.graph.io.save as saving
+    import onnx_lump.graph.io.serialize as serialize
 
     # a "2 GB" model without 2 GB; stage_model and the writer each read the limit
     monkeypatch.setattr(saving, "PROTO_LIMIT", 10_000)
@@ -206,8 +206,8 @@ _SLOW_SAVE = textwrap.dedent(
     from pathlib import Path
     import numpy as np, onnx
     from onnx import helper, numpy_helper, TensorProto
-    import onnx_lump.graph.saving as saving
-    import onnx_lump.graph.serialize as serialize
+    import onnx_lump.graph.io.save as saving
+    import onnx_lump.graph.io.serialize as serialize
 
     folder = Path(sys.argv[1])
     tensors = [numpy_helper.from_array(np.full((1024, 1024 * 8), i, np.float32), f"W{i}")

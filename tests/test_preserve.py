@@ -15,9 +15,9 @@ from conftest import FIXTURES
 from onnx import TensorProto, helper, numpy_helper
 
 from onnx_lump import lump
-from onnx_lump.graph.export import export_model
-from onnx_lump.graph.importer import import_graph
-from onnx_lump.graph.rewrite import rewrite_chain
+from onnx_lump.graph.write.export import export_model
+from onnx_lump.graph.write.importer import import_graph
+from onnx_lump.graph.write.rewrite import rewrite_chain
 from onnx_lump.methods import Exact
 
 
@@ -152,7 +152,7 @@ def test_an_unchanged_model_is_kept_whole():
 
 def test_graphs_not_tagged_by_import_graph_are_matched_by_name():
     """export_model works on a plain gs.import_onnx graph too (nodes matched by name)."""
-    from onnx_lump.graph.chains import scan_graph
+    from onnx_lump.graph.read.chains import scan_graph
     from onnx_lump.ode.encoding import encode_chain
 
     model = documented_model()

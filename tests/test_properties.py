@@ -39,7 +39,7 @@ from strategies import (
 
 from onnx_lump import lump
 from onnx_lump.cli import main
-from onnx_lump.graph.saving import save_model
+from onnx_lump.graph.io.save import save_model
 
 # Relative to the largest output, as tests/test_fixtures.py judges the fixtures.
 TOLERANCE = {"float16": 4e-3, "float32": 1e-5, "float64": 1e-12}

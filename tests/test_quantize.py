@@ -16,7 +16,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnx_lump.cli import main
 from onnx_lump.data.holdout import error_rows, output_error, split_calibration, stacked_outputs
 from onnx_lump.errors import LumpError
-from onnx_lump.graph.tensordata import file_size
+from onnx_lump.graph.io.tensordata import file_size
 from onnx_lump.pipeline.quantize import gemm_as_matmul, quantize_file, quantized_copy
 from onnx_lump.search import Evaluator
 

@@ -10,7 +10,7 @@ from builders import mlp, random_layers
 from conftest import FIXTURES, MODELS
 
 from onnx_lump import lump
-from onnx_lump.graph.saving import save_model
+from onnx_lump.graph.io.save import save_model
 
 
 def planted_model(**kwargs) -> onnx.ModelProto:

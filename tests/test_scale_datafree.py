@@ -18,15 +18,15 @@ from builders import mlp
 from onnx import TensorProto, numpy_helper
 from test_large import build_deep_model, measure_pass  # tools/time_wide.py's
 
-import onnx_lump.graph.saving as saving
-import onnx_lump.graph.serialize as serialize
+import onnx_lump.graph.io.save as saving
+import onnx_lump.graph.io.serialize as serialize
 from onnx_lump import lump
 from onnx_lump.errors import LumpError
-from onnx_lump.graph.chains import scan_graph
-from onnx_lump.graph.importer import import_graph
-from onnx_lump.graph.modelio import load_model
-from onnx_lump.graph.saving import save_model
-from onnx_lump.graph.tensordata import EXTERNAL_DIR_KEY
+from onnx_lump.graph.io.load import load_model
+from onnx_lump.graph.io.save import save_model
+from onnx_lump.graph.io.tensordata import EXTERNAL_DIR_KEY
+from onnx_lump.graph.read.chains import scan_graph
+from onnx_lump.graph.write.importer import import_graph
 from onnx_lump.ode.encoding import OdeLayer, OdeSystem, encode_chain
 from onnx_lump.ode.equivalence import compute_partition
 from onnx_lump.ode.partition import PartitionOptions

@@ -136,8 +136,8 @@ def test_the_retry_hint_follows_the_later_layers_of_a_step():
 
 
 def _chains(model: onnx.ModelProto):
-    from onnx_lump.graph.chains import scan_graph
-    from onnx_lump.graph.importer import import_graph
+    from onnx_lump.graph.read.chains import scan_graph
+    from onnx_lump.graph.write.importer import import_graph
 
     return scan_graph(import_graph(model)).chains
 
@@ -185,8 +185,8 @@ def test_float32_activations_agree_with_float64(kind):
 def test_a_model_on_disk_gets_the_same_hint(tmp_path):
     """Weights kept in external data are read a chain at a time for the hint, which is
     the one the model in memory gets."""
-    from onnx_lump.graph.modelio import load_model
-    from onnx_lump.graph.spill import Spill
+    from onnx_lump.graph.io.load import load_model
+    from onnx_lump.graph.write.spill import Spill
 
     model = onnx.load(DEMO)
     path = tmp_path / "model.onnx"

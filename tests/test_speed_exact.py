@@ -13,7 +13,7 @@ from builders import mlp
 from onnx import numpy_helper
 
 from onnx_lump import lump
-from onnx_lump.graph.chains import scan_graph
+from onnx_lump.graph.read.chains import scan_graph
 from onnx_lump.ode.encoding import Lumping, aggregate, encode_chain
 from onnx_lump.ode.equivalence import compute_partition
 from onnx_lump.ode.partition import Partition, PartitionOptions, Similarity

@@ -15,8 +15,8 @@ from conftest import FIXTURES
 
 from onnx_lump import compress
 from onnx_lump.data.calibration import chain_inputs, token_mask
-from onnx_lump.graph.chains import scan_graph
-from onnx_lump.graph.importer import import_graph
+from onnx_lump.graph.read.chains import scan_graph
+from onnx_lump.graph.write.importer import import_graph
 from onnx_lump.methods import Lump, Method, Reduction
 from onnx_lump.methods.base import ChainProblem
 from onnx_lump.ode.partition import PartitionOptions, Similarity

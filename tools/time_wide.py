@@ -6,7 +6,7 @@ each) as over-parameterised layers do, then measures in one run, interleaved and
 (medians, since other processes share the machine):
 
 * ``onnx.load`` + ``onnx.save`` (the issue's baseline), and the same through
-  ``onnx_lump.graph.modelio.load_model`` + ``onnx_lump.graph.saving.save_model`` (the code
+  ``onnx_lump.graph.io.load.load_model`` + ``onnx_lump.graph.io.save.save_model`` (the code
   the pass itself uses);
 * the data-free pass end to end: ``load_model``, ``onnx_lump.lump`` (no verification),
   ``save_model``, at an epsilon that merges the clusters (0.05) and at epsilon 0.
@@ -94,8 +94,8 @@ def _median(values: list[float]) -> float:
 
 def measure(width: int = 4096, repeats: int = 5, workdir: Path | None = None) -> dict:
     """Medians (wall and CPU seconds) of the I/O baselines and the data-free pass."""
-    from onnx_lump.graph.modelio import load_model
-    from onnx_lump.graph.saving import save_model
+    from onnx_lump.graph.io.load import load_model
+    from onnx_lump.graph.io.save import save_model
 
     workdir = Path(workdir or tempfile.gettempdir())
     path, out = workdir / f"wide_{width}.onnx", workdir / f"wide_{width}_out.onnx"
@@ -212,8 +212,8 @@ _PASS_CHILD = """
 import json, resource, sys
 sys.path.insert(0, {root!r})
 from onnx_lump import compress, lump
-from onnx_lump.graph.modelio import load_model
-from onnx_lump.graph.saving import save_model
+from onnx_lump.graph.io.load import load_model
+from onnx_lump.graph.io.save import save_model
 from onnx_lump.methods import Exact
 
 def peak_bytes():

@@ -14,8 +14,8 @@ import onnx
 from onnx_lump.cli.console import print_line
 from onnx_lump.data.calibration import MAX_RANDOM_BYTES, random_inputs_bytes, random_inputs_note
 from onnx_lump.errors import LumpError
-from onnx_lump.graph.chains import scan_graph
-from onnx_lump.graph.importer import import_graph
+from onnx_lump.graph.read.chains import scan_graph
+from onnx_lump.graph.write.importer import import_graph
 from onnx_lump.methods.lumping import LumpOptions
 from onnx_lump.methods.registry import (
     EPS,

@@ -66,8 +66,8 @@ from onnx_lump.errors import (
     LumpError,
 )
 from onnx_lump.graph.inventory import comparison_table
-from onnx_lump.graph.modelio import load_model
-from onnx_lump.graph.paths import check_paths
+from onnx_lump.graph.io.load import load_model
+from onnx_lump.graph.io.paths import check_paths
 from onnx_lump.methods import Method, Scope, registry
 from onnx_lump.methods.lumping import LumpOptions
 from onnx_lump.pipeline.compress import default_refine

@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 
 from onnx_lump.errors import LumpError
-from onnx_lump.graph.chains import DenseChain
+from onnx_lump.graph.read.dense import DenseChain
 from onnx_lump.ode.encoding import OdeSystem
 from onnx_lump.runtime import run_session, session
 

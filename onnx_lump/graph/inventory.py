@@ -2,7 +2,7 @@
 
 The CLI prints :func:`comparison_table` of two :class:`Inventory` values, the way onnxsim
 prints its before/after table. Parameters are counted as they are *stored*
-(:func:`onnx_lump.graph.tensordata.stored_parameters`: floating-point initializers, ``Constant``
+(:func:`onnx_lump.graph.io.tensordata.stored_parameters`: floating-point initializers, ``Constant``
 values and sparse initializers), not as the chains use them:
 a shared weight that gets a ``_lumped`` copy makes the file grow, and the table says so.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import onnx
 
-from onnx_lump.graph.tensordata import all_tensors, file_size, stored_parameters
+from onnx_lump.graph.io.tensordata import all_tensors, file_size, stored_parameters
 
 __all__ = [
     "Inventory",

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from onnx_lump.graph.chains import DenseChain, DenseLayer, scan_graph
-from onnx_lump.graph.importer import import_graph
-from onnx_lump.graph.tensordata import release_pages
+from onnx_lump.graph.io.tensordata import release_pages
+from onnx_lump.graph.read.chains import scan_graph
+from onnx_lump.graph.read.dense import DenseChain, DenseLayer
+from onnx_lump.graph.write.importer import import_graph
 from onnx_lump.types import ReducedLayer
 
 __all__ = [

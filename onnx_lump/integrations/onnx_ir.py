@@ -30,7 +30,7 @@ import onnx_ir as ir
 
 from onnx_lump.api import compress
 from onnx_lump.errors import LumpError
-from onnx_lump.graph.modelsource import ir_to_proto
+from onnx_lump.graph.io.source import ir_to_proto
 from onnx_lump.methods import Method
 from onnx_lump.methods.lumping import LumpOptions
 from onnx_lump.pipeline.report import Report

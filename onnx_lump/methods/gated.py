@@ -34,7 +34,7 @@ import scipy.sparse as sp
 from onnx_lump.activations import Activation
 from onnx_lump.data.compensation import centred_gram, refit_layer, residual
 from onnx_lump.data.reference import frozen
-from onnx_lump.graph.chains import DenseChain
+from onnx_lump.graph.read.dense import DenseChain
 from onnx_lump.methods.base import ChainProblem, Method
 from onnx_lump.methods.combined import Sequence
 from onnx_lump.methods.lumping import Exact, Lump, Reduction

@@ -23,7 +23,7 @@ import scipy.sparse as sp
 
 from onnx_lump.activations import Activation, ActivationKind
 from onnx_lump.errors import LumpError
-from onnx_lump.graph.chains import DenseChain
+from onnx_lump.graph.read.dense import DenseChain
 
 __all__ = [
     "Lumping",

@@ -28,7 +28,7 @@ import numpy as np
 
 from onnx_lump.activations import Activation, ActivationKind
 from onnx_lump.errors import LumpError
-from onnx_lump.graph.tensordata import release_pages
+from onnx_lump.graph.io.tensordata import release_pages
 from onnx_lump.ode.canonical_rows import CanonicalRows
 from onnx_lump.ode.data_grouping import group_data_rows
 from onnx_lump.ode.data_similarity import DataRows, affine_lumping, read_data_rows
@@ -66,7 +66,7 @@ def _backward(
     :func:`backward_lumping` applies both as ``units`` while it reads the rows.
 
     A layer memory-mapped from the model's file hands its pages back once it is done
-    (:func:`onnx_lump.graph.tensordata.release_pages`): a chain of wide layers is read one
+    (:func:`onnx_lump.graph.io.tensordata.release_pages`): a chain of wide layers is read one
     layer at a time, not held whole.
     """
     lumpings, reduced = [], []

@@ -20,12 +20,12 @@ from onnx_lump.data.holdout import CalibrationSplit
 from onnx_lump.data.reference import original_output
 from onnx_lump.data.refine import ChainData, RefineOptions, RefineStats, refine_chain
 from onnx_lump.errors import LumpError
-from onnx_lump.graph.chains import DenseChain
-from onnx_lump.graph.export import export_model
-from onnx_lump.graph.importer import release_chain
-from onnx_lump.graph.rewrite import rewrite_chain
-from onnx_lump.graph.spill import Spill
+from onnx_lump.graph.read.dense import DenseChain
 from onnx_lump.graph.weightstats import chain_maxima, chain_weight_ranges
+from onnx_lump.graph.write.export import export_model
+from onnx_lump.graph.write.importer import release_chain
+from onnx_lump.graph.write.rewrite import rewrite_chain
+from onnx_lump.graph.write.spill import Spill
 from onnx_lump.methods import ChainProblem, Method
 from onnx_lump.methods.gated import (
     GatedFFN,

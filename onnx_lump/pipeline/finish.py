@@ -12,10 +12,10 @@ import onnx
 from onnx_lump._version import __version__
 from onnx_lump.data.calibration import random_inputs, random_inputs_note, token_mask
 from onnx_lump.data.holdout import output_error, stack_outputs
-from onnx_lump.graph.export import export_model
-from onnx_lump.graph.saving import check_model
-from onnx_lump.graph.tensordata import stored_parameters
+from onnx_lump.graph.io.save import check_model
+from onnx_lump.graph.io.tensordata import stored_parameters
 from onnx_lump.graph.weightstats import weight_range_warnings
+from onnx_lump.graph.write.export import export_model
 from onnx_lump.methods import Lump, Method
 from onnx_lump.pipeline.compress import Compressed
 from onnx_lump.pipeline.options import CheckOptions

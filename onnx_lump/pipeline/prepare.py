@@ -17,8 +17,9 @@ from onnx_lump.data.cache import SearchCache
 from onnx_lump.data.calibration import chain_inputs, check_feeds, token_mask
 from onnx_lump.data.holdout import CalibrationSplit, split_calibration
 from onnx_lump.errors import LumpError
-from onnx_lump.graph.chains import DenseChain, GraphScan, scan_graph
-from onnx_lump.graph.importer import import_graph
+from onnx_lump.graph.read.chains import GraphScan, scan_graph
+from onnx_lump.graph.read.dense import DenseChain
+from onnx_lump.graph.write.importer import import_graph
 from onnx_lump.ode.encoding import OdeSystem, encode_chain
 from onnx_lump.pipeline.options import CalibrationOptions
 from onnx_lump.progress import stage

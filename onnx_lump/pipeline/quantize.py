@@ -256,7 +256,7 @@ def quantized_copy(
 ) -> Iterator[tuple[Path, QuantizeInfo]]:
     """The quantized form of an in-memory ``model`` as a file in a temporary folder
     (removed on exit): ``(path, info)``. The search measures each step on it."""
-    from onnx_lump.graph.saving import save_model
+    from onnx_lump.graph.io.save import save_model
 
     with tempfile.TemporaryDirectory(prefix="onnx_lump_int8_") as folder:
         source, target = Path(folder) / "model.onnx", Path(folder) / "model.int8.onnx"

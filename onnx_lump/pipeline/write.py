@@ -26,8 +26,8 @@ from onnx_lump.data.calibration import (
 from onnx_lump.data.holdout import AuditSplit, output_error, stack_outputs
 from onnx_lump.errors import LumpError
 from onnx_lump.graph.inventory import Inventory, take_inventory
-from onnx_lump.graph.saving import StagedModel, check_model_file, stage_model
-from onnx_lump.graph.tensordata import file_size, parse_model_file
+from onnx_lump.graph.io.save import StagedModel, check_model_file, stage_model
+from onnx_lump.graph.io.tensordata import file_size, parse_model_file
 from onnx_lump.pipeline.quantize import QuantizeInfo, QuantizeStep, quantize_file, quantized_copy
 from onnx_lump.pipeline.report import Report
 from onnx_lump.pipeline.verify import VerificationResult, compare_outputs

@@ -36,7 +36,7 @@ from onnx_lump.data.holdout import (
 )
 from onnx_lump.data.refine import RefineOptions
 from onnx_lump.errors import LumpError
-from onnx_lump.graph.modelsource import to_model_proto
+from onnx_lump.graph.io.source import to_model_proto
 from onnx_lump.methods import Method
 from onnx_lump.pipeline.compress import default_refine
 from onnx_lump.pipeline.options import CalibrationOptions, CheckOptions

@@ -12,10 +12,11 @@ import numpy as np
 import onnx
 
 from onnx_lump.data.cache import SearchCache
-from onnx_lump.graph.chains import DenseChain, scan_graph
-from onnx_lump.graph.importer import import_graph, release_chain
-from onnx_lump.graph.modelsource import to_model_proto
-from onnx_lump.graph.spill import Spill
+from onnx_lump.graph.io.source import to_model_proto
+from onnx_lump.graph.read.chains import scan_graph
+from onnx_lump.graph.read.dense import DenseChain
+from onnx_lump.graph.write.importer import import_graph, release_chain
+from onnx_lump.graph.write.spill import Spill
 from onnx_lump.methods import ChainProblem, Method
 from onnx_lump.methods.gated import gated_knob_hint, handles_gated
 from onnx_lump.pipeline.options import CalibrationOptions

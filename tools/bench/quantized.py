@@ -12,7 +12,7 @@ from bench.common import Point
 from bench.methods import widths_of
 from bench.metrics import HAS_REFINE, Network, measure, run_compress
 from bench.refined import refine_budget, refine_knobs
-from onnx_lump.graph.tensordata import file_size
+from onnx_lump.graph.io.tensordata import file_size
 from onnx_lump.methods import Method
 from onnx_lump.pipeline.quantize import quantized_copy
 

@@ -11,8 +11,8 @@ from bench.common import onnxsim_stack
 
 from onnx_lump import compress
 from onnx_lump.data.refine import RefineOptions
-from onnx_lump.graph.chains import scan_graph
-from onnx_lump.graph.importer import import_graph
+from onnx_lump.graph.read.chains import scan_graph
+from onnx_lump.graph.write.importer import import_graph
 from onnx_lump.methods import (
     EliminationCompensation,
     LinearFolding,

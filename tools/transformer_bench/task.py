@@ -11,8 +11,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnx_lump.graph.chains import scan_graph
-from onnx_lump.graph.importer import import_graph
+from onnx_lump.graph.read.chains import scan_graph
+from onnx_lump.graph.write.importer import import_graph
 from transformer_bench.common import INPUT_NAME, OUTPUT_NAME, THREADS, Point, log
 
 __all__ = ["Task"]

@@ -4,7 +4,7 @@ The model and its data file are written into a hidden staging folder beside the
 destination, independent of the working directory, can be checked there
 (:func:`stage_model`), and only then renamed into place. A SIGTERM while staging removes
 the folder before the process ends. Large tensors are streamed tensor by tensor
-(:mod:`onnx_lump.graph.serialize`), so memory stays flat whatever the model's size.
+(:mod:`onnx_lump.graph.io.serialize`), so memory stays flat whatever the model's size.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import onnx
 from onnx.external_data_helper import uses_external_data
 
 from onnx_lump.errors import LumpError
-from onnx_lump.graph.paths import check_writable, data_file_for
-from onnx_lump.graph.serialize import ALIGN_THRESHOLD, PROTO_LIMIT, write_model
-from onnx_lump.graph.tensordata import all_tensors, copy_fields, tensor_nbytes, uses_external
+from onnx_lump.graph.io.paths import check_writable, data_file_for
+from onnx_lump.graph.io.serialize import ALIGN_THRESHOLD, PROTO_LIMIT, write_model
+from onnx_lump.graph.io.tensordata import all_tensors, copy_fields, tensor_nbytes, uses_external
 
 __all__ = [
     "StagedModel",
@@ -100,7 +100,7 @@ def stage_model(
 
     External data is used when ``external_data`` is set, when ``model`` refers to external
     data, or when the output would pass 2 GiB; tensors under
-    :data:`~onnx_lump.graph.serialize.INLINE_LIMIT` bytes stay inline. Nothing depends on
+    :data:`~onnx_lump.graph.io.serialize.INLINE_LIMIT` bytes stay inline. Nothing depends on
     the working directory.
     """
     output = Path(output)

@@ -14,11 +14,11 @@ Rules, in the order they apply to each constant input of a dense layer:
 5. shapes recorded for tensors whose width changed are dropped, so no stale
    ``value_info`` survives.
 
-Importing the graph lives in :mod:`onnx_lump.graph.importer` and applying the edits onto
-the original proto in :mod:`onnx_lump.graph.export` (callers import
-:func:`~onnx_lump.graph.importer.import_graph`,
-:func:`~onnx_lump.graph.importer.release_chain` and
-:func:`~onnx_lump.graph.export.export_model` from there).
+Importing the graph lives in :mod:`onnx_lump.graph.write.importer` and applying the edits onto
+the original proto in :mod:`onnx_lump.graph.write.export` (callers import
+:func:`~onnx_lump.graph.write.importer.import_graph`,
+:func:`~onnx_lump.graph.write.importer.release_chain` and
+:func:`~onnx_lump.graph.write.export.export_model` from there).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnx_lump.graph.chains import ConstantRef, DenseChain, DenseLayer
-from onnx_lump.graph.importer import (
+from onnx_lump.graph.read.dense import ConstantRef, DenseChain, DenseLayer
+from onnx_lump.graph.write.importer import (
     OUTPUTS_ATTR,
     WRITTEN_ATTR,
     SpilledValues,
@@ -39,11 +39,11 @@ from onnx_lump.graph.importer import (
 from onnx_lump.types import ReducedLayer, Shortcut
 
 if TYPE_CHECKING:
-    from onnx_lump.graph.spill import Spill
+    from onnx_lump.graph.write.spill import Spill
 
 __all__ = ["rewrite_chain"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("onnx_lump.graph.rewrite")  # the notes keep their name
 
 
 def rewrite_chain(

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from onnx_lump.errors import LumpError
-from onnx_lump.graph.tensordata import external_files
+from onnx_lump.graph.io.tensordata import external_files
 
 __all__ = [
     "check_output_path",

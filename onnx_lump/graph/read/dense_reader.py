@@ -16,8 +16,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnx_lump.activations import BIAS_ACTIVATION_OPS
-from onnx_lump.graph.dense import ConstantRef, DenseLayer
-from onnx_lump.graph.elementwise import op_domain, traced_rank
+from onnx_lump.graph.read.dense import ConstantRef, DenseLayer
+from onnx_lump.graph.read.elementwise import op_domain, traced_rank
 
 __all__ = [
     "DenseReader",
@@ -51,8 +51,8 @@ class DenseReader:
     def __init__(self, graph: gs.Graph) -> None:
         self.graph = graph
         self.notes: list[str] = []
-        self._graph_outputs = {t.name for t in graph.outputs}
-        self._used_in_subgraphs = _names_used_in_subgraphs(graph)
+        self.graph_outputs = {t.name for t in graph.outputs}
+        self.used_in_subgraphs = _names_used_in_subgraphs(graph)
         self.opset = int(getattr(graph, "opset", None) or 17)
 
     def note(self, message: str) -> None:
@@ -63,13 +63,14 @@ class DenseReader:
     def is_observable(self, tensor: gs.Tensor) -> bool:
         """True when something besides a single consumer node reads ``tensor``."""
         return (
-            tensor.name in self._graph_outputs
-            or tensor.name in self._used_in_subgraphs
+            tensor.name in self.graph_outputs
+            or tensor.name in self.used_in_subgraphs
             or len(tensor.outputs) != 1
         )
 
-    def _exposed(self, tensor: gs.Tensor) -> bool:
-        return tensor.name in self._graph_outputs or tensor.name in self._used_in_subgraphs
+    def exposed(self, tensor: gs.Tensor) -> bool:
+        """True when ``tensor`` is a graph output or read inside a subgraph."""
+        return tensor.name in self.graph_outputs or tensor.name in self.used_in_subgraphs
 
     # -- constants -------------------------------------------------------------
     def resolve_constant(self, node: gs.Node, index: int) -> ConstantRef | None:
@@ -232,7 +233,7 @@ class DenseReader:
                 f"(rank {rank}); not folded, the chain ends there"
             )
             return
-        extra = [t for t in bn.outputs[1:] if t.name and (t.outputs or self._exposed(t))]
+        extra = [t for t in bn.outputs[1:] if t.name and (t.outputs or self.exposed(t))]
         found = [self.resolve_constant(bn, i) for i in range(1, 5)] if len(bn.inputs) == 5 else []
         width = layer.out_features
         refs = [

@@ -1,12 +1,12 @@
 """Disk space for what a pass over a model that lives on disk would otherwise hold in memory.
 
-A model whose tensors stay in their external-data files (:func:`onnx_lump.graph.modelio.load_model`)
+A model whose tensors stay in their external-data files (:func:`onnx_lump.graph.io.load.load_model`)
 is compressed one chain at a time, and what the pass makes of a chain leaves memory before
 the next chain is read, so the peak is one chain's weights, not the model:
 
 * the rewritten tensors are appended to a tensor file and the output ModelProto refers to
   them as external data (an absolute location, which only onnx_lump reads:
-  :func:`onnx_lump.graph.saving.save_model` copies them into OUT's data file, and
+  :func:`onnx_lump.graph.io.save.save_model` copies them into OUT's data file, and
   :mod:`onnx_lump.runtime` hands such a model to onnxruntime as a staged file);
 * what the Report keeps (the ChainResult weights, the ODE coefficients) is either a
   read-only map of the input's own data file, or written to an array file and mapped
@@ -34,14 +34,13 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from onnx_lump.graph.chains import DenseChain
-from onnx_lump.graph.dense import same_memory
-from onnx_lump.graph.serialize import INLINE_LIMIT
-from onnx_lump.graph.tensordata import (
+from onnx_lump.graph.io.serialize import INLINE_LIMIT
+from onnx_lump.graph.io.tensordata import (
     external_data_dir,
     release_pages,
     uses_external,
 )
+from onnx_lump.graph.read.dense import DenseChain, same_memory
 from onnx_lump.ode.encoding import OdeSystem
 from onnx_lump.types import ChainResult, ReducedLayer
 

@@ -42,14 +42,11 @@ from dataclasses import dataclass, field
 
 import onnx_graphsurgeon as gs
 
-from onnx_lump.graph.activation_links import ActivationRegion, ChainReader, DenseChain
-from onnx_lump.graph.dense import ConstantRef, DenseLayer
+from onnx_lump.graph.read.dense import DenseChain, DenseLayer
+from onnx_lump.graph.read.dense_reader import DenseReader
+from onnx_lump.graph.read.links import ChainReader
 
 __all__ = [
-    "ActivationRegion",
-    "ConstantRef",
-    "DenseChain",
-    "DenseLayer",
     "GraphScan",
     "scan_graph",
 ]
@@ -95,14 +92,15 @@ class GraphScan:
 
 def scan_graph(graph: gs.Graph) -> GraphScan:
     """Find every maximal dense chain (two or more dense layers) in ``graph``."""
-    reader = ChainReader(graph)
+    dense_reader = DenseReader(graph)
     dense = []
     for node in graph.nodes:
         if node.op in ("Gemm", "MatMul"):
-            layer = reader.read_dense(node)
+            layer = dense_reader.read_dense(node)
             if layer is not None:
                 dense.append(layer)
-    layer_notes = list(reader.notes)
+    layer_notes = list(dense_reader.notes)
+    reader = ChainReader(dense_reader)  # its notes go to the same list
     by_output = {id(layer.output): layer for layer in dense}
     links = {}
     for nxt in dense:
@@ -126,7 +124,7 @@ def scan_graph(graph: gs.Graph) -> GraphScan:
         if len(layers) > 1:
             chains.append(DenseChain(layers, acts, act_nodes, regions))
     reader.note_untouched(chains)
-    return GraphScan(chains, reader.notes, reader.stops, len(dense), layer_notes)
+    return GraphScan(chains, dense_reader.notes, reader.stops, len(dense), layer_notes)
 
 
 def _drop_joined_gates(reader: ChainReader, links: dict, layers: dict[int, DenseLayer]) -> None:

@@ -1,4 +1,4 @@
-"""Writing a model's bytes into the staging folder (:mod:`onnx_lump.graph.saving`).
+"""Writing a model's bytes into the staging folder (:mod:`onnx_lump.graph.io.save`).
 
 Inline, large tensors are written from their own bytes between the serialized fields
 around them, giving the bytes ``SerializeToString`` gives without building the file in
@@ -20,7 +20,7 @@ from onnx import numpy_helper
 from onnx.external_data_helper import uses_external_data
 
 from onnx_lump.errors import LumpError
-from onnx_lump.graph.tensordata import (
+from onnx_lump.graph.io.tensordata import (
     EXTERNAL_DIR_KEY,
     copy_fields,
     external_data_dir,

@@ -2,11 +2,11 @@
 
 Loading keeps external data on disk: tensors stay references into the input's data files
 and are read one at a time when the pass needs them
-(:func:`~onnx_lump.graph.tensordata.tensor_array`), so a model of any size loads in the
+(:func:`~onnx_lump.graph.io.tensordata.tensor_array`), so a model of any size loads in the
 memory of its graph. Tensor access lives in
-:mod:`onnx_lump.graph.tensordata`, path checks in :mod:`onnx_lump.graph.paths` and staged
-atomic saving in :mod:`onnx_lump.graph.saving` (the bytes it writes in
-:mod:`onnx_lump.graph.serialize`); callers import those names from there.
+:mod:`onnx_lump.graph.io.tensordata`, path checks in :mod:`onnx_lump.graph.io.paths` and staged
+atomic saving in :mod:`onnx_lump.graph.io.save` (the bytes it writes in
+:mod:`onnx_lump.graph.io.serialize`); callers import those names from there.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import onnx
 from onnx.external_data_helper import uses_external_data
 
 from onnx_lump.errors import LumpError
-from onnx_lump.graph.tensordata import (
+from onnx_lump.graph.io.tensordata import (
     EXTERNAL_DIR_KEY,
     all_tensors,
     external_info,
@@ -30,7 +30,7 @@ from onnx_lump.graph.tensordata import (
 
 __all__ = ["LoadedModel", "load_model"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("onnx_lump.graph.modelio")  # the notes keep their name
 
 
 @dataclass

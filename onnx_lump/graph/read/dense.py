@@ -1,19 +1,28 @@
-"""The dense layer the pass works on: :class:`DenseLayer` and the :class:`ConstantRef`
-handles that say where each constant lives, so the rewrite can change it in place and the
-weights stay on disk until a chain needs them. Reading a layer from the many forms
-exporters give is :mod:`onnx_lump.graph.dense_reader`'s.
+"""What stage 1 hands on: the dense layer the pass works on (:class:`DenseLayer`), the
+:class:`ConstantRef` handles that say where each constant lives, so the rewrite can change
+it in place and the weights stay on disk until a chain needs them, and the chains of
+layers joined by activations (:class:`DenseChain`, each activation subgraph an
+:class:`ActivationRegion`). Only types live here: reading a layer from the many forms
+exporters give is :mod:`onnx_lump.graph.read.dense_reader`'s, and the walk that links
+layers into chains is :mod:`onnx_lump.graph.read.links`'.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_graphsurgeon as gs
 from onnx import helper
 
+from onnx_lump.activations import Activation
+from onnx_lump.activations import expressions as ex
+
 __all__ = [
+    "ActivationRegion",
     "ConstantRef",
+    "DenseChain",
     "DenseLayer",
     "qualified",
     "same_memory",
@@ -73,9 +82,9 @@ class ConstantRef:
 
     def view(self, shared: bool = False) -> np.ndarray:
         """The value without keeping it: memory-mapped from the external-data file when
-        the graph came from :func:`onnx_lump.graph.rewrite.import_graph` and the constant was not
-        read yet (``shared``: see :func:`onnx_lump.graph.tensordata.tensor_view`); the value read
-        otherwise."""
+        the graph came from :func:`onnx_lump.graph.write.importer.import_graph` and the
+        constant was not read yet (``shared``: see
+        :func:`onnx_lump.graph.io.tensordata.tensor_view`); the value read otherwise."""
         if self._value is not None:
             return self._value
         values = self.constant._values
@@ -273,6 +282,105 @@ class DenseLayer:
         if self.batch_norm is not None:
             op += "+BatchNormalization"
         return f"{op} '{self.name}' ({self.in_features}->{self.out_features})"
+
+
+@dataclass(eq=False)
+class ActivationRegion:
+    """The nodes of one activation subgraph between two dense layers.
+
+    ``tensors`` are the tensors it produces (all of the hidden width); ``feature_constants``
+    the constants of one repeated value laid out along the feature axis, which must be
+    reduced to one entry when the width changes.
+    """
+
+    nodes: tuple[gs.Node, ...]
+    tensors: tuple[gs.Tensor, ...]
+    feature_constants: tuple[ConstantRef, ...] = ()
+    expression: tuple = ex.X  # of the gate's output, for a gated FFN
+    gate: DenseLayer | None = None  # hidden = activation(gate(x)) * up(x) where given
+
+
+@dataclass(eq=False)
+class DenseChain:
+    """Dense layers joined by element-wise activations; ``activations[i]`` sits between
+    ``layers[i]`` and ``layers[i + 1]`` (identity when ``activation_nodes[i]`` is None;
+    for a decomposed activation ``activation_nodes[i]`` is its last node and
+    ``regions[i]`` holds all of them).
+
+    A gated FFN is a chain of its own, ``[up, down]`` with ``gate`` set: hidden neuron i is
+    ``activations[0](gate row i . x) * (up row i . x)``; the reader joins no other layer
+    to it, so the compressors that read it (:mod:`onnx_lump.methods.gated`) see exactly
+    these three layers."""
+
+    layers: list[DenseLayer]
+    activations: list[Activation]
+    activation_nodes: list[gs.Node | None]
+    regions: list[ActivationRegion | None] = field(default_factory=list)
+
+    @property
+    def gate(self) -> DenseLayer | None:
+        """The gate layer of a gated FFN (None for an ordinary chain)."""
+        return self.regions[0].gate if self.regions and self.regions[0] is not None else None
+
+    @property
+    def all_layers(self) -> list[DenseLayer]:
+        """Every dense layer the chain owns: ``layers`` and the gate, if any."""
+        gate = self.gate
+        return [*self.layers, gate] if gate is not None else list(self.layers)
+
+    @property
+    def hidden_widths(self) -> list[int]:
+        return [layer.out_features for layer in self.layers[:-1]]
+
+    @property
+    def n_params(self) -> int:
+        return sum(layer.n_params for layer in self.all_layers)
+
+    def hidden_tensors(self, index: int) -> list[gs.Tensor]:
+        """Every tensor whose last axis is hidden layer ``index``."""
+        tensors = list(self.layers[index].output_tensors)
+        region = self.regions[index] if index < len(self.regions) else None
+        node = self.activation_nodes[index]
+        if region is not None:
+            tensors += region.tensors
+            if region.gate is not None:
+                tensors += region.gate.output_tensors
+        elif node is not None:
+            tensors.append(node.outputs[0])
+        following = self.layers[index + 1]
+        if following.in_reshape is not None:
+            tensors.append(following.in_reshape.outputs[0])
+        return tensors
+
+    def resized_constants(self, index: int, width: int) -> Iterator[tuple[ConstantRef, np.ndarray]]:
+        """(constant, new value as its consumer sees it) for hidden layer ``index`` at
+        ``width``: Reshape shapes end in the width, repeated per-feature values shrink to
+        one entry (they broadcast)."""
+        refs = [*self.layers[index].width_refs]
+        in_width_ref = self.layers[index + 1].in_width_ref
+        if in_width_ref is not None:
+            refs.append(in_width_ref)
+        region = self.regions[index] if index < len(self.regions) else None
+        if region is not None and region.gate is not None:
+            refs += region.gate.width_refs
+        for ref in refs:
+            value = np.array(ref.value, copy=True)
+            value[-1] = width
+            yield ref, value
+        for ref in () if region is None else region.feature_constants:
+            shape = (*ref.value.shape[:-1], 1)
+            yield ref, np.full(shape, ref.value.reshape(-1)[0], dtype=ref.value.dtype)
+
+    def describe(self) -> str:
+        gate = self.gate
+        if gate is not None:
+            up, down = self.layers
+            act_name = self.activations[0].describe()
+            return f"gated FFN {act_name}({gate.describe()}) * {up.describe()} -> {down.describe()}"
+        parts = [self.layers[0].describe()]
+        for activation, layer in zip(self.activations, self.layers[1:], strict=True):
+            parts += [activation.describe(), layer.describe()]
+        return " -> ".join(parts)
 
 
 def qualified(node: gs.Node) -> str:

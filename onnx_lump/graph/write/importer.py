@@ -16,8 +16,8 @@ import onnx_graphsurgeon as gs
 from onnx.external_data_helper import uses_external_data
 from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
-from onnx_lump.graph.chains import DenseChain
-from onnx_lump.graph.tensordata import external_data_dir, tensor_array, tensor_view
+from onnx_lump.graph.io.tensordata import external_data_dir, tensor_array, tensor_view
+from onnx_lump.graph.read.dense import DenseChain
 
 __all__ = [
     "INDEX_ATTR",
@@ -50,7 +50,7 @@ class SpilledValues(LazyValues):
 def import_graph(model: onnx.ModelProto) -> gs.Graph:
     """``gs.import_onnx(model)``, with each node tagged by its position in ``model`` and
     every constant loaded lazily: external data is read from the model's folder (see
-    :func:`onnx_lump.graph.modelio.load_model`) only when a value is needed, and
+    :func:`onnx_lump.graph.io.load.load_model`) only when a value is needed, and
     :func:`release_chain` can hand an unchanged value's memory back."""
     graph = gs.import_onnx(model)
     base = external_data_dir(model)
@@ -84,7 +84,7 @@ class _PristineValues(LazyValues):
 
     def map_values(self, shared: bool = False) -> np.ndarray:
         """The values without loading them into the constant: a memory map of external
-        data (see :func:`onnx_lump.graph.tensordata.tensor_view`), else the proto's values."""
+        data (see :func:`onnx_lump.graph.io.tensordata.tensor_view`), else the proto's values."""
         if uses_external_data(self.tensor):
             return tensor_view(self.tensor, self._base, shared)
         return onnx.numpy_helper.to_array(self.tensor)

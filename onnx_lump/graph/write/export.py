@@ -20,14 +20,14 @@ from onnx import helper
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 from onnx_graphsurgeon.ir.tensor import SparseValues
 
-from onnx_lump.graph.importer import (
+from onnx_lump.graph.io.tensordata import copy_fields, external_data_dir, tensor_array
+from onnx_lump.graph.write.importer import (
     INDEX_ATTR,
     OUTPUTS_ATTR,
     WRITTEN_ATTR,
     SpilledValues,
     is_pristine,
 )
-from onnx_lump.graph.tensordata import copy_fields, external_data_dir, tensor_array
 
 __all__ = ["export_model"]
 

@@ -1,7 +1,7 @@
 """Linking dense layers: the walk from a layer's input back to the previous one.
 
 Between two dense layers there may be nothing or any element-wise subgraph; the walk
-reads that subgraph as one expression (through :mod:`onnx_lump.graph.elementwise`) and
+reads that subgraph as one expression (through :mod:`onnx_lump.graph.read.elementwise`) and
 asks the activation registry what it computes. It also decides where a chain must end:
 a tensor that is read outside the subgraph, or a constant that varies per feature,
 would make merging neurons observable, so the walk notes why and gives up there.
@@ -14,7 +14,6 @@ region carries the gate layer, whose rows pair with the up rows neuron by neuron
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,116 +23,19 @@ from onnx_lump import activations as act
 from onnx_lump.activations import Activation
 from onnx_lump.activations import expressions as ex
 from onnx_lump.activations.matching import hint_for_ops, match_expression
-from onnx_lump.graph.dense import ConstantRef, DenseLayer, qualified
-from onnx_lump.graph.dense_reader import DenseReader
-from onnx_lump.graph.elementwise import HANDLERS, NoMatch, Walk, op_domain, tensor_rank
+from onnx_lump.graph.read.dense import (
+    ActivationRegion,
+    ConstantRef,
+    DenseChain,
+    DenseLayer,
+    qualified,
+)
+from onnx_lump.graph.read.dense_reader import DenseReader
+from onnx_lump.graph.read.elementwise import HANDLERS, NoMatch, Walk, op_domain, tensor_rank
 
-__all__ = [
-    "ActivationRegion",
-    "ChainReader",
-    "DenseChain",
-]
+__all__ = ["ChainReader"]
 
 _MAX_REGION = 48  # nodes in one activation subgraph; the walk gives up past this
-
-
-@dataclass(eq=False)
-class ActivationRegion:
-    """The nodes of one activation subgraph between two dense layers.
-
-    ``tensors`` are the tensors it produces (all of the hidden width); ``feature_constants``
-    the constants of one repeated value laid out along the feature axis, which must be
-    reduced to one entry when the width changes.
-    """
-
-    nodes: tuple[gs.Node, ...]
-    tensors: tuple[gs.Tensor, ...]
-    feature_constants: tuple[ConstantRef, ...] = ()
-    expression: tuple = ex.X  # of the gate's output, for a gated FFN
-    gate: DenseLayer | None = None  # hidden = activation(gate(x)) * up(x) where given
-
-
-@dataclass(eq=False)
-class DenseChain:
-    """Dense layers joined by element-wise activations; ``activations[i]`` sits between
-    ``layers[i]`` and ``layers[i + 1]`` (identity when ``activation_nodes[i]`` is None;
-    for a decomposed activation ``activation_nodes[i]`` is its last node and
-    ``regions[i]`` holds all of them).
-
-    A gated FFN is a chain of its own, ``[up, down]`` with ``gate`` set: hidden neuron i is
-    ``activations[0](gate row i . x) * (up row i . x)``; the reader joins no other layer
-    to it, so the compressors that read it (:mod:`onnx_lump.methods.gated`) see exactly
-    these three layers."""
-
-    layers: list[DenseLayer]
-    activations: list[Activation]
-    activation_nodes: list[gs.Node | None]
-    regions: list[ActivationRegion | None] = field(default_factory=list)
-
-    @property
-    def gate(self) -> DenseLayer | None:
-        """The gate layer of a gated FFN (None for an ordinary chain)."""
-        return self.regions[0].gate if self.regions and self.regions[0] is not None else None
-
-    @property
-    def all_layers(self) -> list[DenseLayer]:
-        """Every dense layer the chain owns: ``layers`` and the gate, if any."""
-        gate = self.gate
-        return [*self.layers, gate] if gate is not None else list(self.layers)
-
-    @property
-    def hidden_widths(self) -> list[int]:
-        return [layer.out_features for layer in self.layers[:-1]]
-
-    @property
-    def n_params(self) -> int:
-        return sum(layer.n_params for layer in self.all_layers)
-
-    def hidden_tensors(self, index: int) -> list[gs.Tensor]:
-        """Every tensor whose last axis is hidden layer ``index``."""
-        tensors = list(self.layers[index].output_tensors)
-        region = self.regions[index] if index < len(self.regions) else None
-        node = self.activation_nodes[index]
-        if region is not None:
-            tensors += region.tensors
-            if region.gate is not None:
-                tensors += region.gate.output_tensors
-        elif node is not None:
-            tensors.append(node.outputs[0])
-        following = self.layers[index + 1]
-        if following.in_reshape is not None:
-            tensors.append(following.in_reshape.outputs[0])
-        return tensors
-
-    def resized_constants(self, index: int, width: int) -> Iterator[tuple[ConstantRef, np.ndarray]]:
-        """(constant, new value as its consumer sees it) for hidden layer ``index`` at
-        ``width``: Reshape shapes end in the width, repeated per-feature values shrink to
-        one entry (they broadcast)."""
-        refs = [*self.layers[index].width_refs]
-        in_width_ref = self.layers[index + 1].in_width_ref
-        if in_width_ref is not None:
-            refs.append(in_width_ref)
-        region = self.regions[index] if index < len(self.regions) else None
-        if region is not None and region.gate is not None:
-            refs += region.gate.width_refs
-        for ref in refs:
-            value = np.array(ref.value, copy=True)
-            value[-1] = width
-            yield ref, value
-        for ref in () if region is None else region.feature_constants:
-            shape = (*ref.value.shape[:-1], 1)
-            yield ref, np.full(shape, ref.value.reshape(-1)[0], dtype=ref.value.dtype)
-
-    def describe(self) -> str:
-        gate = self.gate
-        if gate is not None:
-            up, down = self.layers
-            act_name = self.activations[0].describe()
-            return f"gated FFN {act_name}({gate.describe()}) * {up.describe()} -> {down.describe()}"
-        parts = [self.layers[0].describe()]
-        for activation, layer in zip(self.activations, self.layers[1:], strict=True):
-            parts += [activation.describe(), layer.describe()]
-        return " -> ".join(parts)
 
 
 @dataclass
@@ -148,17 +50,21 @@ class _Walk:
     constants: list[ConstantRef] = field(default_factory=list)
 
 
-class ChainReader(DenseReader):
-    """The dense reader plus the walk that links each layer to the one before it."""
+class ChainReader:
+    """The walk that links each dense layer to the one before it. It holds the dense
+    reader that read the layers, for the graph facts (what is observable), the constant
+    resolver and the notes, which both readings share."""
 
-    def __init__(self, graph: gs.Graph) -> None:
-        super().__init__(graph)
+    def __init__(self, dense: DenseReader) -> None:
+        self.dense = dense
+        self.graph = dense.graph
+        self.opset = dense.opset  # what the element-wise handlers ask (``Operands``)
         self.stops: list[str] = []  # why a link between two dense layers was refused
 
     def stop(self, reason: str, detail: str = "") -> None:
         """Note why the chain ends between two dense layers: the note is ``reason`` and
         ``detail``; ``reason`` alone is kept for :meth:`GraphScan.why_no_chain`."""
-        self.note(reason + detail)
+        self.dense.note(reason + detail)
         if reason not in self.stops:
             self.stops.append(reason)
 
@@ -180,7 +86,7 @@ class ChainReader(DenseReader):
         if end is not None:
             return _normalised(end, rank) <= rank - 1
         result = node.outputs[0]
-        if self._exposed(result) or not result.outputs:
+        if self.dense.exposed(result) or not result.outputs:
             return False
         for user in result.outputs:
             if user.op != "Slice" or user.inputs[0] is not result or len(user.inputs) < 3:
@@ -199,7 +105,7 @@ class ChainReader(DenseReader):
     def _int_constant(self, node: gs.Node, index: int) -> np.ndarray | None:
         if index >= len(node.inputs) or not node.inputs[index].name:
             return None
-        ref = self.resolve_constant(node, index)
+        ref = self.dense.resolve_constant(node, index)
         if ref is None or not np.issubdtype(ref.dtype, np.integer):
             return None
         return ref.value.reshape(-1)
@@ -292,7 +198,7 @@ class ChainReader(DenseReader):
 
     def _only_reader(self, tensor: gs.Tensor, reader: gs.Node, prev: DenseLayer) -> bool:
         readers = self._readers(tensor)
-        if self._exposed(tensor) or readers != [reader]:
+        if self.dense.exposed(tensor) or readers != [reader]:
             self._note_observable(prev, tensor, len(readers))
             return False
         return True
@@ -308,7 +214,7 @@ class ChainReader(DenseReader):
                 ok = readers == [nxt.entry_node]
             else:
                 ok = all(id(r) in inside for r in readers)
-            if self._exposed(tensor) or not ok:
+            if self.dense.exposed(tensor) or not ok:
                 self._note_observable(prev, tensor, len(readers))
                 return False
         return True
@@ -331,9 +237,9 @@ class ChainReader(DenseReader):
         return tuple(resized)
 
     def _note_observable(self, layer: DenseLayer, tensor: gs.Tensor, readers: int) -> None:
-        if tensor.name in self._graph_outputs:
+        if tensor.name in self.dense.graph_outputs:
             why = "is a graph output"
-        elif tensor.name in self._used_in_subgraphs:
+        elif tensor.name in self.dense.used_in_subgraphs:
             why = "is read inside a subgraph"
         elif readers > 1:
             why = f"has {readers} consumers"
@@ -379,7 +285,7 @@ class ChainReader(DenseReader):
         )
         if others:
             listed = ", ".join(f"{op} x{count}" for op, count in sorted(others.items()))
-            self.note(f"left unchanged outside dense chains: {listed}")
+            self.dense.note(f"left unchanged outside dense chains: {listed}")
 
     def _dense_behind(self, node: gs.Node, by_output: dict[int, DenseLayer]) -> DenseLayer | None:
         """A dense layer a few single-input nodes upstream of ``node``, if any."""
@@ -439,7 +345,7 @@ class ChainReader(DenseReader):
             )
         ):
             return self._expression(tensor, walk)
-        ref = self.resolve_constant(node, index)
+        ref = self.dense.resolve_constant(node, index)
         if ref is None:
             return self._expression(tensor, walk)
         value = np.asarray(ref.value)

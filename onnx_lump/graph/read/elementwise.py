@@ -31,7 +31,7 @@ __all__ = [
 
 class Walk(Protocol):
     """The state of one backward walk that the handlers read: the dense layers by the
-    id of their output tensor (the walk of :mod:`onnx_lump.graph.activation_links`)."""
+    id of their output tensor (the walk of :mod:`onnx_lump.graph.read.links`)."""
 
     by_output: dict[int, Any]
 
@@ -39,7 +39,7 @@ class Walk(Protocol):
 class Operands(Protocol):
     """What a handler asks of the reader walking the subgraph: the graph's opset and a
     node's inputs read as expressions or constants (the reader of
-    :mod:`onnx_lump.graph.activation_links`)."""
+    :mod:`onnx_lump.graph.read.links`)."""
 
     opset: int
 
