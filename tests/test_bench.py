@@ -39,7 +39,8 @@ def quick_run(tmp_path_factory) -> Path:
     result = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "tools" / "bench.py"),
+            "-m",
+            "tools.bench",
             "--data",
             str(data),
             "--out",
@@ -48,6 +49,7 @@ def quick_run(tmp_path_factory) -> Path:
             str(out / "cache"),
             "--quick",
         ],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         check=False,
@@ -130,8 +132,7 @@ def test_refined_methods(rows):
 
 
 def test_fidelity_is_relative_output_change():
-    sys.path.insert(0, str(ROOT / "tools"))
-    from bench.common import fidelity
+    from tools.bench.common import fidelity
 
     original = np.random.default_rng(0).standard_normal((500, 3))
     assert fidelity(original, original) == 0.0

@@ -276,7 +276,7 @@ def test_batch_norm_that_cannot_fold_ends_the_chain(kwargs, why):
     assert any("BatchNormalization" in note and why in note for note in scan.notes)
 
 
-# -- fixtures exported by PyTorch (tools/make_fixtures.py --patterns) ---------------------
+# -- fixtures exported by PyTorch (python -m tools.make_fixtures --patterns) --------------
 
 MANIFEST = json.loads((PATTERNS / "manifest.json").read_text()) if PATTERNS.is_dir() else []
 

@@ -5,24 +5,13 @@ stale figure fails."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
+from tools import check_demo
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _check_demo():
-    spec = importlib.util.spec_from_file_location("check_demo", ROOT / "tools" / "check_demo.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("check_demo", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-check_demo = _check_demo()
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tools"))
+from tools import speed_report
 
-import speed_report  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _write(folder: Path, name: str, command: str, body: str) -> None:
@@ -52,11 +51,12 @@ def test_missing_section_is_reported(tmp_path, capsys):
 
 def test_cli_strict_exit_status(tmp_path):
     _write(tmp_path / "speed", "datafree", "python tools/time_wide.py", "### a")
-    script = str(ROOT / "tools" / "speed_report.py")
-    run = [sys.executable, script, "--results", str(tmp_path)]
-    loose = subprocess.run(run, capture_output=True, text=True, check=False)
+    run = [sys.executable, "-m", "tools.speed_report", "--results", str(tmp_path)]
+    loose = subprocess.run(run, cwd=ROOT, capture_output=True, text=True, check=False)
     assert loose.returncode == 0 and "missing" in loose.stderr
-    strict = subprocess.run([*run, "--strict"], capture_output=True, text=True, check=False)
+    strict = subprocess.run(
+        [*run, "--strict"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
     assert strict.returncode == 1 and (tmp_path / "speed.md").is_file()
 
 

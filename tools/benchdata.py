@@ -10,7 +10,7 @@ The protocol is the one in ``shared/BENCHMARKS.md`` and ``shared/data/README.md`
 
 Inputs and targets are standardised with training statistics only.
 
-Run ``python tools/benchdata.py [DATA_DIR]`` to load every task and print shapes and timings.
+Run ``python -m tools.benchdata [DATA_DIR]`` to load every task and print shapes and timings.
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ quotes about them as the README writes it, and compares them with README.md (exi
 a difference); tests/test_readme_figures.py does the same,
 so the README's demo figures cannot drift from what the command does.
 
-    python tools/check_demo.py [--model models/rn_tanh_2x64.onnx] [--budgets 0.01,0.05]
-    python tools/check_demo.py --readme
+    python -m tools.check_demo [--model models/rn_tanh_2x64.onnx] [--budgets 0.01,0.05]
+    python -m tools.check_demo --readme
 """
 
 from __future__ import annotations
@@ -31,10 +31,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from onnx_lump.cli import main as cli
 
-from onnx_lump.cli import main as cli  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 MODELS = ROOT / "models"
 CALIB = MODELS / "rn_calib_2048.npz"

@@ -11,7 +11,7 @@ fidelity, interpolated in GRP, new minus old: negative is new closer to the orig
 and what choosing between the runs per network by their held-out error (the same
 comparison on the rows the tool set aside, never the test rows) would have given.
 
-    python tools/compare_points.py OLD.json NEW.json [--method lump+refine]
+    python -m tools.compare_points OLD.json NEW.json [--method lump+refine]
         [--labels partition,span] [--out FILE.md]
 """
 
@@ -19,17 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench package beside it
-
-from bench.common import Point, point_from_dict
-from bench.metrics import best_grp, fmt
-from bench.report import networks_of, select
-from benchdata import TASKS
+from tools.bench.common import Point, point_from_dict
+from tools.bench.metrics import best_grp, fmt
+from tools.bench.report import networks_of, select
+from tools.benchdata import TASKS
 
 LIMITS = (1.0, 5.0)
 CURVE_POINTS = 20  # GRP values at which the two curves are compared

@@ -1,6 +1,6 @@
 """Linear lumping (``--reduction span``) against partitions, after refinement, side by side.
 
-For each benchmark network (from the bench cache, trained by ``python tools/bench.py``) and
+For each benchmark network (from the bench cache, trained by ``python -m tools.bench``) and
 each target size, both reductions are searched to that size with ``--target-params``
 semantics (onnx_lump.search), refined with the same budget (the command line's default,
 as the benchmark's lump+refine), and measured on the task's test split with onnxruntime:
@@ -12,7 +12,7 @@ per network from the benchmark's lump+refine: the smallest size it kept within d
 and 0.6 times that (where it has none, 50% and 80%), so the comparison sits where the
 benchmark's headline is decided. Rows are written as they come.
 
-    python tools/compare_span.py [--networks all|rn_2x64_tanh,...] [--targets-from FILE]
+    python -m tools.compare_span [--networks all|rn_2x64_tanh,...] [--targets-from FILE]
         [--cache DIR] [--out FILE.md]
 """
 
@@ -28,16 +28,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from onnx_lump.data.refine import RefineOptions
+from onnx_lump.methods import Lump, Reduction
+from onnx_lump.ode.partition import PartitionOptions, Similarity
+from onnx_lump.search import Evaluator, bisect
+from tools.benchdata import DEFAULT_DATA_DIR, TASKS, load_task
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tools"))
-
-from benchdata import DEFAULT_DATA_DIR, TASKS, load_task  # noqa: E402
-
-from onnx_lump.data.refine import RefineOptions  # noqa: E402
-from onnx_lump.methods import Lump, Reduction  # noqa: E402
-from onnx_lump.ode.partition import PartitionOptions, Similarity  # noqa: E402
-from onnx_lump.search import Evaluator, bisect  # noqa: E402
 
 DEFAULT_NETWORKS = (
     "rn_2x64_tanh,rn_3x128_relu,protein_3x128_tanh,metro_2x64_relu,glycolytic_3x128_tanh,"
@@ -117,7 +114,7 @@ def main() -> None:
     lines = [
         "# Linear lumping (span) against partitions, after refinement",
         "",
-        f"`python tools/compare_span.py {' '.join(sys.argv[1:])}` (started "
+        f"`python -m tools.compare_span {' '.join(sys.argv[1:])}` (started "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}). Both reductions searched "
         f"to each target size and refined with the command line's default budget "
         f"({REFINE.max_iters} iterations, {REFINE.max_seconds:g} s cap); calibration 2,048 "

@@ -10,7 +10,7 @@ seeds, so these files can be regenerated exactly without retraining the models:
 
 Run from the project root::
 
-    python tools/demo_data.py [--out models]
+    python -m tools.demo_data [--out models]
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from benchdata import DEFAULT_DATA_DIR, load_task
+
+from tools.benchdata import DEFAULT_DATA_DIR, load_task
 
 TASK = "rn"
 CALIBRATION_ROWS = 2048

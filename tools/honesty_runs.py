@@ -6,25 +6,21 @@ refinement on) twice: on the demo's 2,048 calibration rows and on a seeded half 
 trajectories) and, for the half, on the other 1,024 calibration rows as well. A run is
 "honest" here when the test error is within 1.5x the printed error or within the budget.
 
-    python tools/honesty_runs.py [--seeds 4] [--budget 0.05] [--options "--reduction span"]
+    python -m tools.honesty_runs [--seeds 4] [--budget 0.05] [--options "--reduction span"]
                                  [--out FILE.md]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from check_demo import CALIB, DEMO_MODELS, MODELS, run
-
 from onnx_lump.data.holdout import output_error
+from tools.check_demo import CALIB, DEMO_MODELS, MODELS, run
 
 HALF_SEED = 0
 

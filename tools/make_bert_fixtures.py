@@ -3,7 +3,7 @@
 Run from the repository root (about ten seconds; needs torch, transformers and onnxruntime,
 whose ``onnxruntime.transformers.optimizer`` writes the optimized graphs)::
 
-    python tools/make_bert_fixtures.py [--out tests/fixtures]
+    python -m tools.make_bert_fixtures [--out tests/fixtures]
 
 One tiny ``transformers.BertModel`` (vocabulary 64, hidden 32, 2 layers, 2 heads, FFN 64,
 32 positions, no pooler; the default SDPA attention) returning ``last_hidden_state``,
@@ -51,10 +51,11 @@ import onnx
 import onnxruntime as ort
 import torch
 import transformers
-from make_transformer_fixtures import plant_duplicates
 from onnxruntime.transformers.fusion_options import FusionOptions
 from onnxruntime.transformers.optimizer import optimize_model
 from torch import nn
+
+from tools.make_transformer_fixtures import plant_duplicates
 
 __all__ = ["PLANTED_WIDTHS", "build_model", "main"]
 

@@ -3,7 +3,7 @@ classifiers as skl2onnx exports them, with calibration data.
 
 Run from the repository root (a few seconds; needs scikit-learn and skl2onnx)::
 
-    python tools/make_classifier_fixtures.py [--out tests/fixtures]
+    python -m tools.make_classifier_fixtures [--out tests/fixtures]
 
 ``MLPClassifier(hidden_layer_sizes=(32, 16), random_state=0)`` trained on scikit-learn's
 bundled ``load_digits`` (64 features, 10 classes) and ``load_breast_cancer`` (30 features,

@@ -3,7 +3,7 @@
 Run from the repository root (about ten seconds; needs torch, transformers and
 onnxscript; nothing is downloaded)::
 
-    python tools/make_gated_fixtures.py [--out tests/fixtures]
+    python -m tools.make_gated_fixtures [--out tests/fixtures]
 
 A tiny LLaMA-style model built locally from ``transformers.LlamaConfig`` (vocab 64, hidden
 32, SwiGLU MLPs of width 64, 2 layers, 2 heads, RMSNorm, rotary positions), trained for a
@@ -37,7 +37,8 @@ import onnx
 import onnxruntime as ort
 import torch
 from torch import nn
-from torch_export import strip_stack_traces
+
+from tools.torch_export import strip_stack_traces
 
 __all__ = ["PLANTED_WIDTHS", "build_model", "main"]
 

@@ -2,7 +2,7 @@
 
 Run from the repository root (a few seconds; needs torch and onnxscript)::
 
-    python tools/make_transformer_fixtures.py [--out tests/fixtures]
+    python -m tools.make_transformer_fixtures [--out tests/fixtures]
 
 One tiny character model, ``Embedding(24, 16)`` -> two ``nn.TransformerEncoderLayer``
 (d_model 16, 2 heads, FFN 32, GELU, ``batch_first``; the first post-norm, the second
@@ -43,7 +43,8 @@ import onnx
 import onnxruntime as ort
 import torch
 from torch import nn
-from torch_export import export_onnx
+
+from tools.torch_export import export_onnx
 
 __all__ = ["PLANTED_WIDTHS", "TinyCharModel", "build_model", "main"]
 

@@ -3,17 +3,17 @@
 Every speed measurement is written by its own command into its own section file, so one
 tool's run never overwrites another's:
 
-* ``datafree.md``: ``python tools/time_wide.py`` (data-free pass against load + save);
-* ``search.md``: ``python tools/time_wide_data.py`` (data-aware search);
-* ``memory.md``: ``python tools/time_wide.py --skip-timing --memory ROWS...``;
-* ``chain_memory.md``: ``python tools/time_wide.py --skip-timing --chain-memory``;
-* ``latency.md``: ``python tools/bench.py`` (onnxruntime latency, refine + search).
+* ``datafree.md``: ``python -m tools.time_wide`` (data-free pass against load + save);
+* ``search.md``: ``python -m tools.time_wide_data`` (data-aware search);
+* ``memory.md``: ``python -m tools.time_wide --skip-timing --memory ROWS...``;
+* ``chain_memory.md``: ``python -m tools.time_wide --skip-timing --chain-memory``;
+* ``latency.md``: ``python -m tools.bench`` (onnxruntime latency, refine + search).
 
 A section file starts with ``<!-- command: ... -->`` (the command that wrote it), then its
 markdown. The tools rebuild ``speed.md`` themselves after writing a section; to rebuild it
 by hand (after editing a section file, say):
 
-    python tools/speed_report.py [--results tools/results] [--strict]
+    python -m tools.speed_report [--results tools/results] [--strict]
 
 A missing section file is not dropped: ``speed.md`` lists it as missing, with the command
 that writes it, and a warning goes to stderr (``--strict``: exit status 1 as well).
@@ -51,37 +51,38 @@ class Section:
 
 # The fixed order of speed.md.
 SECTIONS = (
-    Section("datafree", "Data-free compression time", "python tools/time_wide.py --repeats 3"),
-    Section("search", "Data-aware search", "python tools/time_wide_data.py"),
+    Section("datafree", "Data-free compression time", "python -m tools.time_wide --repeats 3"),
+    Section("search", "Data-aware search", "python -m tools.time_wide_data"),
     Section(
         "progress",
         "Data-aware search: progress and time limit",
-        "python tools/time_wide_data.py --runs p20,p20limit --cli-repeats 1",
+        "python -m tools.time_wide_data --runs p20,p20limit --cli-repeats 1",
     ),
     Section(
         "memory",
         "Data path memory",
-        "python tools/time_wide.py --skip-timing --memory 1024 2048",
+        "python -m tools.time_wide --skip-timing --memory 1024 2048",
     ),
     Section(
         "chain_memory",
         "Data-free chain memory",
-        "python tools/time_wide.py --skip-timing --chain-memory",
+        "python -m tools.time_wide --skip-timing --chain-memory",
     ),
     Section(
         "latency",
         "onnxruntime latency and refine + search",
-        "python tools/bench.py",
+        "python -m tools.bench",
         headed=False,
     ),
 )
 _BY_NAME = {s.name: s for s in SECTIONS}
 
 
-def command_line(script: str, argv: list[str] | None = None) -> str:
-    """``python tools/<script> ARGS`` as it was run (``argv`` defaults to ``sys.argv[1:]``)."""
+def command_line(module: str, argv: list[str] | None = None) -> str:
+    """``python -m tools.<module> ARGS`` as it was run (``argv`` defaults to
+    ``sys.argv[1:]``)."""
     args = sys.argv[1:] if argv is None else argv
-    return " ".join(["python", f"tools/{script}", *([shlex.join(args)] if args else [])])
+    return " ".join(["python", "-m", f"tools.{module}", *([shlex.join(args)] if args else [])])
 
 
 def read_section(path: Path) -> tuple[str | None, str]:
@@ -116,6 +117,7 @@ def assemble(folder: Path) -> tuple[str, list[str]]:
             )
     header = (
         "## Speed\n\n"
+        # the old command, still good (stdlib only): tools/results/speed.md is assembled with it
         "Assembled by `python tools/speed_report.py` from the section files in "
         "`tools/results/speed/`; each section comes from its own command, run on its own "
         "(on a shared machine), so timings and ratios are only comparable within one "
@@ -159,7 +161,7 @@ def write_sections(out: Path, sections: dict[str, str], command: str) -> None:
         (folder / f"{name}.md").write_text(f"{_COMMENT}{command} -->\n{body}\n")
         print(f"wrote {folder / (name + '.md')}", file=sys.stderr)
     path, _ = write_report(out)
-    print(f"rebuilt {path} (python tools/speed_report.py does the same)", file=sys.stderr)
+    print(f"rebuilt {path} (python -m tools.speed_report does the same)", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

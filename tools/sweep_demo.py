@@ -6,26 +6,24 @@ the demo task, the retained parameters and the relative test-RMSE increase (dRMS
 Prints a Markdown table of the smallest retained share at dRMSE <= 1% and <= 5%, and
 writes the table and every sweep point under ``tools/results/``.
 
-    python tools/sweep_demo.py [--out tools/results]
+    python -m tools.sweep_demo [--out tools/results]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import onnx
-from benchdata import simulate_system
+
+from onnx_lump import lump
+from onnx_lump.runtime import run_model
+from tools.benchdata import simulate_system
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from onnx_lump import lump  # noqa: E402
-from onnx_lump.runtime import run_model  # noqa: E402
 
 MODELS = ("rn_tanh_2x64.onnx", "rn_relu_2x64.onnx")
 SETTINGS = [

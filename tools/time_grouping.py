@@ -7,7 +7,7 @@ neurons) on 1,638 seeded standard-normal rows, the inputs of layer ``--layer`` f
 the unreduced layers before it. Each epsilon is timed for both versions (best of
 ``--repeats``, since other processes share the machine) and the groups must be identical.
 
-    python tools/time_grouping.py [--layer 0] [--repeats 1] [--eps 1 0.0625 ...]
+    python -m tools.time_grouping [--layer 0] [--repeats 1] [--eps 1 0.0625 ...]
 
 ``--rows a.npy b.npy ...`` times saved rows (float64, rows x columns) instead, each at
 ``--eps`` or else at the epsilon that is the first field of the ``.txt`` beside it.
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import subprocess
-import sys
 import time
 import types
 from pathlib import Path
@@ -25,21 +24,20 @@ from pathlib import Path
 import numpy as np
 from onnx import numpy_helper
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tools")]
+import onnx_lump.ode.equivalence as equivalence
+from onnx_lump.activations import Activation, ActivationKind
+from onnx_lump.ode.data_grouping import group_data_rows
+from onnx_lump.ode.grouping import StoredRows
+from onnx_lump.ode.partition import PartitionOptions, Similarity
 
-import onnx_lump.ode.equivalence as equivalence  # noqa: E402
-from onnx_lump.activations import Activation, ActivationKind  # noqa: E402
-from onnx_lump.ode.data_grouping import group_data_rows  # noqa: E402
-from onnx_lump.ode.grouping import StoredRows  # noqa: E402
-from onnx_lump.ode.partition import PartitionOptions, Similarity  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 EPS = (1.0, 0.0625, 0.0039, 2.44e-4, 1.1e-4, 1e-5)
 
 
 def data_rows(layer: int = 0, samples: int = 1638) -> np.ndarray:
     """The rows the data path groups for ``layer`` of ``build(4096)``."""
-    from time_wide import build
+    from tools.time_wide import build
 
     weights = {
         t.name: numpy_helper.to_array(t).astype(np.float64) for t in build(4096).graph.initializer

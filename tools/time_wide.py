@@ -21,7 +21,7 @@ clustered width x width layers (eps 0.05 and 0): the cases the tests bound by th
 layers plus 300 MB. ``--width 8192 --chain-memory`` measures the issue's 8192 timing and
 the 8192-wide chains in one run.
 
-    python tools/time_wide.py [--width 4096] [--repeats 5] [--workdir /tmp] [--out DIR]
+    python -m tools.time_wide [--width 4096] [--repeats 5] [--workdir /tmp] [--out DIR]
 
 Each part goes to its section file under ``tools/results/speed/`` (``datafree.md``,
 ``chain_memory.md``, ``memory.md``) and ``tools/results/speed.md`` is rebuilt
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import subprocess
 import sys
@@ -43,13 +44,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import itertools
-
-from speed_report import RESULTS, command_line, write_sections
-
 from onnx_lump import lump
+from tools import child_env
+from tools.speed_report import RESULTS, command_line, write_sections
 
 
 def build(
@@ -173,9 +170,7 @@ def markdown(result: dict) -> str:
 _MEMORY_CHILD = """
 import resource, sys, time
 import numpy as np
-sys.path.insert(0, {root!r})
-sys.path.insert(0, {tools!r})
-from time_wide import build
+from tools.time_wide import build
 from onnx_lump import lump
 rows, width = {rows}, {width}
 model = build(width, depth={depth})
@@ -191,11 +186,10 @@ print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
 def data_path_memory(rows: int, width: int = 4096, depth: int = 4) -> dict:
     """Peak RSS (MiB) of the data path (lump with calibration, refit on) in a fresh
     subprocess, and what the model and the calibration alone took before it."""
-    root = Path(__file__).resolve().parent.parent
-    code = _MEMORY_CHILD.format(
-        root=str(root), tools=str(root / "tools"), rows=rows, width=width, depth=depth
+    code = _MEMORY_CHILD.format(rows=rows, width=width, depth=depth)
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=child_env(), capture_output=True, text=True, check=False
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     if done.returncode != 0:
         return {"rows": rows, "error": done.stderr.strip().splitlines()[-1:]}
     before, peak, seconds, kept = done.stdout.split()[-4:]
@@ -210,7 +204,6 @@ def data_path_memory(rows: int, width: int = 4096, depth: int = 4) -> dict:
 
 _PASS_CHILD = """
 import json, resource, sys
-sys.path.insert(0, {root!r})
 from onnx_lump import compress, lump
 from onnx_lump.graph.io.load import load_model
 from onnx_lump.graph.io.save import save_model
@@ -235,8 +228,8 @@ if eps is None:
 else:
     reduced, report = lump(loaded.model, eps, verify=False)
 save_model(reduced, sys.argv[2], external_data=loaded.external_data)
-print(json.dumps({{"peak": peak_bytes(), "before": report.params_before,
-                  "after": report.params_after}}))
+print(json.dumps({"peak": peak_bytes(), "before": report.params_before,
+                  "after": report.params_after}))
 """
 
 
@@ -320,10 +313,10 @@ def measure_pass(source: Path, out: Path, eps: float | None = None) -> dict:
     """The data-free pass (load, compress, save; Exact, or lump at ``eps`` when given)
     on ``source`` in a fresh subprocess: its peak RSS (VmHWM, bytes) and the parameters
     before and after. RuntimeError with the child's last error line if it fails."""
-    root = str(Path(__file__).resolve().parent.parent)
     extra = [] if eps is None else [repr(float(eps))]
     done = subprocess.run(
-        [sys.executable, "-c", _PASS_CHILD.format(root=root), str(source), str(out), *extra],
+        [sys.executable, "-c", _PASS_CHILD, str(source), str(out), *extra],
+        env=child_env(),
         capture_output=True,
         text=True,
         check=False,
@@ -435,7 +428,7 @@ def main() -> None:
             print(m, flush=True)
         sections["memory"] = text
     print("".join(sections.values()))
-    write_sections(args.out, sections, command_line("time_wide.py"))
+    write_sections(args.out, sections, command_line("time_wide"))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ normal rows of its 64 inputs. In one run, interleaved, this measures:
 Each search step is logged with the time it ended (``onnx_lump.search``), and with
 ``--profile DIR`` every run is profiled with cProfile into ``DIR/<run>.prof``.
 
-    python tools/time_wide_data.py [--width 4096] [--rows 2048] [--repeats 3]
+    python -m tools.time_wide_data [--width 4096] [--rows 2048] [--repeats 3]
         [--cli-repeats 3] [--runs norefine,fixed,refine,refine20] [--workdir /tmp] [--out DIR]
         [--profile DIR]
 
@@ -48,13 +48,13 @@ import sys
 import tempfile
 import threading
 import time
+import types
 from pathlib import Path
 
 import numpy as np
 import onnx
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 RUNS = {
     "norefine": ("--target-params 0.05 --no-refine", ["--target-params", "0.05", "--no-refine"]),
@@ -233,7 +233,7 @@ def measure(
 ) -> dict:
     """Medians of the I/O baseline and ``cli_repeats`` timed CLI runs per entry of
     ``runs`` (the runs interleaved with each other and with the I/O rounds)."""
-    from time_wide import build
+    from tools.time_wide import build
 
     workdir = Path(workdir or tempfile.gettempdir())
     path = workdir / f"wide_data_{width}.onnx"
@@ -401,6 +401,25 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def import_onnx_lump(root: Path) -> types.ModuleType:
+    """onnx_lump from the checkout ``root`` (``--root``), for this process: the one the path
+    finds where it is that checkout's, else ``root/onnx_lump`` loaded as ``onnx_lump``."""
+    import importlib.util
+
+    found = importlib.util.find_spec("onnx_lump")
+    init = root.resolve() / "onnx_lump" / "__init__.py"
+    if found is None or found.origin is None or Path(found.origin).resolve() != init:
+        spec = importlib.util.spec_from_file_location("onnx_lump", init)
+        if spec is None or spec.loader is None or not init.is_file():
+            raise SystemExit(f"--root {root}: no onnx_lump package there")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["onnx_lump"] = module
+        spec.loader.exec_module(module)
+    import onnx_lump
+
+    return onnx_lump
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--width", type=int, default=4096)
@@ -425,8 +444,7 @@ def main() -> None:
         "--root", type=Path, default=ROOT, help="import onnx_lump from here (before/after runs)"
     )
     args = parser.parse_args()
-    sys.path.insert(0, str(args.root))
-    import onnx_lump  # before time_wide, which puts this checkout first on the path
+    onnx_lump = import_onnx_lump(args.root)  # before time_wide and the CLI import it
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger(__name__).warning("onnx_lump from %s", Path(onnx_lump.__file__).parent)
@@ -445,11 +463,11 @@ def main() -> None:
     )
     text = markdown(measured)
     print(text)
-    from speed_report import command_line, write_sections
+    from tools.speed_report import command_line, write_sections
 
     # the child-process runs alone (issue 22 item 3) have their own section
     section = "progress" if set(runs) <= PROCESS_RUNS else "search"
-    write_sections(args.out, {section: text}, command_line("time_wide_data.py"))
+    write_sections(args.out, {section: text}, command_line("time_wide_data"))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ the graphs hold ``Gemm`` nodes with ``transB=1``. Writes
 
 Run from the project root (about 20 s on 2 CPU cores)::
 
-    python tools/train_demo.py [--data ../shared/data] [--out models]
+    python -m tools.train_demo [--data ../shared/data] [--out models]
 
 ``--data`` is only read by UCI tasks; the demo task is simulated.
 """
@@ -33,8 +33,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from benchdata import DEFAULT_DATA_DIR, Dataset, load_task
 from torch import nn
+
+from tools.benchdata import DEFAULT_DATA_DIR, Dataset, load_task
 
 TASK = "rn"
 HIDDEN = (64, 64)
@@ -187,7 +188,7 @@ def train_and_export(data: Dataset, activation: str, out_dir: Path) -> DemoResul
             "demo.test_r2": f"{test_r2:.6g}",
             "demo.scaling": "inputs and outputs standardised with training mean/std",
             "demo.seed": str(SEED),
-            "demo.regenerate": "python tools/train_demo.py",
+            "demo.regenerate": "python -m tools.train_demo",
         },
     )
 
@@ -250,7 +251,7 @@ def write_readme(results: list[DemoResult], data: Dataset, out_dir: Path) -> Non
         f"`{TASK}_calib.npz` holds `{INPUT_NAME}`: {CALIBRATION_ROWS} standardised",
         "training inputs (float32), usable as `--calib` for either model.",
         "",
-        "Regenerate with `python tools/train_demo.py [--data ../shared/data] [--out models]`.",
+        "Regenerate with `python -m tools.train_demo [--data ../shared/data] [--out models]`.",
         "",
     ]
     (out_dir / "README.md").write_text("\n".join(lines))

@@ -22,7 +22,7 @@ Writes, under ``--out`` (default ``tools/cache/transformer/``, gitignored):
 Run from the project root (about 4.5 minutes on 2 idle CPU cores: 0.37 s a step; the
 committed run took 34 minutes on cores shared with other jobs)::
 
-    python tools/train_transformer.py [--out DIR] [--steps 700] [--models models]
+    python -m tools.train_transformer [--out DIR] [--steps 700] [--models models]
 
 ``models/charlm_2x128.onnx`` and ``models/charlm_calib.npz`` are copies made by ``--models``.
 """
@@ -43,7 +43,8 @@ import onnx
 import onnxruntime as ort
 import torch
 from torch import nn
-from torch_export import export_onnx
+
+from tools.torch_export import export_onnx
 
 __all__ = [
     "HELDOUT_FILES",

@@ -1,17 +1,17 @@
-"""Transformer task entry point, kept so ``python tools/transformer_bench.py ...`` works:
-the code is the ``tools/transformer_bench/`` package (see its ``__init__`` for the task and
-the methods); ``python tools/transformer_bench`` runs the same."""
+"""The transformer task's old command line, ``python tools/transformer_bench.py ...``, kept
+for one release: it runs ``python -m tools.transformer_bench ...``, the
+``tools/transformer_bench/`` package (see its ``__init__`` for the task and the methods).
+Run that from the project root instead."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-# The package directory tools/transformer_bench/ shadows this file for
-# ``import transformer_bench``.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The project root replaces tools/ as the path's first entry, as under -m from the root.
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from transformer_bench.__main__ import main
+from tools.transformer_bench.__main__ import main  # noqa: E402
 
 if __name__ == "__main__":
     raise SystemExit(main())

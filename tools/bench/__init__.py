@@ -1,7 +1,6 @@
 """Benchmark: the paper's eight tasks, every method, Pareto plots, and speed.
 
-    python tools/bench.py --data ../shared/data --out tools/results [--quick]
-    python tools/bench ...            (the same: this package's ``__main__``)
+    python -m tools.bench --data ../shared/data --out tools/results [--quick]
 
 Protocol (../shared/BENCHMARKS.md):
 
@@ -45,14 +44,9 @@ per task, ``references.md``, ``speed.md``, ``refine.md`` and ``summary.md`` into
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 TOOLS = Path(__file__).resolve().parent.parent
 ROOT = TOOLS.parent
-# benchdata and time_wide live next to this package; onnx_lump is imported from the tree.
-for _path in (str(TOOLS), str(ROOT)):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
 
 __all__ = ["ROOT", "TOOLS"]

@@ -1,4 +1,5 @@
-"""Command line of the benchmark: ``python tools/bench.py`` or ``python tools/bench``."""
+"""Command line of the benchmark: ``python -m tools.bench`` (from the project root; the old
+``python tools/bench.py`` runs it too, for one release)."""
 
 from __future__ import annotations
 
@@ -8,22 +9,19 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as ``python tools/bench``: make the package importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import onnx
-from benchdata import TASKS, load_task
-from speed_report import command_line, write_sections
 
-import bench
-from bench.common import ACTIVATIONS, ARCHITECTURES, Point, log, point_from_dict
-from bench.metrics import HAS_REFINE, Network, best_grp, fmt
-from bench.networks import calibration_feeds, predict, reference
-from bench.refined import refine_budget
-from bench.report import plot_task, plot_task_bytes, reference_table, task_table, write_points
-from bench.runner import GROUPS, headline_method, run_network
-from bench.speed import latency_example, search_text, search_time, speed
-from bench.summary import write_summary
+from tools import bench
+from tools.bench.common import ACTIVATIONS, ARCHITECTURES, Point, log, point_from_dict
+from tools.bench.metrics import HAS_REFINE, Network, best_grp, fmt
+from tools.bench.networks import calibration_feeds, predict, reference
+from tools.bench.refined import refine_budget
+from tools.bench.report import plot_task, plot_task_bytes, reference_table, task_table, write_points
+from tools.bench.runner import GROUPS, headline_method, run_network
+from tools.bench.speed import latency_example, search_text, search_time, speed
+from tools.bench.summary import write_summary
+from tools.benchdata import TASKS, load_task
+from tools.speed_report import command_line, write_sections
 
 __all__ = ["main"]
 
@@ -68,7 +66,7 @@ def _speed_and_search(args, tasks: list[str], points: list[Point]) -> None:
     worst = max(searches, key=lambda r: r["seconds"]) if searches else None
     (args.out / "search.json").write_text(json.dumps(worst, indent=1) + "\n")
     text = speed(args.quick, examples) + "\n" + search_text(searches)
-    write_sections(args.out, {"latency": text}, command_line("bench.py", args.argv))
+    write_sections(args.out, {"latency": text}, command_line("bench", args.argv))
 
 
 def _write_task(out: Path, task: str, task_points: list[Point]) -> None:

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import onnx
 
-from bench.common import EPS_FRACTIONS, Point
-from bench.metrics import Network, measure, run_compress
-from bench.networks import dense_params, scratch_path
 from onnx_lump.errors import LumpError
 from onnx_lump.methods import Method
+from tools.bench.common import EPS_FRACTIONS, Point
+from tools.bench.metrics import Network, measure, run_compress
+from tools.bench.networks import dense_params, scratch_path
 
 __all__ = ["full_merge_eps", "lump_sweep", "scratch_points", "sweep_method", "widths_of"]
 

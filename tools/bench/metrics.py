@@ -8,12 +8,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from benchdata import Dataset
 
-from bench.common import Point, Reference, fidelity
-from bench.networks import predict
 from onnx_lump import compress
 from onnx_lump.methods import Method
+from tools.bench.common import Point, Reference, fidelity
+from tools.bench.networks import predict
+from tools.benchdata import Dataset
 
 __all__ = [
     "HAS_REFINE",

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from benchdata import Dataset
 
-from bench.common import CALIBRATION_ROWS, MAX_TRAIN_ROWS, Reference, log
+from tools.bench.common import CALIBRATION_ROWS, MAX_TRAIN_ROWS, Reference, log
+from tools.benchdata import Dataset
 
 __all__ = [
     "calibration_feeds",

@@ -8,13 +8,13 @@ from collections.abc import Callable
 
 import onnx
 
-from bench.common import Point
-from bench.methods import widths_of
-from bench.metrics import HAS_REFINE, Network, measure, run_compress
-from bench.refined import refine_budget, refine_knobs
 from onnx_lump.graph.io.tensordata import file_size
 from onnx_lump.methods import Method
 from onnx_lump.pipeline.quantize import quantized_copy
+from tools.bench.common import Point
+from tools.bench.methods import widths_of
+from tools.bench.metrics import HAS_REFINE, Network, measure, run_compress
+from tools.bench.refined import refine_budget, refine_knobs
 
 __all__ = ["int8_points", "quantized"]
 

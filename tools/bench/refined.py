@@ -10,11 +10,11 @@ from collections.abc import Callable
 import numpy as np
 import onnx
 
-from bench.common import Point, log, onnxsim_stack
-from bench.methods import widths_of
-from bench.metrics import Network, measure, run_compress
-from bench.networks import dense_params
 from onnx_lump.methods import Method
+from tools.bench.common import Point, log, onnxsim_stack
+from tools.bench.methods import widths_of
+from tools.bench.metrics import Network, measure, run_compress
+from tools.bench.networks import dense_params
 
 __all__ = [
     "DONE_DRMSE",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import (
+from tools.bench.common import (
     BASELINES,
     METHOD_ORDER,
     QUANTIZED,
@@ -19,7 +19,7 @@ from bench.common import (
     Point,
     Reference,
 )
-from bench.metrics import best_grp, fmt
+from tools.bench.metrics import best_grp, fmt
 
 __all__ = [
     "TYPICAL",

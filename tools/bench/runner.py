@@ -10,9 +10,22 @@ from dataclasses import asdict
 from pathlib import Path
 
 import onnx
-from benchdata import Dataset
 
-from bench.common import (
+from onnx_lump.methods import (
+    EliminationCompensation,
+    Exact,
+    LinearFolding,
+    Lump,
+    Magnitude,
+    Wanda,
+)
+from onnx_lump.methods.lumping import (
+    DEFAULT_REDUCTION_WITH_DATA,
+    DEFAULT_SIMILARITY_WITH_DATA,
+    Reduction,
+)
+from onnx_lump.ode.partition import PartitionOptions, Similarity
+from tools.bench.common import (
     INT8_TARGETS,
     ONNXSIM_FLOOR_SPARSITIES,
     ONNXSIM_LOW_SPARSITIES,
@@ -29,11 +42,11 @@ from bench.common import (
     log,
     point_from_dict,
 )
-from bench.methods import lump_sweep, scratch_points, sweep_method
-from bench.metrics import HAS_REFINE, Network
-from bench.networks import calibration_feeds, predict, reference
-from bench.quantized import int8_points
-from bench.refined import (
+from tools.bench.methods import lump_sweep, scratch_points, sweep_method
+from tools.bench.metrics import HAS_REFINE, Network
+from tools.bench.networks import calibration_feeds, predict, reference
+from tools.bench.quantized import int8_points
+from tools.bench.refined import (
     DONE_DRMSE,
     ONNXSIM_SLOW_LEARNING_RATE,
     onnxsim_points,
@@ -42,20 +55,7 @@ from bench.refined import (
     refined_points,
     same_sizes,
 )
-from onnx_lump.methods import (
-    EliminationCompensation,
-    Exact,
-    LinearFolding,
-    Lump,
-    Magnitude,
-    Wanda,
-)
-from onnx_lump.methods.lumping import (
-    DEFAULT_REDUCTION_WITH_DATA,
-    DEFAULT_SIMILARITY_WITH_DATA,
-    Reduction,
-)
-from onnx_lump.ode.partition import PartitionOptions, Similarity
+from tools.benchdata import Dataset
 
 __all__ = ["GROUPS", "grids", "headline_method", "run_network"]
 

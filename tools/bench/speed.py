@@ -16,12 +16,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from bench import ROOT
-from bench.common import Point, Reference
-from bench.metrics import Network, run_compress
 from onnx_lump.methods import Lump
 from onnx_lump.methods.lumping import DEFAULT_SIMILARITY_WITH_DATA
 from onnx_lump.ode.partition import PartitionOptions
+from tools.bench import ROOT
+from tools.bench.common import Point, Reference
+from tools.bench.metrics import Network, run_compress
 
 __all__ = ["latency", "latency_example", "search_text", "search_time", "speed"]
 
@@ -57,7 +57,7 @@ def latency_example(net: Network, points: list[Point], label: str, refine):
 
 
 def speed(quick: bool, examples: list[tuple[str, onnx.ModelProto, onnx.ModelProto]]) -> str:
-    from time_wide import build
+    from tools.time_wide import build
 
     width = 1024 if quick else 4096
     lines = [f"### Compression time, 4 hidden Tanh layers of {width}\n"]

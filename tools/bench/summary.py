@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 
 import numpy as np
-from speed_report import read_section
 
-from bench.common import METHOD_ORDER, Point
-from bench.metrics import best_grp, fmt
-from bench.report import best_baseline, mean_grp, networks_of, select
+from tools.bench.common import METHOD_ORDER, Point
+from tools.bench.metrics import best_grp, fmt
+from tools.bench.report import best_baseline, mean_grp, networks_of, select
+from tools.speed_report import read_section
 
 __all__ = ["fidelity_pairs", "summary", "targets", "write_summary"]
 

@@ -2,8 +2,7 @@
 
 Run from the repository root::
 
-    python tools/make_fixtures.py [--out tests/fixtures]
-    python tools/make_fixtures ...     (the same: this package's ``__main__``)
+    python -m tools.make_fixtures [--out tests/fixtures]
 
 Every fixture is a small dense network (MatMul/Gemm chains) whose hidden
 layers contain PLANTED redundant neurons, so an exact (epsilon=0) neuron

@@ -1,21 +1,18 @@
-"""Command line of the fixture generator: ``python tools/make_fixtures.py`` or
-``python tools/make_fixtures``; :data:`FIXTURES` is what it writes, in manifest order."""
+"""Command line of the fixture generator: ``python -m tools.make_fixtures`` (from the project
+root; the old ``python tools/make_fixtures.py`` runs it too, for one release); :data:`FIXTURES`
+is what it writes, in manifest order."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 import zlib
 from pathlib import Path
-
-if __package__ in (None, ""):  # run as ``python tools/make_fixtures``: make the package importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 import onnx
 
-import make_fixtures
-from make_fixtures.exported import (
+from tools import make_fixtures
+from tools.make_fixtures.exported import (
     fx_skl_logistic,
     fx_skl_relu,
     fx_skl_tanh,
@@ -24,7 +21,7 @@ from make_fixtures.exported import (
     fx_torch_gemm_sigmoid,
     fx_torch_matmul3d_tanh,
 )
-from make_fixtures.handbuilt import (
+from tools.make_fixtures.handbuilt import (
     fx_constant_nodes,
     fx_fp16,
     fx_fp64,
@@ -37,8 +34,8 @@ from make_fixtures.handbuilt import (
     fx_shared_initializer,
     fx_unsupported_op,
 )
-from make_fixtures.manifest import manifest_entry, manifest_json, smoke_test
-from make_fixtures.patterns import write_pattern_fixtures
+from tools.make_fixtures.manifest import manifest_entry, manifest_json, smoke_test
+from tools.make_fixtures.patterns import write_pattern_fixtures
 
 __all__ = ["FIXTURES", "main"]
 

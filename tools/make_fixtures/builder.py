@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import helper, numpy_helper
 
-from make_fixtures.planting import Fixture
+from tools.make_fixtures.planting import Fixture
 
 __all__ = [
     "IR_VERSION",

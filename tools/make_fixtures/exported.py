@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import onnx
 
-from make_fixtures.planting import Fixture, dup, flip, plant_net, prop, zero
+from tools.make_fixtures.planting import Fixture, dup, flip, plant_net, prop, zero
 
 __all__ = [
     "fx_skl_logistic",

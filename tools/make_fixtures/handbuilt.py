@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 from onnx import numpy_helper
 
-from make_fixtures.builder import GraphBuilder, gemm, hand_chain, helper_fixture, matmul_add
-from make_fixtures.planting import (
+from tools.make_fixtures.builder import GraphBuilder, gemm, hand_chain, helper_fixture, matmul_add
+from tools.make_fixtures.planting import (
     Fixture,
     Plant,
     dup,

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from make_fixtures.manifest import value_dims
+from tools.make_fixtures.manifest import value_dims
 
 __all__ = [
     "PATTERN_FIXTURES",

@@ -34,11 +34,10 @@ Protocol (``/work/shared/BENCHMARKS.md``, "Real pretrained transformer task"):
 
 Run from the project root::
 
-    python tools/minilm_bench.py --out tools/results [--quick] [--cache tools/cache/minilm]
-    python tools/minilm_bench.py --exports dynamo --methods ours,id --shares 0.5
-    python tools/minilm_bench.py --ours-extra "fast:--refine-seconds 20"  (another variant)
-    python tools/minilm_bench.py --report-only   (rewrite .md and .png from the .json)
-    python tools/minilm_bench ...   (the same: this package's ``__main__``)
+    python -m tools.minilm_bench --out tools/results [--quick] [--cache tools/cache/minilm]
+    python -m tools.minilm_bench --exports dynamo --methods ours,id --shares 0.5
+    python -m tools.minilm_bench --ours-extra "fast:--refine-seconds 20"  (another variant)
+    python -m tools.minilm_bench --report-only   (rewrite .md and .png from the .json)
 
 On this 2-core machine shared with other work, wanda + ridge of the peer took 452 s (peak
 6.2 GB) at 50% on the dynamo export, a baseline 30-75 s (2.1 GB), our command line more
@@ -61,13 +60,9 @@ those children besides the command line), ``methods`` (each method's runs), ``me
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 TOOLS = Path(__file__).resolve().parent.parent
 ROOT = TOOLS.parent
-for _path in (str(TOOLS), str(ROOT)):  # bench.common (onnxsim helper), onnx_lump from the tree
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
 
 __all__ = ["ROOT", "TOOLS"]

@@ -1,5 +1,5 @@
-"""Command line of the MiniLM task: ``python tools/minilm_bench.py`` or
-``python tools/minilm_bench``."""
+"""Command line of the MiniLM task: ``python -m tools.minilm_bench`` (from the project root;
+the old ``python tools/minilm_bench.py`` runs it too, for one release)."""
 
 from __future__ import annotations
 
@@ -15,11 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-if __package__ in (None, ""):  # run as ``python tools/minilm_bench``: make it importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import minilm_bench
-from minilm_bench.common import (
+from tools import minilm_bench
+from tools.minilm_bench.common import (
     DEFAULT_CACHE,
     EXPORTS,
     LATENCY_BATCHES,
@@ -109,10 +106,10 @@ def _merge(old: list[Point], new: list[Point]) -> list[Point]:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.worker:
-        from minilm_bench.worker import work
+        from tools.minilm_bench.worker import work
 
         return work(args.worker)
-    from minilm_bench.report import plot, write_markdown
+    from tools.minilm_bench.report import plot, write_markdown
 
     stem = "minilm_quick" if args.quick else "minilm"
     json_path = args.out / f"{stem}.json"
@@ -124,10 +121,10 @@ def main(argv: list[str] | None = None) -> int:
         plot(args.out / f"{stem}.png", points)
         log(f"rewrote {args.out / stem}.md/.png from {json_path}")
         return 0
-    from minilm_bench.evaluate import Original
-    from minilm_bench.export import export_path, exports
-    from minilm_bench.methods import execute, job, parse_extra, run_dir
-    from minilm_bench.text import encode, texts, tokenizer
+    from tools.minilm_bench.evaluate import Original
+    from tools.minilm_bench.export import export_path, exports
+    from tools.minilm_bench.methods import execute, job, parse_extra, run_dir
+    from tools.minilm_bench.text import encode, texts, tokenizer
 
     started = time.perf_counter()
     variants = parse_extra(args.ours_extra)
@@ -178,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         texts=sentences.meta,
         versions=_versions(),
         machine=f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
-        command="python tools/minilm_bench.py " + shlex.join(argv or sys.argv[1:]),
+        command="python -m tools.minilm_bench " + shlex.join(argv or sys.argv[1:]),
         ours_variants={**OURS_VARIANTS, **variants},
     )
     export_info = {**saved.get("exports", {})}
@@ -252,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
 def _ffn_of(path: Path) -> int:
     import onnx
 
-    from minilm_bench.graph import ffns
+    from tools.minilm_bench.graph import ffns
 
     return sum(f.params for f in ffns(onnx.load(str(path))))
 

@@ -20,9 +20,9 @@ import onnx
 import scipy.linalg
 from scipy.special import erf
 
-from minilm_bench.common import BATCH, BLOCKS, INNER, log
-from minilm_bench.graph import Ffn, ffns, set_ffn, weights, with_outputs
-from minilm_bench.metrics import session
+from tools.minilm_bench.common import BATCH, BLOCKS, INNER, log
+from tools.minilm_bench.graph import Ffn, ffns, set_ffn, weights, with_outputs
+from tools.minilm_bench.metrics import session
 
 __all__ = ["BASELINES", "baseline", "gather", "select"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, fields
 
-from minilm_bench import TOOLS
+from tools.minilm_bench import TOOLS
 
 __all__ = [
     "BATCH",

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from minilm_bench.common import LATENCY_BATCHES, Point, log
-from minilm_bench.graph import ffns, model_params
-from minilm_bench.metrics import Reference, embed, latencies, scores
+from tools.minilm_bench.common import LATENCY_BATCHES, Point, log
+from tools.minilm_bench.graph import ffns, model_params
+from tools.minilm_bench.metrics import Reference, embed, latencies, scores
 
 __all__ = ["Original"]
 

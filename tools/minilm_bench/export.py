@@ -15,8 +15,8 @@ from pathlib import Path
 
 import onnx
 
-from minilm_bench.common import HIDDEN, INPUT_NAMES, OUTPUT_NAME, log
-from minilm_bench.text import encode, model_dir, tokenizer
+from tools.minilm_bench.common import HIDDEN, INPUT_NAMES, OUTPUT_NAME, log
+from tools.minilm_bench.text import encode, model_dir, tokenizer
 
 __all__ = ["export_path", "exports"]
 

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from minilm_bench.common import HIDDEN
+from tools.minilm_bench.common import HIDDEN
 
 __all__ = ["Dense", "Ffn", "ffns", "model_params", "set_ffn", "with_outputs"]
 

@@ -3,7 +3,7 @@
 Ours is our command line, ``python -m onnx_lump IN OUT --calib CALIB --target-params F
 --report-json R`` plus the variant's flags (without ``--target-params`` where they give
 ``--max-error``); the baselines, the peer and int8 run in
-``python tools/minilm_bench.py --worker SPEC`` (:mod:`minilm_bench.worker`). Every run
+``python -m tools.minilm_bench --worker SPEC`` (:mod:`tools.minilm_bench.worker`). Every run
 writes into ``CACHE/runs/EXPORT/`` its model, its output (``.log``), ``/usr/bin/time``'s
 statistics (``.time``) and its report or result (``.json``)."""
 
@@ -15,9 +15,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from minilm_bench import TOOLS
-from minilm_bench.common import OURS_VARIANTS
-from minilm_bench.runner import Run, run
+from tools import child_env
+from tools.minilm_bench.common import OURS_VARIANTS
+from tools.minilm_bench.runner import Run, run
 
 __all__ = ["Job", "execute", "job", "parse_extra", "run_dir"]
 
@@ -35,6 +35,7 @@ class Job:
     result: Path  # the command line's --report-json, or the worker's result
     source_ffn_params: int | None = None  # int8: the FFN size of the model it quantizes
     notes: list[str] = field(default_factory=list)
+    env: dict[str, str] | None = None  # the child's environment (None: this process's)
 
 
 def run_dir(cache: Path, export: str) -> Path:
@@ -104,8 +105,8 @@ def job(
         raise SystemExit(f"unknown method {method!r}")
     spec_path = folder / f"{stem}.spec.json"
     spec_path.write_text(json.dumps(spec, indent=1) + "\n")
-    command = [sys.executable, str(TOOLS / "minilm_bench.py"), "--worker", str(spec_path)]
-    return Job(export, method, share, command, output, log, result)
+    command = [sys.executable, "-m", "tools.minilm_bench", "--worker", str(spec_path)]
+    return Job(export, method, share, command, output, log, result, env=child_env())
 
 
 def _abridged(report: dict) -> dict:
@@ -126,7 +127,7 @@ def _abridged(report: dict) -> dict:
 def execute(task: Job, timeout: float) -> tuple[Run, dict]:
     """Run the job in a child; ``(run, result)`` where ``result`` is its report or
     worker result (empty if none). A run that exits 0 but writes no model failed."""
-    done = run(task.command, task.log, timeout)
+    done = run(task.command, task.log, timeout, task.env)
     result = {}
     if task.result.is_file():
         try:

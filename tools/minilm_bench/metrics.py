@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 from scipy.stats import spearmanr
 
-from minilm_bench.common import BATCH, LATENCY_BATCHES, LATENCY_SEQ, PAIRS, QUERIES, SEED
+from tools.minilm_bench.common import BATCH, LATENCY_BATCHES, LATENCY_SEQ, PAIRS, QUERIES, SEED
 
 __all__ = ["Reference", "embed", "latencies", "scores", "session"]
 

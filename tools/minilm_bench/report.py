@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from minilm_bench.common import (
+from tools.minilm_bench.common import (
     CALIB_COUNT,
     EVAL_COUNT,
     EXPORTS,

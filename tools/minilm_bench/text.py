@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minilm_bench.common import (
+from tools.minilm_bench.common import (
     CALIB_COUNT,
     EVAL_COUNT,
     INPUT_NAMES,

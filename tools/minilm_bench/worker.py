@@ -1,6 +1,6 @@
 """What runs inside a compression child besides our command line: a closed-form baseline,
 the peer's structured stack or int8 quantization. Started as
-``python tools/minilm_bench.py --worker SPEC.json``; the spec names the kind, the input
+``python -m tools.minilm_bench --worker SPEC.json``; the spec names the kind, the input
 and output models, the calibration ``.npz`` and the share; the child writes the output
 model and a JSON result (widths, notes) to ``spec["result"]``."""
 
@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from minilm_bench.common import (
+from tools.minilm_bench.common import (
     BATCH,
     INNER,
     ONNXSIM_BATCH,
     ONNXSIM_LEARNING_RATE,
     log,
 )
-from minilm_bench.graph import ffns, model_params
+from tools.minilm_bench.graph import ffns, model_params
 
 __all__ = ["onnxsim_sparsity", "work"]
 
@@ -56,9 +56,9 @@ def _block_output(model: onnx.ModelProto, ffn) -> str:
 
 
 def _onnxsim(original: onnx.ModelProto, spec: dict) -> tuple[onnx.ModelProto, dict]:
-    import bench.common
+    from tools.bench.common import onnxsim_stack
 
-    onnxsim = bench.common.onnxsim_stack(log)
+    onnxsim = onnxsim_stack(log)
     if onnxsim is None:
         raise RuntimeError("onnxsim >= 0.8 with the structured stack is not installed")
     calib = _calibration(spec["calib"])
@@ -125,7 +125,7 @@ def work(spec_path: str) -> int:
         if kind == "onnxsim":
             model, result = _onnxsim(model, spec)
         else:
-            from minilm_bench.baselines import baseline
+            from tools.minilm_bench.baselines import baseline
 
             result = baseline(model, spec["method"], spec["share"], _calibration(spec["calib"]))
         onnx.save(model, spec["output"])

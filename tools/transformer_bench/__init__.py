@@ -21,8 +21,7 @@ distillation of each FFN, public API; see :func:`transformer_bench.methods.onnxs
 Writes ``tools/results/transformer.md``, ``transformer.json`` and ``transformer.png``.
 Run from the project root (about 20 to 40 minutes on 2 shared cores)::
 
-    python tools/transformer_bench.py [--cache tools/cache/transformer] [--quick]
-    python tools/transformer_bench ...   (the same: this package's ``__main__``)
+    python -m tools.transformer_bench [--cache tools/cache/transformer] [--quick]
 
 Modules: ``common`` (the protocol's constants, :class:`Point`, logging), ``task`` (the
 model, its feeds and the held-out scorer), ``methods`` (each method's points),
@@ -31,11 +30,9 @@ model, its feeds and the held-out scorer), ``methods`` (each method's points),
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 TOOLS = Path(__file__).resolve().parent.parent
 ROOT = TOOLS.parent
-sys.path.insert(0, str(ROOT))  # run from a checkout
 
 __all__ = ["ROOT", "TOOLS"]

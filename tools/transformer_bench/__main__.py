@@ -1,21 +1,17 @@
-"""Command line of the transformer task: ``python tools/transformer_bench.py`` or
-``python tools/transformer_bench``."""
+"""Command line of the transformer task: ``python -m tools.transformer_bench`` (from the
+project root; the old ``python tools/transformer_bench.py`` runs it too, for one release)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as ``python tools/transformer_bench``: make it importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import transformer_bench
-from transformer_bench.common import (
+from tools import transformer_bench
+from tools.transformer_bench.common import (
     DEFAULT_CACHE,
     EPS,
     MAX_REFINED,
@@ -32,9 +28,14 @@ from transformer_bench.common import (
     Point,
     log,
 )
-from transformer_bench.methods import linear_points, lump_points, onnxsim_points, pruning_points
-from transformer_bench.report import plot, write_markdown
-from transformer_bench.task import Task
+from tools.transformer_bench.methods import (
+    linear_points,
+    lump_points,
+    onnxsim_points,
+    pruning_points,
+)
+from tools.transformer_bench.report import plot, write_markdown
+from tools.transformer_bench.task import Task
 
 __all__ = ["main"]
 

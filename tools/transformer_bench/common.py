@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from onnx_lump.data.refine import RefineOptions
-from transformer_bench import TOOLS
+from tools.transformer_bench import TOOLS
 
 __all__ = [
     "DEFAULT_CACHE",

@@ -7,7 +7,6 @@ import time
 
 import numpy as np
 import onnx
-from bench.common import onnxsim_stack
 
 from onnx_lump import compress
 from onnx_lump.data.refine import RefineOptions
@@ -22,8 +21,9 @@ from onnx_lump.methods import (
     Wanda,
 )
 from onnx_lump.ode.partition import PartitionOptions, Similarity
-from transformer_bench.common import ONNXSIM_BATCH, ONNXSIM_LEARNING_RATE, Point, log
-from transformer_bench.task import Task
+from tools.bench.common import onnxsim_stack
+from tools.transformer_bench.common import ONNXSIM_BATCH, ONNXSIM_LEARNING_RATE, Point, log
+from tools.transformer_bench.task import Task
 
 __all__ = ["linear_points", "lump_points", "onnxsim_points", "pruning_points"]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from transformer_bench.common import HEADLINE_LOSS, Point, log
-from transformer_bench.task import Task
+from tools.transformer_bench.common import HEADLINE_LOSS, Point, log
+from tools.transformer_bench.task import Task
 
 __all__ = ["headline", "plot", "write_markdown"]
 
@@ -41,7 +41,7 @@ def write_markdown(task: Task, points: list[Point], path: Path, quick: bool, sec
         "`calib.npz` only (the library holds 20% of them out for its own choices). Every "
         "number is measured by onnxruntime on the written model.",
         "",
-        f"Run: `python tools/transformer_bench.py{' --quick' if quick else ''}` "
+        f"Run: `python -m tools.transformer_bench{' --quick' if quick else ''}` "
         f"({seconds / 60:.0f} min).",
         "",
         "## Headline",

@@ -13,7 +13,7 @@ import onnxruntime as ort
 
 from onnx_lump.graph.read.chains import scan_graph
 from onnx_lump.graph.write.importer import import_graph
-from transformer_bench.common import INPUT_NAME, OUTPUT_NAME, THREADS, Point, log
+from tools.transformer_bench.common import INPUT_NAME, OUTPUT_NAME, THREADS, Point, log
 
 __all__ = ["Task"]
 
@@ -24,7 +24,7 @@ class Task:
     def __init__(self, cache: Path) -> None:
         path = cache / "charlm_2x128.onnx"
         if not path.is_file():
-            raise SystemExit(f"{path} is missing: run python tools/train_transformer.py first")
+            raise SystemExit(f"{path} is missing: run python -m tools.train_transformer first")
         self.path = path
         self.model = onnx.load(str(path))
         self.meta = json.loads((cache / "meta.json").read_text())
