@@ -1,0 +1,56 @@
+"""The data half of the ``data and verification`` flags: the calibration rows, the share
+held out of them, the error metric, the padding mask and sequential fitting."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from onnx_lump.data.calibration import AUTO_MASK_INPUT
+from onnx_lump.data.holdout import DEFAULT_HOLDOUT
+from onnx_lump.types import METRICS, RMSE
+
+__all__ = ["TITLE", "add"]
+
+TITLE = "data and verification"  # shared with verify.py: one section of --help
+
+
+def add(group: argparse._ActionsContainer) -> None:
+    group.add_argument(
+        "--calib",
+        type=Path,
+        metavar="FILE",
+        help="representative inputs (.npz with one array per input, .npy, or .csv)",
+    )
+    group.add_argument(
+        "--holdout",
+        type=float,
+        default=DEFAULT_HOLDOUT,
+        metavar="F",
+        help=f"share of the --calib rows held out from every fit, to stop refinement and to "
+        f"measure the reported error on (default {DEFAULT_HOLDOUT:g}; --val replaces it)",
+    )
+    group.add_argument("--seed", type=int, default=0, help="seed of the held-out split (default 0)")
+    group.add_argument(
+        "--metric",
+        choices=METRICS,
+        default=RMSE,
+        help="how the error printed, searched on (--max-error) and audited measures a float "
+        "output: rmse, its RMSE change relative to the original's spread (default); cosine, "
+        "the mean over rows (the last axis: an embedding; each real position of a token "
+        "output, --mask-input's padding left out) of 1 - cosine to the original's row. "
+        "Label outputs keep their share of changed rows; refinement keeps its own loss",
+    )
+    group.add_argument(
+        "--mask-input",
+        default=AUTO_MASK_INPUT,
+        metavar="NAME",
+        help=f"--calib input whose zeros mark padding positions, left out of every fit "
+        f"(default {AUTO_MASK_INPUT} where the model has it; 'none' for none)",
+    )
+    group.add_argument(
+        "--sequential",
+        action="store_true",
+        help="fit each chain on its inputs in the model whose earlier chains are already "
+        "compressed, onto the original chain's outputs (corrects what they changed)",
+    )

@@ -1,0 +1,23 @@
+"""The ``quantization`` flag: --quantize, the scheme the written file is quantized with."""
+
+from __future__ import annotations
+
+import argparse
+
+from onnx_lump.pipeline.quantize import QUANTIZE_SCHEMES
+
+__all__ = ["TITLE", "add"]
+
+TITLE = "quantization"
+
+
+def add(group: argparse._ActionsContainer) -> None:
+    group.add_argument(
+        "--quantize",
+        choices=QUANTIZE_SCHEMES,
+        default=None,
+        help="int8: quantize the written model with onnxruntime's quantize_dynamic (int8 "
+        "weights per output channel; Gemm rewritten as MatMul + Add first, which it "
+        "quantizes); the file written, verified and measured, and every step of a "
+        "--max-error search, is the quantized one",
+    )
