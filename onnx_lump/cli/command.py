@@ -31,14 +31,14 @@ import traceback
 from pathlib import Path
 
 from onnx_lump.api import compress
+from onnx_lump.cli.args import validate
+from onnx_lump.cli.args.search import is_searching
 from onnx_lump.cli.checks import (
     KNOB_OPTIONS,
     KNOBS,
     LUMPING_METHODS,
-    is_searching,
     parse_shapes,
     preflight,
-    validate,
 )
 from onnx_lump.cli.console import (
     SIGPIPE,

@@ -6,13 +6,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from onnx_lump.cli.checks import Context, Range, Unused
 from onnx_lump.data.calibration import AUTO_MASK_INPUT
 from onnx_lump.data.holdout import DEFAULT_HOLDOUT
 from onnx_lump.types import METRICS, RMSE
 
-__all__ = ["TITLE", "add"]
+__all__ = ["RANGES", "TITLE", "add", "unused_by_data", "validate"]
 
 TITLE = "data and verification"  # shared with verify.py: one section of --help
+RANGES: dict[str, Range] = {
+    "holdout": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "seed": (lambda v: v >= 0, ">= 0"),
+}
+SPLIT = ("holdout", "seed")
 
 
 def add(group: argparse._ActionsContainer) -> None:
@@ -54,3 +60,24 @@ def add(group: argparse._ActionsContainer) -> None:
         help="fit each chain on its inputs in the model whose earlier chains are already "
         "compressed, onto the original chain's outputs (corrects what they changed)",
     )
+
+
+def validate(args: argparse.Namespace) -> None:
+    """No combination to check: the ranges are all."""
+
+
+def unused_by_data(args: argparse.Namespace, context: Context) -> list[Unused]:
+    """Without --calib, what reads calibration rows (and --metric, where nothing measures
+    an error); with --val, the held-out split it replaces."""
+    if context.calib:
+        if context.val:
+            return [(dest, "with --val, which replaces the held-out share") for dest in SPLIT]
+        return []
+    unused = [
+        ("sequential", "without --calib: nothing is fitted on data"),
+        ("mask_input", "without --calib: no calibration rows to mask"),
+    ]
+    if not context.searching and not context.val:
+        unused.append(("metric", "without --calib or --val: no error is measured"))
+    unused += [(dest, "without --calib (it splits the calibration rows)") for dest in SPLIT]
+    return unused

@@ -6,14 +6,33 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from onnx_lump.cli.checks import ONLY_THE_TABLE, Context, Range, Unused, knob_chosen
+from onnx_lump.errors import LumpError
 from onnx_lump.methods import Reduction
-from onnx_lump.methods.lumping import DEFAULT_RIDGE, DEFAULT_SIMILARITY_WITH_DATA
+from onnx_lump.methods.lumping import DEFAULT_RIDGE, DEFAULT_SIMILARITY_WITH_DATA, LumpOptions
+from onnx_lump.methods.registry import METHODS
 from onnx_lump.ode.grouping import Linkage
 from onnx_lump.ode.partition import Equivalence, Similarity
 
-__all__ = ["TITLE", "add"]
+__all__ = [
+    "RANGES",
+    "TITLE",
+    "add",
+    "check_eps",
+    "unused_by_method",
+    "unused_by_sweep",
+    "unused_in_search",
+    "validate",
+]
 
 TITLE = "lumping"
+RANGES: dict[str, Range] = {
+    "eps": (lambda v: v >= 0, ">= 0"),
+    "ridge": (lambda v: v >= 0, ">= 0"),
+}
+# The options only a lumping method reads, and those only its refit on --calib data reads.
+LUMPING_ONLY = ("eps", "equivalence", "linkage", "similarity", "no_symmetries", "reduction")
+REFIT_ONLY = ("no_refit", "ridge", "force_refit")
 
 
 def add(group: argparse._ActionsContainer) -> None:
@@ -86,3 +105,50 @@ def add(group: argparse._ActionsContainer) -> None:
         help="write the ODE encoding of each chain; a .ode suffix writes ERODE syntax "
         "(polynomial chains only; with the model: not when nothing is written)",
     )
+
+
+def validate(args: argparse.Namespace) -> None:
+    """A similarity other than weights needs --calib, and --eps must be a value the
+    lumping takes (a sweep's values are checked with the sweep, see search.py)."""
+    if args.similarity not in (None, Similarity.WEIGHTS.value) and args.calib is None:
+        raise LumpError(f"--similarity {args.similarity} needs --calib")
+    if args.sweep is None:
+        check_eps(args, "--eps", [args.eps])
+
+
+def check_eps(args: argparse.Namespace, given_as: str, knobs: list[float]) -> None:
+    """Every eps in ``knobs`` is one the lumping takes (:class:`Lump` refuses a span share
+    over 1; with --calib span is the default), checked before any work, not after a
+    sweep's first points; ``given_as`` names where they came from in the error."""
+    if not METHODS[args.method].is_lumping:
+        return
+    options = LumpOptions(similarity=args.similarity, reduction=args.reduction)
+    for knob in knobs:
+        try:
+            options.method(knob, with_data=args.calib is not None)
+        except LumpError as exc:
+            raise LumpError(f"{given_as} {knob:g}: {exc}") from None
+
+
+def unused_by_method(args: argparse.Namespace, context: Context) -> list[Unused]:
+    """Every lumping option with another method; the refit's without --calib, and a span
+    reduction's, which reads the activations."""
+    if not context.spec.is_lumping:
+        why = f"with --method {context.method} (a lumping option)"
+        return [(dest, why) for dest in (*LUMPING_ONLY, *REFIT_ONLY)]
+    if context.calib:
+        return []
+    unused = [(dest, "without --calib: the refit needs data") for dest in REFIT_ONLY]
+    if args.reduction not in (None, "partition"):
+        unused.append(("reduction", "without --calib: span reads the activations"))
+    return unused
+
+
+def unused_in_search(args: argparse.Namespace, context: Context) -> list[Unused]:
+    """--eps when a search or sweep chooses it."""
+    return knob_chosen(context, "eps")
+
+
+def unused_by_sweep(args: argparse.Namespace, context: Context) -> list[Unused]:
+    """--dump-ode with --sweep, which writes no model."""
+    return [("dump_ode", ONLY_THE_TABLE)] if context.sweep else []

@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from onnx_lump.cli.args import search
+from onnx_lump.cli.checks import Range
+from onnx_lump.errors import LumpError
 from onnx_lump.methods import registry
 
-__all__ = ["METHODS", "TITLE", "add"]
+__all__ = ["METHODS", "RANGES", "TITLE", "add", "validate"]
 
 TITLE = "models"
 METHODS = tuple(registry.METHODS)
+RANGES: dict[str, Range] = {}
 
 
 def add(group: argparse._ActionsContainer) -> None:
@@ -24,3 +28,10 @@ def add(group: argparse._ActionsContainer) -> None:
         default="lump",
         help=", ".join(f"{name} (default)" if name == "lump" else name for name in METHODS),
     )
+
+
+def validate(args: argparse.Namespace) -> None:
+    """A search or a sweep needs a method with a knob (checked before --sweep's values,
+    which are the knob's)."""
+    if search.is_searching(args) and args.method == "exact":
+        raise LumpError("method 'exact' has no knob to sweep or search")

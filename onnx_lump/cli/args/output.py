@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-__all__ = ["TITLE", "add"]
+from onnx_lump.cli.checks import ONLY_THE_TABLE, Context, Range, Unused
+
+__all__ = ["RANGES", "TITLE", "add", "unused_by_sweep", "validate"]
 
 TITLE = "output"
+RANGES: dict[str, Range] = {}
 
 
 def add(group: argparse._ActionsContainer) -> None:
@@ -20,3 +23,12 @@ def add(group: argparse._ActionsContainer) -> None:
     verbosity = group.add_mutually_exclusive_group()
     verbosity.add_argument("-q", "--quiet", action="store_true", help="print only the final line")
     verbosity.add_argument("-v", "--verbose", action="store_true", help="log each stage")
+
+
+def validate(args: argparse.Namespace) -> None:
+    """No combination to check."""
+
+
+def unused_by_sweep(args: argparse.Namespace, context: Context) -> list[Unused]:
+    """--report-json with --sweep, which writes only the table."""
+    return [("report_json", ONLY_THE_TABLE)] if context.sweep else []

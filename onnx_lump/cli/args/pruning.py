@@ -5,11 +5,22 @@ from __future__ import annotations
 
 import argparse
 
+from onnx_lump.cli.checks import Context, Range, Unused, knob_chosen
 from onnx_lump.methods import Scope
 
-__all__ = ["TITLE", "add"]
+__all__ = ["RANGES", "TITLE", "add", "unused_by_method", "unused_in_search", "validate"]
 
 TITLE = "pruning and linear folding"
+RANGES: dict[str, Range] = {
+    "sparsity": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "tau": (lambda v: 0 < v <= 1, "in (0, 1]"),
+}
+# Which methods read each option (MethodSpec.reads), as the warning says to the others.
+READ_BY = {
+    "sparsity": "a pruning option",
+    "scope": "magnitude and ec only",
+    "tau": "linear folding only",
+}
 
 
 def add(group: argparse._ActionsContainer) -> None:
@@ -30,3 +41,20 @@ def add(group: argparse._ActionsContainer) -> None:
         help="linear: fold neurons active on at least this share of --calib inputs "
         "(default 1: lossless on that data)",
     )
+
+
+def validate(args: argparse.Namespace) -> None:
+    """No combination to check: the ranges are all."""
+
+
+def unused_by_method(args: argparse.Namespace, context: Context) -> list[Unused]:
+    """Each option with a method that does not read it."""
+    why = f"with --method {context.method}"
+    return [
+        (dest, f"{why} ({who})") for dest, who in READ_BY.items() if dest not in context.spec.reads
+    ]
+
+
+def unused_in_search(args: argparse.Namespace, context: Context) -> list[Unused]:
+    """--sparsity or --tau when a search or sweep chooses it."""
+    return [*knob_chosen(context, "sparsity"), *knob_chosen(context, "tau")]

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from onnx_lump.cli.checks import Range
 from onnx_lump.pipeline.quantize import QUANTIZE_SCHEMES
 
-__all__ = ["TITLE", "add"]
+__all__ = ["RANGES", "TITLE", "add", "validate"]
 
 TITLE = "quantization"
+RANGES: dict[str, Range] = {}
 
 
 def add(group: argparse._ActionsContainer) -> None:
@@ -21,3 +23,7 @@ def add(group: argparse._ActionsContainer) -> None:
         "quantizes); the file written, verified and measured, and every step of a "
         "--max-error search, is the quantized one",
     )
+
+
+def validate(args: argparse.Namespace) -> None:
+    """No combination to check."""

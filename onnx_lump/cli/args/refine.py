@@ -5,11 +5,18 @@ from __future__ import annotations
 
 import argparse
 
+from onnx_lump.cli.checks import Context, Range, Unused
 from onnx_lump.data.refine import RefineOptions
+from onnx_lump.methods.registry import MethodSettings
 
-__all__ = ["TITLE", "add"]
+__all__ = ["RANGES", "TITLE", "add", "unused_by_refinement", "validate"]
 
 TITLE = "refinement (with --calib: on by default for every structured method but exact)"
+RANGES: dict[str, Range] = {
+    "refine_iters": (lambda v: v >= 0, ">= 0"),
+    "refine_seconds": (lambda v: v > 0, "> 0"),
+}
+BUDGET = ("refine_iters", "refine_seconds")
 
 
 def add(group: argparse._ActionsContainer) -> None:
@@ -35,3 +42,19 @@ def add(group: argparse._ActionsContainer) -> None:
         help=f"a safety cap of S seconds of refinement for the whole model "
         f"(default {RefineOptions.max_seconds:g}); the summary says when it binds",
     )
+
+
+def validate(args: argparse.Namespace) -> None:
+    """No combination to check: the budget's ranges are all."""
+
+
+def unused_by_refinement(args: argparse.Namespace, context: Context) -> list[Unused]:
+    """The budget with --no-refine or a method that is not refined; all three without
+    --calib, which refining needs."""
+    if args.no_refine:
+        return [(dest, "with --no-refine") for dest in BUDGET]
+    if not context.spec.build(0.0, MethodSettings()).refined_by_default:
+        return [(dest, f"with --method {context.method}, which is not refined") for dest in BUDGET]
+    if not context.calib:
+        return [(dest, "without --calib: refining needs data") for dest in (*BUDGET, "no_refine")]
+    return []

@@ -4,13 +4,30 @@ for, its time limit and validation rows, and --sweep with its --plot."""
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
-from onnx_lump.search.sweeps import plot_path
+from onnx_lump.cli.args import lumping
+from onnx_lump.cli.checks import KNOB_RANGES, KNOBS, ONLY_THE_TABLE, Context, Range, Unused
+from onnx_lump.errors import LumpError
+from onnx_lump.search.sweeps import parse_knobs, plot_path
 
-__all__ = ["TITLE", "add"]
+__all__ = [
+    "RANGES",
+    "TITLE",
+    "add",
+    "is_searching",
+    "unused_by_data",
+    "unused_by_sweep",
+    "validate",
+]
 
 TITLE = "automatic choice of the knob (eps, sparsity or 1-tau)"
+RANGES: dict[str, Range] = {
+    "max_error": (lambda v: v >= 0, ">= 0"),
+    "target_params": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "time_limit": (lambda v: v > 0, "> 0"),
+}
 
 
 def add(group: argparse._ActionsContainer) -> None:
@@ -53,3 +70,45 @@ def add(group: argparse._ActionsContainer) -> None:
         metavar="FILE.png",
         help="with --sweep, also draw the size/error curve to this picture (needs matplotlib)",
     )
+
+
+def is_searching(args: argparse.Namespace) -> bool:
+    """A target to search for (--target-params, --max-error) or a --sweep: the run, not
+    the user, chooses the knob."""
+    return args.sweep is not None or args.target_params is not None or args.max_error is not None
+
+
+def validate(args: argparse.Namespace) -> None:
+    """--sweep lists valid values of the method's knob, each one the lumping takes, and
+    OUT is a table."""
+    if args.sweep is None:
+        return
+    knobs = parse_knobs(args.sweep)
+    if not knobs:
+        raise LumpError(
+            f"--sweep '{args.sweep}' lists no values; give 'a,b,c' or 'start:stop:step'"
+        )
+    knob_name = KNOBS[args.method][0]
+    test, wanted = KNOB_RANGES[knob_name]
+    for knob in knobs:
+        if not math.isfinite(knob) or not test(knob):
+            raise LumpError(f"--sweep value {knob:g} is not a valid {knob_name} ({wanted})")
+    if args.output.suffix.lower() not in (".csv", ".json"):
+        raise LumpError(
+            f"with --sweep, OUT is the table: give a .csv or .json path, not '{args.output}'"
+        )
+    lumping.check_eps(args, "--sweep value", knobs)
+
+
+def unused_by_sweep(args: argparse.Namespace, context: Context) -> list[Unused]:
+    """The targets with --sweep, which writes only the table; --plot without it."""
+    if context.sweep:
+        return [(dest, ONLY_THE_TABLE) for dest in ("target_params", "max_error")]
+    return [("plot", "without --sweep (it draws the sweep's curve)")]
+
+
+def unused_by_data(args: argparse.Namespace, context: Context) -> list[Unused]:
+    """--val without --calib or a search: nothing is held out or chosen on it."""
+    if context.calib or context.searching:
+        return []
+    return [("val", "without --calib or a search")]

@@ -6,9 +6,17 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["TITLE", "add"]
+from onnx_lump.cli.checks import ONLY_THE_TABLE, Context, Range, Unused
+from onnx_lump.errors import LumpError
+
+__all__ = ["RANGES", "TITLE", "add", "unused_by_data", "unused_by_sweep", "validate"]
 
 TITLE = "data and verification"  # shared with data.py: one section of --help
+RANGES: dict[str, Range] = {
+    "atol": (lambda v: v >= 0, ">= 0"),
+    "rtol": (lambda v: v >= 0, ">= 0"),
+    "check": (lambda v: v >= 1, ">= 1"),
+}
 
 
 def add(group: argparse._ActionsContainer) -> None:
@@ -44,3 +52,28 @@ def add(group: argparse._ActionsContainer) -> None:
     group.add_argument(
         "--rtol", type=float, help="fail and write nothing if max rel error exceeds this"
     )
+
+
+def validate(args: argparse.Namespace) -> None:
+    """The tolerances need the check; --providers lists at least one provider."""
+    if args.no_verify and (args.atol is not None or args.rtol is not None):
+        raise LumpError("--atol/--rtol need the check that --no-verify skips; drop one of them")
+    if not [p for p in args.providers.split(",") if p.strip()]:
+        raise LumpError("--providers lists no execution provider; give e.g. cpu or cuda")
+
+
+def unused_by_sweep(args: argparse.Namespace, context: Context) -> list[Unused]:
+    """The check and its tolerances with --sweep, which writes only the table."""
+    if not context.sweep:
+        return []
+    return [(dest, ONLY_THE_TABLE) for dest in ("atol", "rtol", "no_verify")]
+
+
+def unused_by_data(args: argparse.Namespace, context: Context) -> list[Unused]:
+    """The random check's options with --calib, whose held-out rows it runs on."""
+    if not context.calib:
+        return []
+    return [
+        ("check", "with --calib: the check runs on held-out calibration rows"),
+        ("input_shape", "with --calib: shapes come from the data"),
+    ]
