@@ -6,7 +6,9 @@ them. Each group module declares (:class:`FlagGroup`):
 - ``RANGES``, the range of each of its numeric options, and ``validate(args)``, the
   combinations it refuses;
 - its no-effect rules, ``unused_by_*(args, context)``: which of its options this run
-  would ignore, and why.
+  would ignore, and why;
+- ``to_options(args)``, its parsed values as a frozen dataclass (the library's own
+  option objects inside where they fit: ``LumpOptions``, ``RefineOptions``).
 
 :func:`validate` runs them all before any work. A new option is lines in its group's
 module (and a line in :data:`NO_EFFECT` only for a new kind of no-effect rule)."""
@@ -47,6 +49,8 @@ class FlagGroup(Protocol):
     def add(self, group: argparse._ActionsContainer) -> None: ...
 
     def validate(self, args: argparse.Namespace) -> None: ...
+
+    def to_options(self, args: argparse.Namespace) -> object: ...
 
 
 # The groups in the order of --help (and of the usage line and the checks).

@@ -4,6 +4,7 @@ held out of them, the error metric, the padding mask and sequential fitting."""
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
 from onnx_lump.cli.checks import Context, Range, Unused
@@ -11,7 +12,7 @@ from onnx_lump.data.calibration import AUTO_MASK_INPUT
 from onnx_lump.data.holdout import DEFAULT_HOLDOUT
 from onnx_lump.types import METRICS, RMSE
 
-__all__ = ["RANGES", "TITLE", "add", "unused_by_data", "validate"]
+__all__ = ["RANGES", "TITLE", "DataArgs", "add", "to_options", "unused_by_data", "validate"]
 
 TITLE = "data and verification"  # shared with verify.py: one section of --help
 RANGES: dict[str, Range] = {
@@ -19,6 +20,19 @@ RANGES: dict[str, Range] = {
     "seed": (lambda v: v >= 0, ">= 0"),
 }
 SPLIT = ("holdout", "seed")
+
+
+@dataclass(frozen=True)
+class DataArgs:
+    """The calibration file, the share held out of its rows and the split's seed, the
+    error metric, the padding mask input (None: none) and sequential fitting."""
+
+    calib: Path | None = None
+    holdout: float = DEFAULT_HOLDOUT
+    seed: int = 0
+    metric: str = RMSE
+    mask_input: str | None = AUTO_MASK_INPUT
+    sequential: bool = False
 
 
 def add(group: argparse._ActionsContainer) -> None:
@@ -81,3 +95,8 @@ def unused_by_data(args: argparse.Namespace, context: Context) -> list[Unused]:
         unused.append(("metric", "without --calib or --val: no error is measured"))
     unused += [(dest, "without --calib (it splits the calibration rows)") for dest in SPLIT]
     return unused
+
+
+def to_options(args: argparse.Namespace) -> DataArgs:
+    mask = None if args.mask_input.lower() == "none" else args.mask_input
+    return DataArgs(args.calib, args.holdout, args.seed, args.metric, mask, args.sequential)

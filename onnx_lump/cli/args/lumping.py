@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from onnx_lump.cli.checks import ONLY_THE_TABLE, Context, Range, Unused, knob_chosen
@@ -17,8 +18,10 @@ from onnx_lump.ode.partition import Equivalence, Similarity
 __all__ = [
     "RANGES",
     "TITLE",
+    "LumpingArgs",
     "add",
     "check_eps",
+    "to_options",
     "unused_by_method",
     "unused_by_sweep",
     "unused_in_search",
@@ -33,6 +36,16 @@ RANGES: dict[str, Range] = {
 # The options only a lumping method reads, and those only its refit on --calib data reads.
 LUMPING_ONLY = ("eps", "equivalence", "linkage", "similarity", "no_symmetries", "reduction")
 REFIT_ONLY = ("no_refit", "ridge", "force_refit")
+
+
+@dataclass(frozen=True)
+class LumpingArgs:
+    """eps (the knob, where no search chooses it), every other lumping option as the
+    library takes them, and where to dump the ODE encoding."""
+
+    eps: float = 0.0
+    options: LumpOptions = field(default_factory=LumpOptions)
+    dump_ode: Path | None = None
 
 
 def add(group: argparse._ActionsContainer) -> None:
@@ -152,3 +165,17 @@ def unused_in_search(args: argparse.Namespace, context: Context) -> list[Unused]
 def unused_by_sweep(args: argparse.Namespace, context: Context) -> list[Unused]:
     """--dump-ode with --sweep, which writes no model."""
     return [("dump_ode", ONLY_THE_TABLE)] if context.sweep else []
+
+
+def to_options(args: argparse.Namespace) -> LumpingArgs:
+    options = LumpOptions(
+        equivalence=args.equivalence,
+        linkage=args.linkage,
+        symmetries=not args.no_symmetries,
+        similarity=args.similarity,
+        refit=not args.no_refit,
+        ridge=args.ridge,
+        reduction=args.reduction,
+        force_refit=args.force_refit,
+    )
+    return LumpingArgs(args.eps, options, args.dump_ode)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
 from onnx_lump.cli.args import search
@@ -10,11 +11,20 @@ from onnx_lump.cli.checks import Range
 from onnx_lump.errors import LumpError
 from onnx_lump.methods import registry
 
-__all__ = ["METHODS", "RANGES", "TITLE", "add", "validate"]
+__all__ = ["METHODS", "RANGES", "TITLE", "ModelArgs", "add", "to_options", "validate"]
 
 TITLE = "models"
 METHODS = tuple(registry.METHODS)
 RANGES: dict[str, Range] = {}
+
+
+@dataclass(frozen=True)
+class ModelArgs:
+    """The model read, the file written (the table, with --sweep) and the method's name."""
+
+    input: Path
+    output: Path
+    method: str = "lump"
 
 
 def add(group: argparse._ActionsContainer) -> None:
@@ -35,3 +45,7 @@ def validate(args: argparse.Namespace) -> None:
     which are the knob's)."""
     if search.is_searching(args) and args.method == "exact":
         raise LumpError("method 'exact' has no knob to sweep or search")
+
+
+def to_options(args: argparse.Namespace) -> ModelArgs:
+    return ModelArgs(args.input, args.output, args.method)

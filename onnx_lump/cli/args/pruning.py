@@ -4,11 +4,21 @@ lumping (magnitude, wanda and ec pruning; linear folding)."""
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 
 from onnx_lump.cli.checks import Context, Range, Unused, knob_chosen
 from onnx_lump.methods import Scope
 
-__all__ = ["RANGES", "TITLE", "add", "unused_by_method", "unused_in_search", "validate"]
+__all__ = [
+    "RANGES",
+    "TITLE",
+    "PruningArgs",
+    "add",
+    "to_options",
+    "unused_by_method",
+    "unused_in_search",
+    "validate",
+]
 
 TITLE = "pruning and linear folding"
 RANGES: dict[str, Range] = {
@@ -21,6 +31,16 @@ READ_BY = {
     "scope": "magnitude and ec only",
     "tau": "linear folding only",
 }
+
+
+@dataclass(frozen=True)
+class PruningArgs:
+    """The pruning methods' sparsity (their knob) and scope (None: each method's own),
+    and linear folding's tau."""
+
+    sparsity: float = 0.5
+    scope: Scope | None = None
+    tau: float = 1.0
 
 
 def add(group: argparse._ActionsContainer) -> None:
@@ -58,3 +78,8 @@ def unused_by_method(args: argparse.Namespace, context: Context) -> list[Unused]
 def unused_in_search(args: argparse.Namespace, context: Context) -> list[Unused]:
     """--sparsity or --tau when a search or sweep chooses it."""
     return [*knob_chosen(context, "sparsity"), *knob_chosen(context, "tau")]
+
+
+def to_options(args: argparse.Namespace) -> PruningArgs:
+    scope = Scope(args.scope) if args.scope else None
+    return PruningArgs(args.sparsity, scope, args.tau)

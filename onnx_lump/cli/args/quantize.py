@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 
 from onnx_lump.cli.checks import Range
 from onnx_lump.pipeline.quantize import QUANTIZE_SCHEMES
 
-__all__ = ["RANGES", "TITLE", "add", "validate"]
+__all__ = ["RANGES", "TITLE", "QuantizeArgs", "add", "to_options", "validate"]
 
 TITLE = "quantization"
 RANGES: dict[str, Range] = {}
+
+
+@dataclass(frozen=True)
+class QuantizeArgs:
+    """The scheme the written file is quantized with (None: not quantized)."""
+
+    scheme: str | None = None
 
 
 def add(group: argparse._ActionsContainer) -> None:
@@ -27,3 +35,7 @@ def add(group: argparse._ActionsContainer) -> None:
 
 def validate(args: argparse.Namespace) -> None:
     """No combination to check."""
+
+
+def to_options(args: argparse.Namespace) -> QuantizeArgs:
+    return QuantizeArgs(args.quantize)

@@ -4,12 +4,13 @@ outputs, and the budget it is refined within."""
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass, field
 
 from onnx_lump.cli.checks import Context, Range, Unused
 from onnx_lump.data.refine import RefineOptions
 from onnx_lump.methods.registry import MethodSettings
 
-__all__ = ["RANGES", "TITLE", "add", "unused_by_refinement", "validate"]
+__all__ = ["RANGES", "TITLE", "RefineArgs", "add", "to_options", "unused_by_refinement", "validate"]
 
 TITLE = "refinement (with --calib: on by default for every structured method but exact)"
 RANGES: dict[str, Range] = {
@@ -17,6 +18,15 @@ RANGES: dict[str, Range] = {
     "refine_seconds": (lambda v: v > 0, "> 0"),
 }
 BUDGET = ("refine_iters", "refine_seconds")
+
+
+@dataclass(frozen=True)
+class RefineArgs:
+    """Whether to refine where the pipeline refines by default (False: --no-refine), and
+    the budget: --refine-iters and --refine-seconds (the rest as the library's default)."""
+
+    enabled: bool = True
+    budget: RefineOptions = field(default_factory=RefineOptions)
 
 
 def add(group: argparse._ActionsContainer) -> None:
@@ -58,3 +68,10 @@ def unused_by_refinement(args: argparse.Namespace, context: Context) -> list[Unu
     if not context.calib:
         return [(dest, "without --calib: refining needs data") for dest in (*BUDGET, "no_refine")]
     return []
+
+
+def to_options(args: argparse.Namespace) -> RefineArgs:
+    """The group's values (after :func:`~onnx_lump.cli.args.validate`: RefineOptions
+    refuses a budget out of range with its own words)."""
+    budget = RefineOptions(max_iters=args.refine_iters, max_seconds=args.refine_seconds)
+    return RefineArgs(not args.no_refine, budget)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 from onnx_lump.cli.args import lumping
@@ -15,8 +16,10 @@ from onnx_lump.search.sweeps import parse_knobs, plot_path
 __all__ = [
     "RANGES",
     "TITLE",
+    "SearchArgs",
     "add",
     "is_searching",
+    "to_options",
     "unused_by_data",
     "unused_by_sweep",
     "validate",
@@ -28,6 +31,27 @@ RANGES: dict[str, Range] = {
     "target_params": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "time_limit": (lambda v: v > 0, "> 0"),
 }
+
+
+@dataclass(frozen=True)
+class SearchArgs:
+    """What the knob is chosen for: a parameter share (``target_params``) or an error
+    budget (``max_error``), within ``time_limit`` seconds, measured on ``val`` rows where
+    given; or a ``sweep`` of knob values, drawn to ``plot``."""
+
+    target_params: float | None = None
+    max_error: float | None = None
+    time_limit: float | None = None
+    val: Path | None = None
+    sweep: str | None = None
+    plot: Path | None = None
+
+    @property
+    def searching(self) -> bool:
+        """A target to search for, or a sweep: the run, not the user, sets the knob."""
+        return (
+            self.sweep is not None or self.target_params is not None or self.max_error is not None
+        )
 
 
 def add(group: argparse._ActionsContainer) -> None:
@@ -75,7 +99,7 @@ def add(group: argparse._ActionsContainer) -> None:
 def is_searching(args: argparse.Namespace) -> bool:
     """A target to search for (--target-params, --max-error) or a --sweep: the run, not
     the user, chooses the knob."""
-    return args.sweep is not None or args.target_params is not None or args.max_error is not None
+    return to_options(args).searching
 
 
 def validate(args: argparse.Namespace) -> None:
@@ -112,3 +136,9 @@ def unused_by_data(args: argparse.Namespace, context: Context) -> list[Unused]:
     if context.calib or context.searching:
         return []
     return [("val", "without --calib or a search")]
+
+
+def to_options(args: argparse.Namespace) -> SearchArgs:
+    return SearchArgs(
+        args.target_params, args.max_error, args.time_limit, args.val, args.sweep, args.plot
+    )

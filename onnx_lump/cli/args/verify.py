@@ -5,11 +5,22 @@ tolerances it is judged by."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
-from onnx_lump.cli.checks import ONLY_THE_TABLE, Context, Range, Unused
+from onnx_lump.cli.checks import ONLY_THE_TABLE, Context, Range, Unused, parse_shapes
 from onnx_lump.errors import LumpError
 
-__all__ = ["RANGES", "TITLE", "add", "unused_by_data", "unused_by_sweep", "validate"]
+__all__ = [
+    "RANGES",
+    "TITLE",
+    "VerifyArgs",
+    "add",
+    "to_options",
+    "unused_by_data",
+    "unused_by_sweep",
+    "validate",
+]
 
 TITLE = "data and verification"  # shared with data.py: one section of --help
 RANGES: dict[str, Range] = {
@@ -17,6 +28,20 @@ RANGES: dict[str, Range] = {
     "rtol": (lambda v: v >= 0, ">= 0"),
     "check": (lambda v: v >= 1, ">= 1"),
 }
+
+
+@dataclass(frozen=True)
+class VerifyArgs:
+    """How the written file is run against the original: whether at all (``verify``),
+    on ``n_check`` random inputs of ``input_shapes`` where no --calib is given, on which
+    onnxruntime ``providers``, and the tolerances it must meet."""
+
+    n_check: int = 64
+    input_shapes: Mapping[str, Sequence[int]] = field(default_factory=dict)
+    providers: tuple[str, ...] = ("cpu",)
+    verify: bool = True
+    atol: float | None = None
+    rtol: float | None = None
 
 
 def add(group: argparse._ActionsContainer) -> None:
@@ -77,3 +102,17 @@ def unused_by_data(args: argparse.Namespace, context: Context) -> list[Unused]:
         ("check", "with --calib: the check runs on held-out calibration rows"),
         ("input_shape", "with --calib: shapes come from the data"),
     ]
+
+
+def to_options(args: argparse.Namespace) -> VerifyArgs:
+    """The group's values; a malformed --input-shape raises (the command line parses
+    them after the model's pre-flight checks, which refuse one first)."""
+    providers = tuple(p.strip() for p in args.providers.split(",") if p.strip())
+    return VerifyArgs(
+        args.check,
+        parse_shapes(args.input_shape),
+        providers,
+        not args.no_verify,
+        args.atol,
+        args.rtol,
+    )
