@@ -23,23 +23,27 @@ examples:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import signal
 import sys
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 from onnx_lump.api import compress
-from onnx_lump.cli.checks import (
-    KNOB_OPTIONS,
-    KNOBS,
-    LUMPING_METHODS,
-    is_searching,
-    parse_shapes,
-    preflight,
-    validate,
-)
+from onnx_lump.cli.args import data as data_args
+from onnx_lump.cli.args import lumping as lumping_args
+from onnx_lump.cli.args import pruning as pruning_args
+from onnx_lump.cli.args import refine as refine_args
+from onnx_lump.cli.args import search as search_args
+from onnx_lump.cli.args import validate
+from onnx_lump.cli.args import verify as verify_args
+from onnx_lump.cli.args.data import DataArgs
+from onnx_lump.cli.args.search import SearchArgs, is_searching
+from onnx_lump.cli.args.verify import VerifyArgs
+from onnx_lump.cli.checks import KNOB_OPTIONS, KNOBS, LUMPING_METHODS, preflight
 from onnx_lump.cli.console import (
     SIGPIPE,
     Stopped,
@@ -68,8 +72,7 @@ from onnx_lump.errors import (
 from onnx_lump.graph.inventory import comparison_table
 from onnx_lump.graph.io.load import load_model
 from onnx_lump.graph.io.paths import check_paths
-from onnx_lump.methods import Method, Scope, registry
-from onnx_lump.methods.lumping import LumpOptions
+from onnx_lump.methods import Method, registry
 from onnx_lump.pipeline.compress import default_refine
 from onnx_lump.pipeline.report import Report
 from onnx_lump.pipeline.write import FileChecks, Reference, write_checked
@@ -169,18 +172,9 @@ def build_method(name: str, knob: float, args: argparse.Namespace) -> Method:
 
 def method_settings(args: argparse.Namespace) -> registry.MethodSettings:
     """The method options of a command line (all but the knob)."""
-    lumping = LumpOptions(
-        equivalence=args.equivalence,
-        linkage=args.linkage,
-        symmetries=not args.no_symmetries,
-        similarity=args.similarity,
-        refit=not args.no_refit,
-        ridge=args.ridge,
-        reduction=args.reduction,
-        force_refit=args.force_refit,
-    )
-    scope = Scope(args.scope) if args.scope else None
-    return registry.MethodSettings(lumping, scope, args.tau, with_data=bool(args.calib))
+    lumping = lumping_args.to_options(args).options
+    pruning = pruning_args.to_options(args)
+    return registry.MethodSettings(lumping, pruning.scope, pruning.tau, with_data=bool(args.calib))
 
 
 def _initial_knob(args: argparse.Namespace) -> float:
@@ -218,22 +212,26 @@ def _run_parsed(args: argparse.Namespace, display: RunProgress) -> int:
             load_inputs(args.calib, loaded.model), loaded.model, str(args.calib)
         )
     preflight(args, loaded.model)
-    providers = [p.strip() for p in args.providers.split(",") if p.strip()]
+    # the groups' values; --input-shape parsed after the pre-flight checks, which refuse
+    # a malformed one first
+    data, search = data_args.to_options(args), search_args.to_options(args)
+    verification = verify_args.to_options(args)
+    providers = list(verification.providers)
     knob_name, limit = KNOBS.get(args.method, ("", None))
 
     validation, targets = None, None
-    if args.val is not None:
-        stage(f"reading the validation rows {args.val}")
-        validation, targets = load_inputs(args.val, loaded.model, with_targets=True)
+    if search.val is not None:
+        stage(f"reading the validation rows {search.val}")
+        validation, targets = load_inputs(search.val, loaded.model, with_targets=True)
     # Half of the held-out share is set aside as audit rows that nothing chooses on: the
     # error printed and judged is measured there (see data.holdout).
-    audit, holdout_share = None, args.holdout
-    if calibration is not None and validation is None and not args.sweep:
-        audit = carve_audit(calibration, args.holdout, args.seed)
+    audit, holdout_share = None, data.holdout
+    if calibration is not None and validation is None and not search.sweep:
+        audit = carve_audit(calibration, data.holdout, data.seed)
         if audit is not None:
             calibration, holdout_share = audit.rest, audit.rest_share
         few = audit is None or audit.n_audit < FEW_AUDIT_ROWS
-        if args.max_error is not None and few and not args.quiet:
+        if search.max_error is not None and few and not args.quiet:
             rows = len(next(iter(calibration.values()))) + (audit.n_audit if audit else 0)
             print_line(
                 f"warning: {rows} calibration rows leave "
@@ -241,52 +239,51 @@ def _run_parsed(args: argparse.Namespace, display: RunProgress) -> int:
                 f"fewer than {FEW_AUDIT_ROWS} a few rows decide whether the budget holds on "
                 "new inputs (README: Calibration inputs, split); give more rows or --val"
             )
-    shapes = parse_shapes(args.input_shape)
-    verify_options = {
+    verify_options: dict[str, Any] = {
         "verify": False,  # the written file is verified below, not the model in memory
         "measure_holdout": False,  # and its held-out error measured there
-        "n_check": args.check,
-        "input_shapes": shapes,
-        "atol": args.atol,
-        "rtol": args.rtol,
+        "n_check": verification.n_check,
+        "input_shapes": verification.input_shapes,
+        "atol": verification.atol,
+        "rtol": verification.rtol,
     }
     # the input file's outputs, run once on each set of rows compared (audit, held-out)
     reference = Reference(args.input, resolve_providers(providers))
-    if is_searching(args):
+    if search.searching:
         evaluate = _evaluator(
             args, loaded.model, calibration, validation, targets, providers, holdout_share
         )
-        if args.sweep:
-            knobs = parse_knobs(args.sweep)
+        if search.sweep:
+            knobs = parse_knobs(search.sweep)
             evaluate.label = f"sweep ({len(knobs)} knobs)"
             points = sweep(evaluate, knobs)
             display.pause()
             if evaluate.timed_out:
                 print(
-                    f"sweep: time limit of {args.time_limit:g} s reached after "
+                    f"sweep: time limit of {search.time_limit:g} s reached after "
                     f"{len(points)} of {len(knobs)} points"
                 )
             write_table(points, args.output, knob_name)
-            if args.plot is not None:
+            if search.plot is not None:
                 plot_sweep(
                     points,
-                    args.plot,
+                    search.plot,
                     knob_name,
                     f"{args.method} (labels: {knob_name})",
-                    args.metric,
+                    data.metric,
                 )
             print(f"DONE | {len(points)} points of {args.method} | wrote {args.output}")
             return EXIT_OK
-        budget = args.max_error
+        budget = search.max_error
         for attempt in range(AUDIT_RETRIES + 1):
             knob, point, met = bisect(
-                evaluate, _knob_limit(args, limit), args.target_params, budget
+                evaluate, _knob_limit(args, limit), search.target_params, budget
             )
-            target_line = _target_line(knob_name, point, met, args, budget)
+            target_line = _target_line(knob_name, point, met, args, search, budget)
             display.pause()
             if evaluate.timed_out and not args.quiet:
                 print(
-                    f"search: time limit of {args.time_limit:g} s reached after "
+                    f"search: time limit of {search.time_limit:g} s reached after "
                     f"{len(evaluate.cache)} steps: the best point so far follows"
                 )
             if not args.quiet:
@@ -295,19 +292,19 @@ def _run_parsed(args: argparse.Namespace, display: RunProgress) -> int:
                 print(f"FAILED | {target_line} | nothing written")
                 return EXIT_NOT_MET
             reduced, report = evaluate.finish(knob, **verify_options)
-            if audit is None or args.max_error is None:
+            if audit is None or search.max_error is None:
                 break
             stage(f"measuring the chosen network on the {audit.n_audit} audit rows")
             audited = reference.error(
-                reduced, audit.audit, _file_checks(args, audit, shapes), args.quantize
+                reduced, audit.audit, _file_checks(data, verification, audit), args.quantize
             )
             display.pause()
-            if audited <= args.max_error:
+            if audited <= search.max_error:
                 break
             found = (
                 f"error {_err(audited, args)} on the {audit.n_audit} audit rows, over the "
-                f"{_err(args.max_error, args)} asked for, at {_err(point.error, args)} on the "
-                "rows the search chose on"
+                f"{_err(search.max_error, args)} asked for, at {_err(point.error, args)} on "
+                "the rows the search chose on"
             )
             if attempt == AUDIT_RETRIES:
                 rows = audit.n_audit + len(next(iter(audit.rest.values())))
@@ -324,7 +321,7 @@ def _run_parsed(args: argparse.Namespace, display: RunProgress) -> int:
             # leaves no point at all (Tanh demo, span: 4.64% -> 3.71% under int8's 3.81%).
             floor = evaluate(0.0)[2].error if args.quantize is not None else 0.0
             floor = min(floor, point.error) if math.isfinite(floor) else 0.0
-            factor = min(AUDIT_TIGHTEN, max(args.max_error / audited, 0.25))
+            factor = min(AUDIT_TIGHTEN, max(search.max_error / audited, 0.25))
             budget = floor + (point.error - floor) * factor
             if not args.quiet:
                 print(f"search: {found}; searching again within {_err(budget, args)}")
@@ -341,7 +338,7 @@ def _run_parsed(args: argparse.Namespace, display: RunProgress) -> int:
     # With --quantize the staged file is quantized in place first (the pass's own file
     # measured before), so what is checked, measured and written is the quantized file.
     stage(f"writing and checking the network ({args.output.name}, staged beside it)")
-    checks = _file_checks(args, audit, shapes)
+    checks = _file_checks(data, verification, audit)
     with write_checked(
         reduced,
         args.output,
@@ -384,19 +381,19 @@ def _err(value: float, args: argparse.Namespace) -> str:
     return format_error(value, args.metric)
 
 
-def _file_checks(args: argparse.Namespace, audit, shapes) -> FileChecks:
+def _file_checks(data: DataArgs, verification: VerifyArgs, audit) -> FileChecks:
     """How the written file is measured: on the audit rows where some were set aside,
     verified there (else on the held-out rows, else seeded random inputs) unless
     --no-verify."""
     return FileChecks(
-        metric=args.metric,
-        mask_input=_data_options(args)["mask_input"],
+        metric=data.metric,
+        mask_input=data.mask_input,
         audit=audit,
-        verify=not args.no_verify,
-        n_check=args.check,
-        input_shapes=shapes,
-        atol=args.atol,
-        rtol=args.rtol,
+        verify=verification.verify,
+        n_check=verification.n_check,
+        input_shapes=verification.input_shapes,
+        atol=verification.atol,
+        rtol=verification.rtol,
     )
 
 
@@ -416,17 +413,14 @@ def _quantized_over_budget(report: Report, args: argparse.Namespace) -> str | No
 
 def _refine_option(args: argparse.Namespace) -> RefineOptions | bool | None:
     """False with --no-refine; else the budget (compress turns it on where it applies)."""
-    if args.no_refine:
+    refine = refine_args.to_options(args)
+    if not refine.enabled:
         return False
-    seconds = args.refine_seconds
+    seconds = refine.budget.max_seconds
     deadline = getattr(args, "deadline", None)
     if deadline is not None and not is_searching(args):  # a search caps its own
         seconds = min(seconds, max(deadline - time.monotonic(), FINAL_REFINE_FLOOR_SECONDS))
-    options = RefineOptions(
-        max_iters=args.refine_iters,
-        max_seconds=seconds,
-        progress=not args.quiet,
-    )
+    options = dataclasses.replace(refine.budget, max_seconds=seconds, progress=not args.quiet)
     # the budget where the pipeline refines by default; None (nothing) elsewhere
     return default_refine(build_method(args.method, 0.0, args), args.calib is not None, options)
 
@@ -458,31 +452,31 @@ def _evaluator(
 
 def _step_options(args: argparse.Namespace, validation, targets, providers, holdout) -> dict:
     """What a compression with the command line's options is given besides the model,
-    the method and the calibration rows, alike for one compression and a search."""
+    the method and the calibration rows, alike for one compression and a search: the
+    rows held out (``holdout``, the share left after the audit rows) or ``validation``,
+    the refinement budget, and how the rows are read and the error measured."""
+    data = data_args.to_options(args)
     return {
         "validation": validation,
         "validation_targets": targets,
         "holdout": holdout,
-        "seed": args.seed,
+        "seed": data.seed,
         "refine": _refine_option(args),
         "providers": providers,
-        "metric": args.metric,
-        **_data_options(args),
+        "metric": data.metric,
+        "mask_input": data.mask_input,
+        "sequential": data.sequential,
     }
 
 
-def _data_options(args: argparse.Namespace) -> dict:
-    """How the calibration rows are read: the padding mask and sequential fitting."""
-    mask = None if args.mask_input.lower() == "none" else args.mask_input
-    return {"mask_input": mask, "sequential": args.sequential}
-
-
-def _target_line(knob_name: str, point, met: bool, args, budget: float | None) -> str:
+def _target_line(
+    knob_name: str, point, met: bool, args, search: SearchArgs, budget: float | None
+) -> str:
     """The search's outcome; ``budget`` is the error budget searched within (below
     --max-error when the audit rows asked for a search again)."""
     wanted = []
-    if args.target_params is not None:
-        wanted.append(f"params <= {100 * args.target_params:g}%")
+    if search.target_params is not None:
+        wanted.append(f"params <= {100 * search.target_params:g}%")
     if budget is not None:
         wanted.append(f"{_metric_name(args)} <= {_budget(budget, args)}")
     status = "met" if met else "NOT met"
