@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 from hypothesis import HealthCheck, settings
 
-# Property tests (tests/test_properties.py): "ci", the default, is derandomised so every run
+# Property tests (tests/e2e/test_properties.py): "ci", the default, is derandomised so every run
 # draws the same examples; HYPOTHESIS_PROFILE=thorough draws 2000, at random.
 _HYPOTHESIS = dict(deadline=None, database=None, print_blob=True)
 _HYPOTHESIS["suppress_health_check"] = [HealthCheck.too_slow, HealthCheck.data_too_large]

@@ -10,7 +10,7 @@ true targets.
 With ``--readme`` it runs the command on both demo models (Tanh and Relu, budget 0.05)
 and the ``--quantize int8`` examples on the Tanh one, prints every figure the README
 quotes about them as the README writes it, and compares them with README.md (exit 1 on
-a difference); tests/test_readme_figures.py does the same,
+a difference); tests/e2e/test_readme_figures.py does the same,
 so the README's demo figures cannot drift from what the command does.
 
     python -m tools.check_demo [--model models/rn_tanh_2x64.onnx] [--budgets 0.01,0.05]

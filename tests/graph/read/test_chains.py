@@ -17,7 +17,7 @@ from onnx import helper, numpy_helper
 
 from onnx_lump import lump, scan_graph
 
-PATTERNS = Path(__file__).parent / "fixtures" / "patterns"
+PATTERNS = Path(__file__).parents[2] / "fixtures" / "patterns"  # tests/fixtures/patterns
 D = 6  # model width: input and output of every FFN
 
 

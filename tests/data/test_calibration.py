@@ -10,7 +10,7 @@
   an ONNX model, integer data for a float input, fractions or out-of-range ids for a
   token input, a CSV cell that is not a number; a pandas CSV's index column is left out.
 
-The fault cases follow tests/test_faults.py: exit 2, one ``error:`` line on stderr, no
+The fault cases follow tests/e2e/test_faults.py: exit 2, one ``error:`` line on stderr, no
 traceback, inputs byte-identical and nothing left behind.
 """
 

@@ -41,7 +41,7 @@ from onnx_lump import lump
 from onnx_lump.cli import main
 from onnx_lump.graph.io.save import save_model
 
-# Relative to the largest output, as tests/test_fixtures.py judges the fixtures.
+# Relative to the largest output, as tests/graph/read/test_fixtures.py judges the fixtures.
 TOLERANCE = {"float16": 4e-3, "float32": 1e-5, "float64": 1e-12}
 # Ops the pass reads that the generator cannot write yet, with the reason.
 NOT_GENERATED: dict[str, str] = {}

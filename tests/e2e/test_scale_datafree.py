@@ -32,7 +32,7 @@ from onnx_lump.ode.equivalence import compute_partition
 from onnx_lump.ode.partition import PartitionOptions
 from onnx_lump.ode.reduction import reduce_system
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"
 
 

@@ -85,7 +85,7 @@ def test_calibrated_target_params_through_the_cli(tmp_path):
             "0.5",
             "--report-json",
             str(report_path),
-            "--no-refine",  # refined: tests/test_gated_refine.py
+            "--no-refine",  # refined: tests/methods/test_gated_refine.py
             "-q",
         ]
     )

@@ -29,7 +29,7 @@ from onnx_lump.graph.io.serialize import INLINE_LIMIT
 from onnx_lump.graph.io.tensordata import file_size, stored_parameters
 from onnx_lump.pipeline.verify import compare_files
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def planted(widths=(16, 40, 24, 4), seed=11) -> onnx.ModelProto:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tools import speed_report
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _write(folder: Path, name: str, command: str, body: str) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 from conftest import MODELS
-from test_search_retry_hint import FOLLOW, WIDTH, FollowingEvaluator
+from test_retry_hint import FOLLOW, WIDTH, FollowingEvaluator
 
 from onnx_lump.methods import Lump
 from onnx_lump.methods.lumping import Reduction

@@ -222,7 +222,7 @@ class PlateauEvaluator(FakeEvaluator):
 def test_a_plateau_above_the_target_is_bisected_not_crept_along(target, monkeypatch):
     evaluate = PlateauEvaluator(target)
     monkeypatch.setattr(
-        "test_search_steps._widths", lambda knob, cliff: evaluate.width(knob), raising=True
+        "test_bisection._widths", lambda knob, cliff: evaluate.width(knob), raising=True
     )
     _, point, met = bisect(evaluate, None, target_params=target)
     # 13 steps at 30% when each interpolation off the plateau moved by its margin

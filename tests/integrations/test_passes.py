@@ -28,7 +28,7 @@ from onnx_lump.errors import LumpError
 from onnx_lump.integrations.onnx_ir import LumpPass
 from onnx_lump.methods import Magnitude, Scope
 
-TOOLS = Path(__file__).resolve().parent.parent / "tools"
+TOOLS = Path(__file__).resolve().parents[2] / "tools"
 FEEDS = {"x": np.random.default_rng(5).standard_normal((32, 4)).astype(np.float32)}
 
 

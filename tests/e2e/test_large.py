@@ -21,7 +21,7 @@ from tools.time_wide import (  # the tool measures the same
     measure_pass,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 BIG_ROWS = 69_000_000  # x 8 float32 = 2.2 GB: past protobuf's 2 GiB limit
 BIG_BYTES = BIG_ROWS * 8 * 4

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 from conftest import MODELS
-from test_search_steps import FakeEvaluator
+from test_bisection import FakeEvaluator
 
 from onnx_lump.cli import main
 from onnx_lump.search import Evaluator
