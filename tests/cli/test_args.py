@@ -51,7 +51,7 @@ from onnx_lump.methods.lumping import LumpOptions
 from onnx_lump.methods.registry import METHODS
 from onnx_lump.ode.partition import Similarity
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEMO = MODELS / "rn_tanh_2x64.onnx"
 PARSER_OWN = {"help", "version"}  # argparse's -h and the parser's --version
 
