@@ -8,6 +8,9 @@
   functions and under ``if TYPE_CHECKING:``, so a cycle cannot hide behind an
   annotations-only import either.
 - No ``_name`` in any module's ``__all__``.
+- No import runs up the layers: each module imports only from its own layer and the
+  layers below it (``LAYERS``, bottom up, as README's Layout and ARCHITECTURE.md draw
+  them); a new top-level module must take its place in ``LAYERS`` first.
 
 The detectors run on synthetic sources first (:func:`test_the_detectors_flag_what_they_look_for`),
 so a detector that finds nothing because it looks at nothing fails too.
@@ -26,6 +29,21 @@ PACKAGE = "onnx_lump"
 # Import cycles kept on purpose, each with its reason; none today. A cycle that is not
 # listed here fails the test, so no new one can appear unnoticed.
 KNOWN_CYCLES: list[frozenset[str]] = []
+
+# The package's layers, bottom up, by the first part of a module's name below the
+# package; the package's own __init__ (re-exports only) sits above them all.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("_version", "errors", "types", "progress", "activations"),
+    ("graph",),
+    ("runtime",),
+    ("ode",),
+    ("data",),
+    ("methods",),
+    ("pipeline",),
+    ("api",),
+    ("search", "integrations"),
+    ("cli", "__main__"),
+)
 
 
 @dataclass(frozen=True)
@@ -250,6 +268,58 @@ def test_the_detectors_flag_what_they_look_for():
         "setattr pkg.low._hidden",
     }
     assert len(private_uses(tests, modules)) == 2
+
+
+def layer_of(name: str, layers: tuple[tuple[str, ...], ...] = LAYERS) -> int | None:
+    """The index of ``name``'s layer; the package itself is above every layer, and a
+    module no layer names is None."""
+    parts = name.split(".")
+    if len(parts) == 1:
+        return len(layers)
+    return next((i for i, names in enumerate(layers) if parts[1] in names), None)
+
+
+def upward_imports(
+    edges: Mapping[str, set[str]], layers: tuple[tuple[str, ...], ...] = LAYERS
+) -> list[tuple[str, str]]:
+    """(importer, imported) for every import of a module in a higher layer, and
+    (module, "no layer") for a module no layer names."""
+    found = []
+    for name, targets in sorted(edges.items()):
+        own = layer_of(name, layers)
+        if own is None:
+            found.append((name, "no layer"))
+            continue
+        for target in sorted(targets):
+            theirs = layer_of(target, layers)
+            if theirs is not None and theirs > own:
+                found.append((name, target))
+    return found
+
+
+def test_the_layer_detector_flags_an_upward_import():
+    modules = parse_sources(
+        {
+            "pkg.__init__": "from pkg.high import run\n",
+            "pkg.low.__init__": "",
+            "pkg.low.a": "def f():\n    from pkg.high import run\n    return run\n",
+            "pkg.low.b": "from pkg import low\nfrom pkg.low import a\n",
+            "pkg.high": "from pkg.low import a\nrun = a.f\n",
+            "pkg.stray": "VALUE = 1\n",
+        }
+    )
+    layers = (("low",), ("high",))
+    assert upward_imports(import_edges(modules), layers) == [
+        ("pkg.low.a", "pkg.high"),
+        ("pkg.stray", "no layer"),
+    ]
+
+
+def test_no_import_runs_up_the_layers():
+    found = upward_imports(import_edges(_package()))
+    assert not found, "imports up the layers (see LAYERS):\n" + "\n".join(
+        f"  {importer} -> {imported}" for importer, imported in found
+    )
 
 
 def _package() -> dict[str, Module]:

@@ -10,17 +10,37 @@ and refit on.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, TypeVar
+from typing import Protocol, TypeVar
 
 import numpy as np
 
+from onnx_lump.data.cache import ChainCache
 from onnx_lump.data.calibration import forward_chain
 from onnx_lump.ode.encoding import OdeLayer, OdeSystem
 from onnx_lump.progress import stage
 from onnx_lump.types import ReducedLayer
 
-if TYPE_CHECKING:
-    from onnx_lump.methods.base import ChainProblem
+
+class ChainProblem(Protocol):
+    """What the reference rows read of a chain to compress
+    (:class:`onnx_lump.methods.base.ChainProblem` is one): typed here as a protocol, so
+    the data stage does not import the methods above it."""
+
+    @property
+    def system(self) -> OdeSystem: ...
+    @property
+    def calibration(self) -> np.ndarray | None: ...
+    @property
+    def holdout(self) -> np.ndarray | None: ...
+    @property
+    def cache(self) -> ChainCache | None: ...
+    @property
+    def original_calibration(self) -> np.ndarray | None: ...
+    @property
+    def original_holdout(self) -> np.ndarray | None: ...
+    @property
+    def weights(self) -> list[tuple[np.ndarray, np.ndarray]]: ...
+
 
 __all__ = [
     "ROW_CHUNK_ENTRIES",

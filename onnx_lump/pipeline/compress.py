@@ -35,6 +35,7 @@ from onnx_lump.methods.gated import (
     original_gated_output,
 )
 from onnx_lump.ode.encoding import OdeSystem
+from onnx_lump.pipeline.keep import keep_on_disk
 from onnx_lump.pipeline.prepare import Prepared, chain_encoding
 from onnx_lump.pipeline.report import LayerStats
 from onnx_lump.progress import stage
@@ -174,7 +175,7 @@ def compress_chains(
         out.weight_ranges += chain_weight_ranges(chain, result.layers, maxima)
         # One chain in memory at a time when the model lives on disk: what the report
         # keeps and what the rewrite writes go to disk, and the chain's arrays are dropped.
-        kept = (system, result) if spill is None else spill.keep(chain, system, result)
+        kept = (system, result) if spill is None else keep_on_disk(spill, chain, system, result)
         out.changed |= rewrite_chain(
             prepared.graph, chain, result.layers, result.shortcuts, spill, result.gate
         )

@@ -34,7 +34,7 @@ from onnx_lump.pipeline.verify import VerificationResult, compare_outputs
 from onnx_lump.runtime import run_model
 from onnx_lump.types import RMSE
 
-__all__ = ["FileChecks", "Reference", "Written", "write_checked"]
+__all__ = ["FileChecks", "Reference", "Written", "measure_written", "write_checked"]
 
 QUANTIZE_NOTE = (
     "int8 is lossy: the held-out error and the verification compare the int8 file with "
@@ -167,25 +167,47 @@ def write_checked(
                     None if measured.verification is None else measured.verification.max_abs
                 ),
             )
-        changes: dict = {
+        changes = {
+            **_measured_fields(report, measured, checks),
             "notes": notes,
             "quantization": quantization,
             "model_params_before": before.parameters + before.int8_parameters,
             "model_params_after": after.parameters + after.int8_parameters,
             "model_bytes_before": before.bytes,
             "model_bytes_after": after.bytes,
-            "verification": measured.verification,
         }
-        if measured.holdout_error is not None:
-            changes["holdout_error"] = measured.holdout_error
-        if checks.audit is not None and report.split is not None:
-            changes["chosen_on"] = (
-                f"the {report.split.n_holdout} held-out rows refinement and the search chose on"
-            )
-            changes["chosen_error"] = measured.chosen_error
-            changes["holdout"] = checks.audit.description
-            changes["holdout_rows"] = checks.audit.n_audit
         yield Written(staged, dataclasses.replace(report, **changes), before, after)
+
+
+def measure_written(
+    path: str | os.PathLike,
+    report: Report,
+    original: onnx.ModelProto,
+    reference: Reference,
+    checks: FileChecks,
+) -> Report:
+    """A new report with the held-out error and the verification of the model file at
+    ``path`` (written by someone else: an Olive pass's output), measured as
+    :func:`write_checked` measures its staged file."""
+    notes = list(report.notes)
+    feeds = _check_feeds(report, original, checks, notes)
+    measured = _measure(Path(path), report, reference, checks, feeds)
+    return dataclasses.replace(report, notes=notes, **_measured_fields(report, measured, checks))
+
+
+def _measured_fields(report: Report, measured: _Measured, checks: FileChecks) -> dict:
+    """The report's fields a measured file sets."""
+    fields: dict = {"verification": measured.verification}
+    if measured.holdout_error is not None:
+        fields["holdout_error"] = measured.holdout_error
+    if checks.audit is not None and report.split is not None:
+        fields["chosen_on"] = (
+            f"the {report.split.n_holdout} held-out rows refinement and the search chose on"
+        )
+        fields["chosen_error"] = measured.chosen_error
+        fields["holdout"] = checks.audit.description
+        fields["holdout_rows"] = checks.audit.n_audit
+    return fields
 
 
 def _check_feeds(

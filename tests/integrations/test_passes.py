@@ -309,6 +309,28 @@ def test_olive_pass_with_calibration_writes_external_data(tmp_path, monkeypatch,
     )
 
 
+def test_olive_pass_judges_the_file_it_wrote(tmp_path, monkeypatch):
+    """The tolerance is judged on the file Olive wrote, run by onnxruntime: missed, the
+    pass fails with the post-condition's error."""
+    monkeypatch.setenv("OLIVE_DISABLE_TELEMETRY", "1")
+    pytest.importorskip("olive", reason="Olive not installed (pip install onnx_lump[olive])")
+    from olive.hardware import DEFAULT_CPU_ACCELERATOR
+    from olive.model import ONNXModelHandler
+
+    from onnx_lump.integrations.olive import OnnxLump
+    from onnx_lump.integrations.onnx_ir import ToleranceExceeded
+
+    source = tmp_path / "model.onnx"
+    onnx.save_model(mlp(random_layers([4, 24, 16, 2], seed=4), ["Tanh", "Tanh"]), source)
+    config = OnnxLump.generate_config(
+        DEFAULT_CPU_ACCELERATOR, {"eps": 5.0, "atol": 1e-9}, disable_search=True
+    )
+    with pytest.raises(ToleranceExceeded, match="beyond the tolerance"):
+        OnnxLump(DEFAULT_CPU_ACCELERATOR, config).run(
+            ONNXModelHandler(model_path=str(source)), str(tmp_path / "out" / "small.onnx")
+        )
+
+
 def test_requires_names_calibration_inputs_the_graph_does_not_have():
     model = ir.from_proto(mlp(planted_layers(), ["Tanh", "Tanh"]))
     lump_pass = LumpPass(0.1, calibration={"not_x": FEEDS["x"]})

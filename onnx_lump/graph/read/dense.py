@@ -167,6 +167,13 @@ class DenseLayer:
             weight = weight * self.row_scale[:, None]
         return weight
 
+    @property
+    def held(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The (stored, float64) weight arrays this layer holds so far, without reading
+        either: the report keeps a weight by the map it came from where it is one of
+        them (see :mod:`onnx_lump.pipeline.keep`)."""
+        return self._stored, self._weight
+
     def stored_weight(self) -> np.ndarray:
         """An array equal to ``weight`` element for element, in the dtype the model stores
         it in where that loses nothing: the stored values themselves (memory-mapped when

@@ -8,9 +8,9 @@ the next chain is read, so the peak is one chain's weights, not the model:
   them as external data (an absolute location, which only onnx_lump reads:
   :func:`onnx_lump.graph.io.save.save_model` copies them into OUT's data file, and
   :mod:`onnx_lump.runtime` hands such a model to onnxruntime as a staged file);
-* what the Report keeps (the ChainResult weights, the ODE coefficients) is either a
-  read-only map of the input's own data file, or written to an array file and mapped
-  back: disk pages, not memory, until someone reads them.
+* arrays handed to :meth:`Spill.park` (what the Report keeps: the ChainResult weights,
+  the ODE coefficients; see :mod:`onnx_lump.pipeline.keep`) are written to an array file
+  and mapped back: disk pages, not memory, until someone reads them.
 
 Lifetimes: the tensor file lives until the process ends, since a ModelProto cannot say
 when it is dropped (on Linux it is unlinked at once and named through ``/proc/self/fd``,
@@ -21,7 +21,6 @@ mapped from it. Both go to the temporary folder (``TMPDIR``).
 from __future__ import annotations
 
 import atexit
-import dataclasses
 import os
 import shutil
 import tempfile
@@ -40,9 +39,6 @@ from onnx_lump.graph.io.tensordata import (
     release_pages,
     uses_external,
 )
-from onnx_lump.graph.read.dense import DenseChain, same_memory
-from onnx_lump.ode.encoding import OdeSystem
-from onnx_lump.types import ChainResult, ReducedLayer
 
 __all__ = [
     "MIN_MAPPED",
@@ -122,67 +118,12 @@ class Spill:
             out[index] = piece.view(array.dtype).reshape(array.shape)
         return out
 
-    def keep(
-        self, chain: DenseChain, system: OdeSystem, result: ChainResult
-    ) -> tuple[OdeSystem, ChainResult]:
-        """The system and result as the report keeps them: the same values, held on disk.
-        Call before the chain is rewritten (a weight rewritten in place is no longer the
-        input's data)."""
-        coefficients = []
-        for layer, ode_layer in zip(chain.layers, system.layers, strict=True):
-            own = ode_layer.made_from(layer._stored) or ode_layer.made_from(layer._weight)
-            view = layer.weight_view() if own else None  # one shared map per data file
-            coefficients.append(ode_layer.values if view is None else view)
-        missing = [i for i, c in enumerate(coefficients) if not isinstance(c, np.memmap)]
-        parked = self.park([coefficients[i] for i in missing])
-        for index, array in zip(missing, parked, strict=True):
-            coefficients[index] = array
-        system = dataclasses.replace(
-            system,
-            layers=tuple(
-                layer.held_as(c) for layer, c in zip(system.layers, coefficients, strict=True)
-            ),
-        )
-        # A layer the method left as it was is its stored weight, a map of the input's
-        # file: kept as a shared map of it, not copied (a wide chain whose layers all
-        # stay would otherwise be read whole into the array file, and into memory).
-        weights = [
-            _own_view(layer, new.weight) if isinstance(new, ReducedLayer) else None
-            for layer, new in zip(chain.layers, result.layers, strict=True)
-        ]
-        missing = [i for i, w in enumerate(weights) if w is None]
-        parked_weights = iter(self.park([result.layers[i].weight for i in missing]))
-        kept_weights = [w if w is not None else next(parked_weights) for w in weights]
-        shortcut_weights = self.park([s.weight for s in result.shortcuts])
-        result = dataclasses.replace(
-            result,
-            layers=[
-                dataclasses.replace(layer, weight=w) if isinstance(layer, ReducedLayer) else layer
-                for layer, w in zip(result.layers, kept_weights, strict=True)
-            ],
-            shortcuts=[
-                dataclasses.replace(s, weight=w)
-                for s, w in zip(result.shortcuts, shortcut_weights, strict=True)
-            ],
-            notes=list(result.notes),
-        )
-        return system, result
-
     def close(self) -> None:
         """Close the array file (the arrays mapped from it keep its pages)."""
         with self._lock:
             if self._arrays is not None:
                 self._arrays.close()
                 self._arrays = None
-
-
-def _own_view(layer, weight: np.ndarray) -> np.ndarray | None:
-    """A shared map of ``layer``'s stored weight when ``weight`` is that stored weight
-    itself (the same memory), else None."""
-    stored = layer._stored
-    if stored is None or not same_memory(weight, stored):
-        return None
-    return layer.weight_view()
 
 
 def _write_array(handle, array: np.ndarray) -> None:
