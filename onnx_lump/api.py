@@ -120,18 +120,16 @@ def compress(
     """
     model = to_model_proto(model)
     data = CalibrationOptions(holdout, seed, validation, validation_targets, mask_input, sequential)
-    written = out is not None
-    # Written, the file is what is measured and checked: not the model in memory too.
-    check = CheckOptions(
-        verify and not written, inputs, n_check, input_shapes, atol, rtol, measure_holdout
-    )
+    wanted = CheckOptions(verify, inputs, n_check, input_shapes, atol, rtol, measure_holdout)
+    # Written, the file is what is measured and checked, not the model in memory too.
+    in_memory = wanted if out is None else CheckOptions(verify=False, measure_holdout=False)
     reduced, report = run(
         model,
         method,
         calibration,
         data=data,
         refine=refine,
-        check=check,
+        check=in_memory,
         providers=providers,
         metric=metric,
         warm_start=warm_start,
@@ -139,17 +137,7 @@ def compress(
     )
     if out is None:
         return reduced, report
-    checks = FileChecks(
-        metric=metric,
-        mask_input=mask_input,
-        measure_holdout=measure_holdout,
-        verify=verify,
-        inputs=inputs,
-        n_check=n_check,
-        input_shapes=input_shapes,
-        atol=atol,
-        rtol=rtol,
-    )
+    checks = FileChecks.of(wanted, metric, mask_input)
     reference = Reference(model, resolve_providers(providers))
     with write_checked(reduced, out, report, model, reference, checks) as file:
         if not file.passed:

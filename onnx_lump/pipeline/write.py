@@ -28,6 +28,7 @@ from onnx_lump.errors import LumpError
 from onnx_lump.graph.inventory import Inventory, take_inventory
 from onnx_lump.graph.io.save import StagedModel, check_model_file, stage_model
 from onnx_lump.graph.io.tensordata import file_size, parse_model_file
+from onnx_lump.pipeline.options import CheckOptions
 from onnx_lump.pipeline.quantize import QuantizeInfo, QuantizeStep, quantize_file, quantized_copy
 from onnx_lump.pipeline.report import Report
 from onnx_lump.pipeline.verify import VerificationResult, compare_outputs
@@ -95,6 +96,28 @@ class FileChecks:
     input_shapes: Mapping[str, Sequence[int]] | None = None
     atol: float | None = None
     rtol: float | None = None
+
+    @classmethod
+    def of(
+        cls,
+        check: CheckOptions,
+        metric: str = RMSE,
+        mask_input: str | None = AUTO_MASK_INPUT,
+        audit: AuditSplit | None = None,
+    ) -> FileChecks:
+        """The checks of ``check`` (what the in-memory check would run), on the file."""
+        return cls(
+            metric=metric,
+            mask_input=mask_input,
+            audit=audit,
+            measure_holdout=check.measure_holdout,
+            verify=check.verify,
+            inputs=check.inputs,
+            n_check=check.n_check,
+            input_shapes=check.input_shapes,
+            atol=check.atol,
+            rtol=check.rtol,
+        )
 
 
 @dataclass(frozen=True, eq=False)

@@ -53,6 +53,20 @@ def test_compress_with_out_reports_the_written_files_error(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["small.onnx"]  # no staging left
 
 
+def test_compress_with_out_runs_the_models_on_the_file_only(tmp_path, monkeypatch):
+    """Written, the held-out error and the verification are the file's: the model in
+    memory is not run as well (each model runs once on the held-out rows)."""
+    import onnx_lump.pipeline.finish as finish
+    import onnx_lump.pipeline.write as write
+
+    in_memory, on_file = [], []
+    run_in_memory, run_file = finish.run_model, write.run_model
+    monkeypatch.setattr(finish, "run_model", lambda *a: in_memory.append(1) or run_in_memory(*a))
+    monkeypatch.setattr(write, "run_model", lambda *a: on_file.append(1) or run_file(*a))
+    compress(_model(), _span(0.3), calibration=_calibration(), out=tmp_path / "m.onnx")
+    assert not in_memory and len(on_file) == 2  # the original and the file, once each
+
+
 def test_compress_with_out_and_without_agree(tmp_path):
     """In memory and written, the same model and, to float rounding, the same error."""
     model = _model()
