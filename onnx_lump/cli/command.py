@@ -32,6 +32,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import onnx
+
 from onnx_lump.api import compress
 from onnx_lump.cli.args import data as data_args
 from onnx_lump.cli.args import lumping as lumping_args
@@ -58,6 +61,7 @@ from onnx_lump.cli.parser import explicit_options, make_parser
 from onnx_lump.cli.progress import RunProgress
 from onnx_lump.data.calibration import check_feeds, load_inputs
 from onnx_lump.data.holdout import (
+    AuditSplit,
     carve_audit,
 )
 from onnx_lump.data.refine import RefineOptions
@@ -70,7 +74,7 @@ from onnx_lump.errors import (
     LumpError,
 )
 from onnx_lump.graph.inventory import comparison_table
-from onnx_lump.graph.io.load import load_model
+from onnx_lump.graph.io.load import LoadedModel, load_model
 from onnx_lump.graph.io.paths import check_paths
 from onnx_lump.methods import Method, registry
 from onnx_lump.pipeline.compress import default_refine
@@ -195,7 +199,61 @@ def run_parsed(args: argparse.Namespace) -> int:
         return _run_parsed(args, display)
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Run:
+    """What every path of one command line shares once the inputs are read: the model,
+    the calibration rows (less the audit rows set aside), the groups' options and the
+    input file's outputs (:class:`Reference`)."""
+
+    args: argparse.Namespace
+    display: RunProgress
+    loaded: LoadedModel
+    calibration: dict[str, np.ndarray] | None
+    validation: dict[str, np.ndarray] | None
+    targets: np.ndarray | None
+    audit: AuditSplit | None
+    holdout_share: float
+    data: DataArgs
+    search: SearchArgs
+    verification: VerifyArgs
+    providers: list[str]
+    reference: Reference
+
+    @property
+    def verify_options(self) -> dict[str, Any]:
+        """The in-memory check: none, since the written file is verified instead."""
+        return {
+            "verify": False,  # the written file is verified below, not the model in memory
+            "measure_holdout": False,  # and its held-out error measured there
+            "n_check": self.verification.n_check,
+            "input_shapes": self.verification.input_shapes,
+            "atol": self.verification.atol,
+            "rtol": self.verification.rtol,
+        }
+
+
 def _run_parsed(args: argparse.Namespace, display: RunProgress) -> int:
+    run = _read_inputs(args, display)
+    if run.search.sweep:
+        return _sweep(run)
+    if run.search.searching:
+        found = _search(run)
+        if isinstance(found, int):
+            return found
+        reduced, report = found
+    else:
+        reduced, report = compress(
+            run.loaded.model,
+            build_method(args.method, _initial_knob(args), args),
+            calibration=run.calibration,
+            **_step_options(args, run.validation, run.targets, run.providers, run.holdout_share),
+            **run.verify_options,
+        )
+    return _write(run, reduced, report)
+
+
+def _read_inputs(args: argparse.Namespace, display: RunProgress) -> _Run:
+    """Check the paths, read the model and the rows, set the audit rows aside."""
     # Nothing written may be something read, or another output (symlinks and hard links
     # included), before any work starts.
     check_paths(
@@ -217,7 +275,6 @@ def _run_parsed(args: argparse.Namespace, display: RunProgress) -> int:
     data, search = data_args.to_options(args), search_args.to_options(args)
     verification = verify_args.to_options(args)
     providers = list(verification.providers)
-    knob_name, limit = KNOBS.get(args.method, ("", None))
 
     validation, targets = None, None
     if search.val is not None:
@@ -239,120 +296,147 @@ def _run_parsed(args: argparse.Namespace, display: RunProgress) -> int:
                 f"fewer than {FEW_AUDIT_ROWS} a few rows decide whether the budget holds on "
                 "new inputs (README: Calibration inputs, split); give more rows or --val"
             )
-    verify_options: dict[str, Any] = {
-        "verify": False,  # the written file is verified below, not the model in memory
-        "measure_holdout": False,  # and its held-out error measured there
-        "n_check": verification.n_check,
-        "input_shapes": verification.input_shapes,
-        "atol": verification.atol,
-        "rtol": verification.rtol,
-    }
     # the input file's outputs, run once on each set of rows compared (audit, held-out)
     reference = Reference(args.input, resolve_providers(providers))
-    if search.searching:
-        evaluate = _evaluator(
-            args, loaded.model, calibration, validation, targets, providers, holdout_share
+    return _Run(
+        args,
+        display,
+        loaded,
+        calibration,
+        validation,
+        targets,
+        audit,
+        holdout_share,
+        data,
+        search,
+        verification,
+        providers,
+        reference,
+    )
+
+
+def _evaluator_of(run: _Run) -> Evaluator:
+    return _evaluator(
+        run.args,
+        run.loaded.model,
+        run.calibration,
+        run.validation,
+        run.targets,
+        run.providers,
+        run.holdout_share,
+    )
+
+
+def _sweep(run: _Run) -> int:
+    """--sweep: one point per knob, written as a table (and a plot)."""
+    args, search = run.args, run.search
+    assert search.sweep is not None
+    knob_name, _ = KNOBS.get(args.method, ("", None))
+    evaluate = _evaluator_of(run)
+    knobs = parse_knobs(search.sweep)
+    evaluate.label = f"sweep ({len(knobs)} knobs)"
+    points = sweep(evaluate, knobs)
+    run.display.pause()
+    if evaluate.timed_out:
+        print(
+            f"sweep: time limit of {search.time_limit:g} s reached after "
+            f"{len(points)} of {len(knobs)} points"
         )
-        if search.sweep:
-            knobs = parse_knobs(search.sweep)
-            evaluate.label = f"sweep ({len(knobs)} knobs)"
-            points = sweep(evaluate, knobs)
-            display.pause()
-            if evaluate.timed_out:
-                print(
-                    f"sweep: time limit of {search.time_limit:g} s reached after "
-                    f"{len(points)} of {len(knobs)} points"
-                )
-            write_table(points, args.output, knob_name)
-            if search.plot is not None:
-                plot_sweep(
-                    points,
-                    search.plot,
-                    knob_name,
-                    f"{args.method} (labels: {knob_name})",
-                    data.metric,
-                )
-            print(f"DONE | {len(points)} points of {args.method} | wrote {args.output}")
-            return EXIT_OK
-        budget = search.max_error
-        for attempt in range(AUDIT_RETRIES + 1):
-            knob, point, met = bisect(
-                evaluate, _knob_limit(args, limit), search.target_params, budget
-            )
-            target_line = _target_line(knob_name, point, met, args, search, budget)
-            display.pause()
-            if evaluate.timed_out and not args.quiet:
-                print(
-                    f"search: time limit of {search.time_limit:g} s reached after "
-                    f"{len(evaluate.cache)} steps: the best point so far follows"
-                )
-            if not args.quiet:
-                print(target_line)
-            if not met:
-                print(f"FAILED | {target_line} | nothing written")
-                return EXIT_NOT_MET
-            reduced, report = evaluate.finish(knob, **verify_options)
-            if audit is None or search.max_error is None:
-                break
-            stage(f"measuring the chosen network on the {audit.n_audit} audit rows")
-            audited = reference.error(
-                reduced, audit.audit, _file_checks(data, verification, audit), args.quantize
-            )
-            display.pause()
-            if audited <= search.max_error:
-                break
-            found = (
-                f"error {_err(audited, args)} on the {audit.n_audit} audit rows, over the "
-                f"{_err(search.max_error, args)} asked for, at {_err(point.error, args)} on "
-                "the rows the search chose on"
-            )
-            if attempt == AUDIT_RETRIES:
-                rows = audit.n_audit + len(next(iter(audit.rest.values())))
-                print(
-                    f"FAILED | {found}: {rows} calibration rows are too few "
-                    "to support this budget (give more rows, --val, or a larger --max-error) "
-                    "| nothing written"
-                )
-                return EXIT_NOT_MET
-            # The rows that chose flattered the network by audited / point.error: choose
-            # again below the chosen point's error, by as much (a budget tightened from
-            # above it may choose the same point again). Only the compression's share is
-            # tightened: int8's own error (knob 0, quantized) stays, else a budget below it
-            # leaves no point at all (Tanh demo, span: 4.64% -> 3.71% under int8's 3.81%).
-            floor = evaluate(0.0)[2].error if args.quantize is not None else 0.0
-            floor = min(floor, point.error) if math.isfinite(floor) else 0.0
-            factor = min(AUDIT_TIGHTEN, max(search.max_error / audited, 0.25))
-            budget = floor + (point.error - floor) * factor
-            if not args.quiet:
-                print(f"search: {found}; searching again within {_err(budget, args)}")
-    else:
-        reduced, report = compress(
-            loaded.model,
-            build_method(args.method, _initial_knob(args), args),
-            calibration=calibration,
-            **_step_options(args, validation, targets, providers, holdout_share),
-            **verify_options,
+    write_table(points, args.output, knob_name)
+    if search.plot is not None:
+        plot_sweep(
+            points,
+            search.plot,
+            knob_name,
+            f"{args.method} (labels: {knob_name})",
+            run.data.metric,
         )
-    # Stage beside OUT, check and run the staged file itself, and only then move it into
-    # place: a file that fails is never written, and what passed is what the user gets.
-    # With --quantize the staged file is quantized in place first (the pass's own file
-    # measured before), so what is checked, measured and written is the quantized file.
+    print(f"DONE | {len(points)} points of {args.method} | wrote {args.output}")
+    return EXIT_OK
+
+
+def _search(run: _Run) -> tuple[onnx.ModelProto, Report] | int:
+    """--target-params / --max-error: the network the search chooses (searched again
+    within a tighter budget while the audit rows disagree), or the exit code when none
+    meets the target."""
+    args, search, audit, display = run.args, run.search, run.audit, run.display
+    knob_name, limit = KNOBS.get(args.method, ("", None))
+    evaluate = _evaluator_of(run)
+    budget = search.max_error
+    for attempt in range(AUDIT_RETRIES + 1):
+        knob, point, met = bisect(evaluate, _knob_limit(args, limit), search.target_params, budget)
+        target_line = _target_line(knob_name, point, met, args, search, budget)
+        display.pause()
+        if evaluate.timed_out and not args.quiet:
+            print(
+                f"search: time limit of {search.time_limit:g} s reached after "
+                f"{len(evaluate.cache)} steps: the best point so far follows"
+            )
+        if not args.quiet:
+            print(target_line)
+        if not met:
+            print(f"FAILED | {target_line} | nothing written")
+            return EXIT_NOT_MET
+        reduced, report = evaluate.finish(knob, **run.verify_options)
+        if audit is None or search.max_error is None:
+            break
+        stage(f"measuring the chosen network on the {audit.n_audit} audit rows")
+        audited = run.reference.error(
+            reduced, audit.audit, _file_checks(run.data, run.verification, audit), args.quantize
+        )
+        display.pause()
+        if audited <= search.max_error:
+            break
+        found = (
+            f"error {_err(audited, args)} on the {audit.n_audit} audit rows, over the "
+            f"{_err(search.max_error, args)} asked for, at {_err(point.error, args)} on "
+            "the rows the search chose on"
+        )
+        if attempt == AUDIT_RETRIES:
+            rows = audit.n_audit + len(next(iter(audit.rest.values())))
+            print(
+                f"FAILED | {found}: {rows} calibration rows are too few "
+                "to support this budget (give more rows, --val, or a larger --max-error) "
+                "| nothing written"
+            )
+            return EXIT_NOT_MET
+        # The rows that chose flattered the network by audited / point.error: choose
+        # again below the chosen point's error, by as much (a budget tightened from
+        # above it may choose the same point again). Only the compression's share is
+        # tightened: int8's own error (knob 0, quantized) stays, else a budget below it
+        # leaves no point at all (Tanh demo, span: 4.64% -> 3.71% under int8's 3.81%).
+        floor = evaluate(0.0)[2].error if args.quantize is not None else 0.0
+        floor = min(floor, point.error) if math.isfinite(floor) else 0.0
+        factor = min(AUDIT_TIGHTEN, max(search.max_error / audited, 0.25))
+        budget = floor + (point.error - floor) * factor
+        if not args.quiet:
+            print(f"search: {found}; searching again within {_err(budget, args)}")
+    return reduced, report
+
+
+def _write(run: _Run, reduced: onnx.ModelProto, report: Report) -> int:
+    """Stage beside OUT, check and run the staged file itself, and only then move it
+    into place: a file that fails is never written, and what passed is what the user
+    gets. With --quantize the staged file is quantized in place first (the pass's own
+    file measured before), so what is checked, measured and written is the quantized
+    file."""
+    args = run.args
     stage(f"writing and checking the network ({args.output.name}, staged beside it)")
-    checks = _file_checks(data, verification, audit)
+    checks = _file_checks(run.data, run.verification, run.audit)
     with write_checked(
         reduced,
         args.output,
         report,
-        loaded.model,
-        reference,
+        run.loaded.model,
+        run.reference,
         checks,
         original_path=args.input,
-        external_data=loaded.external_data,
+        external_data=run.loaded.external_data,
         quantize=args.quantize,
     ) as written:
         report = written.report
         inventories = (written.before, written.after)
-        display.pause()
+        run.display.pause()
         if not args.quiet:
             print(report.summary())
         verdict = _headline(report, args)
