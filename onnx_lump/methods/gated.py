@@ -205,10 +205,7 @@ def compress_gated(chain: DenseChain, problem: ChainProblem, method: Method) -> 
         return merged.result(notes)
     # a pair whose gate is off on every fitting row explains nothing and is folded in
     # as its mean; unless the data shows the gate stays off, it may open elsewhere
-    silent = unsupported_constants(
-        merged.gate.weight, merged.gate.bias, merged.activation, problem.calibration,
-        problem.holdout,
-    )  # fmt: skip
+    silent = _silent_pairs(problem, merged, (options.linkage, options.symmetries))
     selection = order.keep(width).keeping(silent)
     kept = merged.keep(selection.kept, ReducedLayer(*selection.fold(*_layer(merged.down))))
     if not lump.refit:
@@ -239,6 +236,28 @@ def _span_order(
     if problem.cache is None:
         return make()
     return problem.cache.get(("gated span order", next_layer, setting), make, pin=True)
+
+
+def _silent_pairs(problem: ChainProblem, merged: GatedFFN, setting: tuple) -> np.ndarray:
+    """The pairs whose gate is constant on the fitting rows but not shown so beyond
+    them (kept), made once per search as the pivot order is (``setting``: what the
+    exact merge depends on)."""
+
+    assert problem.calibration is not None, "silent pairs on calibration rows"
+
+    def make() -> np.ndarray:
+        assert problem.calibration is not None
+        return unsupported_constants(
+            merged.gate.weight,
+            merged.gate.bias,
+            merged.activation,
+            problem.calibration,
+            problem.holdout,
+        )
+
+    if problem.cache is None:
+        return make()
+    return problem.cache.get(("gated unsupported constants", setting), make, pin=True)
 
 
 def _refit_down(

@@ -10,6 +10,7 @@ from conftest import MODELS, run_ort
 from onnx_lump.api import compress
 from onnx_lump.data.refine import RefineOptions
 from onnx_lump.methods import Lump
+from onnx_lump.methods.lumping import LumpOptions
 from onnx_lump.ode.data_grouping import group_data_rows
 from onnx_lump.ode.grouping import Linkage, group_rows
 from onnx_lump.ode.partition import PartitionOptions, Similarity
@@ -243,3 +244,42 @@ def test_a_search_that_does_not_keep_models_finishes_with_the_same_network():
         runs[keep] = evaluate.finish(knob, verify=False)
     assert_same_model(runs[True][0], runs[False][0])
     assert runs[True][1].holdout_error == runs[False][1].holdout_error
+
+
+def test_a_spans_first_layer_constants_are_found_once_per_search(monkeypatch):
+    """Which first-layer neurons are constant on the fitting rows depends on no knob:
+    a search finds them once (on all-MiniLM-L6-v2 the pass over every token row took a
+    quarter of a --max-error search), and the steps agree with uncached ones."""
+    import onnx_lump.methods.lumping as lumping
+
+    model = onnx.load(DEMO)
+    first = next(n for n in model.graph.node if n.op_type == "Gemm")
+    first_bias = next(
+        onnx.numpy_helper.to_array(t) for t in model.graph.initializer if t.name == first.input[2]
+    )
+    calls: list[bool] = []  # whether the layer asked about is the first
+    original = lumping.unsupported_constants
+
+    def spy(weight, bias, *rest):
+        calls.append(bias.shape == first_bias.shape and np.allclose(bias, first_bias))
+        return original(weight, bias, *rest)
+
+    monkeypatch.setattr(lumping, "unsupported_constants", spy)
+
+    def span_evaluator(caches: bool) -> Evaluator:
+        return Evaluator(
+            onnx.load(DEMO),
+            lambda eps: LumpOptions(reduction="span").method(eps, with_data=True),
+            CALIB,
+            refine=False,
+            caches=caches,
+        )
+
+    knobs = [0.01, 0.05, 0.1, 0.2]
+    search = span_evaluator(True)
+    cached = [search(k)[1].widths_after for k in knobs]
+    first_cached = sum(calls)
+    calls.clear()
+    plain = span_evaluator(False)
+    assert [plain(k)[1].widths_after for k in knobs] == cached
+    assert first_cached == 1 and sum(calls) >= len(knobs)
