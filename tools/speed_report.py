@@ -118,7 +118,7 @@ def assemble(folder: Path) -> tuple[str, list[str]]:
     header = (
         "## Speed\n\n"
         # the old command, still good (stdlib only): tools/results/speed.md is assembled with it
-        "Assembled by `python tools/speed_report.py` from the section files in "
+        "Assembled by `python -m tools.speed_report` from the section files in "
         "`tools/results/speed/`; each section comes from its own command, run on its own "
         "(on a shared machine), so timings and ratios are only comparable within one "
         "section (one run), not across sections.\n\n"
