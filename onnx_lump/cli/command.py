@@ -199,6 +199,11 @@ def run_parsed(args: argparse.Namespace) -> int:
         return _run_parsed(args, display)
 
 
+# The model in memory is neither verified nor measured: the written file is, by
+# pipeline.write (_write), with the --check/--input-shape/--atol/--rtol of _file_checks.
+_NOT_IN_MEMORY: dict[str, Any] = {"verify": False, "measure_holdout": False}
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class _Run:
     """What every path of one command line shares once the inputs are read: the model,
@@ -219,18 +224,6 @@ class _Run:
     providers: list[str]
     reference: Reference
 
-    @property
-    def verify_options(self) -> dict[str, Any]:
-        """The in-memory check: none, since the written file is verified instead."""
-        return {
-            "verify": False,  # the written file is verified below, not the model in memory
-            "measure_holdout": False,  # and its held-out error measured there
-            "n_check": self.verification.n_check,
-            "input_shapes": self.verification.input_shapes,
-            "atol": self.verification.atol,
-            "rtol": self.verification.rtol,
-        }
-
 
 def _run_parsed(args: argparse.Namespace, display: RunProgress) -> int:
     run = _read_inputs(args, display)
@@ -247,7 +240,7 @@ def _run_parsed(args: argparse.Namespace, display: RunProgress) -> int:
             build_method(args.method, _initial_knob(args), args),
             calibration=run.calibration,
             **_step_options(args, run.validation, run.targets, run.providers, run.holdout_share),
-            **run.verify_options,
+            **_NOT_IN_MEMORY,
         )
     return _write(run, reduced, report)
 
@@ -377,7 +370,7 @@ def _search(run: _Run) -> tuple[onnx.ModelProto, Report] | int:
         if not met:
             print(f"FAILED | {target_line} | nothing written")
             return EXIT_NOT_MET
-        reduced, report = evaluate.finish(knob, **run.verify_options)
+        reduced, report = evaluate.finish(knob, **_NOT_IN_MEMORY)
         if audit is None or search.max_error is None:
             break
         stage(f"measuring the chosen network on the {audit.n_audit} audit rows")
