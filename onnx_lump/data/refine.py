@@ -17,7 +17,9 @@ between them. The strength (none included) is chosen on the held-out rows: every
 strength gets a short probe from the same start, the best one the rest of the budget.
 
 The budget is counted in iterations (the same result on a busy machine as on an idle
-one); a wall-time cap is a safety net, and reported when it binds. The held-out share
+one): at most ``max_iters``, and on a wide chain fewer, as many as ``max_work``
+multiply-adds allow (a count from the chain's shapes and rows, not a clock); a wall-time
+cap is a safety net, and reported when it binds. The held-out share
 decides when to stop (no improvement for ``patience`` iterations, no gain of
 ``stall_gain`` for ``stall_share`` of the iteration budget, or the budget spent) and
 which weights to return: those with the lowest held-out error seen, and the unrefined
@@ -46,6 +48,7 @@ from onnx_lump.types import ChainResult, ReducedLayer, Shortcut
 __all__ = [
     "JITTER_STRENGTHS",
     "REFINE_ITERS",
+    "REFINE_WORK",
     "ChainData",
     "ChainNetwork",
     "Jitter",
@@ -53,6 +56,8 @@ __all__ = [
     "RefineStats",
     "blas_threads",
     "chain_loss",
+    "iteration_budget",
+    "iteration_work",
     "refine_chain",
 ]
 
@@ -64,14 +69,22 @@ _EXACT = 1e-7
 
 # The iteration budget of one chain's refinement, the command line's and the benchmark's.
 REFINE_ITERS = 1000
+# Multiply-adds one chain's refinement may spend (:func:`iteration_work` an iteration):
+# the budget of a wide chain, where REFINE_ITERS iterations would take minutes. About 47
+# Adam iterations on an all-MiniLM-L6-v2 FFN at half width over 8,772 token rows (9 s on
+# two cores, what the 60 s cap used to leave each of its 6 blocks); over 1,000 L-BFGS
+# iterations on the benchmark's widest network (3 x 128, 1,638 rows and a jittered copy).
+REFINE_WORK = 4e11
 # Jitter strengths tried, in standard deviations of each input column; 0 is no jitter.
 JITTER_STRENGTHS = (0.0, 0.05, 0.1, 0.2)
 
 
 @dataclass(frozen=True)
 class RefineOptions:
-    """The budget of one refinement: at most ``max_iters`` iterations per chain, and, as
-    a safety net, ``max_seconds`` of wall time (shared by the chains of one model). It
+    """The budget of one refinement: at most ``max_iters`` iterations per chain, fewer
+    on a chain where they would cost more than ``max_work`` multiply-adds (None: no
+    such bound), and, as a safety net, ``max_seconds`` of wall time (shared by the
+    chains of one model). It
     stops early after ``patience`` iterations without a lower held-out error, or once
     the held-out error has not dropped by ``stall_gain`` (relative) for ``stall_share``
     of the iteration budget (a wide network went on 44 s after its last 0.5% gain).
@@ -82,7 +95,8 @@ class RefineOptions:
     ``probe_share`` of the iterations; the winner goes on for the rest."""
 
     max_iters: int = REFINE_ITERS
-    max_seconds: float = 60.0
+    max_seconds: float = 300.0
+    max_work: float | None = REFINE_WORK
     patience: int = 100
     progress: bool = False
     stall_gain: float = 1e-3
@@ -97,6 +111,8 @@ class RefineOptions:
             raise LumpError(f"refine iterations must be >= 0, got {self.max_iters}")
         if not self.max_seconds > 0:
             raise LumpError(f"refine seconds must be > 0, got {self.max_seconds}")
+        if self.max_work is not None and not self.max_work > 0:
+            raise LumpError(f"refine work must be > 0 multiply-adds, got {self.max_work}")
         if not (0 <= self.stall_gain < 1 and 0 < self.stall_share <= 1):
             raise LumpError("refine stall_gain must be in [0, 1) and stall_share in (0, 1]")
         if self.max_rows < 1:
@@ -145,6 +161,9 @@ class RefineStats:
     jitter: float = 0.0
     trial_iterations: int = 0
     time_capped: bool = False
+    # the iteration budget this chain had: max_iters, or fewer where max_work bound it
+    budget: int = 0
+    work_bound: bool = False
 
     @property
     def improved(self) -> bool:
@@ -332,6 +351,38 @@ def _spread(targets: np.ndarray) -> float:
     return float(np.std(targets)) or 1.0
 
 
+def iteration_work(network: ChainNetwork, n_fit: int, n_holdout: int) -> float:
+    """Multiply-adds of one refinement iteration: the products of a forward and a
+    backward pass (three per weight and row) over the rows a step visits (every fitting
+    row for L-BFGS, the mini-batches of an Adam iteration), and a forward pass over the
+    held-out rows (the check after every iteration); each row's inputs and outputs count
+    :data:`_ROW_VALUE_WORK` more apiece, the elementwise passes over them. An estimate
+    from shapes and row counts only, so that a budget in work is the same on every
+    machine."""
+    weights = [shape for shape in network.shapes if len(shape) == 2]
+    per_row = sum(int(np.prod(shape)) for shape in weights)
+    # the chain's input and output widths: the first layer's columns, the last one's rows
+    per_row += _ROW_VALUE_WORK * (weights[0][1] + weights[network.n_layers - 1][0])
+    adam = network.dtype == np.float32
+    stepped = _ADAM_ITERATION * min(_ADAM_BATCH, n_fit) if adam else n_fit
+    return float(per_row) * (3 * stepped + n_holdout)
+
+
+# Multiply-adds an input or output value of a row costs an iteration besides the products:
+# the loss, residual and gradient passes over rows x outputs, memory-bound. A chain of
+# width 1 between MiniLM's 384-wide sides took 164 ms a float64 gradient on 17,544 rows
+# (a width of 256: 507 ms), about 40 multiply-adds of the products' pace a value.
+_ROW_VALUE_WORK = 40
+
+
+def iteration_budget(options: RefineOptions, work: float) -> int:
+    """``options.max_iters``, or fewer (at least one) where that many iterations of
+    ``work`` multiply-adds each would pass ``options.max_work``."""
+    if options.max_work is None or options.max_iters == 0 or work <= 0:
+        return options.max_iters
+    return min(options.max_iters, max(1, int(options.max_work // work)))
+
+
 def refine_chain(
     result: ChainResult,
     activations: Sequence[Activation],
@@ -368,16 +419,19 @@ def refine_chain(
     fit_before = network.loss(network.theta0, fit, scale)
     before = holdout_error(network.theta0)
     strengths = options.jitter if jitter is not None else (0.0,)
-    probe = max(1, round(options.probe_share * options.max_iters)) if len(strengths) > 1 else 0
-    bar = _progress(options, label, options.max_iters + probe * (len(strengths) - 1))
+    rows = fit.n_samples * (1 + (jitter.copies if jitter is not None else 0))
+    budget = iteration_budget(options, iteration_work(network, rows, holdout.n_samples))
+    probe = max(1, round(options.probe_share * budget)) if len(strengths) > 1 else 0
+    bar = _progress(options, label, budget + probe * (len(strengths) - 1))
     logged = [time.perf_counter()]
     # Adam's steps are noisy: it stalls only after a few iterations
     least = _ADAM_STALL_ITERATIONS if dtype == np.float32 else 0
-    window = max(least, int(np.ceil(options.stall_share * options.max_iters)))
+    window = max(least, int(np.ceil(options.stall_share * budget)))
     logger.info(
-        "%s: up to %d iterations on %d fitting rows%s, %.0f s left",
+        "%s: up to %d iterations%s on %d fitting rows%s, %.0f s left",
         label,
-        options.max_iters,
+        budget,
+        f" (of {options.max_iters}: the work bound)" if budget < options.max_iters else "",
         fit.n_samples,
         f" (+{jitter.copies} jittered copies)" if jitter is not None else "",
         clock.deadline - time.perf_counter(),
@@ -420,7 +474,7 @@ def refine_chain(
         return run
 
     runs: list[_Run] = []
-    if before > _EXACT and options.max_iters > 0 and fit.n_samples > 0 and network.theta0.size:
+    if before > _EXACT and budget > 0 and fit.n_samples > 0 and network.theta0.size:
         with blas_threads(network, fit.n_samples * (1 + (jitter.copies if jitter else 0))):
             if probe:
                 # a short probe per strength, from the same start, while time is left
@@ -430,12 +484,10 @@ def refine_chain(
                     runs.append(leg(strength, None, probe))
                 chosen = min(runs, key=lambda run: run.best_error)
                 # the winner goes on unless its probe ended it (or the time cap did)
-                if chosen.iterations == probe < options.max_iters and not (
-                    chosen.ended or clock.capped
-                ):
-                    leg(chosen.strength, chosen, options.max_iters - probe)
+                if chosen.iterations == probe < budget and not (chosen.ended or clock.capped):
+                    leg(chosen.strength, chosen, budget - probe)
             else:
-                runs.append(leg(strengths[0], None, options.max_iters))
+                runs.append(leg(strengths[0], None, budget))
     if bar is not None:
         bar.close()
     chosen = min(runs, key=lambda run: run.best_error) if runs else _Run(network.theta0, before)
@@ -454,6 +506,8 @@ def refine_chain(
         jitter=chosen.strength if improved else 0.0,
         trial_iterations=sum(run.iterations for run in runs if run is not chosen),
         time_capped=clock.capped,
+        budget=budget,
+        work_bound=budget < options.max_iters,
     )
     logger.info(
         "%s: %d iterations in %.2fs%s, held-out error %.4g -> %.4g%s%s",

@@ -59,6 +59,10 @@ Step = tuple[onnx.ModelProto | None, Report, SweepPoint]
 
 # The share of the refinement budget each search step spends; the chosen point gets the rest.
 SEARCH_REFINE_SHARE = 0.2
+# The same for a wide chain's budget in work: a twentieth, 2-3 Adam iterations on a MiniLM
+# FFN (what the time cap used to leave a step; a fifth cost a --max-error search 40%
+# more time), while the chosen point gets the rest (about 45).
+SEARCH_WORK_SHARE = 0.05
 # Past --time-limit, the network handed over still gets this much refinement.
 FINAL_REFINE_FLOOR_SECONDS = 2.0
 
@@ -179,6 +183,7 @@ class Evaluator:
         return dataclasses.replace(
             full,
             max_iters=max(1, round(SEARCH_REFINE_SHARE * full.max_iters)),
+            max_work=None if full.max_work is None else SEARCH_WORK_SHARE * full.max_work,
             max_seconds=self._time_left(SEARCH_REFINE_SHARE * full.max_seconds),
         )
 
@@ -385,9 +390,13 @@ class Evaluator:
             budget = max(0, full.max_iters - used // max(1, len(report.refine)))
             searched = None if unrefined else self._search_refine(method)
             spent = searched.max_seconds if isinstance(searched, RefineOptions) else 0.0
+            work = full.max_work
+            if work is not None and isinstance(searched, RefineOptions):
+                work -= searched.max_work or 0.0  # the step's share of the chain's work
             refine = dataclasses.replace(
                 full,
                 max_iters=budget,
+                max_work=work,
                 # past a deadline, still a short pass: the network handed over is refined
                 max_seconds=self._time_left(
                     max(full.max_seconds - spent, 1e-3), FINAL_REFINE_FLOOR_SECONDS
@@ -443,6 +452,8 @@ def _merge_refine(search: list, final: list) -> list:
                 second,
                 iterations=first.iterations + second.iterations,
                 seconds=first.seconds + second.seconds,
+                budget=first.budget + second.budget,
+                work_bound=first.work_bound or second.work_bound,
                 fit_before=first.fit_before,
                 holdout_before=first.holdout_before,
             )

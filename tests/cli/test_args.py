@@ -155,7 +155,10 @@ def test_to_options_converts_what_the_library_takes():
     lumped = lumping.to_options(args)
     assert lumped.eps == 0.2
     assert lumped.options == LumpOptions(similarity=Similarity.DATA, symmetries=False)
-    assert refine.to_options(args) == RefineArgs(False, RefineOptions(max_iters=7, max_seconds=5))
+    # an explicit count holds on a wide chain too; the default keeps the bound in work
+    explicit = RefineOptions(max_iters=7, max_seconds=5, max_work=None)
+    assert refine.to_options(args) == RefineArgs(False, explicit)
+    assert refine.to_options(parsed("--refine-seconds", "5")).budget == RefineOptions(max_seconds=5)
     assert pruning.to_options(args).scope is Scope.GLOBAL
     assert data.to_options(args).mask_input is None and data.to_options(args).sequential
     checked = verify.to_options(args)

@@ -16,7 +16,16 @@ import onnx_lump.pipeline.compress as chain_stage
 from onnx_lump import lump
 from onnx_lump.activations import IDENTITY, Activation, ActivationKind
 from onnx_lump.cli import main
-from onnx_lump.data.refine import ChainData, Jitter, RefineOptions, chain_loss, refine_chain
+from onnx_lump.data.refine import (
+    ChainData,
+    ChainNetwork,
+    Jitter,
+    RefineOptions,
+    chain_loss,
+    iteration_budget,
+    iteration_work,
+    refine_chain,
+)
 from onnx_lump.methods.base import ChainResult
 from onnx_lump.ode.reduction import ReducedLayer
 
@@ -160,6 +169,47 @@ def test_the_iteration_budget_makes_results_independent_of_wall_time(monkeypatch
         np.testing.assert_array_equal(a, b)
 
 
+def test_a_wide_chain_is_bounded_by_work_the_same_on_any_clock(monkeypatch):
+    """Where max_iters iterations would cost more than max_work multiply-adds, the
+    budget is what the work allows: the same weights as that many iterations asked for
+    outright, on an idle and on a slow machine (a clock jumping 1,000 s a call, short of
+    the cap), and the stats say the work bound set it."""
+    start, activations, fit, held, forward = problem(0)
+    network = ChainNetwork(start, activations, None)
+    rows = 2 * fit.n_samples  # the fitting rows and their jittered copy
+    per_iteration = iteration_work(network, rows, held.n_samples)
+    per_row = 4 * 6 + 6 * 6 + 6 * 2 + 40 * (4 + 2)  # products, then the rows' values
+    assert per_iteration == per_row * (3 * rows + held.n_samples)
+    bound = RefineOptions(max_iters=500, max_seconds=1e6, max_work=30.5 * per_iteration)
+    assert iteration_budget(bound, per_iteration) == 30
+    counted = RefineOptions(max_iters=30, max_seconds=1e6, max_work=None)
+    by_work, work_stats = refine_chain(start, activations, fit, held, bound, teacher=forward)
+    by_count, count_stats = refine_chain(start, activations, fit, held, counted, teacher=forward)
+    ticks = itertools.count()
+    monkeypatch.setattr(refine.time, "perf_counter", lambda: 1000.0 * next(ticks))
+    slow, slow_stats = refine_chain(start, activations, fit, held, bound, teacher=forward)
+    assert work_stats.budget == 30 and work_stats.work_bound and not slow_stats.time_capped
+    assert count_stats.budget == 30 and not count_stats.work_bound
+    assert work_stats.iterations == count_stats.iterations == slow_stats.iterations
+    for a, b, c in zip(weights(by_work), weights(by_count), weights(slow), strict=True):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+
+
+def test_an_adam_iteration_costs_its_mini_batches_not_every_row():
+    start, activations = chain([8, 5, 3], seed=1)
+    wide = ChainNetwork(start, activations, None, dtype=np.float32)
+    per_row = 8 * 5 + 5 * 3 + 40 * (8 + 3)
+    assert iteration_work(wide, 50_000, 100) == per_row * (3 * 4 * 1024 + 100)
+    assert iteration_work(wide, 600, 100) == per_row * (3 * 4 * 600 + 100)
+    # at least one iteration, however wide; none where none are asked for
+    assert iteration_budget(RefineOptions(max_work=1.0), 1e12) == 1
+    assert iteration_budget(RefineOptions(max_iters=0), 1e12) == 0
+    assert iteration_budget(RefineOptions(max_work=None), 1e12) == RefineOptions().max_iters
+    with pytest.raises(Exception, match="work"):
+        RefineOptions(max_work=0.0)
+
+
 def test_the_time_cap_stops_refinement_and_says_so(monkeypatch):
     start, activations, fit, held, forward = problem(0)
     ticks = itertools.count()
@@ -190,6 +240,32 @@ def test_the_cli_summary_and_json_report_the_strength_and_the_time_cap(tmp_path,
     assert "stopped by the time cap" in capsys.readouterr().out
     (entry,) = json.loads((tmp_path / "b.json").read_text())["refine"]
     assert entry["time_capped"] is True
+
+
+def test_the_work_bound_is_the_cli_default_and_a_search_splits_it(tmp_path, capsys, monkeypatch):
+    """By default a chain whose iterations cost 1/50 of the work bound gets 50; the
+    summary says the work bound set it. A search refines each step on a fifth of the
+    work (a twentieth) and the final network on the rest. An explicit --refine-iters holds."""
+    model = mlp(random_layers([3, 16, 12, 2], seed=3), ["Tanh", "Relu"])
+    model.graph.input[0].name = "input"
+    model.graph.node[0].input[0] = "input"
+    onnx.save(model, tmp_path / "in.onnx")
+    rng = np.random.default_rng(6)
+    np.savez(tmp_path / "calib.npz", input=rng.normal(size=(300, 3)).astype(np.float32))
+    monkeypatch.setattr(refine, "iteration_work", lambda *_: RefineOptions().max_work / 50)
+    base = [str(tmp_path / "in.onnx"), str(tmp_path / "out.onnx"), "--calib"]
+    base += [str(tmp_path / "calib.npz"), "--no-verify", "--report-json"]
+    assert main([*base, str(tmp_path / "a.json"), "--eps", "0.2"]) == 0
+    assert "of 50 (the work bound of a chain this wide)" in capsys.readouterr().out
+    (entry,) = json.loads((tmp_path / "a.json").read_text())["refine"]
+    assert entry["budget"] == 50 and entry["work_bound"] is True
+    assert main([*base, str(tmp_path / "b.json"), "--max-error", "0.5", "--metric", "rmse"]) == 0
+    (entry,) = json.loads((tmp_path / "b.json").read_text())["refine"]
+    # whole iterations within each share: 2.5 -> 2 for the step, 47.5 -> 47 for the rest
+    assert entry["budget"] == 2 + 47 and entry["work_bound"] is True
+    assert main([*base, str(tmp_path / "c.json"), "--eps", "0.2", "--refine-iters", "70"]) == 0
+    (entry,) = json.loads((tmp_path / "c.json").read_text())["refine"]
+    assert entry["budget"] == 70 and entry["work_bound"] is False
 
 
 def test_jitter_options_are_checked():

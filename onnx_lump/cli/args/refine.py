@@ -7,7 +7,7 @@ import argparse
 from dataclasses import dataclass, field
 
 from onnx_lump.cli.checks import Context, Range, Unused
-from onnx_lump.data.refine import RefineOptions
+from onnx_lump.data.refine import REFINE_WORK, RefineOptions
 from onnx_lump.methods.registry import MethodSettings
 
 __all__ = ["RANGES", "TITLE", "RefineArgs", "add", "to_options", "unused_by_refinement", "validate"]
@@ -38,11 +38,12 @@ def add(group: argparse._ActionsContainer) -> None:
     group.add_argument(
         "--refine-iters",
         type=int,
-        default=RefineOptions.max_iters,
+        default=None,
         metavar="N",
         help=f"at most N iterations per chain (default {RefineOptions.max_iters}, the "
-        "benchmark's): the budget, counted in iterations so that results do not depend "
-        "on machine load",
+        f"benchmark's, and fewer on a wide chain: at most {REFINE_WORK:.0e} multiply-adds "
+        "each; an N given here holds whatever the width): the budget, counted in "
+        "iterations so that results do not depend on machine load",
     )
     group.add_argument(
         "--refine-seconds",
@@ -73,5 +74,10 @@ def unused_by_refinement(args: argparse.Namespace, context: Context) -> list[Unu
 def to_options(args: argparse.Namespace) -> RefineArgs:
     """The group's values (after :func:`~onnx_lump.cli.args.validate`: RefineOptions
     refuses a budget out of range with its own words)."""
-    budget = RefineOptions(max_iters=args.refine_iters, max_seconds=args.refine_seconds)
+    if args.refine_iters is None:
+        budget = RefineOptions(max_seconds=args.refine_seconds)
+    else:  # the user's count, not the library's default bound in work
+        budget = RefineOptions(
+            max_iters=args.refine_iters, max_seconds=args.refine_seconds, max_work=None
+        )
     return RefineArgs(not args.no_refine, budget)
