@@ -26,6 +26,8 @@ __all__ = [
     "clip_symmetry",
     "describe_clip",
     "elu_like",
+    "erf",
+    "gelu_forward",
     "gelu_slope",
     "gelu_tanh_parts",
     "gelu_tanh_slope",
@@ -111,10 +113,55 @@ def softplus_slope(z: np.ndarray, a: Parameters) -> np.ndarray:
     return np.where(scaled > a.threshold, 1.0, sigmoid(scaled))
 
 
+# erf(x) = x P(x^2) / Q(x^2) on [-4, 4] (+-1 beyond, to float32 precision): the rational
+# approximation of Eigen's float erf. Within 4.2e-7 of the float64 erf everywhere (a
+# relative 4.2e-7), 3x faster than scipy's, which computes float32 in float64.
+_ERF_P = (
+    -2.72614225801306e-10,
+    2.77068142495902e-08,
+    -2.10102402082508e-06,
+    -5.69250639462346e-05,
+    -7.34990630326855e-04,
+    -2.95459980854025e-03,
+    -1.60960333262415e-02,
+)
+_ERF_Q = (
+    -1.45660718464996e-05,
+    -2.13374055278905e-04,
+    -1.68282697438203e-03,
+    -7.37332916720468e-03,
+    -1.42647390514189e-02,
+)
+
+
+def erf(z: np.ndarray) -> np.ndarray:
+    """The error function: scipy's for float64 input; for float32 (the data path's GELU
+    over token rows, where scipy's erf was 87 of a profiled 302 s) the rational
+    approximation above, in place, in float32."""
+    z = np.asarray(z)
+    if z.dtype != np.float32:
+        return special.erf(z)
+    x = np.clip(z, np.float32(-4.0), np.float32(4.0))
+    square = x * x
+    numerator = np.full_like(x, _ERF_P[0])
+    for c in _ERF_P[1:]:
+        numerator *= square
+        numerator += np.float32(c)
+    numerator *= x
+    denominator = np.full_like(x, _ERF_Q[0])
+    for c in _ERF_Q[1:]:
+        denominator *= square
+        denominator += np.float32(c)
+    numerator /= denominator
+    return numerator
+
+
+def gelu_forward(z: np.ndarray, a: Parameters) -> np.ndarray:
+    return 0.5 * z * (1.0 + erf(z * SQRT_HALF))
+
+
 def gelu_slope(z: np.ndarray, a: Parameters) -> np.ndarray:
-    return 0.5 * (1.0 + special.erf(z * SQRT_HALF)) + z * np.exp(-0.5 * z * z) / math.sqrt(
-        2.0 * math.pi
-    )
+    return 0.5 * (1.0 + erf(z * SQRT_HALF)) + z * np.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
 
 
 def gelu_tanh_slope(z: np.ndarray, a: Parameters) -> np.ndarray:

@@ -29,16 +29,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import special
 
 from onnx_lump.activations.forms import (
     SELU_ALPHA,
     SELU_GAMMA,
-    SQRT_HALF,
     clip_homogeneous,
     clip_symmetry,
     describe_clip,
     elu_like,
+    gelu_forward,
     gelu_slope,
     gelu_tanh_parts,
     gelu_tanh_slope,
@@ -297,7 +296,7 @@ SPECS = [
         ActivationKind.GELU,
         ("Gelu", "com.microsoft:Gelu"),
         ("x * 0.5 * (1 + Erf(x / sqrt 2)) (Div by sqrt 2 or Mul by 1/sqrt 2, any order)",),
-        lambda z, a: 0.5 * z * (1.0 + special.erf(z * SQRT_HALF)),
+        gelu_forward,
         gelu_slope,
         matchers=(gelu_op("none"), gelu_erf),
         bias_ops=("com.microsoft:BiasGelu",),
