@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import itertools
 import subprocess
 import sys
 from collections import defaultdict
@@ -154,3 +155,27 @@ def test_int8_points_and_the_bytes_plot(quick_run, rows):
             assert 0 < int(quantized["bytes"]) < int(float_one["bytes"])
         png = (quick_run / f"{task}_bytes.png").read_bytes()
         assert png.startswith(b"\x89PNG")
+
+
+def test_the_work_bound_leaves_the_benchmark_its_iteration_budget():
+    """The protocol's budget is REFINE_ITERS iterations: the bound in work, meant for
+    wide chains (a transformer's FFN), must not bind on the widest benchmark chain
+    (3 x 128; Metro's 22 inputs, the widest; 10 outputs, the widest system; 1,638 fitting
+    rows and their jittered copy, 410 held out: the float64 path)."""
+    from onnx_lump.activations import IDENTITY, Activation, ActivationKind
+    from onnx_lump.data.refine import (
+        REFINE_ITERS,
+        ChainNetwork,
+        iteration_budget,
+        iteration_work,
+    )
+    from onnx_lump.types import ChainResult, ReducedLayer
+    from tools.bench.common import ARCHITECTURES
+    from tools.bench.refined import refine_budget
+
+    widths = [22, *max(ARCHITECTURES, key=sum), 10]
+    layers = [ReducedLayer(np.zeros((o, i)), np.zeros(o)) for i, o in itertools.pairwise(widths)]
+    tanh = [Activation(ActivationKind.TANH)] * (len(layers) - 1)
+    network = ChainNetwork(ChainResult(layers), [*tanh, IDENTITY], None)
+    work = iteration_work(network, 2 * 1638, 410)
+    assert iteration_budget(refine_budget(quick=False), work) == REFINE_ITERS
