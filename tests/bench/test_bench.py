@@ -179,3 +179,35 @@ def test_the_work_bound_leaves_the_benchmark_its_iteration_budget():
     network = ChainNetwork(ChainResult(layers), [*tanh, IDENTITY], None)
     work = iteration_work(network, 2 * 1638, 410)
     assert iteration_budget(refine_budget(quick=False), work) == REFINE_ITERS
+
+
+def test_a_latency_example_is_rebuilt_with_the_method_of_its_point(monkeypatch):
+    """The speed section rebuilds lump+refine's smallest point within 5% for timing: with
+    the sweep's own method (span with data), not a partition at span's knob, which kept
+    100% of every network (found by hand in the 2026-12-08 speed rerun)."""
+    import types
+
+    import tools.bench.speed as speed
+    from onnx_lump.methods.lumping import DEFAULT_REDUCTION_WITH_DATA
+    from tools.bench.common import Point
+
+    built = []
+
+    def fake_compress(model, method, calibration, refine=None):
+        built.append(method)
+        return model, None, 0.0
+
+    monkeypatch.setattr(speed, "run_compress", fake_compress)
+    net = types.SimpleNamespace(
+        model=None,
+        calibration=None,
+        ref=types.SimpleNamespace(task="rn", network="3x128 tanh"),
+    )
+    points = [
+        Point("rn", "3x128 tanh", "lump+refine", knob, grp, 0.1, drmse, True, 1.0)
+        for knob, grp, drmse in [(0.2, 40.0, 4.0), (0.5, 10.0, 9.0), (0.1, 60.0, 1.0)]
+    ]
+    example = speed.latency_example(net, points, "lump+refine", refine=False)
+    assert example is not None and "dRMSE 4.0%" in example[0]
+    (method,) = built
+    assert method.reduction is DEFAULT_REDUCTION_WITH_DATA and method.options.eps == 0.2

@@ -10,12 +10,35 @@ from pathlib import Path
 import onnx
 
 from onnx_lump.errors import LumpError
-from onnx_lump.methods import Method
+from onnx_lump.methods import Lump, Method
+from onnx_lump.methods.lumping import (
+    DEFAULT_REDUCTION_WITH_DATA,
+    Reduction,
+)
+from onnx_lump.ode.partition import PartitionOptions, Similarity
 from tools.bench.common import EPS_FRACTIONS, Point
 from tools.bench.metrics import Network, measure, run_compress
 from tools.bench.networks import dense_params, scratch_path
 
-__all__ = ["full_merge_eps", "lump_sweep", "scratch_points", "sweep_method", "widths_of"]
+__all__ = [
+    "full_merge_eps",
+    "lump_sweep",
+    "lumping",
+    "scratch_points",
+    "sweep_method",
+    "widths_of",
+]
+
+
+def lumping(refit: bool, similarity: Similarity = Similarity.WEIGHTS) -> Callable[[float], Lump]:
+    """Lumping at a knob as the command line builds it: with data similarity (calibration
+    data at hand) the default reduction with data, else partitions. Every sweep and the
+    latency examples rebuild a point with it, so that a knob means what it meant there."""
+    with_data = similarity is Similarity.DATA
+    reduction = DEFAULT_REDUCTION_WITH_DATA if with_data else Reduction.PARTITION
+    return lambda eps: Lump(
+        PartitionOptions(eps, similarity=similarity), refit=refit, reduction=reduction
+    )
 
 
 def widths_of(report) -> str:

@@ -15,16 +15,13 @@ from onnx_lump.methods import (
     EliminationCompensation,
     Exact,
     LinearFolding,
-    Lump,
     Magnitude,
     Wanda,
 )
 from onnx_lump.methods.lumping import (
-    DEFAULT_REDUCTION_WITH_DATA,
     DEFAULT_SIMILARITY_WITH_DATA,
-    Reduction,
 )
-from onnx_lump.ode.partition import PartitionOptions, Similarity
+from onnx_lump.ode.partition import Similarity
 from tools.bench.common import (
     INT8_TARGETS,
     ONNXSIM_FLOOR_SPARSITIES,
@@ -42,7 +39,7 @@ from tools.bench.common import (
     log,
     point_from_dict,
 )
-from tools.bench.methods import lump_sweep, scratch_points, sweep_method
+from tools.bench.methods import lump_sweep, lumping, scratch_points, sweep_method
 from tools.bench.metrics import HAS_REFINE, Network
 from tools.bench.networks import calibration_feeds, predict, reference
 from tools.bench.quantized import int8_points
@@ -89,21 +86,11 @@ def grids(quick: bool) -> dict:
     }
 
 
-def _lump(refit: bool, similarity: Similarity = Similarity.WEIGHTS):
-    """Lumping as the command line builds it: with data similarity (calibration data at
-    hand) the default reduction with data, else partitions."""
-    with_data = similarity is Similarity.DATA
-    reduction = DEFAULT_REDUCTION_WITH_DATA if with_data else Reduction.PARTITION
-    return lambda eps: Lump(
-        PartitionOptions(eps, similarity=similarity), refit=refit, reduction=reduction
-    )
-
-
 def _refined(net: Network, cache: Path, grid: dict, previous: list[Point]) -> list[Point]:
     """The headline lumping's sweep (unrefined: its epsilons pick the refined sizes), then
     lump+refine and distill."""
     ref, label = net.ref, headline_method()
-    make = _lump(True, DEFAULT_SIMILARITY_WITH_DATA)
+    make = lumping(True, DEFAULT_SIMILARITY_WITH_DATA)
     size = ref.path.stat().st_size
     points = [
         Point(
@@ -124,11 +111,11 @@ def _refined(net: Network, cache: Path, grid: dict, previous: list[Point]) -> li
 
 def _baselines(net: Network, cache: Path, grid: dict, previous: list[Point]) -> list[Point]:
     calibration, budget = net.calibration, grid["baseline_budget"]
-    points = lump_sweep(net, "lump", _lump(False), None, budget)[0]
-    points += lump_sweep(net, "lump+refit", _lump(True), calibration, budget)[0]
+    points = lump_sweep(net, "lump", lumping(False), None, budget)[0]
+    points += lump_sweep(net, "lump+refit", lumping(True), calibration, budget)[0]
     for value in grid["variants"]:
         if f"lump+refit+{value}" != headline_method():
-            make = _lump(True, Similarity(value))
+            make = lumping(True, Similarity(value))
             points += lump_sweep(net, f"lump+refit+{value}", make, calibration, budget)[0]
     points += sweep_method(net, "exact", lambda _: Exact(), [0.0], None)
     points += sweep_method(net, "magnitude", Magnitude, grid["sparsities"], None)
@@ -169,7 +156,7 @@ def _refined_extra(net: Network, cache: Path, grid: dict, previous: list[Point])
         targets += list(grid["refine_floor"])
     headline = headline_method()
     retained = {p.knob: p.grp / 100 for p in previous if p.method == headline}
-    make = _lump(True, DEFAULT_SIMILARITY_WITH_DATA)
+    make = lumping(True, DEFAULT_SIMILARITY_WITH_DATA)
     knobs = refine_knobs(net, make, retained, sorted(targets))
     have = {round(p.grp, 6) for p in mine}
     knobs = [e for e in knobs if round(100 * retained[e], 6) not in have]
@@ -201,7 +188,7 @@ def _int8(net: Network, cache: Path, grid: dict, previous: list[Point]) -> list[
     """The original and lump+refine quantized to int8 (bench.quantized); the sizes come
     from the headline lumping's sweep when this run has it, else from a sweep of its own
     (unrefined, cheap)."""
-    make = _lump(True, DEFAULT_SIMILARITY_WITH_DATA)
+    make = lumping(True, DEFAULT_SIMILARITY_WITH_DATA)
     label = headline_method()
     retained = {p.knob: p.grp / 100 for p in previous if p.method == label}
     if not retained:

@@ -21,6 +21,7 @@ from onnx_lump.methods.lumping import DEFAULT_SIMILARITY_WITH_DATA
 from onnx_lump.ode.partition import PartitionOptions
 from tools.bench import ROOT
 from tools.bench.common import Point, Reference
+from tools.bench.methods import lumping
 from tools.bench.metrics import Network, run_compress
 
 __all__ = ["latency", "latency_example", "search_text", "search_time", "speed"]
@@ -50,7 +51,9 @@ def latency_example(net: Network, points: list[Point], label: str, refine):
     if not chosen:
         return None
     point = min(chosen, key=lambda p: p.grp)
-    method = Lump(PartitionOptions(point.knob, similarity=DEFAULT_SIMILARITY_WITH_DATA))
+    # the point's own method: its knob means nothing to another reduction (span's share
+    # rebuilt as a partition's eps kept 100%)
+    method = lumping(True, DEFAULT_SIMILARITY_WITH_DATA)(point.knob)
     reduced, _, _ = run_compress(net.model, method, net.calibration, refine)
     name = f"{net.ref.task} {net.ref.network}, {label} at dRMSE {point.drmse:.1f}%"
     return name, net.model, reduced
