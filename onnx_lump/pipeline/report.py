@@ -210,9 +210,9 @@ class Report:
         for index, r in enumerate(self.refine):
             trials = r.trial_iterations
             probed = f" (+{trials} probing other strengths)" if trials else ""
-            bound = f" of {r.budget} (the work bound of a chain this wide)" if r.work_bound else ""
+            bound = f" (of {r.budget}: the work bound of a chain this wide)" if r.work_bound else ""
             lines.append(
-                f"refine: {r.iterations}{bound} iterations{probed} in {r.seconds:.2f}s, jitter "
+                f"refine: {r.iterations} iterations{bound}{probed} in {r.seconds:.2f}s, jitter "
                 f"{r.jitter:g}, held-out {own}"
                 f"{100 * r.holdout_before:.3g}% -> {100 * r.holdout_after:.3g}%"
                 + ("" if r.improved else " (no gain: kept the unrefined weights)")

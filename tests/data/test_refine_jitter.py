@@ -256,7 +256,7 @@ def test_the_work_bound_is_the_cli_default_and_a_search_splits_it(tmp_path, caps
     base = [str(tmp_path / "in.onnx"), str(tmp_path / "out.onnx"), "--calib"]
     base += [str(tmp_path / "calib.npz"), "--no-verify", "--report-json"]
     assert main([*base, str(tmp_path / "a.json"), "--eps", "0.2"]) == 0
-    assert "of 50 (the work bound of a chain this wide)" in capsys.readouterr().out
+    assert "iterations (of 50: the work bound of a chain this wide)" in capsys.readouterr().out
     (entry,) = json.loads((tmp_path / "a.json").read_text())["refine"]
     assert entry["budget"] == 50 and entry["work_bound"] is True
     assert main([*base, str(tmp_path / "b.json"), "--max-error", "0.5", "--metric", "rmse"]) == 0
