@@ -252,3 +252,32 @@ def test_an_error_search_stops_when_its_bracket_is_within_the_size_tolerance():
     nearest = max(p.params_after for p in failing)
     assert point.params_after - nearest <= 0.005 * point.params_before
     assert len(evaluate.calls) <= 11, evaluate.calls  # to one neuron: 12
+
+
+class CappedFakeEvaluator(FakeEvaluator):
+    """Every knob above 0 keeps at most ``cap`` neurons a layer, knob 0 all of them: span
+    with fewer fitting rows than neurons (at most their rank)."""
+
+    def __init__(self, cliff: float, cap: int) -> None:
+        super().__init__(cliff)
+        self.cap = cap
+
+    def width(self, knob: float) -> int:
+        return WIDTH if knob == 0 else min(self.cap, _widths(knob, self.cliff))
+
+
+@pytest.mark.parametrize("upper_limit", [1.0, None])
+def test_a_size_target_above_the_cap_next_to_knob_0_ends_in_a_few_steps(upper_limit):
+    """No knob but 0 reaches the target: the largest network within it is next to knob 0,
+    found in a few steps, not 24 halvings towards 0 (the 4 x 4096 model at 0.2 with
+    2,048 rows: 26 steps, 8 minutes)."""
+    evaluate = CappedFakeEvaluator(1e-5, cap=300)
+    knob, point, met = bisect(evaluate, upper_limit, target_params=0.5)
+    assert met and 0 < knob and point.params_after == evaluate(knob * 1e-6)[2].params_after
+    assert evaluate.width(knob) == 300
+    assert len(evaluate.calls) <= 14, evaluate.calls
+
+
+def test_a_cap_below_the_cliff_leaves_the_search_its_answer():
+    """With the cap above the target's width the search still meets the target closely."""
+    _assert_closely_met(CappedFakeEvaluator(1e-5, cap=900), 0.5)
