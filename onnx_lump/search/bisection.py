@@ -180,17 +180,17 @@ def _narrow(evaluate, good, lo, hi, geometric, target_params, max_error, steps):
     interpolate = target_params is not None
     plateau = False
     near_zero = lo[2].knob == 0 and target_params is not None
-    first_bad = hi[2].knob
+    top = max(evaluate.cache)  # the largest knob tried: the bracket's bad end
     for _ in range(steps):
         if _resolved(lo, hi, target_params, max_error):
             break
-        # knob 0 is the good end: once the bad end is a thousandth of where it started
-        # (or at once where the look down from the bracket, geometric, found no good
-        # knob above 0), try next to 0. Within the target there too, no knob above 0
-        # keeps more (span with fewer fitting rows than neurons is capped at their rank:
-        # 24 halvings towards 0 took 8 minutes on the 4 x 4096 model at 0.2); else it is
-        # a closer good end.
-        if near_zero and (geometric or hi[2].knob <= _NEAR_ZERO_SHARE * first_bad):
+        # knob 0 is the good end: once the bad end is a thousandth of the largest knob
+        # tried (at once where the look down from the bracket found no good knob above
+        # 0), try next to 0. Within the target there too, no knob above 0 keeps more
+        # (span with fewer fitting rows than neurons is capped at their rank: 24 halvings
+        # towards 0 took 8 minutes on the 4 x 4096 model at 0.2); else it is a closer
+        # good end.
+        if near_zero and hi[2].knob <= _NEAR_ZERO_SHARE * top:
             near_zero = False
             near = evaluate(hi[2].knob * _DESCENT_FLOOR)
             if not good(near[2]):
@@ -232,7 +232,7 @@ _DESCENT_FLOOR = 1e-12
 # An interpolated knob stays this share of the (log) interval away from either end.
 _INTERPOLATION_MARGIN = 0.05
 # A size search narrowing from knob 0 tries a knob next to 0 (the bad end times
-# _DESCENT_FLOOR) once its bad end is this share of where it started.
+# _DESCENT_FLOOR) once its bad end is this share of the largest knob tried.
 _NEAR_ZERO_SHARE = 1e-3
 # Knob values closer than this (relative) are not told apart.
 _KNOB_RESOLUTION = 1e-4
