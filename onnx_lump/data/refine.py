@@ -223,6 +223,12 @@ class ChainNetwork:
                 flat[-1 if index == self.n_layers else 2 * index + 1][:] = False
             self.mask = np.concatenate(flat)
 
+    @property
+    def products_per_row(self) -> int:
+        """Multiply-adds of one row's forward pass: the sizes of every weight matrix
+        (layers, shortcuts and a gated FFN's gate)."""
+        return sum(int(np.prod(shape)) for shape in self.shapes if len(shape) == 2)
+
     def _shortcut_arrays(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         start = 2 * self.n_layers
         return arrays[start : start + len(self.shortcuts)]
@@ -361,9 +367,9 @@ def iteration_work(network: ChainNetwork, n_fit: int, n_holdout: int) -> float:
     from shapes and row counts only, so that a budget in work is the same on every
     machine."""
     weights = [shape for shape in network.shapes if len(shape) == 2]
-    per_row = sum(int(np.prod(shape)) for shape in weights)
     # the chain's input and output widths: the first layer's columns, the last one's rows
-    per_row += _ROW_VALUE_WORK * (weights[0][1] + weights[network.n_layers - 1][0])
+    widths = weights[0][1] + weights[network.n_layers - 1][0]
+    per_row = network.products_per_row + _ROW_VALUE_WORK * widths
     adam = network.dtype == np.float32
     stepped = _ADAM_ITERATION * min(_ADAM_BATCH, n_fit) if adam else n_fit
     return float(per_row) * (3 * stepped + n_holdout)
@@ -476,7 +482,7 @@ def refine_chain(
 
     runs: list[_Run] = []
     if before > _EXACT and budget > 0 and fit.n_samples > 0 and network.theta0.size:
-        with blas_threads(network, fit.n_samples * (1 + (jitter.copies if jitter else 0))):
+        with blas_threads(network, rows):
             if probe:
                 # a short probe per strength, from the same start, while time is left
                 for strength in strengths:
@@ -616,8 +622,7 @@ def _jitter(
     step on the jittered rows costs at most what the largest float64 chain's does)."""
     if teacher is None or dtype != np.float64 or not any(options.jitter) or not fit.n_samples:
         return None
-    per_row = sum(int(np.prod(shape)) for shape in network.shapes if len(shape) == 2)
-    rows = min(options.max_rows, int(FLOAT32_PRODUCTS // max(per_row, 1)))
+    rows = min(options.max_rows, int(FLOAT32_PRODUCTS // max(network.products_per_row, 1)))
     copies = min(options.jitter_copies, rows // fit.n_samples - 1)
     return Jitter(fit, teacher, copies) if copies >= 1 else None
 
@@ -737,7 +742,7 @@ def blas_threads(network: ChainNetwork, n_samples: int):
     """One BLAS thread for small networks: L-BFGS's many small vector operations lose
     more to waking BLAS threads than the matrix products gain from them (6x slower on
     two busy cores); wide ones keep every thread."""
-    products = n_samples * sum(int(np.prod(shape)) for shape in network.shapes if len(shape) == 2)
+    products = n_samples * network.products_per_row
     if products >= _THREADED_PRODUCTS:
         return contextlib.nullcontext()
     return threadpoolctl.threadpool_limits(limits=1, user_api="blas")

@@ -176,7 +176,7 @@ def _narrow(evaluate, good, lo, hi, geometric, target_params, max_error, steps):
     target where the size, interpolated, would meet it, while that keeps closing in (a
     step halves the interval, or the nearer end's distance to the target in log size),
     else one step in the middle before interpolating again; for an error target in the
-    middle."""
+    middle. A size search from knob 0 also tries a knob next to 0 once (see below)."""
     interpolate = target_params is not None
     plateau = False
     near_zero = lo[2].knob == 0 and target_params is not None

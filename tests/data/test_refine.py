@@ -252,10 +252,10 @@ def test_refinement_keeps_every_blas_thread_only_for_wide_networks():
         ]
 
     before = blas_threads()
-    small = SimpleNamespace(shapes=[(64, 6), (64,), (1, 64), (1,)])
+    small = SimpleNamespace(products_per_row=64 * 6 + 1 * 64)  # layers 6 -> 64 -> 1
     with refine.blas_threads(small, 256):
         assert set(blas_threads()) == {1}
-    wide = SimpleNamespace(shapes=[(900, 64), (900,)] + [(900, 900), (900,)] * 3)
+    wide = SimpleNamespace(products_per_row=900 * 64 + 3 * 900 * 900)  # 64 -> 900 x 4
     with refine.blas_threads(wide, 1638):
         assert blas_threads() == before
 
